@@ -1,0 +1,205 @@
+"""The `clreg` command: start the stack, run the demo, and talk to a running daemon over HTTP.
+
+The only place that catches broadly: every error becomes a one-line message and an exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clreg import context, demo, embedded
+from clreg.client import ApiError, Client
+from clreg.daemon import Daemon
+from clreg.settings import Settings
+
+app = typer.Typer(help="clreg: continual-learning model registry daemon", no_args_is_help=True)
+models_app = typer.Typer(help="Register models")
+sites_app = typer.Typer(help="Register sites (hospitals) and issue their tokens")
+app.add_typer(models_app, name="models")
+app.add_typer(sites_app, name="sites")
+console = Console()
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")]
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _client(admin: bool = False) -> Client:
+    settings = _settings()
+    token = embedded.admin_token(settings.home) if admin else None
+    return Client(f"http://{settings.serve.host}:{settings.serve.port}", token)
+
+
+def _emit(data: Any, as_json: bool, table: Table | None = None) -> None:
+    if as_json or table is None:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        console.print(table)
+
+
+@app.command()
+def up() -> None:
+    """Start Redis (embedded unless CLREG_REDIS__URL), Ray, Ray Serve and the daemon; Ctrl-C stops all."""
+    settings = _settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stack = embedded.start(settings)
+    daemon = Daemon(context.build(settings, stack.store, stack.url))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: daemon.stop())
+    console.print(f"clreg is up at {stack.url} (Redis {stack.redis_url}); admin token in "
+                  f"{settings.home / 'tokens.json'}. Ctrl-C stops it.")
+    try:
+        daemon.run()
+    finally:
+        stack.stop()
+        console.print("clreg stopped.")
+
+
+@app.command("demo")
+def demo_cmd(seed: int = 0) -> None:
+    """Run five simulated sites through a fresh local stack and print what happened."""
+    logging.basicConfig(level=logging.WARNING)
+    ok = demo.run(_settings(), console, seed=seed)
+    raise typer.Exit(0 if ok else 1)
+
+
+@models_app.command("create")
+def models_create(name: str, factory: Annotated[str, typer.Option()] = "learner.models:small_cnn",
+                  input: Annotated[str, typer.Option("--input", help="C,H,W")] = "1,16,16",
+                  classes: Annotated[int, typer.Option()] = 10, as_json: JsonOpt = False) -> None:
+    """Register a model: its factory and input spec."""
+    spec = tuple(int(v) for v in input.split(","))
+    if len(spec) != 3:
+        raise typer.BadParameter("--input takes C,H,W, e.g. 1,16,16")
+    _emit(_client(admin=True).create_model(name, factory, spec, classes), as_json)  # type: ignore[arg-type]
+
+
+@sites_app.command("add")
+def sites_add(site: str, threshold: float | None = None, as_json: JsonOpt = False) -> None:
+    """Register a site; its token is printed once and stored only hashed."""
+    answer = _client(admin=True).add_site(site, threshold)
+    if as_json:
+        _emit(answer, True)
+    else:
+        console.print(f"site {answer['site']} added; token (shown once): [bold]{answer['token']}[/]")
+
+
+@app.command()
+def push(site: str, file: Path, model: Annotated[str, typer.Option()] = "digits",
+         token: Annotated[str, typer.Option(envvar="CLREG_SITE_TOKEN", help="the site's token")] = "",
+         wait: bool = False, as_json: JsonOpt = False) -> None:
+    """Push a labelled npz batch (arrays x and y) for a site."""
+    client = _client()
+    answer = client.push(site, token, file.read_bytes(), model)
+    if wait:
+        with console.status("waiting for the pipeline ..."):
+            answer = client.wait_batch(answer["batch_id"])
+    _emit(answer, as_json)
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Models, their production version, and readiness."""
+    client = _client()
+    models = client.get("/v1/models")
+    table = Table("model", "production", "input", "classes")
+    for m in models:
+        spec = m["input"]
+        table.add_row(m["name"], str(m["aliases"].get("production", "-")),
+                      f"{spec['channels']}x{spec['height']}x{spec['width']}", str(spec["classes"]))
+    _emit(models, as_json, table)
+
+
+@app.command()
+def versions(name: str = "digits", history: bool = False, as_json: JsonOpt = False) -> None:
+    """Versions of a model with status and aliases; --history lists every production move."""
+    client = _client()
+    if history:
+        data = client.get(f"/v1/models/{name}/aliases")
+        table = Table("when", "from", "to", "who", "reason")
+        for c in data["history"]:
+            table.add_row(_when(c["at"]), str(c["from_version"] or "-"), str(c["to_version"]), c["who"], c["reason"])
+        return _emit(data, as_json, table)
+    data = client.get(f"/v1/models/{name}/versions")
+    table = Table("version", "status", "aliases", "parent", "sites", "created")
+    for v in data:
+        rec = v["version"]
+        table.add_row(str(rec["number"]), v["status"], ",".join(v["aliases"]), str(rec["lineage"]["parent"] or "-"),
+                      ",".join(rec["lineage"]["sites"]), _when(rec["created_at"]))
+    _emit(data, as_json, table)
+
+
+@app.command()
+def alerts(model: str | None = None, since: float = 0.0, as_json: JsonOpt = False) -> None:
+    """Drift alerts, failed gates and failed updates."""
+    data = _client().get("/v1/alerts", model=model, since=since)
+    table = Table("when", "model", "kind", "site", "detail")
+    for e in data:
+        d = e["data"]
+        table.add_row(_when(e["at"]), e["model"], e["kind"], str(d.get("site", "")),
+                      str(d.get("top_features") or d.get("reasons") or d.get("error") or ""))
+    _emit(data, as_json, table)
+
+
+@app.command()
+def events(model: str = "digits", since: float = 0.0, as_json: JsonOpt = False) -> None:
+    """The audit trail of a model."""
+    data = _client().get("/v1/events", model=model, since=since)
+    table = Table("when", "kind", "data")
+    for e in data:
+        table.add_row(_when(e["at"]), e["kind"], json.dumps(e["data"], default=str)[:120])
+    _emit(data, as_json, table)
+
+
+@app.command()
+def promote(name: str, version: int, reason: str = "promoted by ops", force: bool = False) -> None:
+    """Point production at a version (admin); gates are not bypassed unless --force."""
+    change = _client(admin=True).promote(name, version, reason, force)
+    console.print(f"{name}: production v{change['from_version']} -> v{change['to_version']}")
+
+
+@app.command()
+def rollback(name: str, reason: str = "rollback by ops") -> None:
+    """Move production back to the version that held it before the last move (admin)."""
+    client = _client(admin=True)
+    history = client.get(f"/v1/models/{name}/aliases")["history"]
+    if not history or history[-1]["from_version"] is None:
+        raise typer.BadParameter(f"{name} has no earlier production version to roll back to")
+    change = client.promote(name, history[-1]["from_version"], reason)
+    console.print(f"{name}: production v{change['from_version']} -> v{change['to_version']}")
+
+
+@app.command()
+def predict(file: Path, model: str | None = None, site: str | None = None, as_json: JsonOpt = False) -> None:
+    """Predict the images in an npz (array x) through the Serve endpoint."""
+    with np.load(file, allow_pickle=False) as npz:
+        x = npz["x"]
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
+    answer, version = _client().predict(x, model, site)
+    if as_json:
+        return _emit(answer, True)
+    console.print(f"model {answer['model']} v{version}: labels {answer['labels']}")
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def main() -> None:
+    try:
+        app()
+    except ApiError as e:
+        console.print(f"[red]error[/] {e}")
+        sys.exit(2)

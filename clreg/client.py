@@ -1,0 +1,93 @@
+"""A small HTTP client for clreg's API: what the CLI and the demo speak."""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+
+FINAL_STATES = frozenset({"promoted", "rejected", "failed"})
+
+
+class ApiError(Exception):
+    """An error answer from the API: status plus the server's code and detail."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status, self.code, self.detail = status, code, detail
+
+
+class Client:
+    def __init__(self, url: str, admin_token: str | None = None, timeout_s: float = 30.0) -> None:
+        self.http = httpx.Client(base_url=url, timeout=timeout_s)
+        self.admin_token = admin_token
+
+    def _call(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        response = self.http.request(method, path, headers=headers, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                raise ApiError(response.status_code, body.get("error", "?"), body.get("detail", response.text))
+            except ValueError:
+                raise ApiError(response.status_code, "http", response.text) from None
+        return response
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self._call("GET", path, params={k: v for k, v in params.items() if v is not None}).json()
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._call("GET", "/readyz")
+                return
+            except (httpx.HTTPError, ApiError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
+
+    def create_model(self, name: str, factory: str, spec: tuple[int, int, int], classes: int) -> dict:
+        body = {"name": name, "factory": factory, "input": dict(zip(("channels", "height", "width"), spec),
+                                                                   classes=classes)}
+        return self._call("POST", "/v1/models", self.admin_token, json=body).json()
+
+    def add_site(self, name: str, threshold: float | None = None) -> dict:
+        return self._call("POST", "/v1/sites", self.admin_token, json={"name": name, "threshold": threshold}).json()
+
+    def push(self, site: str, token: str, data: bytes, model: str) -> dict:
+        return self._call("POST", f"/v1/sites/{site}/batches", token, params={"model": model}, content=data,
+                          headers={"Content-Type": "application/octet-stream"}).json()
+
+    def wait_batch(self, batch_id: str, timeout_s: float = 300.0) -> dict:
+        """Poll a batch until it reaches a final state (promoted, rejected, failed) or the pipeline skips it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self.get(f"/v1/batches/{batch_id}")
+            if state["status"] in FINAL_STATES or time.monotonic() > deadline:
+                return state
+            time.sleep(0.2)
+
+    def promote(self, model: str, version: int, reason: str, force: bool = False) -> dict:
+        body = {"version": version, "reason": reason, "force": force}
+        return self._call("POST", f"/v1/models/{model}/aliases/production", self.admin_token, json=body).json()
+
+    def predict(self, x: np.ndarray, model: str | None = None, site: str | None = None) -> tuple[dict, int]:
+        """Predict over JSON; returns the answer and the X-Model-Version header."""
+        params = {"model": model} if model else {}
+        body: dict[str, Any] = {"inputs": x.tolist()}
+        if site:
+            body["site"] = site
+        response = self._call("POST", "/v1/predict", params=params, json=body)
+        return response.json(), int(response.headers["X-Model-Version"])
+
+
+def npz_bytes(x: np.ndarray, y: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=x, y=y)
+    return buf.getvalue()

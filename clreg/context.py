@@ -1,0 +1,83 @@
+"""What every pipeline step needs: the stores and each step's own config, plus shared data access."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from clreg.settings import GateConfig, Settings, TriggerConfig
+from learner.models import build_model, load_weights
+from learner.train import TrainConfig
+from monitor.alerts import WebhookConfig
+from monitor.drift import DriftConfig
+from monitor.features import FeatureConfig
+from registry.artifacts import ArtifactStore
+from registry.batches import load_arrays
+from registry.events import EventLog
+from registry.records import Batch, Model, ModelVersion
+from registry.store import RedisRegistry, StoreConfig
+
+
+@dataclass(frozen=True)
+class Context:
+    registry: RedisRegistry
+    artifacts: ArtifactStore
+    events: EventLog
+    train: TrainConfig
+    features: FeatureConfig
+    drift: DriftConfig
+    gate: GateConfig
+    trigger: TriggerConfig
+    webhook: WebhookConfig
+    workspace: Path
+    public_url: str = "http://127.0.0.1:8000"
+    _arrays: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, compare=False)
+
+    def arrays(self, model: Model, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """A batch's (x, y), read once per daemon and kept: batches are immutable."""
+        if batch.id not in self._arrays:
+            self._arrays[batch.id] = load_arrays(self.artifacts, batch, model.input)
+        return self._arrays[batch.id]
+
+    def module(self, model: Model, weights_sha: str) -> nn.Module:
+        """The model's network with the verified weights of that digest, in eval mode."""
+        spec = model.input
+        net = build_model(model.factory, model.factory_kwargs, spec.channels, spec.height, spec.width, spec.classes)
+        load_weights(net, self.artifacts.get(weights_sha))
+        return net.eval()
+
+    def production(self, model: str) -> ModelVersion | None:
+        number = self.registry.resolve(model)
+        return None if number is None else self.registry.get_version(model, number)
+
+    def learnt_batches(self, version: ModelVersion | None) -> list[str]:
+        """Every batch id a version has learnt, following its parents back to the first version."""
+        ids: list[str] = []
+        while version is not None:
+            ids = version.lineage.batch_ids + ids
+            parent = version.lineage.parent
+            version = None if parent is None else self.registry.get_version(version.model, parent)
+        return ids
+
+    def split_by_site(self, model: Model, batch_ids: list[str], part: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per site, the concatenated train or held-out samples of the given batches."""
+        chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for batch_id in batch_ids:
+            batch = self.registry.get_batch(batch_id)
+            x, y = self.arrays(model, batch)
+            idx = batch.train_index if part == "train" else batch.heldout_index
+            chunks.setdefault(batch.site, []).append((x[idx], y[idx]))
+        return {site: (np.concatenate([c[0] for c in cs]), np.concatenate([c[1] for c in cs]))
+                for site, cs in chunks.items()}
+
+
+def build(settings: Settings, store: StoreConfig, public_url: str) -> Context:
+    """The pipeline context for a running stack: each step gets its own sub-config."""
+    registry = RedisRegistry(store)
+    return Context(registry=registry, artifacts=ArtifactStore(settings.artifacts()), events=EventLog(registry),
+                   train=settings.train, features=settings.features, drift=settings.drift, gate=settings.gate,
+                   trigger=settings.trigger, webhook=settings.webhook, workspace=settings.home / "workspace",
+                   public_url=public_url)

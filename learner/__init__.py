@@ -1,0 +1,1 @@
+"""Pure-PyTorch continual learning: models, EWC, training, evaluation, a Ray wrapper, site streams."""

@@ -1,0 +1,137 @@
+"""Models: the default small CNN, factory loading, embeddings and safetensors weights."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from learner.errors import DataError, ModelFactoryError, WeightsError
+
+DEFAULT_FACTORY = "learner.models:small_cnn"
+FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+EMBED_DIM = 64
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    """Conv 3x3 + BatchNorm + ReLU + 2x2 max-pool: halves the resolution."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
+def small_cnn(channels: int, height: int, width: int, classes: int, width_mult: int = 1) -> nn.Module:
+    """The default model: two conv blocks, a 64-d embedding layer and a linear head."""
+    c1, c2 = 16 * width_mult, 32 * width_mult
+    return nn.Sequential(
+        _conv_block(channels, c1),
+        _conv_block(c1, c2),
+        nn.AdaptiveAvgPool2d((4, 4)),  # any input size maps to a fixed feature size
+        nn.Flatten(),
+        nn.Linear(c2 * 16, EMBED_DIM),
+        nn.ReLU(),
+        nn.Linear(EMBED_DIM, classes),
+    )
+
+
+def _resolve_factory(factory: str) -> Callable[..., nn.Module]:
+    """Import `module:function` after validating the string."""
+    if not FACTORY_PATTERN.fullmatch(factory):
+        raise ModelFactoryError(f"invalid factory {factory!r}: expected 'package.module:function'")
+    module_name, fn_name = factory.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelFactoryError(f"cannot import module {module_name!r} of factory {factory!r}: {e}") from e
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ModelFactoryError(f"module {module_name!r} has no callable {fn_name!r}")
+    return fn
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    """The model's last nn.Linear: the classification head."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ModelFactoryError(f"{type(model).__name__} has no nn.Linear head")
+    return linears[-1]
+
+
+def build_model(
+    factory: str, kwargs: dict[str, Any], channels: int, height: int, width: int, classes: int
+) -> nn.Module:
+    """Build a model from a `module:function` factory with the input spec plus kwargs.
+
+    Raises:
+        ModelFactoryError: the string is malformed, the import fails, or the call fails or returns no module.
+    """
+    fn = _resolve_factory(factory)
+    try:
+        model = fn(channels=channels, height=height, width=width, classes=classes, **kwargs)
+    except TypeError as e:
+        raise ModelFactoryError(f"factory {factory!r} rejected its arguments: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise ModelFactoryError(f"factory {factory!r} returned {type(model).__name__}, not an nn.Module")
+    last_linear(model)
+    return model
+
+
+@torch.no_grad()
+def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Penultimate activations (the head's input), captured by a forward pre-hook in eval mode."""
+    captured: list[torch.Tensor] = []
+    hook = last_linear(model).register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return captured[-1]
+
+
+def weights_to_bytes(model: nn.Module) -> bytes:
+    """The state dict (BatchNorm buffers included) as safetensors bytes."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return st_save(state)
+
+
+def load_weights(model: nn.Module, data: bytes) -> None:
+    """Load safetensors bytes into the model in place, strictly.
+
+    Raises:
+        WeightsError: the bytes are not safetensors or do not match the model's keys and shapes.
+    """
+    try:
+        state = st_load(data)
+    except (SafetensorError, ValueError) as e:
+        raise WeightsError(f"weights are not valid safetensors: {e}") from e
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise WeightsError(f"weights do not fit the model: {e}") from e
+
+
+def to_tensor(x: np.ndarray) -> torch.Tensor:
+    """uint8 [0,255] -> float32 in [0,1]; float kept as float32; [N,H,W] -> [N,1,H,W]."""
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise DataError(f"expected images [N,C,H,W] or [N,H,W], got shape {x.shape}")
+    if x.dtype == np.uint8:
+        return torch.from_numpy(x.astype(np.float32) / 255.0)
+    if np.issubdtype(x.dtype, np.floating):
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    raise DataError(f"expected uint8 or float images, got {x.dtype}")

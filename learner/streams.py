@@ -1,0 +1,144 @@
+"""Simulated site streams: scikit-learn digits at 16x16 with scanner-like shifts per site.
+
+Shared by the demo, the tests and the benchmarks. Every function is deterministic given its seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+from sklearn.datasets import load_digits
+
+from learner.errors import DataError
+
+SITE_NAMES = ("base", "contrast", "blur-noise", "speckle", "inverted")
+SIDE = 16
+
+
+@dataclass
+class SiteData:
+    """One site's images (float32 [N,1,16,16] in [0,1]) and labels (int64 [N])."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+
+
+@lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """All 1797 digits, bilinearly upsampled from 8x8 to 16x16 and scaled to [0,1]."""
+    bunch = load_digits()
+    small = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]
+    big = F.interpolate(small, size=(SIDE, SIDE), mode="bilinear", align_corners=False)
+    return big.clamp(0.0, 1.0).numpy(), bunch.target.astype(np.int64)
+
+
+def _gamma(x: np.ndarray, rng: np.random.Generator, gamma: float = 0.5) -> np.ndarray:
+    return x**gamma
+
+
+def _contrast(x: np.ndarray, rng: np.random.Generator, gamma: float = 0.5, scale: float = 0.6) -> np.ndarray:
+    """A washed-out scanner: gamma brightening, then the range squeezed around the middle."""
+    return (x**gamma - 0.5) * scale + 0.5
+
+
+def _noise(x: np.ndarray, rng: np.random.Generator, sd: float = 0.1) -> np.ndarray:
+    return x + rng.normal(0.0, sd, size=x.shape).astype(np.float32)
+
+
+def _blur(x: np.ndarray, rng: np.random.Generator, sigma: float = 1.0) -> np.ndarray:
+    return gaussian_filter(x, sigma=(0, 0, sigma, sigma))  # blur within each image only
+
+
+def _blur_noise(x: np.ndarray, rng: np.random.Generator, sigma: float = 1.0, sd: float = 0.1) -> np.ndarray:
+    return _noise(_blur(x, rng, sigma), rng, sd)
+
+
+def _speckle(x: np.ndarray, rng: np.random.Generator, sd: float = 0.5) -> np.ndarray:
+    """Multiplicative noise, as in ultrasound speckle."""
+    return x * (1.0 + rng.normal(0.0, sd, size=x.shape).astype(np.float32))
+
+
+def _inverted(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return 1.0 - x
+
+
+def _identity(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return x
+
+
+SHIFTS: dict[str, Callable[..., np.ndarray]] = {
+    "base": _identity,
+    "identity": _identity,
+    "contrast": _contrast,
+    "gamma": _gamma,
+    "noise": _noise,
+    "blur": _blur,
+    "blur-noise": _blur_noise,
+    "speckle": _speckle,
+    "inverted": _inverted,
+}
+
+
+def shift(x: np.ndarray, kind: str, seed: int, **params: float) -> np.ndarray:
+    """Apply the named transform (see SHIFTS) with its params, clipped to [0,1], as float32.
+
+    Raises:
+        DataError: the kind is unknown or a parameter does not belong to it.
+    """
+    fn = SHIFTS.get(kind)
+    if fn is None:
+        raise DataError(f"unknown shift {kind!r}: choose one of {sorted(SHIFTS)}")
+    try:
+        out = fn(np.asarray(x, dtype=np.float32), np.random.default_rng(seed), **params)
+    except TypeError as e:
+        raise DataError(f"bad parameters {params} for shift {kind!r}: {e}") from e
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _shares(n_shares: int, seed: int) -> list[np.ndarray]:
+    """Disjoint index shares of the digits, shuffled by seed."""
+    if n_shares < 1:
+        raise DataError(f"need at least one site, got {n_shares}")
+    order = np.random.default_rng(seed).permutation(len(_digits()[1]))
+    return np.array_split(order, n_shares)
+
+
+def digits_sites(seed: int = 0, names: Sequence[str] = SITE_NAMES) -> list[SiteData]:
+    """Disjoint shares of the digits, one per site, each through its site's transform (a site name is a shift kind)."""
+    x, y = _digits()
+    sites = []
+    for i, (name, idx) in enumerate(zip(names, _shares(len(names), seed), strict=True)):
+        sites.append(SiteData(name, shift(x[idx], name, seed=seed * 1000 + i), y[idx].copy()))
+    return sites
+
+
+def permuted_pixels_stream(n_sites: int, seed: int) -> list[SiteData]:
+    """Disjoint digit shares, site k with its own fixed pixel permutation (site 0 unpermuted)."""
+    x, y = _digits()
+    rng = np.random.default_rng(seed + 7919)  # apart from the share shuffle's stream
+    sites = []
+    for k, idx in enumerate(_shares(n_sites, seed)):
+        perm = np.arange(SIDE * SIDE) if k == 0 else rng.permutation(SIDE * SIDE)
+        flat = x[idx].reshape(len(idx), -1)[:, perm]
+        sites.append(SiteData(f"perm-{k}", flat.reshape(-1, 1, SIDE, SIDE).copy(), y[idx].copy()))
+    return sites
+
+
+def site_batch(site: SiteData, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random sample of n of the site's images and labels, without replacement."""
+    if not 1 <= n <= len(site.y):
+        raise DataError(f"site {site.name!r} has {len(site.y)} samples; cannot draw {n}")
+    idx = np.sort(np.random.default_rng(seed).choice(len(site.y), size=n, replace=False))
+    return site.x[idx], site.y[idx]
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Images in [0,1] -> uint8 [0,255], rounded, for compact npz payloads."""
+    return np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)

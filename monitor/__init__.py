@@ -1,0 +1,41 @@
+"""Drift monitoring: image batches -> feature tables -> Evidently drift checks -> DriftReport and alerts.
+
+Imports nothing from `learner`: the caller passes the embedding function (e.g. a model's penultimate layer).
+"""
+
+from monitor.alerts import WebhookConfig, alert_payload, post_webhook
+from monitor.drift import DriftCheck, DriftConfig, check_drift, detect_drift, save_snapshot
+from monitor.errors import DriftCheckFailed, InvalidInput, InvalidReference, MonitorError
+from monitor.features import (
+    IMAGE_STAT_COLUMNS,
+    LABEL_COLUMN,
+    EmbedFn,
+    FeatureConfig,
+    Reference,
+    batch_features,
+    fit_reference,
+    image_statistics,
+)
+
+__all__ = [
+    "IMAGE_STAT_COLUMNS",
+    "LABEL_COLUMN",
+    "DriftCheck",
+    "DriftCheckFailed",
+    "DriftConfig",
+    "EmbedFn",
+    "FeatureConfig",
+    "InvalidInput",
+    "InvalidReference",
+    "MonitorError",
+    "Reference",
+    "WebhookConfig",
+    "alert_payload",
+    "batch_features",
+    "check_drift",
+    "detect_drift",
+    "fit_reference",
+    "image_statistics",
+    "post_webhook",
+    "save_snapshot",
+]

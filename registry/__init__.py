@@ -1,0 +1,1 @@
+"""The system of record: records, Redis store, content-addressed artifacts, gates."""

@@ -1,0 +1,81 @@
+"""Content-addressed artifacts: put bytes, get them back by sha256, verified on every read.
+
+Any fsspec URL works ("file:///srv/clreg", "memory://x", a bare local path). Writes go to a temporary
+name and are renamed into place, so a reader never sees half an artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from registry.errors import ArtifactCorrupt, StoreUnavailable
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ArtifactStore:
+    """Blobs under `<root>/<aa>/<sha256>`; immutable once written."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        fs, root = url_to_fs(url)
+        self._fs: fsspec.AbstractFileSystem = fs
+        self._root = root.rstrip("/")
+        try:
+            self._fs.makedirs(self._root, exist_ok=True)
+        except OSError as e:
+            raise StoreUnavailable(f"artifact root {url!r} cannot be created: {e}") from e
+
+    def path(self, digest: str) -> str:
+        _check_digest(digest)
+        return f"{self._root}/{digest[:2]}/{digest}"
+
+    def put(self, data: bytes) -> str:
+        """Store `data` and return its sha256; storing the same bytes twice is a no-op."""
+        digest = sha256(data)
+        final = self.path(digest)
+        try:
+            if self._fs.exists(final):
+                return digest
+            self._fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+            tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+            with self._fs.open(tmp, "wb") as f:
+                f.write(data)
+            self._fs.mv(tmp, final)
+        except OSError as e:
+            raise StoreUnavailable(f"cannot write artifact {digest}: {e}") from e
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        """Read an artifact and check its hash; a mismatch is never returned."""
+        path = self.path(digest)
+        try:
+            with self._fs.open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError as e:
+            raise ArtifactCorrupt(f"artifact {digest} is missing from {self.url}") from e
+        except OSError as e:
+            raise StoreUnavailable(f"cannot read artifact {digest}: {e}") from e
+        actual = sha256(data)
+        if actual != digest:
+            raise ArtifactCorrupt(f"artifact {digest} is corrupt: its bytes hash to {actual}")
+        return data
+
+    def exists(self, digest: str) -> bool:
+        return bool(self._fs.exists(self.path(digest)))
+
+    def delete(self, digest: str) -> None:
+        path = self.path(digest)
+        if self._fs.exists(path):
+            self._fs.rm(path)
+
+
+def _check_digest(digest: str) -> None:
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ArtifactCorrupt(f"invalid artifact digest {digest!r}")

@@ -1,0 +1,43 @@
+"""Registry errors.
+
+RegistryError
+ ├── NotFound             a model, site, version, batch or report does not exist
+ ├── Conflict             the write contradicts what is stored (duplicate name, unservable version)
+ ├── ArtifactCorrupt      an artifact's bytes no longer match their sha256, or it is missing
+ ├── InvalidBatch         a pushed batch cannot be used; nothing of it is stored
+ │    ├── MalformedBatch  not a readable npz with arrays x and y
+ │    └── BatchMismatch   readable, but shape, dtype, values or labels do not fit the model
+ └── StoreUnavailable     Redis or the artifact store cannot be reached
+"""
+
+
+class RegistryError(Exception):
+    """Root of every error the registry raises."""
+
+
+class NotFound(RegistryError):
+    """The named record does not exist."""
+
+
+class Conflict(RegistryError):
+    """The write contradicts the stored state."""
+
+
+class ArtifactCorrupt(RegistryError):
+    """An artifact is missing or its bytes do not hash to its name."""
+
+
+class InvalidBatch(RegistryError):
+    """A pushed batch was refused; the message says what is wrong and how to fix it."""
+
+
+class MalformedBatch(InvalidBatch):
+    """The bytes are not an npz holding `x` and `y`."""
+
+
+class BatchMismatch(InvalidBatch):
+    """The arrays do not fit the model's input spec (shape, dtype, finite values, label range)."""
+
+
+class StoreUnavailable(RegistryError):
+    """The backing store (Redis, file system) failed; retrying later may help."""

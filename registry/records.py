@@ -1,0 +1,232 @@
+"""The registry's records: every fact clreg keeps, as pydantic models serialised to JSON.
+
+Records are frozen. A ModelVersion is written once; its status lives beside it in the store, so the
+record itself stays immutable while the version moves candidate -> blessed -> production.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+BATCH_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_name(value: str) -> str:
+    """Validate a model or site name before it reaches a key or a path."""
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"invalid name {value!r}: use 1-63 characters of a-z, 0-9, '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def check_batch_id(value: str) -> str:
+    """Validate a batch id (the sha256 hex digest of the batch bytes)."""
+    if not BATCH_ID_PATTERN.fullmatch(value):
+        raise ValueError(f"invalid batch id {value!r}: expected 64 lowercase hex characters")
+    return value
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+BatchId = Annotated[str, AfterValidator(check_batch_id)]
+
+
+def now() -> float:
+    """Wall-clock seconds since the epoch: the one clock every record uses."""
+    return time.time()
+
+
+class Record(BaseModel):
+    """Base config for records: frozen, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    schema_version: int = SCHEMA_VERSION
+
+
+class InputSpec(Record):
+    """What a model accepts: images [N, channels, height, width] and labels 0..classes-1."""
+
+    channels: int = Field(ge=1, le=16)
+    height: int = Field(ge=4, le=1024)
+    width: int = Field(ge=4, le=1024)
+    classes: int = Field(ge=2, le=1000)
+
+
+class Model(Record):
+    name: Name
+    factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
+    input: InputSpec
+    created_at: float = Field(default_factory=now)
+
+
+class VersionStatus(str, Enum):
+    CANDIDATE = "candidate"
+    BLESSED = "blessed"
+    PRODUCTION = "production"
+    REJECTED = "rejected"
+    ARCHIVED = "archived"
+
+
+SERVABLE = frozenset({VersionStatus.BLESSED, VersionStatus.PRODUCTION})
+
+
+class Lineage(Record):
+    """Where a version came from: enough to retrain it and to audit why it exists."""
+
+    parent: int | None = None
+    batch_ids: list[str] = Field(default_factory=list)
+    sites: list[str] = Field(default_factory=list)
+    train_settings: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    code_version: str = ""
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+class ModelVersion(Record):
+    """One immutable model version. `number` is assigned by the store (1, 2, 3 ... without gaps)."""
+
+    model: Name
+    number: int = Field(ge=1)
+    lineage: Lineage
+    artifacts: dict[str, str] = Field(default_factory=dict)  # artifact name -> sha256
+    metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: float = Field(default_factory=now)
+
+
+class VersionView(BaseModel):
+    """A version as listings show it: the immutable record plus its status, aliases and gate report."""
+
+    model_config = ConfigDict(frozen=True)
+    version: ModelVersion
+    status: VersionStatus
+    aliases: list[str] = Field(default_factory=list)
+    gate_report_id: str | None = None
+
+
+class Site(Record):
+    """A hospital pushing data. The token is stored only as its sha256."""
+
+    name: Name
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    created_at: float = Field(default_factory=now)
+
+
+class BatchStatus(str, Enum):
+    RECEIVED = "received"
+    DRIFT_CHECKED = "drift_checked"
+    TRAINING = "training"
+    GATED = "gated"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+class Batch(Record):
+    """A labelled batch as stored: content-addressed npz plus its deterministic train/held-out split."""
+
+    id: BatchId
+    model: Name
+    site: Name
+    samples: int = Field(ge=1)
+    class_counts: list[int]
+    train_index: list[int]
+    heldout_index: list[int]
+    artifact: str  # sha256 of the npz bytes (== id)
+    created_at: float = Field(default_factory=now)
+
+
+class BatchState(BaseModel):
+    """Where a batch is in the pipeline; mutable, stored apart from the Batch record."""
+
+    model_config = ConfigDict(frozen=True)
+    status: BatchStatus
+    version: int | None = None
+    drift_report_id: str | None = None
+    detail: str = ""
+    updated_at: float = Field(default_factory=now)
+
+
+class ColumnDrift(Record):
+    column: str
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+
+
+class DriftReport(Record):
+    id: str
+    model: Name
+    site: Name
+    batch_id: BatchId
+    reference_version: int | None
+    samples: int
+    columns: list[ColumnDrift] = Field(default_factory=list)
+    drifted_share: float = 0.0
+    feature_drift: bool = False
+    label_drift: ColumnDrift | None = None
+    embedding_mmd: ColumnDrift | None = None
+    drift: bool = False
+    seconds: float = 0.0
+    html_artifact: str | None = None  # sha256 of the Evidently HTML page
+    created_at: float = Field(default_factory=now)
+
+    def top_columns(self, k: int = 5) -> list[str]:
+        """The k drifted columns with the strongest evidence, for alerts."""
+        drifted = [c for c in self.columns if c.drifted]
+        return [c.column for c in sorted(drifted, key=lambda c: c.score)[:k]]
+
+
+class SiteGate(Record):
+    """One site's line in a gate report: both models on the same held-out samples."""
+
+    site: Name
+    samples: int
+    candidate_accuracy: float
+    production_accuracy: float | None
+    delta: float | None
+    lower_bound: float | None
+    new_site: bool
+    passed: bool
+
+
+class GateReport(Record):
+    id: str
+    model: Name
+    candidate: int
+    production: int | None
+    tolerance: float
+    confidence: float
+    sites: list[SiteGate]
+    passed: bool
+    reasons: list[str] = Field(default_factory=list)
+    created_at: float = Field(default_factory=now)
+
+
+class AliasChange(Record):
+    model: Name
+    alias: Name
+    from_version: int | None
+    to_version: int
+    who: str
+    reason: str
+    at: float = Field(default_factory=now)
+
+
+class Event(Record):
+    """One line of the audit trail (a Redis stream entry per model)."""
+
+    id: str = ""
+    model: Name
+    kind: str
+    at: float = Field(default_factory=now)
+    data: dict[str, Any] = Field(default_factory=dict)

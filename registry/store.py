@@ -1,0 +1,356 @@
+"""RedisRegistry: models, versions, aliases, sites and batches in Redis, as JSON records.
+
+Key schema (every key under `cfg.prefix`, so deployments can share one Redis):
+    {p}:models                      zset  model name -> created_at
+    {p}:model:{m}                   JSON  Model
+    {p}:model:{m}:seq               int   last version number (INCR inside a Lua script)
+    {p}:model:{m}:v:{n}             JSON  ModelVersion (written once)
+    {p}:model:{m}:versions          zset  n -> n (ordered by number)
+    {p}:model:{m}:status            hash  n -> VersionStatus
+    {p}:model:{m}:gate              hash  n -> gate report id
+    {p}:model:{m}:aliases           hash  alias -> n
+    {p}:model:{m}:alias:{a}:history list  AliasChange JSON, oldest first
+    {p}:model:{m}:batches           zset  batch id -> created_at
+    {p}:model:{m}:pending           set   batch ids drift-checked and waiting for the next update
+    {p}:model:{m}:drift             zset  drift report id -> created_at
+    {p}:sites                       zset  site name -> created_at
+    {p}:site:{s}                    JSON  Site
+    {p}:batch:{id}                  JSON  Batch          {p}:batch:{id}:state  JSON BatchState
+    {p}:report:drift:{id}           JSON  DriftReport    {p}:report:gate:{id}  JSON GateReport
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import redis
+from pydantic import BaseModel, ConfigDict
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from registry.errors import Conflict, NotFound, StoreUnavailable
+from registry.records import (
+    SERVABLE,
+    AliasChange,
+    Batch,
+    BatchState,
+    DriftReport,
+    GateReport,
+    Model,
+    ModelVersion,
+    Site,
+    VersionStatus,
+    VersionView,
+    check_batch_id,
+    check_name,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Number and write a version in one step: no gaps, no duplicates, whatever the number of writers.
+_REGISTER = """
+local n = redis.call('INCR', KEYS[1])
+local body = '{"number":' .. n .. ',' .. string.sub(ARGV[1], 2)
+redis.call('SET', KEYS[2] .. n, body)
+redis.call('ZADD', KEYS[3], n, n)
+redis.call('HSET', KEYS[4], n, ARGV[2])
+return n
+"""
+
+
+class StoreConfig(BaseModel):
+    """Where the registry's metadata lives."""
+
+    model_config = ConfigDict(frozen=True)
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "clreg"
+    socket_timeout_s: float = 5.0
+
+
+def connect(cfg: StoreConfig) -> redis.Redis:
+    """A client that retries transient connection errors with backoff (redis-py's own Retry)."""
+    return redis.Redis.from_url(
+        cfg.url,
+        decode_responses=True,
+        socket_timeout=cfg.socket_timeout_s,
+        socket_connect_timeout=cfg.socket_timeout_s,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        health_check_interval=30,
+    )
+
+
+def translated(fn: Callable[P, R]) -> Callable[P, R]:
+    """The one boundary where redis-py's exceptions become registry errors."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise StoreUnavailable(f"Redis is unreachable: {e}") from e
+        except redis.ResponseError as e:
+            raise StoreUnavailable(f"Redis refused the command: {e}") from e
+
+    return wrapper
+
+
+class RedisRegistry:
+    """The system of record; every method is one or a few atomic Redis operations."""
+
+    def __init__(self, cfg: StoreConfig, client: redis.Redis | None = None) -> None:
+        self.cfg = cfg
+        self.r = client if client is not None else connect(cfg)
+        self._register = self.r.register_script(_REGISTER)
+
+    def key(self, *parts: str | int) -> str:
+        return ":".join([self.cfg.prefix, *map(str, parts)])
+
+    @translated
+    def ping(self) -> bool:
+        return bool(self.r.ping())
+
+    # -- models ---------------------------------------------------------------------------------
+    @translated
+    def create_model(self, model: Model) -> None:
+        if not self.r.set(self.key("model", model.name), model.model_dump_json(), nx=True):
+            raise Conflict(f"model {model.name!r} already exists")
+        self.r.zadd(self.key("models"), {model.name: model.created_at})
+
+    @translated
+    def get_model(self, name: str) -> Model:
+        raw = self.r.get(self.key("model", check_name(name)))
+        if raw is None:
+            raise NotFound(f"model {name!r} does not exist")
+        return Model.model_validate_json(raw)
+
+    @translated
+    def list_models(self) -> list[str]:
+        return list(self.r.zrange(self.key("models"), 0, -1))
+
+    # -- versions -------------------------------------------------------------------------------
+    @translated
+    def register_version(self, version: ModelVersion) -> ModelVersion:
+        """Store a new version; the number in `version` is ignored and the next free one assigned."""
+        self.get_model(version.model)
+        body = version.model_dump_json(exclude={"number"})
+        keys = [self.key("model", version.model, "seq"), self.key("model", version.model, "v", ""),
+                self.key("model", version.model, "versions"), self.key("model", version.model, "status")]
+        n = int(self._register(keys=keys, args=[body, VersionStatus.CANDIDATE.value]))
+        return version.model_copy(update={"number": n})
+
+    @translated
+    def get_version(self, model: str, number: int) -> ModelVersion:
+        raw = self.r.get(self.key("model", check_name(model), "v", int(number)))
+        if raw is None:
+            raise NotFound(f"model {model!r} has no version {number}")
+        return ModelVersion.model_validate_json(raw)
+
+    @translated
+    def status(self, model: str, number: int) -> VersionStatus:
+        raw = self.r.hget(self.key("model", model, "status"), int(number))
+        if raw is None:
+            raise NotFound(f"model {model!r} has no version {number}")
+        return VersionStatus(raw)
+
+    @translated
+    def set_status(self, model: str, number: int, status: VersionStatus, gate_report_id: str | None = None) -> None:
+        """Mark a version blessed/rejected/archived; a version holding an alias cannot be rejected."""
+        if status is VersionStatus.PRODUCTION:
+            raise Conflict("production status is given only by promote()")
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            current = pipe.hget(self.key("model", model, "status"), number)
+            if current is None:
+                raise NotFound(f"model {model!r} has no version {number}")
+            held = [a for a, n in pipe.hgetall(self.key("model", model, "aliases")).items() if int(n) == number]
+            if held and status not in SERVABLE:
+                raise Conflict(f"version {number} holds alias {held[0]!r}; move the alias first")
+            pipe.multi()
+            pipe.hset(self.key("model", model, "status"), number, status.value)
+            if gate_report_id is not None:
+                pipe.hset(self.key("model", model, "gate"), number, gate_report_id)
+
+        self.r.transaction(txn, self.key("model", model, "status"), self.key("model", model, "aliases"))
+
+    @translated
+    def list_versions(self, model: str, status: VersionStatus | None = None) -> list[VersionView]:
+        """Every version, oldest first, with its status, aliases and gate report id."""
+        check_name(model)
+        numbers = [int(n) for n in self.r.zrange(self.key("model", model, "versions"), 0, -1)]
+        if not numbers:
+            return []
+        pipe = self.r.pipeline(transaction=True)
+        pipe.mget([self.key("model", model, "v", n) for n in numbers])
+        pipe.hgetall(self.key("model", model, "status"))
+        pipe.hgetall(self.key("model", model, "aliases"))
+        pipe.hgetall(self.key("model", model, "gate"))
+        raws, statuses, aliases, gates = pipe.execute()
+        by_version: dict[int, list[str]] = {}
+        for alias, n in aliases.items():
+            by_version.setdefault(int(n), []).append(alias)
+        views = [VersionView(version=ModelVersion.model_validate_json(raw), status=VersionStatus(statuses[str(n)]),
+                             aliases=sorted(by_version.get(n, [])), gate_report_id=gates.get(str(n)))
+                 for n, raw in zip(numbers, raws) if raw is not None]
+        return [v for v in views if status is None or v.status is status]
+
+    # -- aliases --------------------------------------------------------------------------------
+    @translated
+    def resolve(self, model: str, alias: str = "production") -> int | None:
+        """The version an alias points at (the call on the serving path: one HGET)."""
+        raw = self.r.hget(self.key("model", model, "aliases"), alias)
+        return None if raw is None else int(raw)
+
+    @translated
+    def promote(self, model: str, number: int, who: str, reason: str, alias: str = "production") -> AliasChange:
+        """Move `alias` to `number` and record the change, in one transaction; unservable versions refused."""
+        check_name(alias)
+        status_key, alias_key = self.key("model", model, "status"), self.key("model", model, "aliases")
+        change: list[AliasChange] = []
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            status = pipe.hget(status_key, number)
+            if status is None:
+                raise NotFound(f"model {model!r} has no version {number}")
+            if VersionStatus(status) in (VersionStatus.REJECTED, VersionStatus.ARCHIVED):
+                raise Conflict(f"version {number} is {status} and can never be served")
+            previous = pipe.hget(alias_key, alias)
+            rec = AliasChange(model=model, alias=alias, from_version=None if previous is None else int(previous),
+                              to_version=number, who=who, reason=reason)
+            pipe.multi()
+            pipe.hset(alias_key, alias, number)
+            if alias == "production":
+                if previous is not None and int(previous) != number:
+                    pipe.hset(status_key, previous, VersionStatus.BLESSED.value)
+                pipe.hset(status_key, number, VersionStatus.PRODUCTION.value)
+            pipe.rpush(self.key("model", model, "alias", alias, "history"), rec.model_dump_json())
+            change[:] = [rec]
+
+        self.r.transaction(txn, status_key, alias_key)
+        return change[0]
+
+    @translated
+    def aliases(self, model: str) -> dict[str, int]:
+        return {a: int(n) for a, n in self.r.hgetall(self.key("model", check_name(model), "aliases")).items()}
+
+    @translated
+    def alias_history(self, model: str, alias: str = "production") -> list[AliasChange]:
+        raws = self.r.lrange(self.key("model", check_name(model), "alias", check_name(alias), "history"), 0, -1)
+        return [AliasChange.model_validate_json(raw) for raw in raws]
+
+    def alias_at(self, model: str, at: float, alias: str = "production") -> int | None:
+        """Which version held `alias` at time `at` (None before the first promotion)."""
+        holder = None
+        for change in self.alias_history(model, alias):
+            if change.at > at:
+                break
+            holder = change.to_version
+        return holder
+
+    # -- sites ----------------------------------------------------------------------------------
+    @translated
+    def add_site(self, site: Site) -> None:
+        if not self.r.set(self.key("site", site.name), site.model_dump_json(), nx=True):
+            raise Conflict(f"site {site.name!r} already exists")
+        self.r.zadd(self.key("sites"), {site.name: site.created_at})
+
+    @translated
+    def get_site(self, name: str) -> Site:
+        raw = self.r.get(self.key("site", check_name(name)))
+        if raw is None:
+            raise NotFound(f"site {name!r} does not exist")
+        return Site.model_validate_json(raw)
+
+    @translated
+    def update_site(self, site: Site) -> None:
+        if not self.r.set(self.key("site", site.name), site.model_dump_json(), xx=True):
+            raise NotFound(f"site {site.name!r} does not exist")
+
+    @translated
+    def list_sites(self) -> list[str]:
+        return list(self.r.zrange(self.key("sites"), 0, -1))
+
+    # -- batches --------------------------------------------------------------------------------
+    @translated
+    def add_batch(self, batch: Batch) -> bool:
+        """Store a batch record; False if the same bytes were stored before (nothing changes then)."""
+        if not self.r.set(self.key("batch", batch.id), batch.model_dump_json(), nx=True):
+            return False
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self.key("batch", batch.id, "state"), BatchState(status="received").model_dump_json())
+        pipe.zadd(self.key("model", batch.model, "batches"), {batch.id: batch.created_at})
+        pipe.execute()
+        return True
+
+    @translated
+    def get_batch(self, batch_id: str) -> Batch:
+        raw = self.r.get(self.key("batch", check_batch_id(batch_id)))
+        if raw is None:
+            raise NotFound(f"batch {batch_id} does not exist")
+        return Batch.model_validate_json(raw)
+
+    @translated
+    def batch_state(self, batch_id: str) -> BatchState:
+        raw = self.r.get(self.key("batch", check_batch_id(batch_id), "state"))
+        if raw is None:
+            raise NotFound(f"batch {batch_id} does not exist")
+        return BatchState.model_validate_json(raw)
+
+    @translated
+    def set_batch_state(self, batch_id: str, state: BatchState) -> None:
+        self.r.set(self.key("batch", check_batch_id(batch_id), "state"), state.model_dump_json())
+
+    @translated
+    def model_batches(self, model: str) -> list[Batch]:
+        ids = self.r.zrange(self.key("model", check_name(model), "batches"), 0, -1)
+        raws = self.r.mget([self.key("batch", i) for i in ids]) if ids else []
+        return [Batch.model_validate_json(raw) for raw in raws if raw is not None]
+
+    @translated
+    def add_pending(self, model: str, batch_id: str) -> None:
+        self.r.sadd(self.key("model", model, "pending"), batch_id)
+
+    @translated
+    def pending(self, model: str) -> list[str]:
+        return sorted(self.r.smembers(self.key("model", model, "pending")))
+
+    @translated
+    def clear_pending(self, model: str, batch_ids: list[str]) -> None:
+        if batch_ids:
+            self.r.srem(self.key("model", model, "pending"), *batch_ids)
+
+    # -- reports --------------------------------------------------------------------------------
+    @translated
+    def put_drift_report(self, report: DriftReport) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self.key("report", "drift", report.id), report.model_dump_json())
+        pipe.zadd(self.key("model", report.model, "drift"), {report.id: report.created_at})
+        pipe.execute()
+
+    @translated
+    def drift_reports(self, model: str, limit: int = 100) -> list[DriftReport]:
+        """The newest `limit` drift reports of a model, oldest first."""
+        ids = self.r.zrange(self.key("model", check_name(model), "drift"), -limit, -1)
+        raws = self.r.mget([self.key("report", "drift", i) for i in ids]) if ids else []
+        return [DriftReport.model_validate_json(raw) for raw in raws if raw is not None]
+
+    @translated
+    def get_drift_report(self, report_id: str) -> DriftReport:
+        raw = self.r.get(self.key("report", "drift", check_name(report_id)))
+        if raw is None:
+            raise NotFound(f"drift report {report_id!r} does not exist")
+        return DriftReport.model_validate_json(raw)
+
+    @translated
+    def put_gate_report(self, report: GateReport) -> None:
+        self.r.set(self.key("report", "gate", report.id), report.model_dump_json())
+
+    @translated
+    def get_gate_report(self, report_id: str) -> GateReport:
+        raw = self.r.get(self.key("report", "gate", check_name(report_id)))
+        if raw is None:
+            raise NotFound(f"gate report {report_id!r} does not exist")
+        return GateReport.model_validate_json(raw)

@@ -1,0 +1,24 @@
+"""The serving layer's own settings, handed to each replica as a plain dict."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.store import StoreConfig
+
+
+class ServingConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    store: StoreConfig = StoreConfig()
+    artifacts_url: str = ".clreg/artifacts"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replicas: int = Field(default=1, ge=1)
+    # Serve's default of 5 collapses throughput beyond 5 clients per replica (measured): keep it high.
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    poll_interval_s: float = Field(default=0.1, gt=0)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_samples: int = Field(default=10_000, ge=1)
+    heldout_fraction: float = Field(default=0.3, gt=0, lt=1)
+    admin_token_sha256: str = ""
+    torch_threads: int = Field(default=1, ge=1)

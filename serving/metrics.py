@@ -1,0 +1,60 @@
+"""Prometheus metrics for /metrics: read from the registry at scrape time.
+
+The daemon, the gateway and the replicas are separate processes; Redis is the one place that knows
+the whole state, so the collector asks it instead of each process keeping its own partial counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from registry.events import EventLog, IngestQueue
+from registry.store import RedisRegistry
+
+
+class RegistryCollector(Collector):
+    """Production versions, version counts by status, ingest backlog, alerts and latest drift per site."""
+
+    def __init__(self, registry: RedisRegistry) -> None:
+        self._reg = registry
+
+    def collect(self) -> Iterator[Metric]:
+        production = GaugeMetricFamily("clreg_production_version", "Version holding the production alias",
+                                       labels=["model"])
+        versions = GaugeMetricFamily("clreg_versions", "Versions by status", labels=["model", "status"])
+        drift = GaugeMetricFamily("clreg_drift_share", "Share of drifted features in the latest check",
+                                  labels=["model", "site"])
+        drifted = GaugeMetricFamily("clreg_drift_detected", "1 if the latest check of a site found drift",
+                                    labels=["model", "site"])
+        for model in self._reg.list_models():
+            number = self._reg.resolve(model)
+            if number is not None:
+                production.add_metric([model], number)
+            counts: dict[str, int] = {}
+            for view in self._reg.list_versions(model):
+                counts[view.status.value] = counts.get(view.status.value, 0) + 1
+            for status, n in counts.items():
+                versions.add_metric([model, status], n)
+            latest = {r.site: r for r in self._reg.drift_reports(model, limit=200)}
+            for site, report in latest.items():
+                drift.add_metric([model, site], report.drifted_share)
+                drifted.add_metric([model, site], float(report.drift))
+        yield from (production, versions, drift, drifted)
+        backlog = GaugeMetricFamily("clreg_ingest_backlog", "Batches waiting for the daemon")
+        backlog.add_metric([], IngestQueue(self._reg).backlog())
+        yield backlog
+        alerts = GaugeMetricFamily("clreg_alerts", "Alerts in the alerts stream")
+        alerts.add_metric([], len(EventLog(self._reg).alerts(count=100_000)))
+        yield alerts
+
+
+def build(registry: RedisRegistry) -> tuple[CollectorRegistry, Counter]:
+    """A private metrics registry with the collector and the gateway's own request counter."""
+    metrics = CollectorRegistry()
+    metrics.register(RegistryCollector(registry))
+    batches = Counter("clreg_batches", "Batches pushed, by outcome", ["outcome"], registry=metrics)
+    return metrics, batches

@@ -1,0 +1,175 @@
+"""ModelServer: answers /v1/predict and swaps itself to each new production version in place.
+
+Each replica polls the production alias in Redis. On a change it loads the weights (the artifact store
+verifies their sha256), warms the model up, and then replaces one reference holding (version, model):
+requests in flight finish on the old model, the next ones use the new one, no replica restarts.
+A version that fails to load is never served; the replica keeps the previous one and says so in an event.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from learner.errors import LearnerError
+from learner.models import build_model, load_weights, to_tensor
+from registry.artifacts import ArtifactStore
+from registry.errors import RegistryError
+from registry.events import EventLog
+from registry.records import InputSpec, Model
+from registry.store import RedisRegistry
+from serving.config import ServingConfig
+from serving.errors import BadRequest, NotReady, PayloadTooLarge, UnsupportedMedia
+from serving.responses import error_response
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What answers a request: swapped as one reference so version and weights never disagree."""
+
+    version: int
+    module: torch.nn.Module
+    spec: InputSpec
+
+
+class ModelServer:
+    """A Serve deployment class; `deployment()` below wraps it with its options."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = ServingConfig.model_validate(cfg)
+        torch.set_num_threads(self.cfg.torch_threads)
+        self.registry = RedisRegistry(self.cfg.store)
+        self.artifacts = ArtifactStore(self.cfg.artifacts_url)
+        self.events = EventLog(self.registry)
+        self.loaded: dict[str, Loaded] = {}
+        self.thresholds: dict[str, float] = {}
+        self._failed: dict[str, int] = {}
+        self._stop = threading.Event()
+        self.sync()
+        threading.Thread(target=self._watch, name="clreg-swap", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.cfg.poll_interval_s):
+            try:
+                self.sync()
+            except RegistryError as e:  # Redis away: keep serving what is loaded
+                log.warning("registry poll failed: %s", e)
+
+    def sync(self) -> None:
+        """Load every model whose production alias moved since the last poll."""
+        for name in self.registry.list_models():
+            target = self.registry.resolve(name)
+            current = self.loaded.get(name)
+            if target is None or (current and current.version == target) or self._failed.get(name) == target:
+                continue
+            self._swap(self.registry.get_model(name), target, current)
+        self.thresholds = {s.name: s.threshold for s in map(self.registry.get_site, self.registry.list_sites())
+                           if s.threshold is not None}
+
+    def _swap(self, model: Model, number: int, current: Loaded | None) -> None:
+        started = time.perf_counter()
+        try:
+            version = self.registry.get_version(model.name, number)
+            spec = model.input
+            module = build_model(model.factory, model.factory_kwargs, spec.channels, spec.height, spec.width,
+                                 spec.classes)
+            load_weights(module, self.artifacts.get(version.artifacts["weights"]))
+            module.eval()
+            with torch.no_grad():  # warm-up, so the first real request does not pay for it
+                module(torch.zeros(1, spec.channels, spec.height, spec.width))
+        except (RegistryError, LearnerError, KeyError, RuntimeError) as e:
+            self._failed[model.name] = number
+            self.events.append(model.name, "serving.failed", version=number, error=str(e))
+            log.error("version %s of %s not loaded: %s", number, model.name, e)
+            return
+        self.loaded[model.name] = Loaded(version=number, module=module, spec=spec)
+        self.events.append(model.name, "serving.swapped", version=number,
+                           previous=current.version if current else None,
+                           seconds=round(time.perf_counter() - started, 4))
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            return await self._predict(request)
+        except Exception as e:  # the HTTP edge: every failure becomes a JSON error, never a dropped request
+            return error_response(e)
+
+    async def _predict(self, request: Request) -> Response:
+        if request.method != "POST":
+            raise BadRequest("use POST /v1/predict with a JSON or npz body")
+        name = self._model_name(request.query_params.get("model"))
+        loaded = self.loaded.get(name)
+        if loaded is None:
+            raise NotReady(f"model {name!r} has no production version loaded yet")
+        body = await request.body()
+        if len(body) > self.cfg.max_body_bytes:
+            raise PayloadTooLarge(f"body has {len(body)} bytes; the limit is {self.cfg.max_body_bytes}")
+        x, site = _parse_inputs(body, request.headers.get("content-type", ""), loaded.spec)
+        with torch.no_grad():
+            probs = torch.softmax(loaded.module(to_tensor(x)), dim=1).numpy()
+        answer: dict = {"model": name, "version": loaded.version, "probabilities": probs.round(6).tolist(),
+                        "labels": probs.argmax(axis=1).tolist()}
+        threshold = self.thresholds.get(site) if site else None
+        if threshold is not None and loaded.spec.classes == 2:
+            answer["threshold"] = threshold
+            answer["decisions"] = (probs[:, 1] >= threshold).astype(int).tolist()
+        return JSONResponse(answer, headers={"X-Model-Version": str(loaded.version)})
+
+    def _model_name(self, requested: str | None) -> str:
+        if requested:
+            return requested
+        if len(self.loaded) == 1:
+            return next(iter(self.loaded))
+        raise BadRequest(f"name the model with ?model=NAME; serving {sorted(self.loaded)}")
+
+    def check_health(self) -> None:
+        self.registry.ping()
+
+
+def _parse_inputs(body: bytes, content_type: str, spec: InputSpec) -> tuple[np.ndarray, str | None]:
+    """Inputs as float32 [N,C,H,W] in [0,1] plus the optional site, from JSON or npz."""
+    if content_type.startswith("application/json"):
+        try:
+            payload = json.loads(body)
+            x = np.asarray(payload["inputs"], dtype=np.float32)
+            site = payload.get("site")
+        except (ValueError, KeyError, TypeError) as e:
+            raise BadRequest(f'expected JSON {{"inputs": [[...]], "site": optional}}: {e}') from e
+    elif content_type.startswith("application/octet-stream"):
+        try:
+            with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+                x = npz["x"]
+        except (ValueError, KeyError, OSError) as e:
+            raise BadRequest(f"expected an npz with array 'x': {e}") from e
+        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+        site = None
+    else:
+        raise UnsupportedMedia(f"content type {content_type!r}; send application/json or application/octet-stream")
+    if x.ndim == 3 and spec.channels == 1:
+        x = x[:, None]
+    want = (spec.channels, spec.height, spec.width)
+    if x.ndim != 4 or tuple(x.shape[1:]) != want or x.shape[0] == 0:
+        raise BadRequest(f"inputs have shape {list(x.shape)}; this model takes [N, {want[0]}, {want[1]}, {want[2]}]")
+    if not np.isfinite(x).all():
+        raise BadRequest("inputs hold NaN or infinite values")
+    if site is not None and not isinstance(site, str):
+        raise BadRequest("site must be a string")
+    return x, site
+
+
+def deployment(cfg: ServingConfig) -> serve.Deployment:
+    """The ModelServer deployment with this configuration's replicas and concurrency."""
+    return serve.deployment(ModelServer, name="ModelServer", num_replicas=cfg.replicas,
+                            max_ongoing_requests=cfg.max_ongoing_requests,
+                            ray_actor_options={"num_cpus": 0})

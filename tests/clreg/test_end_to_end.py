@@ -1,0 +1,92 @@
+"""The whole path through real Redis, Ray, Ray Serve, Evidently and PyTorch.
+
+Sites push batches over HTTP; the daemon checks drift, trains on Ray, gates and promotes; the Serve
+replicas swap in place. After each push the test asserts the version that answers /v1/predict and
+recomputes the gate's per-site accuracies from the stored weights and held-out sets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from clreg import context
+from clreg.client import ApiError, Client, npz_bytes
+from clreg.daemon import Daemon
+from clreg.embedded import Stack
+from learner.evaluate import site_metrics
+from learner.streams import digits_sites, to_uint8
+from registry.records import VersionStatus
+
+pytestmark = pytest.mark.integration
+MODEL = "digits"
+
+
+@pytest.fixture(scope="module")
+def running(stack: Stack) -> Iterator[tuple[Client, context.Context]]:
+    ctx = context.build(stack.settings, stack.store, stack.url)
+    daemon = Daemon(ctx)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    client = Client(stack.url, stack.admin_token)
+    client.wait_ready()
+    yield client, ctx
+    daemon.stop()
+    thread.join(timeout=30)
+
+
+def _served(client: Client, x: np.ndarray, expected: int, timeout_s: float = 15.0) -> int:
+    deadline, served = time.monotonic() + timeout_s, -1
+    while time.monotonic() < deadline and served != expected:
+        try:
+            served = client.predict(x, MODEL)[1]
+        except ApiError:
+            pass
+        time.sleep(0.1)
+    return served
+
+
+def test_batches_flow_to_served_versions(running: tuple[Client, context.Context]) -> None:
+    client, ctx = running
+    sites = digits_sites(seed=0, names=("base", "contrast", "blur-noise"))
+    client.create_model(MODEL, "learner.models:small_cnn", (1, 16, 16), classes=10)
+    expected_production: int | None = None
+    for i, site in enumerate(sites):
+        token = client.add_site(site.name)["token"]
+        pushed = client.push(site.name, token, npz_bytes(to_uint8(site.x), site.y), MODEL)
+        assert pushed["status"] == "accepted" and pushed["samples"] == len(site.y)
+        state = client.wait_batch(pushed["batch_id"], timeout_s=240)
+        assert state["status"] in ("promoted", "rejected"), state
+        assert state["version"] == i + 1
+        if state["status"] == "promoted":
+            expected_production = state["version"]
+        # drift is checked against the production reference from the second site on
+        assert (state["drift_report_id"] is None) == (i == 0)
+        _check_gate(client, ctx, state["version"], [s.name for s in sites[: i + 1]])
+        assert _served(client, site.x[:2], expected_production) == expected_production
+    assert expected_production is not None
+    drift = client.get(f"/v1/drift/{state['drift_report_id']}")
+    assert drift["drift"] is True and drift["reference_version"] is not None
+    kinds = [e["kind"] for e in client.get("/v1/events", model=MODEL)]
+    assert kinds.count("batch.received") == 3 and "serving.swapped" in kinds and "drift.alert" in kinds
+
+
+def _check_gate(client: Client, ctx: context.Context, number: int, learnt_sites: list[str]) -> None:
+    """The stored gate report's accuracies equal a fresh evaluation of the stored weights."""
+    record = client.get(f"/v1/models/{MODEL}/versions/{number}")
+    report = record["gate_report"]
+    assert [line["site"] for line in report["sites"]] == sorted(learnt_sites)
+    model = ctx.registry.get_model(MODEL)
+    version = ctx.registry.get_version(MODEL, number)
+    net = ctx.module(model, version.artifacts["weights"])
+    heldout = ctx.split_by_site(model, ctx.learnt_batches(version), "heldout")
+    for line in report["sites"]:
+        x, y = heldout[line["site"]]
+        assert line["samples"] == len(y)
+        assert line["candidate_accuracy"] == pytest.approx(site_metrics(net, x, y).accuracy, abs=1e-9)
+    status = VersionStatus(record["status"])
+    assert (status in (VersionStatus.PRODUCTION, VersionStatus.BLESSED)) == report["passed"]

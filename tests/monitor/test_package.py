@@ -1,0 +1,31 @@
+"""The package's surface and import boundary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import monitor
+
+
+def test_public_api_is_complete() -> None:
+    assert all(hasattr(monitor, name) for name in monitor.__all__)
+    expected = {
+        "detect_drift", "check_drift", "save_snapshot", "fit_reference", "batch_features", "image_statistics",
+        "Reference", "DriftConfig", "FeatureConfig", "WebhookConfig", "alert_payload", "post_webhook",
+        "MonitorError", "DriftCheckFailed", "InvalidInput", "InvalidReference",
+    }
+    assert expected <= set(monitor.__all__)
+    leaves = ("DriftCheckFailed", "InvalidInput", "InvalidReference")
+    assert all(issubclass(getattr(monitor, e), monitor.MonitorError) for e in leaves)
+
+
+def test_monitor_imports_neither_torch_nor_other_packages() -> None:
+    code = (
+        "import sys, monitor; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'learner', 'serving', 'clreg')); "
+        "reg = sorted(m for m in sys.modules if m.startswith('registry.') and m != 'registry.records'); "
+        "print(bad + reg)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

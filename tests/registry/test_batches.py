@@ -1,0 +1,73 @@
+"""Batch validation, deterministic splits and ingest atomicity on a real Redis."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from registry.artifacts import ArtifactStore
+from registry.batches import Limits, ingest, parse_batch, split
+from registry.errors import BatchMismatch, MalformedBatch
+from registry.events import EventLog, IngestQueue
+from registry.records import InputSpec, Model
+from registry.store import RedisRegistry
+
+SPEC = InputSpec(channels=1, height=8, width=8, classes=3)
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _good(n: int = 30, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    return _npz(x=rng.integers(0, 256, (n, 8, 8), dtype=np.uint8), y=rng.integers(0, 3, n))
+
+
+@pytest.mark.parametrize(
+    ("payload", "error", "message"),
+    [
+        (b"not an npz", MalformedBatch, "readable .npz"),
+        (_npz(x=np.zeros((4, 8, 8), np.uint8)), MalformedBatch, "'x' and 'y'"),
+        (_npz(x=np.zeros((4, 9, 8), np.uint8), y=np.zeros(4, int)), BatchMismatch, "shape"),
+        (_npz(x=np.full((4, 8, 8), np.nan, np.float32), y=np.zeros(4, int)), BatchMismatch, "NaN"),
+        (_npz(x=np.zeros((4, 8, 8), np.uint8), y=np.array([0, 1, 2, 3])), BatchMismatch, "outside 0..2"),
+        (_npz(x=np.zeros((4, 8, 8), np.float64), y=np.zeros(4, int)), BatchMismatch, "dtype"),
+        (_npz(x=np.zeros((4, 8, 8), np.uint8), y=np.zeros(3, int)), BatchMismatch, "like x"),
+        (_npz(x=np.array([object()] * 4, dtype=object), y=np.zeros(4, int)), MalformedBatch, "pickled"),
+    ],
+)
+def test_bad_batches_are_refused_with_a_message(payload: bytes, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        parse_batch(payload, SPEC, Limits())
+
+
+def test_split_is_stratified_and_deterministic() -> None:
+    y = np.repeat([0, 1, 2], [10, 20, 30])
+    train, held = split(y, "ab" * 32, 0.3)
+    assert split(y, "ab" * 32, 0.3) == (train, held)
+    assert sorted(train + held) == list(range(60))
+    assert np.bincount(y[held]).tolist() == [3, 6, 9]
+    assert split(y, "cd" * 32, 0.3)[1] != held
+
+
+def test_ingest_stores_once_and_refusal_leaves_nothing(registry: RedisRegistry, tmp_path: Path) -> None:
+    registry.create_model(Model(name="m", factory="learner.models:small_cnn", input=SPEC))
+    store, queue, log = ArtifactStore(str(tmp_path)), IngestQueue(registry), EventLog(registry)
+    queue.ensure_group()
+    keys_before = set(registry.r.keys("*"))
+    with pytest.raises(BatchMismatch):
+        ingest(registry, store, queue, log, "m", "s", _npz(x=np.zeros((2, 8, 8), np.uint8), y=np.array([0, 7])),
+               Limits())
+    assert set(registry.r.keys("*")) == keys_before and not list(tmp_path.rglob("*"))
+    batch, new = ingest(registry, store, queue, log, "m", "s", _good(), Limits())
+    again, new_again = ingest(registry, store, queue, log, "m", "s", _good(), Limits())
+    assert new and not new_again and again.id == batch.id
+    assert len(queue.read(block_ms=10)) == 1
+    assert [e.kind for e in log.read("m")] == ["batch.received"]
+    assert sum(batch.class_counts) == 30 and len(batch.train_index) + len(batch.heldout_index) == 30
