@@ -35,7 +35,10 @@ def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.
     was_training = model.training
     model.eval()
     try:
-        parts = [torch.softmax(model(xt[i : i + batch_size].to(device)), dim=-1).cpu() for i in range(0, len(xt), batch_size)]
+        parts = [
+            torch.softmax(model(xt[i : i + batch_size].to(device)), dim=-1).cpu()
+            for i in range(0, len(xt), batch_size)
+        ]
     finally:
         model.train(was_training)
     return torch.cat(parts).double().numpy() if parts else np.zeros((0, 0))

@@ -11,6 +11,7 @@ mode (BatchNorm uses its running statistics, so samples do not interact).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -56,7 +57,7 @@ def trainable_params(model: nn.Module) -> dict[str, Tensor]:
     return {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
 
 
-def _log_lik_fn(model: nn.Module, buffers: dict[str, Tensor]):  # noqa: ANN202 - a torch.func closure
+def _log_lik_fn(model: nn.Module, buffers: dict[str, Tensor]) -> Callable[[dict[str, Tensor], Tensor, Tensor], Tensor]:
     """log p(y | x) of one sample as a function of the parameters, for grad/vmap."""
 
     def log_lik(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:

@@ -133,5 +133,6 @@ def to_tensor(x: np.ndarray) -> torch.Tensor:
     if x.dtype == np.uint8:
         return torch.from_numpy(x.astype(np.float32) / 255.0)
     if np.issubdtype(x.dtype, np.floating):
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        # A copy: arrays from Ray's object store are read-only, and torch must not alias them.
+        return torch.from_numpy(np.array(x, dtype=np.float32, order="C", copy=True))
     raise DataError(f"expected uint8 or float images, got {x.dtype}")

@@ -102,8 +102,8 @@ def shift(x: np.ndarray, kind: str, seed: int, **params: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _shares(n_shares: int, seed: int) -> list[np.ndarray]:
-    """Disjoint index shares of the digits, shuffled by seed."""
+def site_shares(n_shares: int, seed: int) -> list[np.ndarray]:
+    """Disjoint index shares of the 1797 digits, shuffled by seed: which digits each site gets."""
     if n_shares < 1:
         raise DataError(f"need at least one site, got {n_shares}")
     order = np.random.default_rng(seed).permutation(len(_digits()[1]))
@@ -114,7 +114,7 @@ def digits_sites(seed: int = 0, names: Sequence[str] = SITE_NAMES) -> list[SiteD
     """Disjoint shares of the digits, one per site, each through its site's transform (a site name is a shift kind)."""
     x, y = _digits()
     sites = []
-    for i, (name, idx) in enumerate(zip(names, _shares(len(names), seed), strict=True)):
+    for i, (name, idx) in enumerate(zip(names, site_shares(len(names), seed), strict=True)):
         sites.append(SiteData(name, shift(x[idx], name, seed=seed * 1000 + i), y[idx].copy()))
     return sites
 
@@ -124,7 +124,7 @@ def permuted_pixels_stream(n_sites: int, seed: int) -> list[SiteData]:
     x, y = _digits()
     rng = np.random.default_rng(seed + 7919)  # apart from the share shuffle's stream
     sites = []
-    for k, idx in enumerate(_shares(n_sites, seed)):
+    for k, idx in enumerate(site_shares(n_sites, seed)):
         perm = np.arange(SIDE * SIDE) if k == 0 else rng.permutation(SIDE * SIDE)
         flat = x[idx].reshape(len(idx), -1)[:, perm]
         sites.append(SiteData(f"perm-{k}", flat.reshape(-1, 1, SIDE, SIDE).copy(), y[idx].copy()))

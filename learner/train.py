@@ -54,7 +54,7 @@ class TrainResult:
 
     weights: bytes
     ewc_state: bytes
-    curve: list[dict[str, float]]
+    curve: list[dict[str, float]]  # epoch (int), loss, ce, penalty
     seconds: float
     device: str
 
@@ -83,7 +83,9 @@ def _check_state(model: nn.Module, ewc: EWCState, cfg: TrainConfig) -> None:
     for key, entry in ewc.entries.items():
         for name, f in entry.fisher.items():
             if shapes.get(name) != f.shape:
-                raise WeightsError(f"EWC entry {key!r} has parameter {name!r} that the model lacks or shapes differently")
+                raise WeightsError(
+                    f"EWC entry {key!r} has parameter {name!r} that the model lacks or shapes differently"
+                )
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -179,7 +181,7 @@ def train_site(
     curve: list[dict[str, float]] = []
     for epoch in range(1, cfg.epochs + 1):
         _set_train_mode(model, frozen)
-        row = {"epoch": float(epoch), **_epoch(model, opt, xt, yt, ewc, weights, cfg, gen)}
+        row = {"epoch": epoch, **_epoch(model, opt, xt, yt, ewc, weights, cfg, gen)}
         curve.append(row)
         if progress is not None:
             progress(dict(row))

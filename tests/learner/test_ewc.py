@@ -131,6 +131,12 @@ def test_state_bytes_round_trip_exactly() -> None:
     assert torch.equal(back.entries["online"].anchor["a.weight"], state.entries["online"].anchor["a.weight"])
 
 
+def test_state_bytes_are_deterministic() -> None:
+    f, a = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([2.0, 3.0])}
+    state = consolidate(consolidate(EWCState(), "a", f, a), "b", f, a)
+    assert len({state_to_bytes(state) for _ in range(10)}) == 1
+
+
 def test_empty_state_round_trips() -> None:
     back = state_from_bytes(state_to_bytes(EWCState(mode="separate", gamma=1.0)))
     assert (back.mode, back.gamma, back.entries, back.sites) == ("separate", 1.0, {}, [])
