@@ -110,5 +110,6 @@ def _set_states(ctx: Context, ids: list[str], status: BatchStatus, version: int 
                 detail: str = "") -> None:
     for batch_id in ids:
         previous = ctx.registry.batch_state(batch_id)
-        ctx.registry.set_batch_state(batch_id, previous.model_copy(update={
-            "status": status, "version": version if version is not None else previous.version, "detail": detail}))
+        ctx.registry.set_batch_state(batch_id, BatchState(
+            status=status, version=version if version is not None else previous.version,
+            drift_report_id=previous.drift_report_id, detail=detail))

@@ -49,9 +49,11 @@ def registry(store_cfg: StoreConfig) -> RedisRegistry:
     return reg
 
 
-def _db(url: str, db: int) -> str:
+def _neighbour_db(url: str) -> str:
+    """The database below the test database: the stack's keys survive the per-test flushes."""
     base, _, last = url.rpartition("/")
-    return f"{base}/{db}" if last.isdigit() else f"{url}/{db}"
+    db = int(last) if last.isdigit() else 0
+    return f"{base}/{db - 1 if db > 0 else 1}" if last.isdigit() else f"{url}/1"
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +73,7 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory, ray_session:
     from clreg.settings import RedisSettings, ServeSettings, Settings
     from learner.train import TrainConfig
 
-    url = _db(redis_url, 14)
+    url = _neighbour_db(redis_url)
     redis.Redis.from_url(url).flushdb()
     settings = Settings(home=tmp_path_factory.mktemp("clreg-home"), redis=RedisSettings(url=url, prefix="e2e"),
                         serve=ServeSettings(port=int(os.environ.get("CLREG_TEST_SERVE_PORT", "8765"))),

@@ -1,0 +1,47 @@
+"""The daemon resumes a batch whose entry was delivered but never acked (a crash mid-batch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clreg import context
+from clreg.client import npz_bytes
+from clreg.daemon import Daemon
+from clreg.settings import RedisSettings, Settings
+from learner.streams import digits_sites, to_uint8
+from learner.train import TrainConfig
+from registry.batches import Limits, ingest
+from registry.events import IngestQueue
+from registry.records import BatchStatus, InputSpec, Model
+from registry.store import RedisRegistry, StoreConfig
+
+pytestmark = pytest.mark.integration
+
+
+def test_unacked_entry_is_processed_after_restart(registry: RedisRegistry, store_cfg: StoreConfig,
+                                                  tmp_path: Path, ray_session: None) -> None:
+    settings = Settings(home=tmp_path, redis=RedisSettings(url=store_cfg.url, prefix=store_cfg.prefix),
+                        train=TrainConfig(epochs=2))
+    ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
+    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+                                input=InputSpec(channels=1, height=16, width=16, classes=10)))
+    site = digits_sites(seed=1, names=("base",))[0]
+    crashed = IngestQueue(registry, consumer="daemon-1")
+    crashed.ensure_group()
+    batch, _ = ingest(registry, ctx.artifacts, crashed, ctx.events, "m", "base",
+                      npz_bytes(to_uint8(site.x[:120]), site.y[:120]), Limits())
+    assert len(crashed.read(block_ms=10)) == 1  # delivered, then the daemon "dies" before acking
+
+    restarted = Daemon(ctx, consumer="daemon-1")
+    restarted._drain(pending=True)
+
+    state = registry.batch_state(batch.id)
+    assert (state.status, state.version) == (BatchStatus.PROMOTED, 1)
+    assert registry.resolve("m") == 1 and restarted.processed == 1
+    assert restarted.queue.read(pending=True) == []  # acked once done
+    kinds = [e.kind for e in ctx.events.read("m")]
+    assert kinds == ["batch.received", "update.started", "update.finished", "gate.passed", "alias.moved"]
+    assert np.isfinite(registry.get_version("m", 1).metrics["final_loss"])
