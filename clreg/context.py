@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
-from clreg.settings import GateConfig, Settings, TriggerConfig
+from clreg.settings import GateConfig, RetentionSettings, Settings, TriggerConfig
 from learner.models import build_model, load_weights
 from learner.train import TrainConfig
 from monitor.alerts import WebhookConfig
@@ -34,12 +35,18 @@ class Context:
     webhook: WebhookConfig
     workspace: Path
     public_url: str = "http://127.0.0.1:8000"
-    _arrays: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, compare=False)
+    retention: RetentionSettings = RetentionSettings()
+    cache_batches: int = 256
+    _arrays: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=OrderedDict, compare=False)
 
     def arrays(self, model: Model, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """A batch's (x, y), read once per daemon and kept: batches are immutable."""
-        if batch.id not in self._arrays:
+        """A batch's (x, y); the most recently used batches stay in memory (batches are immutable)."""
+        if batch.id in self._arrays:
+            self._arrays.move_to_end(batch.id)
+        else:
             self._arrays[batch.id] = load_arrays(self.artifacts, batch, model.input)
+            while len(self._arrays) > self.cache_batches:
+                self._arrays.popitem(last=False)
         return self._arrays[batch.id]
 
     def module(self, model: Model, weights_sha: str) -> nn.Module:
@@ -80,4 +87,4 @@ def build(settings: Settings, store: StoreConfig, public_url: str) -> Context:
     return Context(registry=registry, artifacts=ArtifactStore(settings.artifacts()), events=EventLog(registry),
                    train=settings.train, features=settings.features, drift=settings.drift, gate=settings.gate,
                    trigger=settings.trigger, webhook=settings.webhook, workspace=settings.home / "workspace",
-                   public_url=public_url)
+                   public_url=public_url, retention=settings.retention)
