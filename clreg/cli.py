@@ -123,8 +123,14 @@ def status(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def versions(name: str = "digits", history: bool = False, as_json: JsonOpt = False) -> None:
-    """Versions of a model with status and aliases; --history lists every production move."""
+def versions(name: Annotated[str, typer.Argument(help="the model")] = "digits", history: bool = False,
+             as_json: JsonOpt = False,
+             status: Annotated[str | None, typer.Option(help="candidate|blessed|production|rejected|archived")] = None,
+             site: Annotated[str | None, typer.Option(help="versions that have learnt this site")] = None,
+             parent: Annotated[int | None, typer.Option(help="versions trained from this version")] = None,
+             since: Annotated[datetime | None, typer.Option(help="created at or after (local time)")] = None,
+             until: Annotated[datetime | None, typer.Option(help="created before (local time)")] = None) -> None:
+    """Versions of a model with status and aliases, optionally filtered; --history lists every production move."""
     client = _client()
     if history:
         data = client.get(f"/v1/models/{name}/aliases")
@@ -132,7 +138,8 @@ def versions(name: str = "digits", history: bool = False, as_json: JsonOpt = Fal
         for c in data["history"]:
             table.add_row(_when(c["at"]), str(c["from_version"] or "-"), str(c["to_version"]), c["who"], c["reason"])
         return _emit(data, as_json, table)
-    data = client.get(f"/v1/models/{name}/versions")
+    data = client.get(f"/v1/models/{name}/versions", status=status, site=site, parent=parent,
+                      since=since.timestamp() if since else None, until=until.timestamp() if until else None)
     table = Table("version", "status", "aliases", "parent", "sites", "created")
     for v in data:
         rec = v["version"]
@@ -142,14 +149,16 @@ def versions(name: str = "digits", history: bool = False, as_json: JsonOpt = Fal
 
 
 @app.command()
-def alerts(model: str | None = None, since: float = 0.0, as_json: JsonOpt = False) -> None:
-    """Drift alerts, failed gates and failed updates."""
-    data = _client().get("/v1/alerts", model=model, since=since)
+def alerts(model: str | None = None, since: float = 0.0, site: str | None = None,
+           kind: Annotated[str | None, typer.Option(help="e.g. drift.alert, gate.failed")] = None,
+           as_json: JsonOpt = False) -> None:
+    """Drift alerts, failed gates and failed updates (site "serving": drift of the inputs Serve saw)."""
+    data = _client().get("/v1/alerts", model=model, since=since, site=site, kind=kind)
     table = Table("when", "model", "kind", "site", "detail")
     for e in data:
         d = e["data"]
         table.add_row(_when(e["at"]), e["model"], e["kind"], str(d.get("site", "")),
-                      str(d.get("top_features") or d.get("reasons") or d.get("error") or ""))
+                      str(d.get("top_features") or d.get("signals") or d.get("reasons") or d.get("error") or ""))
     _emit(data, as_json, table)
 
 

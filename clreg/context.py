@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from clreg.settings import GateConfig, RetentionSettings, Settings, TriggerConfig
+from clreg.settings import GateConfig, RetentionSettings, Settings, TriggerConfig, WatchConfig
 from learner.models import build_model, load_weights
+from learner.sitebn import Bank, bank_from_bytes
 from learner.train import TrainConfig
 from monitor.alerts import WebhookConfig
 from monitor.drift import DriftConfig
@@ -36,6 +37,7 @@ class Context:
     workspace: Path
     public_url: str = "http://127.0.0.1:8000"
     retention: RetentionSettings = RetentionSettings()
+    watch: WatchConfig = WatchConfig()
     cache_batches: int = 256
     _arrays: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=OrderedDict, compare=False)
 
@@ -55,6 +57,11 @@ class Context:
         net = build_model(model.factory, model.factory_kwargs, spec.channels, spec.height, spec.width, spec.classes)
         load_weights(net, self.artifacts.get(weights_sha))
         return net.eval()
+
+    def bank(self, version: ModelVersion) -> Bank | None:
+        """The version's per-site BatchNorm bank (None under the other BatchNorm policies)."""
+        digest = version.artifacts.get("bn_bank")
+        return bank_from_bytes(self.artifacts.get(digest)) if digest else None
 
     def production(self, model: str) -> ModelVersion | None:
         number = self.registry.resolve(model)
@@ -87,4 +94,4 @@ def build(settings: Settings, store: StoreConfig, public_url: str) -> Context:
     return Context(registry=registry, artifacts=ArtifactStore(settings.artifacts()), events=EventLog(registry),
                    train=settings.train, features=settings.features, drift=settings.drift, gate=settings.gate,
                    trigger=settings.trigger, webhook=settings.webhook, workspace=settings.home / "workspace",
-                   public_url=public_url, retention=settings.retention)
+                   public_url=public_url, retention=settings.retention, watch=settings.watch)

@@ -11,11 +11,12 @@ import threading
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from clreg import pipeline
+from clreg import pipeline, watch
 from clreg.context import Context
 from registry.errors import NotFound, RegistryError
 from registry.events import IngestQueue
 from registry.records import BatchState, BatchStatus
+from registry.retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,12 @@ class Daemon:
         self.scheduler = BackgroundScheduler(daemon=True)
         self.scheduler.add_job(self.flush_pending, "interval", seconds=ctx.trigger.flush_interval_s,
                                id="flush-pending", max_instances=1, coalesce=True)
+        if ctx.watch.enabled:  # drift of the inputs Serve sees, before their labels arrive
+            self.scheduler.add_job(watch.run, "interval", args=[ctx], seconds=ctx.watch.interval_s,
+                                   id="watch-inputs", max_instances=1, coalesce=True)
+        if ctx.retention.enabled:
+            self.scheduler.add_job(self.apply_retention, "interval", seconds=ctx.retention.interval_s,
+                                   id="retention", max_instances=1, coalesce=True)
 
     def run(self) -> None:
         """Block until `stop()`: resume unacked entries first, then follow the stream."""
@@ -77,6 +84,16 @@ class Daemon:
             self.ctx.events.append(model, "update.failed", batches=[batch_id], error=f"{type(error).__name__}: {error}")
         except RegistryError as e:
             log.error("could not record the failure of batch %s: %s", batch_id[:12], e)
+
+    def apply_retention(self) -> None:
+        """Periodic job: archive old candidates and rejected versions, prune artifacts nothing kept uses."""
+        try:
+            report = Retention(self.ctx.registry, self.ctx.artifacts, self.ctx.retention.policy).run()
+        except RegistryError as e:  # Redis or storage down: the next run tries again
+            log.warning("retention skipped: %s", e)
+            return
+        log.info("retention archived %s, pruned %d artifacts, skipped %s", report.archived, len(report.pruned),
+                 report.skipped)
 
     def flush_pending(self) -> None:
         """Periodic job: learn batches that arrived but never reached a trigger on their own."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from torch import nn
 
 from clreg.context import Context
 from learner.evaluate import site_metrics
+from learner.models import to_tensor
+from learner.sitebn import Bank, route
 from registry.gates import judge
 from registry.records import GateReport, Model, ModelVersion
 
@@ -13,12 +16,10 @@ from registry.records import GateReport, Model, ModelVersion
 def gate(ctx: Context, model: Model, candidate: ModelVersion, production: ModelVersion | None) -> GateReport:
     """The GateReport of `candidate` against `production` (stored; the caller acts on `passed`)."""
     heldout = ctx.split_by_site(model, ctx.learnt_batches(candidate), "heldout")
-    cand_net = ctx.module(model, candidate.artifacts["weights"])
-    cand = {site: site_metrics(cand_net, x, y).correct for site, (x, y) in heldout.items()}
+    cand = _outcomes(ctx.module(model, candidate.artifacts["weights"]), ctx.bank(candidate), heldout)
     prod: dict[str, np.ndarray] | None = None
     if production is not None:
-        prod_net = ctx.module(model, production.artifacts["weights"])
-        prod = {site: site_metrics(prod_net, x, y).correct for site, (x, y) in heldout.items()}
+        prod = _outcomes(ctx.module(model, production.artifacts["weights"]), ctx.bank(production), heldout)
     earlier = set(production.lineage.sites) if production else set()
     lines, reasons = judge(cand, prod, set(heldout) - earlier, ctx.gate.tolerance, ctx.gate.confidence)
     report = GateReport(id=f"g-{model.name}-{candidate.number}", model=model.name, candidate=candidate.number,
@@ -26,3 +27,19 @@ def gate(ctx: Context, model: Model, candidate: ModelVersion, production: ModelV
                         confidence=ctx.gate.confidence, sites=lines, passed=not reasons, reasons=reasons)
     ctx.registry.put_gate_report(report)
     return report
+
+
+def _outcomes(net: nn.Module, bank: Bank | None,
+              heldout: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-sample correctness per site, each site scored as serving would answer it.
+
+    With a per-site BatchNorm bank a known site uses its own entry; a site the version never learnt is
+    routed by MAP to the entry that explains its images best, exactly as /v1/predict does.
+    """
+    out = {}
+    for site, (x, y) in heldout.items():
+        site_bn = None
+        if bank:
+            site_bn = bank[site if site in bank else route(net, bank, to_tensor(x))]
+        out[site] = site_metrics(net, x, y, site_bn=site_bn).correct
+    return out

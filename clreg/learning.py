@@ -19,16 +19,16 @@ from registry.records import Batch, Lineage, Model, ModelVersion
 def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: list[Batch]) -> ModelVersion:
     """Train on the batches' train splits, site by site, and register the result as a candidate."""
     started = time.perf_counter()
-    weights = ctx.artifacts.get(production.artifacts["weights"]) if production else None
-    ewc = ctx.artifacts.get(production.artifacts["ewc"]) if production else None
+    weights, ewc = _artifact(ctx, production, "weights"), _artifact(ctx, production, "ewc")
+    bank = _artifact(ctx, production, "bn_bank")
     spec = model.input
     curve: list[dict[str, float]] = []
     device = "cpu"
     new_ids = [b.id for b in batches]
     for site, (x, y) in ctx.split_by_site(model, new_ids, "train").items():
         result = train_on_ray(model.factory, model.factory_kwargs, (spec.channels, spec.height, spec.width,
-                              spec.classes), weights, ewc, x, y, site, ctx.train)
-        weights, ewc, device = result.weights, result.ewc_state, result.device
+                              spec.classes), weights, ewc, x, y, site, ctx.train, bn_bank=bank)
+        weights, ewc, bank, device = result.weights, result.ewc_state, result.bn_bank, result.device
         curve.extend({**point, "site": site} for point in result.curve)  # type: ignore[dict-item]
     trained = time.perf_counter()
     earlier_sites = production.lineage.sites if production else []
@@ -44,10 +44,16 @@ def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: 
                         timings={"train_s": round(trained - started, 3),
                                  "reference_s": round(time.perf_counter() - trained, 3)}),
         artifacts={"weights": weights_sha, "ewc": ctx.artifacts.put(ewc or b""),
-                   "reference": ctx.artifacts.put(reference)},
+                   "reference": ctx.artifacts.put(reference),
+                   **({"bn_bank": ctx.artifacts.put(bank)} if bank is not None else {})},
         metrics={"final_loss": float(curve[-1]["loss"]) if curve else float("nan")},
     )
     return ctx.registry.register_version(version)
+
+
+def _artifact(ctx: Context, version: ModelVersion | None, name: str) -> bytes | None:
+    digest = version.artifacts.get(name) if version else None
+    return ctx.artifacts.get(digest) if digest else None
 
 
 def build_reference(ctx: Context, model: Model, weights_sha: str, batch_ids: list[str]) -> bytes:

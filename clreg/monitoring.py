@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import uuid
 
 from clreg.context import Context
 from clreg.learning import embed_fn, load_reference
 from monitor.alerts import alert_payload, post_webhook
-from monitor.drift import check_drift, save_snapshot
+from monitor.drift import DriftCheck, check_drift, save_snapshot
 from monitor.errors import MonitorError
 from monitor.features import batch_features
 from registry.records import Batch, DriftReport, Model, ModelVersion
@@ -23,25 +24,37 @@ def check_batch(ctx: Context, model: Model, batch: Batch, production: ModelVersi
     reference = load_reference(ctx, production)
     x, y = ctx.arrays(model, batch)
     current = batch_features(embed_fn(ctx.module(model, production.artifacts["weights"])), reference, x, y)
-    report_id = f"d-{uuid.uuid4().hex[:16]}"
-    check = check_drift(reference, current, report_id=report_id, model=model.name, site=batch.site,
+    check = check_drift(reference, current, report_id=new_report_id(), model=model.name, site=batch.site,
                         batch_id=batch.id, reference_version=production.number, cfg=ctx.drift)
-    report = check.report.model_copy(update={"html_artifact": ctx.artifacts.put(check.html.encode())})
+    return record(ctx, check)
+
+
+def new_report_id() -> str:
+    return f"d-{uuid.uuid4().hex[:16]}"
+
+
+def record(ctx: Context, check: DriftCheck) -> DriftReport:
+    """Store a check (record, gzip-compressed HTML page, workspace snapshot), log it, and alert on drift."""
+    # Evidently's page inlines its JS bundle (~4.5 MB); gzip keeps ~1/4 of it. The gateway sends it as is.
+    html = gzip.compress(check.html.encode(), compresslevel=6, mtime=0)
+    report = check.report.model_copy(update={"html_artifact": ctx.artifacts.put(html)})
     ctx.registry.put_drift_report(report)
-    _snapshot(ctx, model, batch, check.snapshot)
-    ctx.events.append(model.name, "drift.checked", batch=batch.id, site=batch.site, report=report.id,
+    _snapshot(ctx, report, check.snapshot)
+    ctx.events.append(report.model, "drift.checked", batch=report.batch_id, site=report.site, report=report.id,
                       drift=report.drift, drifted_share=report.drifted_share)
     if report.drift:
         payload = alert_payload(report, f"{ctx.public_url}/v1/drift/{report.id}?format=html")
-        ctx.events.append(model.name, "drift.alert", **{k: v for k, v in payload.items() if k not in ("model", "kind")})
-        if ctx.webhook.url:
-            post_webhook(ctx.webhook, payload)
+        ctx.events.append(report.model, "drift.alert",
+                          **{k: v for k, v in payload.items() if k not in ("model", "kind")})
+        url = ctx.webhook.url_for(report.model)
+        if url:
+            post_webhook(ctx.webhook, payload, url)
     return report
 
 
-def _snapshot(ctx: Context, model: Model, batch: Batch, snapshot: object) -> None:
+def _snapshot(ctx: Context, report: DriftReport, snapshot: object) -> None:
     """Best effort: the workspace is for `evidently ui`; the report of record is already stored."""
     try:
-        save_snapshot(ctx.workspace, model.name, batch.site, snapshot)
+        save_snapshot(ctx.workspace, report.model, report.site, snapshot)
     except MonitorError as e:
         log.warning("evidently workspace snapshot not saved: %s", e)

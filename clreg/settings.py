@@ -14,6 +14,8 @@ from learner.train import TrainConfig
 from monitor.alerts import WebhookConfig
 from monitor.drift import DriftConfig
 from monitor.features import FeatureConfig
+from registry.inputs import InputLogConfig
+from registry.retention import RetentionConfig
 
 
 class RedisSettings(BaseModel):
@@ -58,6 +60,26 @@ class TriggerConfig(BaseModel):
     reference_samples: int = Field(default=1000, ge=10)
 
 
+class RetentionSettings(BaseModel):
+    """The daemon's retention job (off by default): archive old candidates and prune their artifacts."""
+
+    model_config = ConfigDict(frozen=True)
+    enabled: bool = False
+    interval_s: float = Field(default=86400.0, gt=0)  # APScheduler interval
+    policy: RetentionConfig = RetentionConfig()
+
+
+class WatchConfig(BaseModel):
+    """The scheduled drift check of recent prediction inputs (before labels arrive), and what Serve records for it."""
+
+    model_config = ConfigDict(frozen=True)
+    enabled: bool = True
+    interval_s: float = Field(default=900.0, gt=0)  # APScheduler interval
+    min_samples: int = Field(default=100, ge=2)  # fewer recent inputs than this: no check
+    max_samples: int = Field(default=500, ge=2)  # the newest this many inputs form the window
+    inputs: InputLogConfig = InputLogConfig()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLREG_", env_nested_delimiter="__", frozen=True)
 
@@ -71,6 +93,8 @@ class Settings(BaseSettings):
     gate: GateConfig = GateConfig()
     trigger: TriggerConfig = TriggerConfig()
     webhook: WebhookConfig = WebhookConfig()
+    watch: WatchConfig = WatchConfig()
+    retention: RetentionSettings = RetentionSettings()
     heldout_fraction: float = Field(default=0.3, gt=0, lt=1)
     artifacts_url: str | None = None  # unset: <home>/artifacts; any fsspec URL for shared storage
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +13,7 @@ from torch import nn
 
 from learner.errors import DataError
 from learner.models import to_tensor
+from learner.sitebn import apply_site_bn
 
 ECE_BINS = 15
 
@@ -70,15 +73,23 @@ def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = ECE
     return float(ece)
 
 
-def site_metrics(model: nn.Module, x: np.ndarray, y: np.ndarray) -> SiteMetrics:
+def site_metrics(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, site_bn: Mapping[str, torch.Tensor] | None = None
+) -> SiteMetrics:
     """Accuracy, balanced accuracy, AUROC, ECE and per-sample correctness of the model on (x, y).
+
+    site_bn (a learner.sitebn entry) evaluates a copy of the model carrying that site's own BatchNorm.
 
     Raises:
         DataError: no samples, or x and y differ in length.
+        WeightsError: site_bn does not fit the model.
     """
     y = np.asarray(y).astype(np.int64)
     if len(y) == 0 or len(y) != len(x):
         raise DataError(f"need one label per image and at least one image, got {len(x)} images and {len(y)} labels")
+    if site_bn is not None:
+        model = copy.deepcopy(model)
+        apply_site_bn(model, site_bn)
     proba = predict_proba(model, x)
     correct = proba.argmax(axis=1) == y
     return SiteMetrics(

@@ -77,7 +77,7 @@ def _subsample(x: Tensor, y: Tensor, max_samples: int | None) -> tuple[Tensor, T
 
 
 def fisher_diagonal(
-    model: nn.Module, x: Tensor, y: Tensor, chunk_size: int = 256, max_samples: int | None = None
+    model: nn.Module, x: Tensor, y: Tensor, chunk_size: int = 64, max_samples: int | None = None
 ) -> dict[str, Tensor]:
     """Per-sample empirical Fisher diagonal, vectorised with torch.func.vmap(grad) in chunks."""
     x, y = _subsample(x, y, max_samples)

@@ -1,10 +1,11 @@
-"""Models: the default small CNN, factory loading, embeddings and safetensors weights."""
+"""Models: the default small CNN, a pretrained-encoder variant, factory loading, embeddings and safetensors weights."""
 
 from __future__ import annotations
 
 import importlib
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,48 @@ def small_cnn(channels: int, height: int, width: int, classes: int, width_mult: 
         nn.ReLU(),
         nn.Linear(EMBED_DIM, classes),
     )
+
+
+def _head_prefix(model: nn.Module) -> str:
+    """The module name of the head (the last nn.Linear), for telling encoder tensors from head tensors."""
+    head = last_linear(model)
+    return next(name for name, m in model.named_modules() if m is head)
+
+
+def encoder_to_bytes(model: nn.Module) -> bytes:
+    """The model's state dict without the head, as safetensors bytes: an encoder to transfer."""
+    prefix = _head_prefix(model) + "."
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(prefix)}
+    return st_save(state)
+
+
+def pretrained_cnn(
+    channels: int, height: int, width: int, classes: int, encoder_weights: str, width_mult: int = 1
+) -> nn.Module:
+    """The small CNN with its encoder loaded from a local safetensors file and a fresh head for `classes`.
+
+    The file holds a small_cnn's encoder (encoder_to_bytes) or full weights (its head is dropped), from a
+    model trained on another task: the transfer case, with no download.
+
+    Raises:
+        WeightsError: the file is missing, not safetensors, or not an encoder of this architecture.
+    """
+    model = small_cnn(channels, height, width, classes, width_mult)
+    try:
+        state = st_load(Path(encoder_weights).read_bytes())
+    except (OSError, SafetensorError, ValueError) as e:
+        raise WeightsError(f"cannot read encoder weights {encoder_weights!r}: {e}") from e
+    prefix = _head_prefix(model) + "."
+    encoder = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    expected = {k for k in model.state_dict() if not k.startswith(prefix)}
+    if set(encoder) != expected:
+        raise WeightsError(f"{encoder_weights!r} is not an encoder of small_cnn(width_mult={width_mult}): "
+                           f"missing {sorted(expected - set(encoder))}, extra {sorted(set(encoder) - expected)}")
+    try:
+        model.load_state_dict(encoder, strict=False)
+    except RuntimeError as e:
+        raise WeightsError(f"encoder weights {encoder_weights!r} do not fit: {e}") from e
+    return model
 
 
 def _resolve_factory(factory: str) -> Callable[..., nn.Module]:

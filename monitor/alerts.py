@@ -8,24 +8,36 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from registry.records import ColumnDrift, DriftReport
 
 log = logging.getLogger(__name__)
 
 
+HTTP_URL = r"^https?://\S+$"
+
+
 class WebhookConfig(BaseModel):
-    """Where drift alerts are posted; no url means no webhook."""
+    """Where drift alerts are posted: a default url and per-model overrides; no url means no webhook.
+
+    Overrides live here rather than on the Model record so that routing alerts (an ops concern, often a
+    secret URL) needs no schema change and no API write: CLREG_WEBHOOK__PER_MODEL='{"cnn": "https://..."}'.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    url: str | None = Field(default=None, pattern=HTTP_URL)
+    per_model: dict[str, Annotated[str, StringConstraints(pattern=HTTP_URL)]] = Field(default_factory=dict)
     timeout_s: float = Field(default=2.0, gt=0.0)
     retries: int = Field(default=3, ge=0)  # attempts after the first
     backoff_s: float = Field(default=0.2, ge=0.0)  # doubled after every failed attempt
+
+    def url_for(self, model: str) -> str | None:
+        """The model's own webhook, else the default one."""
+        return self.per_model.get(model, self.url)
 
 
 def _test(drift: ColumnDrift | None) -> dict[str, Any] | None:
@@ -33,6 +45,14 @@ def _test(drift: ColumnDrift | None) -> dict[str, Any] | None:
     if drift is None:
         return None
     return {"method": drift.method, "score": drift.score, "threshold": drift.threshold, "drifted": drift.drifted}
+
+
+def _signals(report: DriftReport) -> list[str]:
+    """Which tests found drift: "features" (per-column), "label" (prior shift), "embedding" (MMD)."""
+    flags = {"features": report.feature_drift,
+             "label": report.label_drift is not None and report.label_drift.drifted,
+             "embedding": report.embedding_mmd is not None and report.embedding_mmd.drifted}
+    return [name for name, flagged in flags.items() if flagged]
 
 
 def alert_payload(report: DriftReport, report_url: str) -> dict[str, Any]:
@@ -46,6 +66,7 @@ def alert_payload(report: DriftReport, report_url: str) -> dict[str, Any]:
         "reference_version": report.reference_version,
         "samples": report.samples,
         "verdict": "drift" if report.drift else "no_drift",
+        "signals": _signals(report),
         "feature_drift": report.feature_drift,
         "top_features": report.top_columns(),
         "drifted_share": report.drifted_share,
@@ -61,23 +82,27 @@ def _retryable(status: int) -> bool:
     return status >= 500 or status == 429
 
 
-def post_webhook(cfg: WebhookConfig, payload: dict[str, Any]) -> bool:
-    """POST the payload as JSON, retrying network errors and 5xx/429 with backoff; True when a 2xx came back."""
-    if cfg.url is None:
+def post_webhook(cfg: WebhookConfig, payload: dict[str, Any], url: str | None = None) -> bool:
+    """POST the payload as JSON to url (default cfg.url), retrying network errors and 5xx/429 with backoff.
+
+    True when a 2xx came back; False without a url or after the last failed attempt.
+    """
+    url = url or cfg.url
+    if url is None:
         return False
     with httpx.Client(timeout=cfg.timeout_s) as client:
         for attempt in range(cfg.retries + 1):
             if attempt:
                 time.sleep(cfg.backoff_s * 2 ** (attempt - 1))
             try:
-                response = client.post(cfg.url, json=payload)
+                response = client.post(url, json=payload)
             except httpx.HTTPError as e:  # connect/read errors and timeouts: worth another try
-                log.warning("webhook %s attempt %d failed: %s", cfg.url, attempt + 1, e)
+                log.warning("webhook %s attempt %d failed: %s", url, attempt + 1, e)
                 continue
             if response.is_success:
                 return True
-            log.warning("webhook %s attempt %d answered %d", cfg.url, attempt + 1, response.status_code)
+            log.warning("webhook %s attempt %d answered %d", url, attempt + 1, response.status_code)
             if not _retryable(response.status_code):
                 return False
-    log.error("webhook %s not delivered after %d attempts", cfg.url, cfg.retries + 1)
+    log.error("webhook %s not delivered after %d attempts", url, cfg.retries + 1)
     return False

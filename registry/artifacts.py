@@ -71,9 +71,13 @@ class ArtifactStore:
         return bool(self._fs.exists(self.path(digest)))
 
     def delete(self, digest: str) -> None:
+        """Remove an artifact (retention only: versions that still reference it must be archived first)."""
         path = self.path(digest)
-        if self._fs.exists(path):
-            self._fs.rm(path)
+        try:
+            if self._fs.exists(path):
+                self._fs.rm(path)
+        except OSError as e:
+            raise StoreUnavailable(f"cannot delete artifact {digest}: {e}") from e
 
 
 def _check_digest(digest: str) -> None:

@@ -4,6 +4,7 @@ RegistryError
  ├── NotFound             a model, site, version, batch or report does not exist
  ├── Conflict             the write contradicts what is stored (duplicate name, unservable version)
  ├── ArtifactCorrupt      an artifact's bytes no longer match their sha256, or it is missing
+ ├── UnreadableRecord     a stored record was written by a newer schema than this code reads, or is damaged
  ├── InvalidBatch         a pushed batch cannot be used; nothing of it is stored
  │    ├── MalformedBatch  not a readable npz with arrays x and y
  │    └── BatchMismatch   readable, but shape, dtype, values or labels do not fit the model
@@ -25,6 +26,10 @@ class Conflict(RegistryError):
 
 class ArtifactCorrupt(RegistryError):
     """An artifact is missing or its bytes do not hash to its name."""
+
+
+class UnreadableRecord(RegistryError):
+    """A stored record cannot be read: its schema_version is newer than this code's, or its JSON is damaged."""
 
 
 class InvalidBatch(RegistryError):

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from registry.records import Event, check_name
+from registry.records import Event, check_name, parse
 from registry.store import RedisRegistry, translated
 
 GROUP = "daemon"
@@ -48,14 +48,17 @@ class EventLog:
         """Events of one model at or after `since` (epoch seconds), oldest first."""
         start = f"{int(since * 1000)}-0"
         entries = self._reg.r.xrange(self._reg.key("events", check_name(model)), min=start, count=count)
-        return [Event.model_validate_json(f["json"]).model_copy(update={"id": i}) for i, f in entries]
+        return [parse(Event, f["json"]).model_copy(update={"id": i}) for i, f in entries]
 
     @translated
-    def alerts(self, model: str | None = None, since: float = 0.0, count: int = 1000) -> list[Event]:
+    def alerts(self, model: str | None = None, since: float = 0.0, count: int = 1000, *,
+               site: str | None = None, kind: str | None = None) -> list[Event]:
+        """Alerts at or after `since`, oldest first; model, site (in the alert's data) and kind narrow them."""
         start = f"{int(since * 1000)}-0"
         entries = self._reg.r.xrange(self._reg.key("alerts"), min=start, count=count)
-        events = [Event.model_validate_json(f["json"]).model_copy(update={"id": i}) for i, f in entries]
-        return [e for e in events if model is None or e.model == model]
+        events = [parse(Event, f["json"]).model_copy(update={"id": i}) for i, f in entries]
+        return [e for e in events if (model is None or e.model == model) and (kind is None or e.kind == kind)
+                and (site is None or e.data.get("site") == site)]
 
 
 class IngestQueue:

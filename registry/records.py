@@ -2,6 +2,10 @@
 
 Records are frozen. A ModelVersion is written once; its status lives beside it in the store, so the
 record itself stays immutable while the version moves candidate -> blessed -> production.
+
+Every record carries `schema_version`. Raise SCHEMA_VERSION when a record's meaning changes; this code
+reads records up to its own SCHEMA_VERSION and refuses newer ones (a rolled-back daemon must not
+misread what a newer one wrote).
 """
 
 from __future__ import annotations
@@ -9,9 +13,11 @@ from __future__ import annotations
 import re
 import time
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from registry.errors import UnreadableRecord
 
 SCHEMA_VERSION = 1
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -44,10 +50,34 @@ def now() -> float:
 
 
 class Record(BaseModel):
-    """Base config for records: frozen, strict about unknown fields."""
+    """Base config for records: frozen, strict about unknown fields, refusing schemas newer than this code."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_schema(cls, data: Any) -> Any:
+        # Checked before the fields: a newer record's unknown fields would otherwise hide the real cause.
+        version = data.get("schema_version", SCHEMA_VERSION) if isinstance(data, dict) else SCHEMA_VERSION
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise ValueError(f"{cls.__name__} has schema_version {version}, newer than the {SCHEMA_VERSION} this "
+                             "clreg reads; upgrade clreg to read it")
+        return data
+
+
+RecordT = TypeVar("RecordT", bound=BaseModel)
+
+
+def parse(cls: type[RecordT], raw: str | bytes) -> RecordT:
+    """Read a stored record; a newer schema or damaged JSON raises UnreadableRecord, never half a record."""
+    try:
+        return cls.model_validate_json(raw)
+    except ValidationError as e:
+        detail = e.errors(include_url=False)[0]
+        where = ".".join(map(str, detail["loc"]))
+        msg = str(detail["msg"]).removeprefix("Value error, ")
+        raise UnreadableRecord(f"stored {cls.__name__} cannot be read: {msg}{f' (at {where})' if where else ''}") from e
 
 
 class InputSpec(Record):

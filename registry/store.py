@@ -45,6 +45,7 @@ from registry.records import (
     VersionView,
     check_batch_id,
     check_name,
+    parse,
 )
 
 P = ParamSpec("P")
@@ -125,7 +126,7 @@ class RedisRegistry:
         raw = self.r.get(self.key("model", check_name(name)))
         if raw is None:
             raise NotFound(f"model {name!r} does not exist")
-        return Model.model_validate_json(raw)
+        return parse(Model, raw)
 
     @translated
     def list_models(self) -> list[str]:
@@ -147,7 +148,7 @@ class RedisRegistry:
         raw = self.r.get(self.key("model", check_name(model), "v", int(number)))
         if raw is None:
             raise NotFound(f"model {model!r} has no version {number}")
-        return ModelVersion.model_validate_json(raw)
+        return _version_from(raw)
 
     @translated
     def status(self, model: str, number: int) -> VersionStatus:
@@ -157,8 +158,12 @@ class RedisRegistry:
         return VersionStatus(raw)
 
     @translated
-    def set_status(self, model: str, number: int, status: VersionStatus, gate_report_id: str | None = None) -> None:
-        """Mark a version blessed/rejected/archived; a version holding an alias cannot be rejected."""
+    def set_status(self, model: str, number: int, status: VersionStatus, gate_report_id: str | None = None,
+                   expect: frozenset[VersionStatus] | None = None) -> None:
+        """Mark a version blessed/rejected/archived; a version holding an alias cannot be rejected.
+
+        With `expect`, the change happens only if the current status is one of those (else Conflict).
+        """
         if status is VersionStatus.PRODUCTION:
             raise Conflict("production status is given only by promote()")
 
@@ -166,36 +171,46 @@ class RedisRegistry:
             current = pipe.hget(self.key("model", model, "status"), number)
             if current is None:
                 raise NotFound(f"model {model!r} has no version {number}")
+            if expect is not None and VersionStatus(current) not in expect:
+                raise Conflict(f"version {number} is {current}, no longer {sorted(s.value for s in expect)}")
             held = [a for a, n in pipe.hgetall(self.key("model", model, "aliases")).items() if int(n) == number]
             if held and status not in SERVABLE:
                 raise Conflict(f"version {number} holds alias {held[0]!r}; move the alias first")
             pipe.multi()
-            pipe.hset(self.key("model", model, "status"), number, status.value)
+            if "production" not in held:  # production implies blessed: the holder's status stays PRODUCTION
+                pipe.hset(self.key("model", model, "status"), number, status.value)
             if gate_report_id is not None:
                 pipe.hset(self.key("model", model, "gate"), number, gate_report_id)
 
         self.r.transaction(txn, self.key("model", model, "status"), self.key("model", model, "aliases"))
 
     @translated
-    def list_versions(self, model: str, status: VersionStatus | None = None) -> list[VersionView]:
-        """Every version, oldest first, with its status, aliases and gate report id."""
+    def list_versions(self, model: str, status: VersionStatus | None = None, *, site: str | None = None,
+                      parent: int | None = None, since: float | None = None,
+                      until: float | None = None) -> list[VersionView]:
+        """Versions oldest first, each with its status, aliases and gate report id; filters combine (AND).
+
+        `site` matches every version that has learnt the site (inherited from its parent included);
+        `since` and `until` bound `created_at` as [since, until).
+        """
         check_name(model)
-        numbers = [int(n) for n in self.r.zrange(self.key("model", model, "versions"), 0, -1)]
-        if not numbers:
-            return []
-        pipe = self.r.pipeline(transaction=True)
-        pipe.mget([self.key("model", model, "v", n) for n in numbers])
+        if site is not None:
+            check_name(site)
+        pipe = self.r.pipeline(transaction=True)  # one snapshot: statuses and aliases agree with each other
+        pipe.zrange(self.key("model", model, "versions"), 0, -1)
         pipe.hgetall(self.key("model", model, "status"))
         pipe.hgetall(self.key("model", model, "aliases"))
         pipe.hgetall(self.key("model", model, "gate"))
-        raws, statuses, aliases, gates = pipe.execute()
+        numbers, statuses, aliases, gates = pipe.execute()
+        wanted = [int(n) for n in numbers if status is None or statuses.get(n) == status.value]
+        raws = self.r.mget([self.key("model", model, "v", n) for n in wanted]) if wanted else []
         by_version: dict[int, list[str]] = {}
         for alias, n in aliases.items():
             by_version.setdefault(int(n), []).append(alias)
-        views = [VersionView(version=ModelVersion.model_validate_json(raw), status=VersionStatus(statuses[str(n)]),
-                             aliases=sorted(by_version.get(n, [])), gate_report_id=gates.get(str(n)))
-                 for n, raw in zip(numbers, raws) if raw is not None]
-        return [v for v in views if status is None or v.status is status]
+        versions = [_version_from(raw) for raw in raws if raw is not None]
+        return [VersionView(version=v, status=VersionStatus(statuses[str(v.number)]),
+                            aliases=sorted(by_version.get(v.number, [])), gate_report_id=gates.get(str(v.number)))
+                for v in versions if _matches(v, site, parent, since, until)]
 
     # -- aliases --------------------------------------------------------------------------------
     @translated
@@ -239,7 +254,7 @@ class RedisRegistry:
     @translated
     def alias_history(self, model: str, alias: str = "production") -> list[AliasChange]:
         raws = self.r.lrange(self.key("model", check_name(model), "alias", check_name(alias), "history"), 0, -1)
-        return [AliasChange.model_validate_json(raw) for raw in raws]
+        return [parse(AliasChange, raw) for raw in raws]
 
     def alias_at(self, model: str, at: float, alias: str = "production") -> int | None:
         """Which version held `alias` at time `at` (None before the first promotion)."""
@@ -262,7 +277,7 @@ class RedisRegistry:
         raw = self.r.get(self.key("site", check_name(name)))
         if raw is None:
             raise NotFound(f"site {name!r} does not exist")
-        return Site.model_validate_json(raw)
+        return parse(Site, raw)
 
     @translated
     def update_site(self, site: Site) -> None:
@@ -290,14 +305,14 @@ class RedisRegistry:
         raw = self.r.get(self.key("batch", check_batch_id(batch_id)))
         if raw is None:
             raise NotFound(f"batch {batch_id} does not exist")
-        return Batch.model_validate_json(raw)
+        return parse(Batch, raw)
 
     @translated
     def batch_state(self, batch_id: str) -> BatchState:
         raw = self.r.get(self.key("batch", check_batch_id(batch_id), "state"))
         if raw is None:
             raise NotFound(f"batch {batch_id} does not exist")
-        return BatchState.model_validate_json(raw)
+        return parse(BatchState, raw)
 
     @translated
     def set_batch_state(self, batch_id: str, state: BatchState) -> None:
@@ -307,7 +322,7 @@ class RedisRegistry:
     def model_batches(self, model: str) -> list[Batch]:
         ids = self.r.zrange(self.key("model", check_name(model), "batches"), 0, -1)
         raws = self.r.mget([self.key("batch", i) for i in ids]) if ids else []
-        return [Batch.model_validate_json(raw) for raw in raws if raw is not None]
+        return [parse(Batch, raw) for raw in raws if raw is not None]
 
     @translated
     def add_pending(self, model: str, batch_id: str) -> None:
@@ -335,14 +350,14 @@ class RedisRegistry:
         """The newest `limit` drift reports of a model, oldest first."""
         ids = self.r.zrange(self.key("model", check_name(model), "drift"), -limit, -1)
         raws = self.r.mget([self.key("report", "drift", i) for i in ids]) if ids else []
-        return [DriftReport.model_validate_json(raw) for raw in raws if raw is not None]
+        return [parse(DriftReport, raw) for raw in raws if raw is not None]
 
     @translated
     def get_drift_report(self, report_id: str) -> DriftReport:
         raw = self.r.get(self.key("report", "drift", check_name(report_id)))
         if raw is None:
             raise NotFound(f"drift report {report_id!r} does not exist")
-        return DriftReport.model_validate_json(raw)
+        return parse(DriftReport, raw)
 
     @translated
     def put_gate_report(self, report: GateReport) -> None:
@@ -353,4 +368,20 @@ class RedisRegistry:
         raw = self.r.get(self.key("report", "gate", check_name(report_id)))
         if raw is None:
             raise NotFound(f"gate report {report_id!r} does not exist")
-        return GateReport.model_validate_json(raw)
+        return parse(GateReport, raw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _version_from(raw: str) -> ModelVersion:
+    """Parse a stored version; memoised on its exact JSON, which is safe because versions are written once
+    and records are frozen (a listing of 1,000 versions otherwise spends most of its time re-parsing)."""
+    return parse(ModelVersion, raw)
+
+
+def _matches(version: ModelVersion, site: str | None, parent: int | None, since: float | None,
+             until: float | None) -> bool:
+    """Whether a version passes the listing filters (None: no filter)."""
+    return ((site is None or site in version.lineage.sites)
+            and (parent is None or version.lineage.parent == parent)
+            and (since is None or version.created_at >= since)
+            and (until is None or version.created_at < until))

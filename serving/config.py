@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.inputs import InputLogConfig
 from registry.store import StoreConfig
 
 
@@ -22,3 +23,4 @@ class ServingConfig(BaseModel):
     heldout_fraction: float = Field(default=0.3, gt=0, lt=1)
     admin_token_sha256: str = ""
     torch_threads: int = Field(default=1, ge=1)
+    inputs: InputLogConfig = InputLogConfig()  # prediction inputs kept for the scheduled drift check

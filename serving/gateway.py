@@ -8,6 +8,7 @@ the app inside each replica (`__serve_build_asgi_app__`).
 """
 
 
+import gzip
 import hmac
 import secrets
 from typing import Annotated, Any
@@ -29,6 +30,8 @@ from serving import metrics
 from serving.config import ServingConfig
 from serving.errors import Forbidden, PayloadTooLarge, ServingError, Unauthorized, UnsupportedMedia
 from serving.responses import error_response
+
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class NewModel(BaseModel):
@@ -53,6 +56,15 @@ def _bearer(authorization: str | None) -> str:
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthorized("send 'Authorization: Bearer <token>'")
     return authorization.removeprefix("Bearer ").strip()
+
+
+def _html_page(stored: bytes, accept_encoding: str) -> Response:
+    """A stored report page: gzip bytes go out as they are where the client takes gzip (pages before gzip: plain)."""
+    if stored[:2] != GZIP_MAGIC:
+        return HTMLResponse(stored.decode())
+    if "gzip" in accept_encoding.lower():
+        return Response(stored, media_type="text/html; charset=utf-8", headers={"Content-Encoding": "gzip"})
+    return HTMLResponse(gzip.decompress(stored).decode())
 
 
 def create_app(cfg: ServingConfig) -> FastAPI:
@@ -128,9 +140,13 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         return model.model_dump()
 
     @app.get("/v1/models/{name}/versions")
-    def list_versions(name: str, status: VersionStatus | None = None) -> list[dict]:
+    def list_versions(name: str, status: VersionStatus | None = None, site: Name | None = None,
+                      parent: Annotated[int | None, Query(ge=1)] = None, since: float | None = None,
+                      until: float | None = None) -> list[dict]:
+        """Versions with status and aliases; filters combine (a learnt site; created_at in [since, until))."""
         reg.get_model(name)
-        return [v.model_dump(mode="json") for v in reg.list_versions(name, status)]
+        views = reg.list_versions(name, status, site=site, parent=parent, since=since, until=until)
+        return [v.model_dump(mode="json") for v in views]
 
     @app.get("/v1/models/{name}/versions/{number}")
     def get_version(name: str, number: int) -> dict:
@@ -168,18 +184,21 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         return {"site": body.name, "token": token, "threshold": body.threshold}
 
     @app.get("/v1/alerts")
-    def alerts(model: str | None = None, since: float = 0.0) -> list[dict]:
-        return [e.model_dump() for e in events.alerts(check_name(model) if model else None, since)]
+    def alerts(model: str | None = None, since: float = 0.0, site: Name | None = None,
+               kind: Annotated[str | None, Query(pattern=r"^[a-z]+\.[a-z]+$")] = None) -> list[dict]:
+        """Alerts, oldest first; filters combine (site: the batch's site or "serving"; kind: e.g. drift.alert)."""
+        found = events.alerts(check_name(model) if model else None, since, site=site, kind=kind)
+        return [e.model_dump() for e in found]
 
     @app.get("/v1/events")
     def list_events(model: str, since: float = 0.0) -> list[dict]:
         return [e.model_dump() for e in events.read(model, since)]
 
     @app.get("/v1/drift/{report_id}", response_model=None)
-    def drift_report(report_id: str, format: str = "json") -> dict | HTMLResponse:
+    def drift_report(request: Request, report_id: str, format: str = "json") -> dict | Response:
         report = reg.get_drift_report(report_id)
         if format == "html" and report.html_artifact:
-            return HTMLResponse(artifacts.get(report.html_artifact).decode())
+            return _html_page(artifacts.get(report.html_artifact), request.headers.get("accept-encoding", ""))
         return report.model_dump()
 
     @app.get("/healthz")

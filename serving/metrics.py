@@ -6,13 +6,15 @@ the whole state, so the collector asks it instead of each process keeping its ow
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from registry.events import EventLog, IngestQueue
+from registry.records import Event
 from registry.store import RedisRegistry
 
 
@@ -47,9 +49,22 @@ class RegistryCollector(Collector):
         backlog = GaugeMetricFamily("clreg_ingest_backlog", "Batches waiting for the daemon")
         backlog.add_metric([], IngestQueue(self._reg).backlog())
         yield backlog
+        found = EventLog(self._reg).alerts(count=100_000)
         alerts = GaugeMetricFamily("clreg_alerts", "Alerts in the alerts stream")
-        alerts.add_metric([], len(EventLog(self._reg).alerts(count=100_000)))
+        alerts.add_metric([], len(found))
         yield alerts
+        yield _alerts_by_kind(found)
+
+
+def _alerts_by_kind(alerts: list[Event]) -> CounterMetricFamily:
+    """Alerts kept in the (capped) alerts stream, by model, site ("serving" for the input watch) and kind."""
+    counts: collections.Counter[tuple[str, str, str]] = collections.Counter(
+        (e.model, str(e.data.get("site") or ""), e.kind) for e in alerts)
+    family = CounterMetricFamily("clreg_alert_events", "Alerts by model, site and kind",
+                                 labels=["model", "site", "kind"])
+    for (model, site, kind), n in sorted(counts.items()):
+        family.add_metric([model, site, kind], n)
+    return family
 
 
 def build(registry: RedisRegistry) -> tuple[CollectorRegistry, Counter]:

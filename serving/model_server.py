@@ -4,6 +4,9 @@ Each replica polls the production alias in Redis. On a change it loads the weigh
 verifies their sha256), warms the model up, and then replaces one reference holding (version, model):
 requests in flight finish on the old model, the next ones use the new one, no replica restarts.
 A version that fails to load is never served; the replica keeps the previous one and says so in an event.
+Under the per-site BatchNorm policy a replica keeps one copy of the network per site: a request naming a
+learnt site uses that site's BatchNorm, any other request is routed to the site whose BatchNorm
+statistics explain its images best (MAP), and the answer says which.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,9 +27,11 @@ from starlette.responses import JSONResponse, Response
 
 from learner.errors import LearnerError
 from learner.models import build_model, load_weights, to_tensor
+from learner.sitebn import Bank, bank_from_bytes, route, site_model
 from registry.artifacts import ArtifactStore
 from registry.errors import RegistryError
 from registry.events import EventLog
+from registry.inputs import InputLog
 from registry.records import InputSpec, Model
 from registry.store import RedisRegistry
 from serving.config import ServingConfig
@@ -42,6 +48,17 @@ class Loaded:
     version: int
     module: torch.nn.Module
     spec: InputSpec
+    bank: Bank | None = None
+    sites: dict[str, torch.nn.Module] = field(default_factory=dict)  # one copy per site's BatchNorm
+
+    def pick(self, site: str | None, x: torch.Tensor) -> tuple[torch.nn.Module, str | None, bool]:
+        """The network for these inputs: the named site's BatchNorm, else the MAP-routed site's."""
+        if not self.sites:
+            return self.module, None, False
+        if site in self.sites:
+            return self.sites[site], site, False
+        chosen = route(self.module, self.bank or {}, x)
+        return self.sites[chosen], chosen, True
 
 
 class ModelServer:
@@ -53,6 +70,9 @@ class ModelServer:
         self.registry = RedisRegistry(self.cfg.store)
         self.artifacts = ArtifactStore(self.cfg.artifacts_url)
         self.events = EventLog(self.registry)
+        self.inputs = InputLog(self.cfg.store, self.cfg.inputs)
+        # One background writer: recording inputs never adds a Redis round trip to a request.
+        self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clreg-inputs")
         self.loaded: dict[str, Loaded] = {}
         self.thresholds: dict[str, float] = {}
         self._failed: dict[str, int] = {}
@@ -87,14 +107,18 @@ class ModelServer:
                                  spec.classes)
             load_weights(module, self.artifacts.get(version.artifacts["weights"]))
             module.eval()
+            bank = bank_from_bytes(self.artifacts.get(version.artifacts["bn_bank"])) \
+                if "bn_bank" in version.artifacts else None
+            sites = {s: site_model(module, bank, s).eval() for s in bank} if bank else {}
             with torch.no_grad():  # warm-up, so the first real request does not pay for it
-                module(torch.zeros(1, spec.channels, spec.height, spec.width))
+                for net in [module, *sites.values()]:
+                    net(torch.zeros(1, spec.channels, spec.height, spec.width))
         except (RegistryError, LearnerError, KeyError, RuntimeError) as e:
             self._failed[model.name] = number
             self.events.append(model.name, "serving.failed", version=number, error=str(e))
             log.error("version %s of %s not loaded: %s", number, model.name, e)
             return
-        self.loaded[model.name] = Loaded(version=number, module=module, spec=spec)
+        self.loaded[model.name] = Loaded(version=number, module=module, spec=spec, bank=bank, sites=sites)
         self.events.append(model.name, "serving.swapped", version=number,
                            previous=current.version if current else None,
                            seconds=round(time.perf_counter() - started, 4))
@@ -116,15 +140,35 @@ class ModelServer:
         if len(body) > self.cfg.max_body_bytes:
             raise PayloadTooLarge(f"body has {len(body)} bytes; the limit is {self.cfg.max_body_bytes}")
         x, site = _parse_inputs(body, request.headers.get("content-type", ""), loaded.spec)
+        inputs = to_tensor(x)
         with torch.no_grad():
-            probs = torch.softmax(loaded.module(to_tensor(x)), dim=1).numpy()
+            net, bn_site, routed = loaded.pick(site, inputs)
+            probs = torch.softmax(net(inputs), dim=1).numpy()
+        self._record(name, x, loaded.version)
         answer: dict = {"model": name, "version": loaded.version, "probabilities": probs.round(6).tolist(),
                         "labels": probs.argmax(axis=1).tolist()}
+        if bn_site is not None:  # which site's BatchNorm answered, and whether MAP routing chose it
+            answer["normalisation"] = {"site": bn_site, "routed": routed}
         threshold = self.thresholds.get(site) if site else None
         if threshold is not None and loaded.spec.classes == 2:
             answer["threshold"] = threshold
             answer["decisions"] = (probs[:, 1] >= threshold).astype(int).tolist()
         return JSONResponse(answer, headers={"X-Model-Version": str(loaded.version)})
+
+    def _record(self, name: str, x: np.ndarray, version: int) -> None:
+        """Queue a sample of the inputs for the drift watch; a failure is logged, never the request's."""
+        sampled = self.inputs.sample(x)
+        if len(sampled):
+            try:
+                self._recorder.submit(self._write_inputs, name, sampled, version)
+            except RuntimeError as e:  # the executor is shut down while the replica stops
+                log.warning("prediction inputs of %s not recorded: %s", name, e)
+
+    def _write_inputs(self, name: str, x: np.ndarray, version: int) -> None:
+        try:
+            self.inputs.record(name, x, version)
+        except (RegistryError, ValueError) as e:
+            log.warning("prediction inputs of %s not recorded: %s", name, e)
 
     def _model_name(self, requested: str | None) -> str:
         if requested:

@@ -12,6 +12,7 @@ from registry.errors import (
     NotFound,
     RegistryError,
     StoreUnavailable,
+    UnreadableRecord,
 )
 from serving.errors import ServingError
 
@@ -22,6 +23,7 @@ _REGISTRY_STATUS: list[tuple[type[RegistryError], int, str]] = [
     (BatchMismatch, 422, "batch_mismatch"),
     (ArtifactCorrupt, 500, "artifact_corrupt"),
     (StoreUnavailable, 503, "store_unavailable"),
+    (UnreadableRecord, 500, "unreadable_record"),
 ]
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from learner.errors import DataError, ModelFactoryError, WeightsError
-from learner.models import DEFAULT_FACTORY, build_model, embed, load_weights, small_cnn, to_tensor, weights_to_bytes
+from learner.evaluate import site_metrics
+from learner.ewc import EWCState
+from learner.models import (
+    DEFAULT_FACTORY, build_model, embed, encoder_to_bytes, load_weights, pretrained_cnn, small_cnn, to_tensor,
+    weights_to_bytes,
+)
+from learner.streams import digits_sites
+from learner.train import TrainConfig, train_site
 
 
 def test_default_factory_builds_small_cnn_with_linear_head() -> None:
@@ -91,3 +100,37 @@ def test_to_tensor_scales_uint8_and_adds_channel() -> None:
         to_tensor(np.zeros((2, 4), dtype=np.float32))
     with pytest.raises(DataError):
         to_tensor(np.zeros((1, 4, 4), dtype=np.int32))
+
+
+def test_pretrained_cnn_transfers_an_encoder_to_a_new_head(tmp_path: Path) -> None:
+    """Encoder learnt on digits 0-4 of one site; 40 samples of digits 5-9 at another site: transfer wins."""
+    sites = digits_sites(0)
+    source_site, target_site = sites[0], sites[2]  # base, blur-noise
+    keep = source_site.y < 5
+    torch.manual_seed(0)
+    source = small_cnn(1, 16, 16, 10)
+    update = TrainConfig(epochs=8, bn_policy="update", fisher_samples=8, lr=1e-3, bn_lr_multiplier=30.0)
+    train_site(source, source_site.x[keep], source_site.y[keep], "src", EWCState(), update)
+    path = tmp_path / "encoder.safetensors"
+    path.write_bytes(encoder_to_bytes(source))
+    torch.manual_seed(1)
+    pretrained = build_model("learner.models:pretrained_cnn", {"encoder_weights": str(path)}, 1, 16, 16, 5)
+    assert torch.equal(pretrained[0][0].weight, source[0][0].weight) and pretrained[-1].out_features == 5
+    sel = target_site.y >= 5
+    x, y = target_site.x[sel], target_site.y[sel] - 5
+    few = update.model_copy(update={"epochs": 3})
+    accuracy = {}
+    torch.manual_seed(1)
+    for name, model in (("scratch", small_cnn(1, 16, 16, 5)), ("pretrained", pretrained)):
+        train_site(model, x[:40], y[:40], "t", EWCState(), few)
+        accuracy[name] = site_metrics(model, x[100:], y[100:]).accuracy
+    assert accuracy["pretrained"] > accuracy["scratch"] + 0.2
+
+
+def test_pretrained_cnn_refuses_a_file_that_is_not_its_encoder(tmp_path: Path) -> None:
+    path = tmp_path / "wide.safetensors"
+    path.write_bytes(encoder_to_bytes(small_cnn(1, 16, 16, 10, width_mult=2)))
+    with pytest.raises(WeightsError, match="do not fit"):
+        pretrained_cnn(1, 16, 16, 5, encoder_weights=str(path))
+    with pytest.raises(WeightsError, match="cannot read"):
+        pretrained_cnn(1, 16, 16, 5, encoder_weights=str(tmp_path / "missing.safetensors"))

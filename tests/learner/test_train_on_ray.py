@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from learner.errors import TrainingFailed
 from learner.ewc import EWCState, state_from_bytes
 from learner.models import DEFAULT_FACTORY, build_model
 from learner.remote import resource_request, train_on_ray
+from learner.sitebn import bank_from_bytes
 from learner.train import TrainConfig, train_site
 
 CFG = TrainConfig(epochs=1, batch_size=16, fisher_samples=16)
@@ -51,3 +54,34 @@ def test_train_on_ray_translates_task_errors(ray_session: None) -> None:
         train_on_ray(DEFAULT_FACTORY, {}, SPEC, None, None, x, y + 10, "a", CFG)
     with pytest.raises(TrainingFailed, match="ModelFactoryError"):
         train_on_ray("learner.models:nothing", {}, SPEC, None, None, x, y, "a", CFG)
+
+
+@pytest.mark.integration
+def test_progress_is_relayed_while_the_task_runs(ray_session: None) -> None:
+    x, y = _data()
+    rows: list[dict] = []
+    cfg = CFG.model_copy(update={"epochs": 3})
+    result = train_on_ray(DEFAULT_FACTORY, {}, SPEC, None, None, x, y, "a", cfg, progress=rows.append, poll_s=0.05)
+    assert rows == result.curve and [r["epoch"] for r in rows] == [1, 2, 3]
+    assert all(set(r) == {"epoch", "loss", "ce", "penalty"} for r in rows)
+
+
+@pytest.mark.integration
+def test_per_site_bank_travels_through_ray(ray_session: None) -> None:
+    x, y = _data()
+    cfg = CFG.model_copy(update={"bn_policy": "per_site"})
+    first = train_on_ray(DEFAULT_FACTORY, {}, SPEC, None, None, x, y, "a", cfg)
+    second = train_on_ray(DEFAULT_FACTORY, {}, SPEC, first.weights, first.ewc_state, x, y, "b", cfg,
+                          bn_bank=first.bn_bank)
+    assert first.bn_bank is not None and sorted(bank_from_bytes(second.bn_bank)) == ["a", "b"]
+    shared = CFG.model_copy(update={"bn_policy": "freeze"})
+    assert train_on_ray(DEFAULT_FACTORY, {}, SPEC, None, None, x, y, "a", shared).bn_bank is None
+
+
+@pytest.mark.integration
+def test_a_killed_task_is_retried_once_then_reported_failed(ray_session: None, tmp_path: Path) -> None:
+    x, y = _data()
+    marker = tmp_path / "tries"
+    with pytest.raises(TrainingFailed, match="failed in Ray: .*WorkerCrashedError"):
+        train_on_ray("tests.learner.factories:dies", {"marker": str(marker)}, SPEC, None, None, x, y, "a", CFG)
+    assert marker.read_text().splitlines() == ["try", "try"]

@@ -131,3 +131,22 @@ def test_weights_bytes_match_the_trained_model() -> None:
     model = _model()
     result = train_site(model, *_data(0), "a", EWCState(), FAST)
     assert result.weights == weights_to_bytes(model)
+
+
+def test_early_stopping_keeps_the_best_validation_epoch() -> None:
+    x, y = _data(0, n=80)
+    cfg = FAST.model_copy(update={"epochs": 12, "val_fraction": 0.25, "patience": 2, "lr": 0.05})
+    model = _model()
+    result = train_site(model, x, y, "a", EWCState(), cfg)
+    val = [row["val_loss"] for row in result.curve]
+    best = int(np.argmin(val)) + 1
+    assert result.best_epoch == best and len(result.curve) == min(cfg.epochs, best + cfg.patience)
+    assert len(result.curve) < cfg.epochs  # random labels: validation loss rises, so it stops early
+    held = train_site(_model(), x, y, "a", EWCState(), cfg.model_copy(update={"epochs": best, "val_fraction": 0.25,
+                                                                            "patience": 50}))
+    assert result.weights == held.weights  # the kept weights are those of the best epoch
+
+
+def test_no_validation_split_means_no_early_stopping() -> None:
+    result = train_site(_model(), *_data(0), "a", EWCState(), FAST.model_copy(update={"bn_policy": "update"}))
+    assert result.best_epoch is None and "val_loss" not in result.curve[-1] and result.bn_bank is None

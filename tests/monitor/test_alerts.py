@@ -2,53 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from monitor.alerts import WebhookConfig, alert_payload, post_webhook
 from registry.records import ColumnDrift, DriftReport
-
-
-class Hook(ThreadingHTTPServer):
-    """A webhook receiver that answers with scripted statuses (then 200) and keeps every body."""
-
-    statuses: list[int]
-    bodies: list[dict]
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: Hook
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.bodies.append(json.loads(body))
-        status = self.server.statuses.pop(0) if self.server.statuses else 200
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:  # keep test output clean
-        pass
-
-
-@pytest.fixture
-def hook() -> Iterator[Hook]:
-    server = Hook(("127.0.0.1", 0), Handler)
-    server.statuses, server.bodies = [], []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def url(server: Hook) -> str:
-    return f"http://127.0.0.1:{server.server_address[1]}/alerts"
+from tests.monitor.hook import Hook, hook, url  # noqa: F401 (the fixture is used by name)
 
 
 def report() -> DriftReport:
@@ -75,6 +35,7 @@ def test_alert_payload_names_the_evidence_and_links_the_report() -> None:
         "reference_version": 2,
         "samples": 200,
         "verdict": "drift",
+        "signals": ["features"],
         "feature_drift": True,
         "top_features": ["emb_0", "img_mean"],
         "drifted_share": 2 / 3,
@@ -121,3 +82,23 @@ def test_webhook_survives_a_closed_port_and_no_url() -> None:
 def test_webhook_url_must_be_http() -> None:
     with pytest.raises(ValueError):
         WebhookConfig(url="ftp://example.org/hook")
+
+
+def test_a_model_override_routes_its_alerts_elsewhere(hook: Hook) -> None:
+    cfg = WebhookConfig(url="http://127.0.0.1:9/default", per_model={"cnn": url(hook)})
+    assert cfg.url_for("cnn") == url(hook)
+    assert cfg.url_for("other") == "http://127.0.0.1:9/default"
+    assert WebhookConfig(per_model={"cnn": url(hook)}).url_for("other") is None
+    assert post_webhook(cfg, {"a": 1}, cfg.url_for("cnn")) is True
+    assert hook.bodies == [{"a": 1}]
+    with pytest.raises(ValueError):
+        WebhookConfig(per_model={"cnn": "file:///etc/passwd"})
+
+
+def test_signals_name_every_test_that_fired() -> None:
+    label = ColumnDrift(column="label", method="chisquare_2sample", score=1e-5, threshold=0.01, drifted=True)
+    mmd = ColumnDrift(column="embedding", method="mmd", score=0.2, threshold=0.99, drifted=True)
+    only_label = report().model_copy(update={"feature_drift": False, "label_drift": label})
+    assert alert_payload(only_label, "l")["signals"] == ["label"]
+    everything = report().model_copy(update={"label_drift": label, "embedding_mmd": mmd})
+    assert alert_payload(everything, "l")["signals"] == ["features", "label", "embedding"]

@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from evidently import DataDefinition, Dataset, Report
+from evidently.metrics import ValueDrift
 
+from monitor.columns import ColumnValueDrift
 from monitor.drift import DriftConfig, check_drift, detect_drift, save_snapshot
 from monitor.errors import DriftCheckFailed, InvalidInput
 from monitor.features import IMAGE_STAT_COLUMNS, FeatureConfig, Reference, batch_features, fit_reference
@@ -192,3 +195,27 @@ def test_the_global_numpy_random_stream_is_left_alone(reference: Reference) -> N
     np.random.seed(7)
     check(reference, current)
     np.testing.assert_array_equal(np.random.random(3), expected)
+
+
+def test_column_metric_scores_like_evidentlys_value_drift_and_charts_only_drifted_columns(
+    reference: Reference,
+) -> None:
+    rng = np.random.default_rng(10)
+    current = batch_features(embed, reference, images(rng, 200, brightness=0.2), None)
+    columns = ["img_mean", "img_std"]  # the first drifts under brightness, the second does not
+    definition = DataDefinition(numerical_columns=columns)
+    data = [Dataset.from_pandas(frame[columns], data_definition=definition) for frame in (current, reference.features)]
+    ours = Report([ColumnValueDrift(column=c, threshold=1e-3) for c in columns]).run(*data)
+    stock = Report([ValueDrift(column=c, threshold=1e-3) for c in columns]).run(*data)
+    assert [r.value for r in ours.metric_results.values()] == [r.value for r in stock.metric_results.values()]
+    charts = [sum(w.type == "big_graph" for w in _widgets(r.widget)) for r in ours.metric_results.values()]
+    assert charts[0] > 0 and charts[1] == 0
+
+
+def _widgets(widgets: list) -> list:
+    """Every widget, nested ones (tabs, groups) included."""
+    out = []
+    for w in widgets:
+        out.append(w)
+        out.extend(_widgets(list(w.widgets) + [t.widget for t in w.tabs]))
+    return out

@@ -134,3 +134,17 @@ def test_lease_allows_one_holder(registry: RedisRegistry) -> None:
     assert not b.acquire()
     a.release()
     assert b.acquire()
+
+
+def test_production_holder_keeps_its_status_until_the_alias_moves(registry: RedisRegistry) -> None:
+    _model(registry)
+    v1, v2 = _version(registry), _version(registry)
+    registry.promote("m", v1.number, who="ops", reason="first")
+    with pytest.raises(Conflict, match="holds alias 'production'"):
+        registry.set_status("m", v1.number, VersionStatus.CANDIDATE)
+    registry.set_status("m", v1.number, VersionStatus.BLESSED, gate_report_id="g-m-1")  # a late gate verdict
+    assert registry.status("m", 1) is VersionStatus.PRODUCTION
+    assert registry.list_versions("m")[0].gate_report_id == "g-m-1"
+    registry.promote("m", v2.number, who="ops", reason="second")
+    registry.set_status("m", v1.number, VersionStatus.REJECTED)
+    assert (registry.status("m", 1), registry.status("m", 2)) == (VersionStatus.REJECTED, VersionStatus.PRODUCTION)

@@ -1,0 +1,174 @@
+"""Registry benchmark: clreg on Redis next to MLflow's model registry on its default local SQLite store.
+
+    python bench/registry.py [--quick] [--redis-url redis://127.0.0.1:6379/10]
+
+The same four operations, one run, one machine: register a version, promote (move the `production`
+alias), resolve the alias (the call on the serving path) and list every version of a model (1,000 by
+default). Prints p50/p99 per operation and system, and the MLflow/clreg ratio; writes
+bench/results/registry.json. The Redis database given is flushed first. MLflow gets fewer iterations
+of its slow calls (recorded under settings) so the whole run stays within a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+# This file is bench/registry.py: its folder must leave sys.path, or it would shadow the registry package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+from bench.common import machine_info, versions, write_result  # noqa: E402
+from registry import store  # noqa: E402
+from registry.records import InputSpec, Lineage, Model, ModelVersion  # noqa: E402
+from registry.store import RedisRegistry, StoreConfig  # noqa: E402
+
+OPS = ("register", "promote", "resolve-alias", "resolve+record", "list", "list-cold")
+Samples = dict[str, list[float]]
+
+
+def timed(fn: Callable[[int], object], n: int, warmup: int = 0) -> list[float]:
+    """Milliseconds of each of `n` calls fn(i), after `warmup` untimed calls."""
+    for i in range(warmup):
+        fn(i)
+    out = []
+    for i in range(n):
+        start = time.perf_counter_ns()
+        fn(i)
+        out.append((time.perf_counter_ns() - start) / 1e6)
+    return out
+
+
+def _version(i: int) -> ModelVersion:
+    """A realistic record: lineage, three artifact digests, a few metrics."""
+    return ModelVersion(model="bench", number=1,
+                        lineage=Lineage(parent=i or None, batch_ids=[f"{i:064x}"], sites=["site-a", "site-b"],
+                                        train_settings={"epochs": 6, "lr": 0.001, "ewc_lambda": 100.0}, seed=i,
+                                        code_version="0.1.0", timings={"train_s": 1.5}),
+                        artifacts={"weights": f"{i + 1:064x}", "ewc": f"{i + 2:064x}", "reference": f"{i + 3:064x}"},
+                        metrics={"final_loss": 0.25, "accuracy": 0.9})
+
+
+def bench_clreg(url: str, n_versions: int, iters: dict[str, int]) -> Samples:
+    """clreg's RedisRegistry on a flushed database."""
+    reg = RedisRegistry(StoreConfig(url=url, prefix="bench"))
+    reg.r.flushdb()
+    reg.create_model(Model(name="bench", factory="learner.models:small_cnn",
+                           input=InputSpec(channels=1, height=16, width=16, classes=10)))
+    out = {"register": timed(lambda i: reg.register_version(_version(i)), n_versions)}
+    rng = random.Random(0)
+    out["promote"] = timed(lambda i: reg.promote("bench", rng.randint(1, n_versions), who="bench", reason="bench"),
+                           iters["promote"])
+    out["resolve-alias"] = timed(lambda i: reg.resolve("bench"), iters["resolve"], warmup=50)
+    out["resolve+record"] = timed(lambda i: reg.get_version("bench", reg.resolve("bench")), iters["resolve"],
+                                  warmup=50)
+    listed = reg.list_versions("bench")
+    if len(listed) != n_versions or sum(1 for v in listed if v.aliases) != 1:
+        raise RuntimeError(f"clreg listed {len(listed)} versions, expected {n_versions} with one alias")
+    out["list"] = timed(lambda i: reg.list_versions("bench"), iters["list"], warmup=2)
+    # the same listing with the memo of parsed (immutable) records emptied first: every record parsed again
+    out["list-cold"] = timed(lambda i: (store._version_from.cache_clear(), reg.list_versions("bench")), iters["list"])
+    reg.r.flushdb()
+    return out
+
+
+def bench_mlflow(root: Path, n_versions: int, iters: dict[str, int]) -> Samples:
+    """MLflow's MlflowClient on a fresh local SQLite database (its default local store)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("bench")
+    out = {"register": timed(lambda i: client.create_model_version("bench", source=str(root / "artifacts" / f"v{i}")),
+                             n_versions)}
+    rng = random.Random(0)
+    out["promote"] = timed(lambda i: client.set_registered_model_alias("bench", "production",
+                                                                         str(rng.randint(1, n_versions))),
+                           iters["promote"])
+    # MLflow's alias lookup returns the whole ModelVersion: the same call serves both resolve rows
+    out["resolve-alias"] = timed(lambda i: client.get_model_version_by_alias("bench", "production"),
+                                 iters["resolve"], warmup=10)
+    out["resolve+record"] = out["resolve-alias"]
+    listed = client.search_model_versions("name='bench'", max_results=n_versions)
+    if len(listed) != n_versions:
+        raise RuntimeError(f"MLflow listed {len(listed)} versions, expected {n_versions}")
+    out["list"] = timed(lambda i: client.search_model_versions("name='bench'", max_results=n_versions),
+                        iters["list"], warmup=1)
+    out["list-cold"] = out["list"]  # MLflow keeps no parsed records between calls
+    return out
+
+
+def _server_version(url: str) -> str:
+    info = RedisRegistry(StoreConfig(url=url)).r.info("server")
+    return f"valkey {info['valkey_version']}" if "valkey_version" in info else f"redis {info['redis_version']}"
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    a = np.asarray(samples)
+    return {"n": int(a.size), "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "mean_ms": float(a.mean())}
+
+
+def render(figures: dict[str, dict[str, dict[str, float]]], n_versions: int) -> Table:
+    table = Table(title=f"registry operations, {n_versions} versions (ms; ratio = MLflow p50 / clreg p50)")
+    for col in ("operation", "clreg p50", "clreg p99", "clreg n", "MLflow p50", "MLflow p99", "MLflow n", "ratio"):
+        table.add_column(col, justify="left" if col == "operation" else "right")
+    for op in OPS:
+        c, m = figures["clreg"][op], figures["mlflow"][op]
+        table.add_row(op, f"{c['p50_ms']:.3f}", f"{c['p99_ms']:.3f}", str(c["n"]), f"{m['p50_ms']:.3f}",
+                      f"{m['p99_ms']:.3f}", str(m["n"]), f"{m['p50_ms'] / c['p50_ms']:.1f}x")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100 versions, few iterations: a smoke run")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/10", help="a database this bench may flush")
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network from MLflow
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    n_versions = 100 if args.quick else 1000
+    clreg_iters = {"promote": 50, "resolve": 500, "list": 5} if args.quick else \
+        {"promote": 1000, "resolve": 5000, "list": 50}
+    mlflow_iters = {"promote": 20, "resolve": 100, "list": 3} if args.quick else \
+        {"promote": 300, "resolve": 1000, "list": 20}
+    console = Console(width=110)  # the full table, also when the output is not a terminal
+    started = time.perf_counter()
+    with console.status("clreg ..."):
+        clreg = bench_clreg(args.redis_url, n_versions, clreg_iters)
+    with tempfile.TemporaryDirectory(prefix="bench-mlflow-") as tmp, console.status("MLflow ..."):
+        mlflow = bench_mlflow(Path(tmp), n_versions, mlflow_iters)
+    figures = {name: {op: summary(s[op]) for op in OPS} for name, s in (("clreg", clreg), ("mlflow", mlflow))}
+    ratios = {op: figures["mlflow"][op]["p50_ms"] / figures["clreg"][op]["p50_ms"] for op in OPS}
+    console.print(render(figures, n_versions))
+    verdict = "meets" if ratios["resolve-alias"] >= 10 else "MISSES"
+    console.print(f"resolve-alias: clreg is {ratios['resolve-alias']:.1f}x faster than MLflow's "
+                  f"get_model_version_by_alias at p50 ({verdict} the 10x target)")
+    path = write_result("registry", {
+        "machine": machine_info(),
+        "versions": {**versions("redis", "hiredis", "mlflow", "sqlalchemy", "pydantic", "numpy", "torch", "ray",
+                                "evidently"), "redis_server": _server_version(args.redis_url)},
+        "settings": {"quick": args.quick, "versions": n_versions, "redis": args.redis_url,
+                     "mlflow_store": "sqlite (local file, MlflowClient tracking+registry uri)",
+                     "iterations": {"clreg": clreg_iters, "mlflow": mlflow_iters},
+                     "note": "register is timed over every version created; MLflow runs fewer iterations of "
+                             "its slower calls; resolve+record for MLflow is the same call as resolve-alias; list-cold "
+                             "empties clreg's memo of parsed immutable records before each call"},
+        "figures": figures, "ratio_p50": ratios, "resolve_alias_target_10x": ratios["resolve-alias"] >= 10,
+        "seconds": round(time.perf_counter() - started, 1),
+    })
+    console.print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

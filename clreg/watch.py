@@ -1,0 +1,59 @@
+"""Scheduled drift check of the inputs Serve has seen: drift is noticed before any labels arrive.
+
+Each run takes, per model with a production version, the newest recorded prediction inputs, turns them
+into features with the production model and its reference, and runs the same Evidently check as a batch
+(without the label test). The report's site is "serving" and its batch id is the window's content digest;
+a window already checked (no new inputs since) is skipped, so an idle model raises no repeated alerts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from clreg import monitoring
+from clreg.context import Context
+from clreg.learning import embed_fn, load_reference
+from monitor.drift import check_drift
+from monitor.errors import MonitorError
+from monitor.features import batch_features
+from registry.errors import RegistryError
+from registry.inputs import InputLog
+from registry.records import DriftReport
+
+log = logging.getLogger(__name__)
+SITE = "serving"
+
+
+def check_model(ctx: Context, inputs: InputLog, name: str) -> DriftReport | None:
+    """One model's window of recent inputs against its production reference; None when there is nothing to check."""
+    production = ctx.production(name)
+    if production is None or "reference" not in production.artifacts:
+        return None
+    model = ctx.registry.get_model(name)
+    x = inputs.recent(name, ctx.watch.max_samples)
+    spec = model.input
+    if len(x) < ctx.watch.min_samples or x.shape[1:] != (spec.channels, spec.height, spec.width):
+        return None
+    window = inputs.window_id(x)
+    if inputs.seen(name, window):
+        return None
+    reference = load_reference(ctx, production)
+    current = batch_features(embed_fn(ctx.module(model, production.artifacts["weights"])), reference, x, None)
+    check = check_drift(reference, current, report_id=monitoring.new_report_id(), model=name, site=SITE,
+                        batch_id=window, reference_version=production.number, cfg=ctx.drift)
+    return monitoring.record(ctx, check)
+
+
+def run(ctx: Context) -> list[DriftReport]:
+    """The APScheduler job: check every model's recent inputs; one model's failure does not stop the others."""
+    inputs = InputLog(ctx.registry.cfg, ctx.watch.inputs)
+    reports: list[DriftReport] = []
+    for name in ctx.registry.list_models():
+        try:
+            report = check_model(ctx, inputs, name)
+        except (MonitorError, RegistryError) as e:
+            log.warning("drift watch of %s skipped: %s", name, e)
+            continue
+        if report is not None:
+            reports.append(report)
+    return reports

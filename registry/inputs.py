@@ -1,0 +1,105 @@
+"""Recent prediction inputs per model: a capped Redis stream the scheduled drift check reads before labels exist.
+
+    {p}:inputs:{m}        stream  one image per entry: {"x": raw float32 bytes, "shape": "C,H,W", "version": n}
+    {p}:inputs:{m}:seen   string  digest of the last window the watch checked (so an idle model is not re-checked)
+
+Images are stored as raw little-endian float32 bytes plus their shape, never pickled, and read back with
+np.frombuffer. The stream is trimmed to about `cap` entries on every write (Redis' approximate MAXLEN).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import redis
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.records import check_name
+from registry.store import StoreConfig, translated
+
+DTYPE = np.dtype("<f4")
+
+
+class InputLogConfig(BaseModel):
+    """How many prediction inputs are kept per model and what share of requests' images is recorded."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    enabled: bool = True
+    sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)  # share of images recorded
+    max_per_request: int = Field(default=32, ge=1)  # a 10,000-image request must not flood the stream
+    cap: int = Field(default=2000, ge=10)  # entries kept per model
+
+
+class InputLog:
+    """Record sampled prediction inputs and read the most recent ones back as one array."""
+
+    def __init__(self, store: StoreConfig, cfg: InputLogConfig, client: redis.Redis | None = None) -> None:
+        self.cfg = cfg
+        self._prefix = store.prefix
+        # Binary-safe: the registry's own client decodes replies as text, which raw float bytes are not.
+        self._r = client if client is not None else redis.Redis.from_url(
+            store.url, socket_timeout=store.socket_timeout_s, socket_connect_timeout=store.socket_timeout_s)
+        self._rng = np.random.default_rng()
+
+    def _key(self, model: str, *parts: str) -> str:
+        return ":".join([self._prefix, "inputs", check_name(model), *parts])
+
+    def sample(self, x: np.ndarray) -> np.ndarray:
+        """The images of one request that get recorded: a random share, at most max_per_request."""
+        if not self.cfg.enabled or self.cfg.sample_rate == 0.0:
+            return x[:0]
+        keep = np.flatnonzero(self._rng.random(len(x)) < self.cfg.sample_rate)
+        if len(keep) > self.cfg.max_per_request:
+            keep = np.sort(self._rng.choice(keep, size=self.cfg.max_per_request, replace=False))
+        return x[keep]
+
+    @translated
+    def record(self, model: str, x: np.ndarray, version: int | None = None) -> int:
+        """Append each image of x ([N, C, H, W]) as one entry, trimming to about `cap`; the count written."""
+        if x.ndim != 4:
+            raise ValueError(f"inputs must be [N, C, H, W], got shape {x.shape}")
+        if len(x) == 0:
+            return 0
+        shape = ",".join(map(str, x.shape[1:]))
+        images = np.ascontiguousarray(x, dtype=DTYPE)
+        pipe = self._r.pipeline(transaction=False)
+        key = self._key(model)
+        for image in images:
+            fields = {"x": image.tobytes(), "shape": shape, "version": "" if version is None else str(version)}
+            pipe.xadd(key, fields, maxlen=self.cfg.cap, approximate=True)
+        pipe.execute()
+        return len(images)
+
+    @translated
+    def recent(self, model: str, n: int) -> np.ndarray:
+        """The last n recorded images, oldest first, as float32 [k, C, H, W] (k <= n; other shapes dropped)."""
+        entries = self._r.xrevrange(self._key(model), count=n)
+        if not entries:
+            return np.zeros((0, 0, 0, 0), dtype=DTYPE)
+        # After a model's input spec changes, older entries no longer fit: keep those shaped like the newest.
+        shape = _shape(entries[0][1])
+        images = [np.frombuffer(f[b"x"], dtype=DTYPE).reshape(shape) for _, f in reversed(entries)
+                  if _shape(f) == shape and len(f[b"x"]) == DTYPE.itemsize * int(np.prod(shape))]
+        return np.stack(images) if images else np.zeros((0, *shape), dtype=DTYPE)
+
+    @translated
+    def count(self, model: str) -> int:
+        """Entries currently kept for the model."""
+        return int(self._r.xlen(self._key(model)))
+
+    @staticmethod
+    def window_id(x: np.ndarray) -> str:
+        """A content digest of a window of inputs (sha256 hex): the batch id its drift report carries."""
+        return hashlib.sha256(np.ascontiguousarray(x, dtype=DTYPE).tobytes()).hexdigest()
+
+    @translated
+    def seen(self, model: str, window: str) -> bool:
+        """Mark a window as checked; True if it was the last one checked already (nothing new arrived)."""
+        previous = self._r.set(self._key(model, "seen"), window, get=True)
+        return previous is not None and previous.decode() == window
+
+
+def _shape(fields: dict[bytes, bytes]) -> tuple[int, ...]:
+    """An entry's image shape, from its "C,H,W" field."""
+    return tuple(int(s) for s in fields[b"shape"].decode().split(","))

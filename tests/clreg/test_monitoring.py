@@ -1,0 +1,94 @@
+"""The drift step on a real registry and Evidently: a prevalence change alone is an alert, an unchanged batch is not.
+
+No Ray: the production version is a seeded, untrained small CNN with a reference built the way `learn` builds
+one. The alert must reach the alerts stream and a real local webhook receiver, and the report's page must be
+stored gzip-compressed.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clreg import learning, monitoring
+from clreg.client import npz_bytes
+from clreg.context import Context
+from clreg.settings import GateConfig, TriggerConfig
+from learner.models import build_model, weights_to_bytes
+from learner.streams import digits_sites, to_uint8
+from learner.train import TrainConfig
+from monitor.alerts import WebhookConfig
+from monitor.drift import DriftConfig
+from monitor.features import FeatureConfig
+from registry.artifacts import ArtifactStore
+from registry.batches import Limits, ingest
+from registry.events import EventLog, IngestQueue
+from registry.records import Batch, InputSpec, Lineage, Model, ModelVersion
+from registry.store import RedisRegistry
+from tests.monitor.hook import Hook, hook, url  # noqa: F401 (the fixture is used by name)
+
+MODEL = "cnn"
+
+
+@pytest.fixture
+def ctx(registry: RedisRegistry, tmp_path: Path, hook: Hook) -> Context:
+    """A context whose production version 1 learnt 500 base digits; alerts of this model go to the hook."""
+    ctx = Context(registry=registry, artifacts=ArtifactStore(str(tmp_path / "artifacts")), events=EventLog(registry),
+                  train=TrainConfig(), features=FeatureConfig(), drift=DriftConfig(), gate=GateConfig(),
+                  trigger=TriggerConfig(), webhook=WebhookConfig(per_model={MODEL: url(hook)}, backoff_s=0.0),
+                  workspace=tmp_path / "workspace", public_url="http://clreg.test")
+    model = Model(name=MODEL, factory="learner.models:small_cnn", input=InputSpec(channels=1, height=16, width=16,
+                                                                                  classes=10))
+    registry.create_model(model)
+    base = push(ctx, np.arange(500))
+    torch.manual_seed(0)
+    net = build_model(model.factory, {}, 1, 16, 16, 10)
+    weights = ctx.artifacts.put(weights_to_bytes(net))
+    reference = ctx.artifacts.put(learning.build_reference(ctx, model, weights, [base.id]))
+    version = registry.register_version(ModelVersion(model=MODEL, number=1, lineage=Lineage(batch_ids=[base.id]),
+                                                     artifacts={"weights": weights, "reference": reference}))
+    registry.promote(MODEL, version.number, who="test", reason="fixture")
+    return ctx
+
+
+def push(ctx: Context, rows: np.ndarray, y: np.ndarray | None = None) -> Batch:
+    """Base digits by row index (labels replaced when y is given), ingested as a base-site batch."""
+    site = digits_sites(seed=0, names=("base",))[0]
+    data = npz_bytes(to_uint8(site.x[rows]), site.y[rows] if y is None else y)
+    batch, _ = ingest(ctx.registry, ctx.artifacts, IngestQueue(ctx.registry), ctx.events, MODEL, "base", data,
+                      Limits())
+    return batch
+
+
+def check(ctx: Context, batch: Batch):  # noqa: ANN201 - DriftReport
+    model = ctx.registry.get_model(MODEL)
+    return monitoring.check_batch(ctx, model, batch, ctx.production(MODEL))
+
+
+def test_unchanged_batch_raises_no_alert(ctx: Context, hook: Hook) -> None:
+    report = check(ctx, push(ctx, np.arange(500, 800)))
+    assert report is not None and report.drift is False and report.label_drift.drifted is False
+    assert ctx.events.alerts(MODEL) == [] and hook.bodies == []
+    page = ctx.artifacts.get(report.html_artifact)
+    assert gzip.decompress(page).lstrip().startswith(b"<!DOCTYPE html>") and len(page) < 2_000_000
+
+
+def test_prevalence_change_alone_raises_a_label_shift_alert(ctx: Context, hook: Hook) -> None:
+    rows = np.arange(500, 800)
+    unchanged = check(ctx, push(ctx, rows))
+    # The same images, relabelled so that 70% are zeros: only the label distribution differs.
+    y = np.where(np.random.default_rng(1).random(len(rows)) < 0.7, 0, np.arange(len(rows)) % 10)
+    report = check(ctx, push(ctx, rows, y.astype(np.int64)))
+    assert [c.drifted for c in report.columns] == [c.drifted for c in unchanged.columns]
+    assert report.feature_drift is False and report.label_drift.drifted is True and report.drift is True
+    [alert] = ctx.events.alerts(MODEL, kind="drift.alert", site="base")
+    assert alert.data["report_id"] == report.id and alert.data["signals"] == ["label"]
+    assert alert.data["link"] == f"http://clreg.test/v1/drift/{report.id}?format=html"
+    [body] = hook.bodies
+    assert body["kind"] == "drift" and body["model"] == MODEL and body["site"] == "base"
+    assert body["batch_id"] == report.batch_id and body["verdict"] == "drift" and body["signals"] == ["label"]
+    assert ctx.events.alerts(MODEL, site="other") == [] and ctx.events.alerts(MODEL, kind="gate.failed") == []

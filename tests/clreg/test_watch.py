@@ -1,0 +1,96 @@
+"""The scheduled input watch on the real stack: predictions through /v1/predict, then one watch run.
+
+Inputs of the training distribution raise no alert; the same digits through the contrast shift do, on the
+alerts stream (site "serving"), at the webhook, in /v1/alerts filters and on /metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from clreg import context, pipeline, watch
+from clreg.daemon import Daemon
+from clreg.client import ApiError, Client, npz_bytes
+from clreg.embedded import Stack
+from clreg.settings import WatchConfig
+from learner.streams import digits_sites, shift, to_uint8
+from monitor.alerts import WebhookConfig
+from registry.inputs import InputLog
+from tests.monitor.hook import Hook, hook, url  # noqa: F401 (the fixture is used by name)
+
+pytestmark = pytest.mark.integration
+MODEL = "watched"
+WINDOW = 160  # 5 requests of 32 images: the replica records at most 32 per request
+
+
+def _predict_all(client: Client, inputs: InputLog, x: np.ndarray) -> None:
+    """Send x in requests of 32 and wait until the replica's background writer has recorded all of it."""
+    for start in range(0, len(x), 32):
+        client.predict(x[start:start + 32], MODEL)
+    deadline = time.monotonic() + 30
+    while not np.array_equal(inputs.recent(MODEL, len(x)), x) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _served(client: Client, x: np.ndarray) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if client.predict(x, MODEL)[1] == 1:
+                return
+        except (httpx.HTTPError, ApiError):  # 503 until the replica has loaded version 1
+            pass
+        time.sleep(0.1)
+
+
+def test_shifted_prediction_inputs_raise_an_alert_and_unshifted_do_not(stack: Stack, hook: Hook) -> None:
+    ctx = dataclasses.replace(context.build(stack.settings, stack.store, stack.url),
+                              watch=WatchConfig(min_samples=100, max_samples=WINDOW),
+                              webhook=WebhookConfig(per_model={MODEL: url(hook)}, backoff_s=0.0))
+    client = Client(stack.url, stack.admin_token)
+    client.wait_ready()
+    base = digits_sites(seed=0, names=("base",))[0]
+    client.create_model(MODEL, "learner.models:small_cnn", (1, 16, 16), classes=10)
+    token = client.add_site("watch-base")["token"]
+    pushed = client.push("watch-base", token, npz_bytes(to_uint8(base.x[:600]), base.y[:600]), MODEL)
+    pipeline.process(ctx, pushed["batch_id"])  # the first site: learn, gate, promote version 1
+    assert ctx.registry.resolve(MODEL) == 1
+    _served(client, base.x[:1])
+    inputs = InputLog(ctx.registry.cfg, ctx.watch.inputs)
+
+    _predict_all(client, inputs, base.x[600:600 + WINDOW])
+    [calm] = [r for r in watch.run(ctx) if r.model == MODEL]
+    assert calm.site == "serving" and calm.samples == WINDOW and calm.drift is False and calm.label_drift is None
+    assert [r for r in watch.run(ctx) if r.model == MODEL] == []  # the same window is not checked twice
+    assert ctx.events.alerts(MODEL) == [] and hook.bodies == []
+
+    _predict_all(client, inputs, shift(base.x[800:800 + WINDOW], "contrast", seed=1))
+    [shifted] = [r for r in watch.run(ctx) if r.model == MODEL]
+    assert shifted.drift is True and shifted.feature_drift is True and shifted.reference_version == 1
+    [alert] = client.get("/v1/alerts", model=MODEL, site="serving", kind="drift.alert")
+    assert alert["data"]["report_id"] == shifted.id and alert["data"]["batch_id"] == shifted.batch_id
+    assert alert["data"]["top_features"] == shifted.top_columns() and alert["data"]["top_features"]
+    assert client.get("/v1/alerts", model=MODEL, site="watch-base") == []
+    [body] = hook.bodies
+    assert body["site"] == "serving" and body["verdict"] == "drift" and body["link"].endswith("?format=html")
+    metrics = httpx.get(f"{stack.url}/metrics").text
+    assert f'clreg_alert_events_total{{kind="drift.alert",model="{MODEL}",site="serving"}} 1.0' in metrics
+    page = httpx.get(f"{stack.url}/v1/drift/{shifted.id}", params={"format": "html"})
+    assert page.headers["content-encoding"] == "gzip" and page.text.lstrip().startswith("<!DOCTYPE html>")
+    plain = httpx.get(f"{stack.url}/v1/drift/{shifted.id}", params={"format": "html"},
+                      headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.text == page.text
+
+
+def test_the_daemon_schedules_the_watch_at_its_interval(stack: Stack) -> None:
+    ctx = dataclasses.replace(context.build(stack.settings, stack.store, stack.url),
+                              watch=WatchConfig(interval_s=42.0))
+    job = Daemon(ctx).scheduler.get_job("watch-inputs")
+    assert job.func is watch.run and job.args == (ctx,) and job.trigger.interval.total_seconds() == 42.0
+    off = dataclasses.replace(ctx, watch=WatchConfig(enabled=False))
+    assert Daemon(off).scheduler.get_job("watch-inputs") is None
