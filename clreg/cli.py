@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import numpy as np
 import typer
 from rich.console import Console
@@ -212,3 +213,8 @@ def main() -> None:
     except ApiError as e:
         console.print(f"[red]error[/] {e}")
         sys.exit(2)
+    except httpx.HTTPError as e:
+        settings = _settings()
+        console.print(f"[red]error[/] cannot reach clreg at http://{settings.serve.host}:{settings.serve.port} "
+                      f"({e}); is `clreg up` running?")
+        sys.exit(3)
