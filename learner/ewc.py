@@ -10,19 +10,16 @@ mode (BatchNorm uses its running statistics, so samples do not interact).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from learner import tensorfile
 from learner.errors import WeightsError
 
 Mode = Literal["separate", "online"]
@@ -184,27 +181,14 @@ def state_to_bytes(state: EWCState) -> bytes:
     keys = list(state.entries)
     for i, key in enumerate(keys):  # index-based names: entry keys never need escaping
         entry = state.entries[key]
-        tensors.update({f"{i}.fisher.{k}": v.contiguous() for k, v in entry.fisher.items()})
-        tensors.update({f"{i}.anchor.{k}": v.contiguous() for k, v in entry.anchor.items()})
+        tensors.update({f"{i}.fisher.{k}": v for k, v in entry.fisher.items()})
+        tensors.update({f"{i}.anchor.{k}": v for k, v in entry.anchor.items()})
     info = {"mode": state.mode, "gamma": float(state.gamma), "entries": keys, "sites": state.sites}
-    # One metadata key: safetensors writes its metadata map in hash order, so several keys would make
-    # the bytes (and so the artifact's sha256) differ between runs.
-    metadata = {"clreg": json.dumps({"format": FORMAT, **info}, sort_keys=True)}
-    return st_save(tensors, metadata=metadata)
+    return tensorfile.dump(tensors, FORMAT, info)
 
 
 def _read(data: bytes) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Tensors and the clreg metadata of safetensors bytes, translating the library's errors."""
-    try:
-        tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
-        info = json.loads(metadata.get("clreg", "{}"))
-    except (SafetensorError, ValueError) as e:
-        raise WeightsError(f"EWC state is not valid safetensors: {e}") from e
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise WeightsError(f"EWC state lacks the {FORMAT!r} metadata: not written by state_to_bytes")
-    return tensors, info
+    return tensorfile.load(data, FORMAT, "EWC state")
 
 
 def state_from_bytes(data: bytes) -> EWCState:

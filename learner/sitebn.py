@@ -11,16 +11,13 @@ Gaussian log-likelihood of the first BatchNorm layer's input under each site's r
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Mapping
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
+from learner import tensorfile
 from learner.errors import DataError, WeightsError
 
 BN = nn.modules.batchnorm._BatchNorm
@@ -85,8 +82,8 @@ def site_model(model: nn.Module, bank: Mapping[str, SiteBN], site: str) -> nn.Mo
 def bank_to_bytes(bank: Mapping[str, SiteBN]) -> bytes:
     """Deterministic safetensors bytes; site names live in one metadata entry (index-based tensor names)."""
     sites = sorted(bank)
-    tensors = {f"{i}.{k}": v.contiguous() for i, s in enumerate(sites) for k, v in bank[s].items()}
-    return st_save(tensors, metadata={"clreg": json.dumps({"format": FORMAT, "sites": sites})})
+    tensors = {f"{i}.{k}": v for i, s in enumerate(sites) for k, v in bank[s].items()}
+    return tensorfile.dump(tensors, FORMAT, {"sites": sites})
 
 
 def bank_from_bytes(data: bytes) -> Bank:
@@ -95,15 +92,7 @@ def bank_from_bytes(data: bytes) -> Bank:
     Raises:
         WeightsError: the bytes are not a bank written by bank_to_bytes.
     """
-    try:
-        tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
-        info = json.loads(meta.get("clreg", "{}"))
-    except (SafetensorError, ValueError) as e:
-        raise WeightsError(f"BatchNorm bank is not valid safetensors: {e}") from e
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise WeightsError(f"BatchNorm bank lacks the {FORMAT!r} metadata: not written by bank_to_bytes")
+    tensors, info = tensorfile.load(data, FORMAT, "BatchNorm bank")
     bank: Bank = {}
     for i, site in enumerate(info["sites"]):
         bank[site] = {n.split(".", 1)[1]: t for n, t in tensors.items() if n.split(".", 1)[0] == str(i)}

@@ -4,7 +4,7 @@ Imports nothing from `learner`: the caller passes the embedding function (e.g. a
 """
 
 from monitor.alerts import WebhookConfig, alert_payload, post_webhook
-from monitor.drift import DriftCheck, DriftConfig, check_drift, detect_drift, save_snapshot
+from monitor.drift import DriftCheck, DriftConfig, check_drift, save_snapshot
 from monitor.errors import DriftCheckFailed, InvalidInput, InvalidReference, MonitorError
 from monitor.features import (
     IMAGE_STAT_COLUMNS,
@@ -33,7 +33,6 @@ __all__ = [
     "alert_payload",
     "batch_features",
     "check_drift",
-    "detect_drift",
     "fit_reference",
     "image_statistics",
     "post_webhook",

@@ -314,36 +314,6 @@ def check_drift(
     return DriftCheck(report=record, html=html, snapshot=snapshot)
 
 
-def detect_drift(
-    ref: Reference,
-    current: pd.DataFrame,
-    *,
-    report_id: str,
-    model: str,
-    site: str,
-    batch_id: str,
-    reference_version: int | None,
-    cfg: DriftConfig,
-) -> tuple[DriftReport, str]:
-    """Test one batch's features against the reference: the DriftReport and Evidently's HTML page.
-
-    Raises:
-        InvalidInput: a bad name or batch id, or a feature table without the reference's columns or rows.
-        DriftCheckFailed: Evidently raised (the cause is chained).
-    """
-    check = check_drift(
-        ref,
-        current,
-        report_id=report_id,
-        model=model,
-        site=site,
-        batch_id=batch_id,
-        reference_version=reference_version,
-        cfg=cfg,
-    )
-    return check.report, check.html
-
-
 def save_snapshot(workspace_dir: Path, model: str, site: str, snapshot: Snapshot) -> None:
     """Add a check's snapshot to a local Evidently workspace (one project per model, tagged by site) for `evidently ui`.
 

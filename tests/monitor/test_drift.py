@@ -13,7 +13,7 @@ from evidently import DataDefinition, Dataset, Report
 from evidently.metrics import ValueDrift
 
 from monitor.columns import ColumnValueDrift
-from monitor.drift import DriftConfig, check_drift, detect_drift, save_snapshot
+from monitor.drift import DriftConfig, check_drift, save_snapshot
 from monitor.errors import DriftCheckFailed, InvalidInput
 from monitor.features import IMAGE_STAT_COLUMNS, FeatureConfig, Reference, batch_features, fit_reference
 from registry.records import DriftReport
@@ -31,7 +31,7 @@ def reference() -> Reference:
 
 
 def check(ref: Reference, current: pd.DataFrame, cfg: DriftConfig | None = None) -> DriftReport:
-    report, html = detect_drift(
+    result = check_drift(
         ref,
         current,
         report_id="r-1",
@@ -41,6 +41,7 @@ def check(ref: Reference, current: pd.DataFrame, cfg: DriftConfig | None = None)
         reference_version=3,
         cfg=cfg or DriftConfig(),
     )
+    report, html = result.report, result.html
     assert html.lstrip().startswith("<!DOCTYPE html>") and "img_mean" in html
     return report
 
@@ -177,12 +178,12 @@ def test_snapshot_goes_to_a_workspace_project_per_model(reference: Reference, tm
 def test_names_are_checked_before_the_report_runs(reference: Reference) -> None:
     current = batch_features(embed, reference, images(np.random.default_rng(18), 20), None)
     with pytest.raises(InvalidInput, match="batch id"):
-        detect_drift(
+        check_drift(
             reference, current, report_id="r", model="cnn", site="a", batch_id="x", reference_version=None,
             cfg=DriftConfig(),
         )
     with pytest.raises(InvalidInput, match="invalid name"):
-        detect_drift(
+        check_drift(
             reference, current, report_id="r", model="Bad Name", site="a", batch_id=BATCH, reference_version=None,
             cfg=DriftConfig(),
         )

@@ -11,7 +11,7 @@ import monitor
 def test_public_api_is_complete() -> None:
     assert all(hasattr(monitor, name) for name in monitor.__all__)
     expected = {
-        "detect_drift", "check_drift", "save_snapshot", "fit_reference", "batch_features", "image_statistics",
+        "check_drift", "save_snapshot", "fit_reference", "batch_features", "image_statistics",
         "Reference", "DriftConfig", "FeatureConfig", "WebhookConfig", "alert_payload", "post_webhook",
         "MonitorError", "DriftCheckFailed", "InvalidInput", "InvalidReference",
     }
