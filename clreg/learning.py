@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -16,7 +18,11 @@ from monitor.features import Reference, fit_reference
 from registry.records import Batch, Lineage, Model, ModelVersion
 
 
-def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: list[Batch]) -> ModelVersion:
+Progress = Callable[[str, dict[str, float]], None]  # (site, curve row) as each epoch finishes
+
+
+def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: list[Batch],
+          progress: Progress | None = None) -> ModelVersion:
     """Train on the batches' train splits, site by site, and register the result as a candidate."""
     started = time.perf_counter()
     weights, ewc = _artifact(ctx, production, "weights"), _artifact(ctx, production, "ewc")
@@ -27,7 +33,8 @@ def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: 
     new_ids = [b.id for b in batches]
     for site, (x, y) in ctx.split_by_site(model, new_ids, "train").items():
         result = train_on_ray(model.factory, model.factory_kwargs, (spec.channels, spec.height, spec.width,
-                              spec.classes), weights, ewc, x, y, site, ctx.train, bn_bank=bank)
+                              spec.classes), weights, ewc, x, y, site, ctx.train, bn_bank=bank,
+                              progress=functools.partial(progress, site) if progress else None)
         weights, ewc, bank, device = result.weights, result.ewc_state, result.bn_bank, result.device
         curve.extend({**point, "site": site} for point in result.curve)  # type: ignore[dict-item]
     trained = time.perf_counter()

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from clreg.context import Context
@@ -80,7 +81,7 @@ def _update(ctx: Context, model: Model, batches: list[Batch]) -> int | None:
     _set_states(ctx, ids, BatchStatus.TRAINING)
     ctx.events.append(model.name, "update.started", batches=ids, parent=production.number if production else None)
     try:
-        candidate = learn(ctx, model, production, batches)
+        candidate = learn(ctx, model, production, batches, progress=functools.partial(_progress, ctx, ids))
     except LearnerError as e:
         ctx.events.append(model.name, "update.failed", batches=ids, error=str(e))
         _set_states(ctx, ids, BatchStatus.FAILED, detail=str(e))
@@ -104,6 +105,12 @@ def _update(ctx: Context, model: Model, batches: list[Batch]) -> int | None:
     _set_states(ctx, ids, BatchStatus.PROMOTED, version=candidate.number)
     ctx.registry.clear_pending(model.name, ids)
     return candidate.number
+
+
+def _progress(ctx: Context, ids: list[str], site: str, row: dict[str, float]) -> None:
+    """Show a running update's epochs in its batches' state (GET /v1/batches/{id})."""
+    _set_states(ctx, ids, BatchStatus.TRAINING,
+                detail=f"site {site}: epoch {int(row['epoch'])}, loss {row['loss']:.4f}")
 
 
 def _set_states(ctx: Context, ids: list[str], status: BatchStatus, version: int | None = None,

@@ -1,4 +1,4 @@
-"""The daemon resumes a batch whose entry was delivered but never acked (a crash mid-batch)."""
+"""The daemon resumes a batch whose entry was delivered but never acked; updates report progress per epoch."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from clreg import context
 from clreg.client import npz_bytes
 from clreg.daemon import Daemon
+from clreg.learning import learn
 from clreg.settings import RedisSettings, Settings
 from learner.streams import digits_sites, to_uint8
 from learner.train import TrainConfig
@@ -45,3 +46,22 @@ def test_unacked_entry_is_processed_after_restart(registry: RedisRegistry, store
     kinds = [e.kind for e in ctx.events.read("m")]
     assert kinds == ["batch.received", "update.started", "update.finished", "gate.passed", "alias.moved"]
     assert np.isfinite(registry.get_version("m", 1).metrics["final_loss"])
+
+
+def test_learn_relays_each_epoch_while_the_task_runs(registry: RedisRegistry, store_cfg: StoreConfig,
+                                                     tmp_path: Path, ray_session: None) -> None:
+    settings = Settings(home=tmp_path, train=TrainConfig(epochs=3))
+    ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
+    model = Model(name="m", factory="learner.models:small_cnn",
+                  input=InputSpec(channels=1, height=16, width=16, classes=10))
+    registry.create_model(model)
+    site = digits_sites(seed=2, names=("base",))[0]
+    queue = IngestQueue(registry)
+    queue.ensure_group()
+    batch, _ = ingest(registry, ctx.artifacts, queue, ctx.events, "m", "base",
+                      npz_bytes(to_uint8(site.x[:90]), site.y[:90]), Limits())
+    rows: list[tuple[str, int]] = []
+    version = learn(ctx, model, None, [batch], progress=lambda s, row: rows.append((s, int(row["epoch"]))))
+    assert rows == [("base", 1), ("base", 2), ("base", 3)]
+    assert version.number == 1 and version.lineage.train_settings["epochs"] == 3
+    assert set(version.artifacts) == {"weights", "ewc", "reference", "bn_bank"}
