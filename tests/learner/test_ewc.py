@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
 
+from learner import fisher as fisher_module
 from learner.errors import WeightsError
 from learner.ewc import (
     EWCState,
     consolidate,
     ewc_penalty,
     fisher_diagonal,
+    fisher_diagonal_vmap,
     fisher_minibatch_squared,
     fisher_per_sample_loop,
     state_from_bytes,
@@ -71,18 +75,74 @@ def test_fisher_of_linear_softmax_matches_closed_form() -> None:
     torch.testing.assert_close(fisher["bias"], r.pow(2).mean(0), rtol=1e-6, atol=1e-7)
 
 
-def test_vectorised_fisher_equals_per_sample_loop_on_cnn() -> None:
+def _assert_equals_loop(model: nn.Module, fast: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> None:
+    slow = fisher_per_sample_loop(model, x, y)
+    assert fast.keys() == slow.keys() == {k for k, p in model.named_parameters() if p.requires_grad}
+    for k in slow:
+        assert (fast[k] - slow[k]).abs().max() <= 1e-4 * slow[k].abs().max(), k
+
+
+@pytest.mark.parametrize("estimator", [fisher_diagonal, fisher_diagonal_vmap], ids=["hooks", "vmap"])
+def test_vectorised_fisher_equals_per_sample_loop_on_cnn(estimator: Callable[..., dict[str, torch.Tensor]]) -> None:
     torch.manual_seed(1)
     model = small_cnn(1, 16, 16, 10)
     model.train()
     model(torch.rand(32, 1, 16, 16))  # give BatchNorm non-trivial running statistics
     x, y = torch.rand(40, 1, 16, 16), torch.randint(0, 10, (40,))
-    fast = fisher_diagonal(model, x, y, chunk_size=16)
-    slow = fisher_per_sample_loop(model, x, y)
+    fast = estimator(model, x, y, chunk_size=16)
     assert model.training  # train mode restored
-    assert fast.keys() == slow.keys() == dict(model.named_parameters()).keys()
-    for k in slow:
-        assert (fast[k] - slow[k]).abs().max() <= 1e-4 * slow[k].abs().max(), k
+    assert all(p.grad is None for p in model.parameters())  # no side effect on .grad
+    _assert_equals_loop(model, fast, x, y)
+
+
+def test_hooked_fisher_needs_no_vmap_on_the_small_cnn(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*_args: object) -> None:
+        raise AssertionError("vmap fallback used")
+
+    monkeypatch.setattr(fisher_module, "_vmap_squared_sums", fail)
+    fisher_diagonal(small_cnn(1, 16, 16, 10), torch.rand(8, 1, 16, 16), torch.randint(0, 10, (8,)))
+
+
+class _Unusual(nn.Module):
+    """Layers the hooks handle in less common forms, and parameters they must leave to the vmap fallback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 4, stride=2, padding=1)  # hooked: strided
+        self.relu = nn.ReLU(inplace=True)  # overwrites the hooked conv's and BatchNorm's outputs
+        self.norm = nn.LayerNorm([4, 8, 8])  # fallback: unsupported type
+        self.bn = nn.BatchNorm2d(4)
+        self.grouped = nn.Conv2d(4, 4, 3, groups=2, padding=2, dilation=2)  # hooked: grouped, dilated
+        self.reflect = nn.Conv2d(4, 4, 3, padding="same", padding_mode="reflect")  # fallback: padding
+        self.rows = nn.Linear(8, 6)  # hooked: 4-d input; its weight is also used outside its forward
+        self.head = nn.Linear(4 * 8 * 6, 10)
+        self.scale = nn.Parameter(torch.ones(1))  # fallback: a bare parameter
+        self.frozen = nn.Linear(10, 10)
+        self.frozen.weight.requires_grad_(False)
+        self.twice = nn.Linear(10, 10)  # fallback: one module called twice per forward
+        self.bn_flat = nn.BatchNorm1d(10)  # hooked: [N, C] input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.bn(self.norm(self.relu(self.conv(x)))))
+        h = self.rows(self.reflect(self.grouped(h))) + 0.1 * self.rows.weight.sum()
+        return self.twice(self.twice(self.bn_flat(self.frozen(self.head(h.flatten(1)) * self.scale))))
+
+
+def test_hooked_fisher_falls_back_to_vmap_where_hooks_are_not_exact() -> None:
+    torch.manual_seed(3)
+    model = _Unusual()
+    model.train()
+    model(torch.rand(16, 1, 16, 16))
+    x, y = torch.rand(24, 1, 16, 16), torch.randint(0, 10, (24,))
+    _assert_equals_loop(model, fisher_diagonal(model, x, y, chunk_size=10), x, y)
+
+
+def test_hooked_fisher_uses_vmap_when_batch_norm_mixes_samples() -> None:
+    torch.manual_seed(4)  # without running statistics BatchNorm normalises by the batch even in eval mode
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, bias=False), nn.BatchNorm2d(3, track_running_stats=False), nn.Flatten(),
+                          nn.Linear(3 * 6 * 6, 4))
+    x, y = torch.rand(12, 1, 8, 8), torch.randint(0, 4, (12,))
+    _assert_equals_loop(model, fisher_diagonal(model, x, y), x, y)
 
 
 def test_fisher_max_samples_takes_evenly_spaced_subset() -> None:
