@@ -7,12 +7,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import httpx
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from clreg import context, embedded
-import httpx
-
 from clreg.client import ApiError, Client, npz_bytes
 from clreg.daemon import Daemon
 from clreg.settings import Settings
@@ -62,7 +62,7 @@ def _drive(client: Client, console: Console, seed: int) -> bool:
         token = client.add_site(site.name)["token"]
         started = time.perf_counter()
         pushed = client.push(site.name, token, npz_bytes(to_uint8(site.x), site.y), MODEL)
-        outcome = _follow(client, site.name, pushed["batch_id"])
+        outcome = _follow(client, site.name, pushed["batch_id"], sites[0].x[:1])
         outcomes.append(outcome)
         _print_site(console, outcome, time.perf_counter() - started)
     answer, served = client.predict(sites[0].x[:4], MODEL)
@@ -77,7 +77,7 @@ def _drive(client: Client, console: Console, seed: int) -> bool:
     return promoted >= 3 and drift_alerts >= 1 and served == production
 
 
-def _follow(client: Client, site: str, batch_id: str) -> SiteOutcome:
+def _follow(client: Client, site: str, batch_id: str, probe: np.ndarray) -> SiteOutcome:
     state = client.wait_batch(batch_id)
     drift = "no reference yet"
     if state.get("drift_report_id"):
@@ -89,15 +89,15 @@ def _follow(client: Client, site: str, batch_id: str) -> SiteOutcome:
     if outcome.version is not None:
         record = client.get(f"/v1/models/{MODEL}/versions/{outcome.version}")
         outcome.gate_lines = (record.get("gate_report") or {}).get("sites", [])
-    outcome.serving = _served_version(client, client.get(f"/v1/models/{MODEL}/aliases")["aliases"].get("production"))
+    production = client.get(f"/v1/models/{MODEL}/aliases")["aliases"].get("production")
+    outcome.serving = _served_version(client, probe, production)
     return outcome
 
 
-def _served_version(client: Client, expected: int | None, timeout_s: float = 15.0) -> int | None:
+def _served_version(client: Client, probe: np.ndarray, expected: int | None, timeout_s: float = 15.0) -> int | None:
     """The version answering /v1/predict, once the replicas have swapped to `expected`."""
     deadline = time.monotonic() + timeout_s
     served = None
-    probe = digits_sites()[0].x[:1]
     while time.monotonic() < deadline:
         try:
             _, served = client.predict(probe, MODEL)

@@ -6,12 +6,15 @@ import gzip
 import logging
 import uuid
 
+import numpy as np
+import pandas as pd
+
 from clreg.context import Context
 from clreg.learning import embed_fn, load_reference
 from monitor.alerts import alert_payload, post_webhook
 from monitor.drift import DriftCheck, check_drift, save_snapshot
 from monitor.errors import MonitorError
-from monitor.features import batch_features
+from monitor.features import Reference, batch_features
 from registry.records import Batch, DriftReport, Model, ModelVersion
 
 log = logging.getLogger(__name__)
@@ -21,12 +24,19 @@ def check_batch(ctx: Context, model: Model, batch: Batch, production: ModelVersi
     """Store a DriftReport (+ Evidently HTML) and raise an alert on drift; None before any production model."""
     if production is None or "reference" not in production.artifacts:
         return None
-    reference = load_reference(ctx, production)
     x, y = ctx.arrays(model, batch)
-    current = batch_features(embed_fn(ctx.module(model, production.artifacts["weights"])), reference, x, y)
+    reference, current = features(ctx, model, production, x, y)
     check = check_drift(reference, current, report_id=new_report_id(), model=model.name, site=batch.site,
                         batch_id=batch.id, reference_version=production.number, cfg=ctx.drift)
     return record(ctx, check)
+
+
+def features(ctx: Context, model: Model, production: ModelVersion, x: np.ndarray,
+             y: np.ndarray | None) -> tuple[Reference, pd.DataFrame]:
+    """The production reference and the feature table of `x` (and labels, when known) against it."""
+    reference = load_reference(ctx, production)
+    net = ctx.module(model, production.artifacts["weights"])
+    return reference, batch_features(embed_fn(net), reference, x, y)
 
 
 def new_report_id() -> str:

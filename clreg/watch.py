@@ -12,10 +12,8 @@ import logging
 
 from clreg import monitoring
 from clreg.context import Context
-from clreg.learning import embed_fn, load_reference
 from monitor.drift import check_drift
 from monitor.errors import MonitorError
-from monitor.features import batch_features
 from registry.errors import RegistryError
 from registry.inputs import InputLog
 from registry.records import DriftReport
@@ -37,8 +35,7 @@ def check_model(ctx: Context, inputs: InputLog, name: str) -> DriftReport | None
     window = inputs.window_id(x)
     if inputs.seen(name, window):
         return None
-    reference = load_reference(ctx, production)
-    current = batch_features(embed_fn(ctx.module(model, production.artifacts["weights"])), reference, x, None)
+    reference, current = monitoring.features(ctx, model, production, x, None)
     check = check_drift(reference, current, report_id=monitoring.new_report_id(), model=name, site=SITE,
                         batch_id=window, reference_version=production.number, cfg=ctx.drift)
     return monitoring.record(ctx, check)

@@ -288,6 +288,13 @@ class RedisRegistry:
     def list_sites(self) -> list[str]:
         return list(self.r.zrange(self.key("sites"), 0, -1))
 
+    @translated
+    def sites(self) -> list[Site]:
+        """Every site record in two round trips (the replicas poll this for thresholds)."""
+        names = self.list_sites()
+        raws = self.r.mget([self.key("site", n) for n in names]) if names else []
+        return [parse(Site, raw) for raw in raws if raw is not None]
+
     # -- batches --------------------------------------------------------------------------------
     @translated
     def add_batch(self, batch: Batch) -> bool:

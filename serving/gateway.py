@@ -175,7 +175,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:
 
     @app.get("/v1/sites")
     def list_sites() -> list[dict]:
-        return [reg.get_site(s).model_dump(exclude={"token_sha256"}) for s in reg.list_sites()]
+        return [s.model_dump(exclude={"token_sha256"}) for s in reg.sites()]
 
     @app.post("/v1/sites", status_code=201)
     def add_site(body: NewSite, _: Annotated[str, Depends(admin)]) -> dict:

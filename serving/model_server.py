@@ -95,8 +95,7 @@ class ModelServer:
             if target is None or (current and current.version == target) or self._failed.get(name) == target:
                 continue
             self._swap(self.registry.get_model(name), target, current)
-        self.thresholds = {s.name: s.threshold for s in map(self.registry.get_site, self.registry.list_sites())
-                           if s.threshold is not None}
+        self.thresholds = {s.name: s.threshold for s in self.registry.sites() if s.threshold is not None}
 
     def _swap(self, model: Model, number: int, current: Loaded | None) -> None:
         started = time.perf_counter()
