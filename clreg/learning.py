@@ -11,11 +11,13 @@ import numpy as np
 import torch
 
 from clreg import __version__
+from clreg.calibration import calibrate_version
 from clreg.context import Context
 from learner.models import embed
 from learner.remote import train_on_ray
+from learner.sitebn import bank_from_bytes
 from monitor.features import Reference, fit_reference
-from registry.records import Batch, Lineage, Model, ModelVersion
+from registry.records import Batch, Calibration, Lineage, Model, ModelVersion
 
 
 Progress = Callable[[str, dict[str, float]], None]  # (site, curve row) as each epoch finishes
@@ -41,7 +43,10 @@ def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: 
     earlier_sites = production.lineage.sites if production else []
     sites = earlier_sites + sorted({b.site for b in batches} - set(earlier_sites))
     weights_sha = ctx.artifacts.put(weights or b"")
-    reference = build_reference(ctx, model, weights_sha, ctx.learnt_batches(production) + new_ids)
+    learnt = ctx.learnt_batches(production) + new_ids
+    reference = build_reference(ctx, model, weights_sha, learnt)
+    referenced = time.perf_counter()
+    calibration = calibrate_version(ctx, model, weights_sha, bank_from_bytes(bank) if bank else None, learnt)
     version = ModelVersion(
         model=model.name,
         number=1,  # the store assigns the real number
@@ -49,13 +54,22 @@ def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: 
                         train_settings={**ctx.train.model_dump(), "device": device}, seed=ctx.train.seed,
                         code_version=__version__,
                         timings={"train_s": round(trained - started, 3),
-                                 "reference_s": round(time.perf_counter() - trained, 3)}),
+                                 "reference_s": round(referenced - trained, 3),
+                                 "calibration_s": round(time.perf_counter() - referenced, 3)}),
         artifacts={"weights": weights_sha, "ewc": ctx.artifacts.put(ewc or b""),
                    "reference": ctx.artifacts.put(reference),
+                   "calibration": ctx.artifacts.put(calibration.model_dump_json().encode()),
                    **({"bn_bank": ctx.artifacts.put(bank)} if bank is not None else {})},
-        metrics={"final_loss": float(curve[-1]["loss"]) if curve else float("nan")},
+        metrics={"final_loss": float(curve[-1]["loss"]) if curve else float("nan"),
+                 "heldout_ece": _site_mean(calibration, "ece"),
+                 "heldout_ece_calibrated": _site_mean(calibration, "ece_calibrated")},
     )
     return ctx.registry.register_version(version)
+
+
+def _site_mean(calibration: Calibration, figure: str) -> float:
+    """Mean over learnt sites of one calibration figure (ECE before, or cross-fitted after, scaling)."""
+    return float(np.mean([getattr(s, figure) for s in calibration.sites.values()]))
 
 
 def _artifact(ctx: Context, version: ModelVersion | None, name: str) -> bytes | None:

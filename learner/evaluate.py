@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -31,20 +32,23 @@ class SiteMetrics:
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Class probabilities [N, K] as float64, in eval mode, without gradients."""
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Logits [N, K] as float64, in eval mode, without gradients."""
     xt = to_tensor(x)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        parts = [
-            torch.softmax(model(xt[i : i + batch_size].to(device)), dim=-1).cpu()
-            for i in range(0, len(xt), batch_size)
-        ]
+        parts = [model(xt[i : i + batch_size].to(device)).cpu() for i in range(0, len(xt), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(parts).double().numpy() if parts else np.zeros((0, 0))
+
+
+def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities [N, K] as float64 (softmax of `predict_logits`)."""
+    logits = predict_logits(model, x, batch_size)
+    return softmax(logits, axis=1) if logits.size else logits
 
 
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 from enum import Enum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -240,6 +240,30 @@ class GateReport(Record):
     passed: bool
     reasons: list[str] = Field(default_factory=list)
     created_at: float = Field(default_factory=now)
+
+
+class SiteCalibration(Record):
+    """Temperature scaling for one site: the temperature served, and its effect on the held-out set.
+
+    ece and nll are at temperature 1; the *_calibrated figures are cross-fitted (each half of the held-out
+    set scored with a temperature fitted on the other half), so they are not flattered by the fit.
+    """
+
+    temperature: float = Field(gt=0)
+    samples: int = Field(ge=1)
+    ece: float
+    ece_calibrated: float
+    nll: float
+    nll_calibrated: float
+
+
+class Calibration(Record):
+    """A version's calibration artifact: one temperature per learnt site, one pooled for any other request."""
+
+    model: Name
+    method: Literal["temperature"] = "temperature"
+    sites: dict[Name, SiteCalibration]
+    pooled: SiteCalibration
 
 
 class AliasChange(Record):

@@ -24,7 +24,7 @@ from registry.artifacts import ArtifactStore
 from registry.batches import Limits, ingest, token_sha256
 from registry.errors import Conflict, RegistryError
 from registry.events import EventLog, IngestQueue
-from registry.records import SERVABLE, InputSpec, Model, Name, Site, VersionStatus, check_name
+from registry.records import SERVABLE, Calibration, InputSpec, Model, Name, Site, VersionStatus, check_name, parse
 from registry.store import RedisRegistry
 from serving import metrics
 from serving.config import ServingConfig
@@ -154,7 +154,9 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         if view is None:
             reg.get_version(name, number)  # raises NotFound with the right message
         gate = reg.get_gate_report(view.gate_report_id).model_dump() if view.gate_report_id else None
-        return {**view.model_dump(mode="json"), "gate_report": gate}
+        digest = view.version.artifacts.get("calibration")
+        calibration = parse(Calibration, artifacts.get(digest)).model_dump() if digest else None
+        return {**view.model_dump(mode="json"), "gate_report": gate, "calibration": calibration}
 
     @app.get("/v1/models/{name}/aliases")
     def aliases(name: str) -> dict:

@@ -6,7 +6,9 @@ requests in flight finish on the old model, the next ones use the new one, no re
 A version that fails to load is never served; the replica keeps the previous one and says so in an event.
 Under the per-site BatchNorm policy a replica keeps one copy of the network per site: a request naming a
 learnt site uses that site's BatchNorm, any other request is routed to the site whose BatchNorm
-statistics explain its images best (MAP), and the answer says which.
+statistics explain its images best (MAP), and the answer says which. Probabilities are temperature-
+scaled with that site's temperature (the pooled one for requests of no learnt site), so a site's
+threshold applies to probabilities calibrated on that site's own held-out data.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from registry.artifacts import ArtifactStore
 from registry.errors import RegistryError
 from registry.events import EventLog
 from registry.inputs import InputLog
-from registry.records import InputSpec, Model
+from registry.records import Calibration, InputSpec, Model, parse
 from registry.store import RedisRegistry
 from serving.config import ServingConfig
 from serving.errors import BadRequest, NotReady, PayloadTooLarge, UnsupportedMedia
@@ -50,6 +52,7 @@ class Loaded:
     spec: InputSpec
     bank: Bank | None = None
     sites: dict[str, torch.nn.Module] = field(default_factory=dict)  # one copy per site's BatchNorm
+    calibration: Calibration | None = None
 
     def pick(self, site: str | None, x: torch.Tensor) -> tuple[torch.nn.Module, str | None, bool]:
         """The network for these inputs: the named site's BatchNorm, else the MAP-routed site's."""
@@ -59,6 +62,14 @@ class Loaded:
             return self.sites[site], site, False
         chosen = route(self.module, self.bank or {}, x)
         return self.sites[chosen], chosen, True
+
+    def temperature(self, site: str | None) -> tuple[str | None, float]:
+        """The site whose temperature scales these logits (None: the pooled one) and the temperature."""
+        if self.calibration is None:
+            return None, 1.0
+        if site in self.calibration.sites:
+            return site, self.calibration.sites[site].temperature
+        return None, self.calibration.pooled.temperature
 
 
 class ModelServer:
@@ -109,6 +120,8 @@ class ModelServer:
             bank = bank_from_bytes(self.artifacts.get(version.artifacts["bn_bank"])) \
                 if "bn_bank" in version.artifacts else None
             sites = {s: site_model(module, bank, s).eval() for s in bank} if bank else {}
+            calibration = parse(Calibration, self.artifacts.get(version.artifacts["calibration"])) \
+                if "calibration" in version.artifacts else None
             with torch.no_grad():  # warm-up, so the first real request does not pay for it
                 for net in [module, *sites.values()]:
                     net(torch.zeros(1, spec.channels, spec.height, spec.width))
@@ -117,7 +130,8 @@ class ModelServer:
             self.events.append(model.name, "serving.failed", version=number, error=str(e))
             log.error("version %s of %s not loaded: %s", number, model.name, e)
             return
-        self.loaded[model.name] = Loaded(version=number, module=module, spec=spec, bank=bank, sites=sites)
+        self.loaded[model.name] = Loaded(version=number, module=module, spec=spec, bank=bank, sites=sites,
+                                         calibration=calibration)
         self.events.append(model.name, "serving.swapped", version=number,
                            previous=current.version if current else None,
                            seconds=round(time.perf_counter() - started, 4))
@@ -142,12 +156,14 @@ class ModelServer:
         inputs = to_tensor(x)
         with torch.no_grad():
             net, bn_site, routed = loaded.pick(site, inputs)
-            probs = torch.softmax(net(inputs), dim=1).numpy()
+            scaled_by, temperature = loaded.temperature(bn_site or site)
+            probs = torch.softmax(net(inputs) / temperature, dim=1).numpy()
         self._record(name, x, loaded.version)
         answer: dict = {"model": name, "version": loaded.version, "probabilities": probs.round(6).tolist(),
                         "labels": probs.argmax(axis=1).tolist()}
         if bn_site is not None:  # which site's BatchNorm answered, and whether MAP routing chose it
             answer["normalisation"] = {"site": bn_site, "routed": routed}
+        answer["calibration"] = {"site": scaled_by, "temperature": round(temperature, 6)}
         threshold = self.thresholds.get(site) if site else None
         if threshold is not None and loaded.spec.classes == 2:
             answer["threshold"] = threshold

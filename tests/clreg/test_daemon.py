@@ -64,4 +64,4 @@ def test_learn_relays_each_epoch_while_the_task_runs(registry: RedisRegistry, st
     version = learn(ctx, model, None, [batch], progress=lambda s, row: rows.append((s, int(row["epoch"]))))
     assert rows == [("base", 1), ("base", 2), ("base", 3)]
     assert version.number == 1 and version.lineage.train_settings["epochs"] == 3
-    assert set(version.artifacts) == {"weights", "ewc", "reference", "bn_bank"}
+    assert set(version.artifacts) == {"weights", "ewc", "reference", "bn_bank", "calibration"}

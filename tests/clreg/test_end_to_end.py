@@ -18,7 +18,9 @@ from clreg import context
 from clreg.client import ApiError, Client, npz_bytes
 from clreg.daemon import Daemon
 from clreg.embedded import Stack
-from learner.evaluate import site_metrics
+from learner.calibration import scaled_proba
+from learner.evaluate import predict_logits, site_metrics
+from learner.sitebn import site_model
 from learner.streams import digits_sites, to_uint8
 from registry.records import VersionStatus
 
@@ -68,11 +70,27 @@ def test_batches_flow_to_served_versions(running: tuple[Client, context.Context]
         assert (state["drift_report_id"] is None) == (i == 0)
         _check_gate(client, ctx, state["version"], [s.name for s in sites[: i + 1]])
         assert _served(client, site.x[:2], expected_production) == expected_production
+        _check_calibration(client, ctx, expected_production, sites[0].name, site.x[:3])
     assert expected_production is not None
     drift = client.get(f"/v1/drift/{state['drift_report_id']}")
     assert drift["drift"] is True and drift["reference_version"] is not None
     kinds = [e["kind"] for e in client.get("/v1/events", model=MODEL)]
     assert kinds.count("batch.received") == 3 and "serving.swapped" in kinds and "drift.alert" in kinds
+
+
+def _check_calibration(client: Client, ctx: context.Context, number: int, site: str, x: np.ndarray) -> None:
+    """A named site's answer is softmax(logits / T) with that site's temperature from the served version."""
+    record = client.get(f"/v1/models/{MODEL}/versions/{number}")["calibration"]
+    version = ctx.registry.get_version(MODEL, number)
+    assert sorted(record["sites"]) == sorted(version.lineage.sites)
+    t = record["sites"][site]["temperature"]
+    assert t > 0 and record["sites"][site]["samples"] > 0
+    answer, served = client.predict(x, MODEL, site=site)
+    assert served == number
+    assert answer["calibration"]["site"] == site and answer["calibration"]["temperature"] == pytest.approx(t, abs=1e-6)
+    net = site_model(ctx.module(ctx.registry.get_model(MODEL), version.artifacts["weights"]), ctx.bank(version) or {},
+                     site)
+    np.testing.assert_allclose(answer["probabilities"], scaled_proba(predict_logits(net, x), t), atol=1e-5)
 
 
 def _check_gate(client: Client, ctx: context.Context, number: int, learnt_sites: list[str]) -> None:

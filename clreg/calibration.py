@@ -1,0 +1,26 @@
+"""Calibrate: fit one temperature per learnt site on its held-out set; the result is a version artifact."""
+
+from __future__ import annotations
+
+from clreg.context import Context
+from learner.calibration import CalibrationFit, calibrate_sites
+from learner.evaluate import predict_logits
+from learner.sitebn import Bank, site_model
+from registry.records import Calibration, Model, SiteCalibration
+
+
+def calibrate_version(ctx: Context, model: Model, weights_sha: str, bank: Bank | None,
+                      batch_ids: list[str]) -> Calibration:
+    """Per-site temperatures of a trained network, each site's logits taken as /v1/predict computes them."""
+    net = ctx.module(model, weights_sha)
+    scored = {}
+    for site, (x, y) in ctx.split_by_site(model, batch_ids, "heldout").items():
+        site_net = site_model(net, bank, site).eval() if bank and site in bank else net
+        scored[site] = (predict_logits(site_net, x), y)
+    pooled, sites = calibrate_sites(scored, seed=ctx.train.seed)
+    return Calibration(model=model.name, sites={s: _record(fit) for s, fit in sites.items()}, pooled=_record(pooled))
+
+
+def _record(fit: CalibrationFit) -> SiteCalibration:
+    return SiteCalibration(temperature=fit.temperature, samples=fit.samples, ece=fit.ece,
+                           ece_calibrated=fit.ece_calibrated, nll=fit.nll, nll_calibrated=fit.nll_calibrated)
