@@ -23,4 +23,7 @@ class ServingConfig(BaseModel):
     heldout_fraction: float = Field(default=0.3, gt=0, lt=1)
     admin_token_sha256: str = ""
     torch_threads: int = Field(default=1, ge=1)
+    # Requests per forward pass (1: no batching) and how long a batch waits to fill (0: opportunistic).
+    batch_max_requests: int = Field(default=16, ge=1)
+    batch_wait_s: float = Field(default=0.0, ge=0, le=1)
     inputs: InputLogConfig = InputLogConfig()  # prediction inputs kept for the scheduled drift check

@@ -8,7 +8,8 @@ Under the per-site BatchNorm policy a replica keeps one copy of the network per 
 learnt site uses that site's BatchNorm, any other request is routed to the site whose BatchNorm
 statistics explain its images best (MAP), and the answer says which. Probabilities are temperature-
 scaled with that site's temperature (the pooled one for requests of no learnt site), so a site's
-threshold applies to probabilities calibrated on that site's own held-out data.
+threshold applies to probabilities calibrated on that site's own held-out data. Concurrent requests are
+batched (Serve's @serve.batch, opportunistic by default: no added wait, whatever queued meanwhile joins).
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 from ray import serve
@@ -29,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 
 from learner.errors import LearnerError
 from learner.models import build_model, load_weights, to_tensor
-from learner.sitebn import Bank, bank_from_bytes, route, site_model
+from learner.sitebn import bank_from_bytes, site_model
 from registry.artifacts import ArtifactStore
 from registry.errors import RegistryError
 from registry.events import EventLog
@@ -38,38 +37,10 @@ from registry.records import Calibration, InputSpec, Model, parse
 from registry.store import RedisRegistry
 from serving.config import ServingConfig
 from serving.errors import BadRequest, NotReady, PayloadTooLarge, UnsupportedMedia
+from serving.inference import Job, Loaded, Scores, infer
 from serving.responses import error_response
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """What answers a request: swapped as one reference so version and weights never disagree."""
-
-    version: int
-    module: torch.nn.Module
-    spec: InputSpec
-    bank: Bank | None = None
-    sites: dict[str, torch.nn.Module] = field(default_factory=dict)  # one copy per site's BatchNorm
-    calibration: Calibration | None = None
-
-    def pick(self, site: str | None, x: torch.Tensor) -> tuple[torch.nn.Module, str | None, bool]:
-        """The network for these inputs: the named site's BatchNorm, else the MAP-routed site's."""
-        if not self.sites:
-            return self.module, None, False
-        if site in self.sites:
-            return self.sites[site], site, False
-        chosen = route(self.module, self.bank or {}, x)
-        return self.sites[chosen], chosen, True
-
-    def temperature(self, site: str | None) -> tuple[str | None, float]:
-        """The site whose temperature scales these logits (None: the pooled one) and the temperature."""
-        if self.calibration is None:
-            return None, 1.0
-        if site in self.calibration.sites:
-            return site, self.calibration.sites[site].temperature
-        return None, self.calibration.pooled.temperature
 
 
 class ModelServer:
@@ -88,6 +59,8 @@ class ModelServer:
         self.thresholds: dict[str, float] = {}
         self._failed: dict[str, int] = {}
         self._stop = threading.Event()
+        self._batched.set_max_batch_size(self.cfg.batch_max_requests)
+        self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_s)
         self.sync()
         threading.Thread(target=self._watch, name="clreg-swap", daemon=True).start()
 
@@ -154,21 +127,25 @@ class ModelServer:
             raise PayloadTooLarge(f"body has {len(body)} bytes; the limit is {self.cfg.max_body_bytes}")
         x, site = _parse_inputs(body, request.headers.get("content-type", ""), loaded.spec)
         inputs = to_tensor(x)
-        with torch.no_grad():
-            net, bn_site, routed = loaded.pick(site, inputs)
-            scaled_by, temperature = loaded.temperature(bn_site or site)
-            probs = torch.softmax(net(inputs) / temperature, dim=1).numpy()
+        job = Job(loaded, inputs, site)
+        scores = await self._batched(job) if self.cfg.batch_max_requests > 1 else infer([job])[0]
+        probs = scores.probabilities
         self._record(name, x, loaded.version)
         answer: dict = {"model": name, "version": loaded.version, "probabilities": probs.round(6).tolist(),
                         "labels": probs.argmax(axis=1).tolist()}
-        if bn_site is not None:  # which site's BatchNorm answered, and whether MAP routing chose it
-            answer["normalisation"] = {"site": bn_site, "routed": routed}
-        answer["calibration"] = {"site": scaled_by, "temperature": round(temperature, 6)}
+        if scores.bn_site is not None:  # which site's BatchNorm answered, and whether MAP routing chose it
+            answer["normalisation"] = {"site": scores.bn_site, "routed": scores.routed}
+        answer["calibration"] = {"site": scores.temperature_site, "temperature": round(scores.temperature, 6)}
         threshold = self.thresholds.get(site) if site else None
         if threshold is not None and loaded.spec.classes == 2:
             answer["threshold"] = threshold
             answer["decisions"] = (probs[:, 1] >= threshold).astype(int).tolist()
         return JSONResponse(answer, headers={"X-Model-Version": str(loaded.version)})
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _batched(self, jobs: list[Job]) -> list[Scores]:
+        """Concurrent requests share forward passes (sizes set from the config in __init__)."""
+        return infer(jobs)
 
     def _record(self, name: str, x: np.ndarray, version: int) -> None:
         """Queue a sample of the inputs for the drift watch; a failure is logged, never the request's."""
