@@ -29,6 +29,7 @@ class SiteOutcome:
     version: int | None
     status: str
     gate_lines: list[dict] = field(default_factory=list)
+    calibration: dict = field(default_factory=dict)  # site -> the version's SiteCalibration as JSON
     serving: int | None = None
 
 
@@ -89,6 +90,7 @@ def _follow(client: Client, site: str, batch_id: str, probe: np.ndarray) -> Site
     if outcome.version is not None:
         record = client.get(f"/v1/models/{MODEL}/versions/{outcome.version}")
         outcome.gate_lines = (record.get("gate_report") or {}).get("sites", [])
+        outcome.calibration = (record.get("calibration") or {}).get("sites", {})
     production = client.get(f"/v1/models/{MODEL}/aliases")["aliases"].get("production")
     outcome.serving = _served_version(client, probe, production)
     return outcome
@@ -118,12 +120,16 @@ def _print_site(console: Console, o: SiteOutcome, seconds: float) -> None:
     console.print(table)
     if o.gate_lines:
         gates = Table(show_header=True, box=None, padding=(0, 2))
-        for col in ("held-out site", "n", "candidate acc", "production acc", "lower bound", "ok"):
+        for col in ("held-out site", "n", "candidate acc", "production acc", "lower bound", "ok", "temperature",
+                    "ECE -> calibrated"):
             gates.add_column(col)
         for line in o.gate_lines:
             prod = line["production_accuracy"]
             bound = line["lower_bound"]
+            cal = o.calibration.get(line["site"])
             gates.add_row(line["site"] + (" (new)" if line["new_site"] else ""), str(line["samples"]),
                           f"{line['candidate_accuracy']:.3f}", "-" if prod is None else f"{prod:.3f}",
-                          "-" if bound is None else f"{bound:+.3f}", "yes" if line["passed"] else "[red]no[/]")
+                          "-" if bound is None else f"{bound:+.3f}", "yes" if line["passed"] else "[red]no[/]",
+                          f"{cal['temperature']:.2f}" if cal else "-",
+                          f"{cal['ece']:.3f} -> {cal['ece_calibrated']:.3f}" if cal else "-")
         console.print(gates)

@@ -39,7 +39,7 @@ class ServeSettings(BaseModel):
     poll_interval_s: float = Field(default=0.1, gt=0)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_samples: int = Field(default=10_000, ge=1)
-    batch_max_requests: int = Field(default=16, ge=1)  # 1 turns request batching off
+    batch_max_requests: int = Field(default=1, ge=1)  # >1 batches requests: for GPU replicas (bench/serving.py)
     batch_wait_s: float = Field(default=0.0, ge=0, le=1)  # 0: batch whatever queued, never wait
 
 

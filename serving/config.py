@@ -24,6 +24,7 @@ class ServingConfig(BaseModel):
     admin_token_sha256: str = ""
     torch_threads: int = Field(default=1, ge=1)
     # Requests per forward pass (1: no batching) and how long a batch waits to fill (0: opportunistic).
-    batch_max_requests: int = Field(default=16, ge=1)
+    # Off by default: on CPU replicas it did not pay (bench/serving.py); a GPU replica is where it does.
+    batch_max_requests: int = Field(default=1, ge=1)
     batch_wait_s: float = Field(default=0.0, ge=0, le=1)
     inputs: InputLogConfig = InputLogConfig()  # prediction inputs kept for the scheduled drift check

@@ -8,8 +8,8 @@ Under the per-site BatchNorm policy a replica keeps one copy of the network per 
 learnt site uses that site's BatchNorm, any other request is routed to the site whose BatchNorm
 statistics explain its images best (MAP), and the answer says which. Probabilities are temperature-
 scaled with that site's temperature (the pooled one for requests of no learnt site), so a site's
-threshold applies to probabilities calibrated on that site's own held-out data. Concurrent requests are
-batched (Serve's @serve.batch, opportunistic by default: no added wait, whatever queued meanwhile joins).
+threshold applies to probabilities calibrated on that site's own held-out data. With batching on
+(batch_max_requests > 1), concurrent requests share forward passes through Serve's @serve.batch.
 """
 
 from __future__ import annotations

@@ -76,7 +76,9 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory, ray_session:
     url = _neighbour_db(redis_url)
     redis.Redis.from_url(url).flushdb()
     settings = Settings(home=tmp_path_factory.mktemp("clreg-home"), redis=RedisSettings(url=url, prefix="e2e"),
-                        serve=ServeSettings(port=int(os.environ.get("CLREG_TEST_SERVE_PORT", "8765"))),
+                        # batching on, so the swap-under-load and end-to-end tests cross @serve.batch
+                        serve=ServeSettings(port=int(os.environ.get("CLREG_TEST_SERVE_PORT", "8765")),
+                                            batch_max_requests=16),
                         train=TrainConfig(epochs=6))
     running = embedded.start(settings)
     yield running
