@@ -119,9 +119,8 @@ def _print_site(console: Console, o: SiteOutcome, seconds: float) -> None:
     table.add_row(o.drift, f"v{o.version}" if o.version else "-", verdict, f"v{o.serving}" if o.serving else "-")
     console.print(table)
     if o.gate_lines:
-        gates = Table(show_header=True, box=None, padding=(0, 2))
-        for col in ("held-out site", "n", "candidate acc", "production acc", "lower bound", "ok", "temperature",
-                    "ECE -> calibrated"):
+        gates = Table(show_header=True, box=None, padding=(0, 1))
+        for col in ("held-out site", "n", "cand. acc", "prod. acc", "lower bound", "ok", "T", "ECE raw/cal."):
             gates.add_column(col)
         for line in o.gate_lines:
             prod = line["production_accuracy"]
@@ -131,5 +130,5 @@ def _print_site(console: Console, o: SiteOutcome, seconds: float) -> None:
                           f"{line['candidate_accuracy']:.3f}", "-" if prod is None else f"{prod:.3f}",
                           "-" if bound is None else f"{bound:+.3f}", "yes" if line["passed"] else "[red]no[/]",
                           f"{cal['temperature']:.2f}" if cal else "-",
-                          f"{cal['ece']:.3f} -> {cal['ece_calibrated']:.3f}" if cal else "-")
+                          f"{cal['ece']:.3f}/{cal['ece_calibrated']:.3f}" if cal else "-")
         console.print(gates)
