@@ -110,6 +110,20 @@ def push(site: str, file: Path, model: Annotated[str, typer.Option()] = "digits"
     _emit(answer, as_json)
 
 
+@sites_app.command("list")
+def sites_list(as_json: JsonOpt = False) -> None:
+    """Sites, their thresholds, and per model what they pushed: samples and label prevalence."""
+    sites = _client().get("/v1/sites")
+    table = Table("site", "threshold", "model", "batches", "samples", "prevalence (class: share)")
+    for s in sites:
+        rows = s["models"].items() or [("-", None)]
+        for model, c in rows:
+            shares = " ".join(f"{k}:{p:.2f}" for k, p in enumerate(c["prevalence"])) if c else "-"
+            table.add_row(s["name"], "-" if s["threshold"] is None else f"{s['threshold']:g}", model,
+                          str(c["batches"]) if c else "-", str(c["samples"]) if c else "-", shares)
+    _emit(sites, as_json, table)
+
+
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
     """Models, their production version, and readiness."""

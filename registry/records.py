@@ -150,6 +150,27 @@ class Site(Record):
     created_at: float = Field(default_factory=now)
 
 
+class SiteCounts(BaseModel):
+    """What one site has pushed for one model: its label prevalence is what a positive answer means there."""
+
+    model_config = ConfigDict(frozen=True)
+    batches: int
+    samples: int
+    class_counts: list[int]
+
+    @property
+    def prevalence(self) -> list[float]:
+        """Share of each class among the site's labelled samples."""
+        return [n / self.samples if self.samples else 0.0 for n in self.class_counts]
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> SiteCounts:
+        """From the store's counter hash ("batches", "samples", and one field per class index)."""
+        classes = sorted((int(k), int(v)) for k, v in raw.items() if k.isdigit())
+        return cls(batches=int(raw.get("batches", 0)), samples=int(raw.get("samples", 0)),
+                   class_counts=[n for _, n in classes])
+
+
 class BatchStatus(str, Enum):
     RECEIVED = "received"
     DRIFT_CHECKED = "drift_checked"

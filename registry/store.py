@@ -11,6 +11,7 @@ Key schema (every key under `cfg.prefix`, so deployments can share one Redis):
     {p}:model:{m}:aliases           hash  alias -> n
     {p}:model:{m}:alias:{a}:history list  AliasChange JSON, oldest first
     {p}:model:{m}:batches           zset  batch id -> created_at
+    {p}:model:{m}:site:{s}:counts   hash  "batches", "samples", class k -> labelled samples pushed
     {p}:model:{m}:pending           set   batch ids drift-checked and waiting for the next update
     {p}:model:{m}:drift             zset  drift report id -> created_at
     {p}:sites                       zset  site name -> created_at
@@ -41,6 +42,7 @@ from registry.records import (
     Model,
     ModelVersion,
     Site,
+    SiteCounts,
     VersionStatus,
     VersionView,
     check_batch_id,
@@ -304,8 +306,21 @@ class RedisRegistry:
         pipe = self.r.pipeline(transaction=True)
         pipe.set(self.key("batch", batch.id, "state"), BatchState(status="received").model_dump_json())
         pipe.zadd(self.key("model", batch.model, "batches"), {batch.id: batch.created_at})
+        counts = self.key("model", batch.model, "site", batch.site, "counts")
+        pipe.hincrby(counts, "batches", 1)
+        pipe.hincrby(counts, "samples", batch.samples)
+        for k, n in enumerate(batch.class_counts):
+            pipe.hincrby(counts, str(k), n)
         pipe.execute()
         return True
+
+    @translated
+    def site_counts(self, model: str, sites: list[str]) -> dict[str, SiteCounts]:
+        """Per site: batches, samples and labels pushed for `model` (counted at ingest, duplicates excluded)."""
+        pipe = self.r.pipeline(transaction=False)
+        for site in sites:
+            pipe.hgetall(self.key("model", check_name(model), "site", check_name(site), "counts"))
+        return {site: SiteCounts.from_hash(raw) for site, raw in zip(sites, pipe.execute(), strict=True) if raw}
 
     @translated
     def get_batch(self, batch_id: str) -> Batch:

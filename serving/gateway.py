@@ -177,7 +177,13 @@ def create_app(cfg: ServingConfig) -> FastAPI:
 
     @app.get("/v1/sites")
     def list_sites() -> list[dict]:
-        return [s.model_dump(exclude={"token_sha256"}) for s in reg.sites()]
+        """Sites with what each pushed per model: batches, samples, class counts and prevalence."""
+        sites = reg.sites()
+        names = [s.name for s in sites]
+        counts = {m: reg.site_counts(m, names) for m in reg.list_models()}
+        return [{**s.model_dump(exclude={"token_sha256"}),
+                 "models": {m: {**c[s.name].model_dump(), "prevalence": c[s.name].prevalence}
+                            for m, c in counts.items() if s.name in c}} for s in sites]
 
     @app.post("/v1/sites", status_code=201)
     def add_site(body: NewSite, _: Annotated[str, Depends(admin)]) -> dict:

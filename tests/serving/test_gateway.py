@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import httpx
@@ -81,6 +82,10 @@ def test_duplicate_push_answers_200_with_the_same_id(client: Client, token: str)
     second = client.push("gw-site", token, body, "gw")
     assert first["status"] == "accepted" and second["status"] == "duplicate"
     assert first["batch_id"] == second["batch_id"]
+    site = next(s for s in client.get("/v1/sites") if s["name"] == "gw-site")
+    assert "token_sha256" not in site
+    assert site["models"] == {"gw": {"batches": 1, "samples": 6, "class_counts": [2, 2, 2],
+                                     "prevalence": pytest.approx([1 / 3] * 3)}}
 
 
 def test_predict_refuses_until_a_version_is_served(stack: Stack, client: Client) -> None:
@@ -89,3 +94,26 @@ def test_predict_refuses_until_a_version_is_served(stack: Stack, client: Client)
     r = httpx.get(f"{stack.url}/metrics")
     assert r.status_code == 200 and "clreg_ingest_backlog" in r.text
     assert httpx.get(f"{stack.url}/healthz").json() == {"status": "ok"}
+
+
+def test_cli_lists_sites_with_their_prevalence(stack: Stack, client: Client, token: str) -> None:
+    from typer.testing import CliRunner
+
+    from clreg.cli import app
+
+    def counts() -> list[int]:
+        site = next(s for s in client.get("/v1/sites") if s["name"] == "gw-site")
+        return site["models"].get("gw", {}).get("class_counts", [0, 0, 0])
+
+    before = counts()
+    client.push("gw-site", token, npz_bytes(np.full((8, 8, 8), 3, np.uint8), np.array([0, 0, 0, 0, 0, 2, 2, 1])), "gw")
+    after = [a + b for a, b in zip(before, [5, 1, 2], strict=True)]
+    assert counts() == after
+    env = {"CLREG_HOME": str(stack.settings.home), "CLREG_SERVE__PORT": str(stack.settings.serve.port)}
+    table = CliRunner().invoke(app, ["sites", "list"], env=env)
+    assert table.exit_code == 0, table.output
+    row = next(line for line in table.output.splitlines() if "gw-site" in line)
+    shares = " ".join(f"{k}:{n / sum(after):.2f}" for k, n in enumerate(after))
+    assert f" {sum(after)} " in row and shares in row
+    listed = json.loads(CliRunner().invoke(app, ["sites", "list", "--json"], env=env).output)
+    assert next(s for s in listed if s["name"] == "gw-site")["models"]["gw"]["class_counts"] == after
