@@ -16,7 +16,7 @@ import ray
 
 from clreg.settings import RaySettings, Settings
 from registry.batches import token_sha256
-from registry.store import StoreConfig
+from registry.connection import StoreConfig
 from serving import deploy
 from serving.config import ServingConfig
 

@@ -15,8 +15,8 @@ import numpy as np
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.connection import StoreConfig, translated
 from registry.records import check_name
-from registry.store import StoreConfig, translated
 
 DTYPE = np.dtype("<f4")
 

@@ -23,15 +23,11 @@ Key schema (every key under `cfg.prefix`, so deployments can share one Redis):
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
 
 import redis
-from pydantic import BaseModel, ConfigDict
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from registry.errors import Conflict, NotFound, StoreUnavailable
+from registry.connection import StoreConfig, connect, translated
+from registry.errors import Conflict, NotFound
 from registry.records import (
     SERVABLE,
     AliasChange,
@@ -50,9 +46,6 @@ from registry.records import (
     parse,
 )
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
 # Number and write a version in one step: no gaps, no duplicates, whatever the number of writers.
 _REGISTER = """
 local n = redis.call('INCR', KEYS[1])
@@ -62,43 +55,6 @@ redis.call('ZADD', KEYS[3], n, n)
 redis.call('HSET', KEYS[4], n, ARGV[2])
 return n
 """
-
-
-class StoreConfig(BaseModel):
-    """Where the registry's metadata lives."""
-
-    model_config = ConfigDict(frozen=True)
-    url: str = "redis://127.0.0.1:6379/0"
-    prefix: str = "clreg"
-    socket_timeout_s: float = 5.0
-
-
-def connect(cfg: StoreConfig) -> redis.Redis:
-    """A client that retries transient connection errors with backoff (redis-py's own Retry)."""
-    return redis.Redis.from_url(
-        cfg.url,
-        decode_responses=True,
-        socket_timeout=cfg.socket_timeout_s,
-        socket_connect_timeout=cfg.socket_timeout_s,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        health_check_interval=30,
-    )
-
-
-def translated(fn: Callable[P, R]) -> Callable[P, R]:
-    """The one boundary where redis-py's exceptions become registry errors."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise StoreUnavailable(f"Redis is unreachable: {e}") from e
-        except redis.ResponseError as e:
-            raise StoreUnavailable(f"Redis refused the command: {e}") from e
-
-    return wrapper
 
 
 class RedisRegistry:

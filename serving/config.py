@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.connection import StoreConfig
 from registry.inputs import InputLogConfig
-from registry.store import StoreConfig
 
 
 class ServingConfig(BaseModel):
