@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from clreg.context import Context
 from learner.calibration import CalibrationFit, calibrate_sites
 from learner.evaluate import predict_logits
@@ -18,9 +20,13 @@ def calibrate_version(ctx: Context, model: Model, weights_sha: str, bank: Bank |
         site_net = site_model(net, bank, site).eval() if bank and site in bank else net
         scored[site] = (predict_logits(site_net, x), y)
     pooled, sites = calibrate_sites(scored, seed=ctx.train.seed)
-    return Calibration(model=model.name, sites={s: _record(fit) for s, fit in sites.items()}, pooled=_record(pooled))
+    return Calibration(model=model.name, pooled=_record(pooled),
+                       sites={s: _record(fit, scored[s][1]) for s, fit in sites.items()})
 
 
-def _record(fit: CalibrationFit) -> SiteCalibration:
+def _record(fit: CalibrationFit, labels: np.ndarray | None = None) -> SiteCalibration:
+    binary = labels is not None and fit.out_of_fold.shape[1] == 2
     return SiteCalibration(temperature=fit.temperature, samples=fit.samples, ece=fit.ece,
-                           ece_calibrated=fit.ece_calibrated, nll=fit.nll, nll_calibrated=fit.nll_calibrated)
+                           ece_calibrated=fit.ece_calibrated, nll=fit.nll, nll_calibrated=fit.nll_calibrated,
+                           scores=fit.out_of_fold[:, 1].round(6).tolist() if binary else None,
+                           labels=labels.astype(int).tolist() if binary else None)

@@ -124,6 +124,27 @@ def sites_list(as_json: JsonOpt = False) -> None:
     _emit(sites, as_json, table)
 
 
+@sites_app.command("threshold")
+def sites_threshold(site: str, model: Annotated[str, typer.Option(help="a binary model")] = "digits",
+                    threshold: Annotated[float | None, typer.Option(help="score at or above it: positive")] = None,
+                    sensitivity: Annotated[float | None, typer.Option(help="pick the threshold reaching it")] = None,
+                    set_it: Annotated[bool, typer.Option("--set", help="make it the site's threshold")] = False,
+                    as_json: JsonOpt = False) -> None:
+    """What a threshold means at a site: sensitivity, specificity, PPV, NPV on its held-out set."""
+    point = _client().get(f"/v1/sites/{site}/operating-point", model=model, threshold=threshold,
+                          sensitivity=sensitivity)
+    if set_it:
+        _client(admin=True).set_threshold(site, point["threshold"])
+    table = Table("site", "version", "threshold", "prevalence", "sensitivity", "specificity", "PPV", "NPV", "flagged")
+    table.add_row(site, f"v{point['version']}", f"{point['threshold']:.4f}" + (" (set)" if set_it else ""),
+                  *(_share(point[k]) for k in ("prevalence", "sensitivity", "specificity", "ppv", "npv", "flagged")))
+    _emit({**point, "set": set_it}, as_json, table)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
     """Models, their production version, and readiness."""

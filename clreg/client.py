@@ -60,6 +60,9 @@ class Client:
     def add_site(self, name: str, threshold: float | None = None) -> dict:
         return self._call("POST", "/v1/sites", self.admin_token, json={"name": name, "threshold": threshold}).json()
 
+    def set_threshold(self, site: str, threshold: float | None) -> dict:
+        return self._call("PUT", f"/v1/sites/{site}/threshold", self.admin_token, json={"threshold": threshold}).json()
+
     def push(self, site: str, token: str, data: bytes, model: str) -> dict:
         return self._call("POST", f"/v1/sites/{site}/batches", token, params={"model": model}, content=data,
                           headers={"Content-Type": "application/octet-stream"}).json()

@@ -9,7 +9,7 @@ only how sure the answer says it is, so the regression gate's accuracies are unt
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -33,6 +33,7 @@ class CalibrationFit:
     ece_calibrated: float
     nll: float
     nll_calibrated: float
+    out_of_fold: np.ndarray = field(repr=False, compare=False)  # [N, K] the calibrated probabilities scored
 
 
 def _check(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +112,7 @@ def out_of_fold_proba(scored: Scored, folds: int = 2, seed: int = 0) -> dict[str
 def _fit(temperature: float, y: np.ndarray, raw: np.ndarray, after: np.ndarray) -> CalibrationFit:
     return CalibrationFit(temperature=temperature, samples=len(y), ece=expected_calibration_error(y, raw),
                           ece_calibrated=expected_calibration_error(y, after), nll=_nll(raw, y),
-                          nll_calibrated=_nll(after, y))
+                          nll_calibrated=_nll(after, y), out_of_fold=after)
 
 
 def _nll(proba: np.ndarray, y: np.ndarray) -> float:

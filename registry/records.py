@@ -276,6 +276,10 @@ class SiteCalibration(Record):
     ece_calibrated: float
     nll: float
     nll_calibrated: float
+    # Binary models: each held-out sample's calibrated P(class 1), cross-fitted like the figures above, and
+    # its label, so any threshold's sensitivity, specificity, PPV and NPV at this site can be read off.
+    scores: list[float] | None = None
+    labels: list[int] | None = None
 
 
 class Calibration(Record):

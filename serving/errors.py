@@ -6,6 +6,7 @@ ServingError
  ├── Forbidden         403 a valid token used outside its scope
  ├── PayloadTooLarge   413 body over the configured limit
  ├── UnsupportedMedia  415 a content type the route does not take
+ ├── Unprocessable     422 a well-formed request the target cannot answer (e.g. a binary-only figure)
  └── NotReady          503 no production version loaded yet
 """
 
@@ -40,6 +41,11 @@ class PayloadTooLarge(ServingError):
 class UnsupportedMedia(ServingError):
     status = 415
     code = "unsupported_media_type"
+
+
+class Unprocessable(ServingError):
+    status = 422
+    code = "unprocessable"
 
 
 class NotReady(ServingError):

@@ -13,6 +13,7 @@ import hmac
 import secrets
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -20,15 +21,37 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from ray import serve
 
+from learner.operating import operating_point, threshold_for_sensitivity
 from registry.artifacts import ArtifactStore
 from registry.batches import Limits, ingest, token_sha256
-from registry.errors import Conflict, RegistryError
+from registry.errors import Conflict, NotFound, RegistryError
 from registry.events import EventLog, IngestQueue
-from registry.records import SERVABLE, Calibration, InputSpec, Model, Name, Site, VersionStatus, check_name, parse
+from registry.records import (
+    SERVABLE,
+    Calibration,
+    InputSpec,
+    Model,
+    ModelVersion,
+    Name,
+    Site,
+    SiteCalibration,
+    VersionStatus,
+    check_name,
+    parse,
+)
 from registry.store import RedisRegistry
 from serving import metrics
 from serving.config import ServingConfig
-from serving.errors import Forbidden, PayloadTooLarge, ServingError, Unauthorized, UnsupportedMedia
+from serving.errors import (
+    BadRequest,
+    Forbidden,
+    NotReady,
+    PayloadTooLarge,
+    ServingError,
+    Unauthorized,
+    Unprocessable,
+    UnsupportedMedia,
+)
 from serving.responses import error_response
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -44,6 +67,10 @@ class NewModel(BaseModel):
 class NewSite(BaseModel):
     name: Name
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class NewThreshold(BaseModel):
+    threshold: float | None = Field(ge=0.0, le=1.0)
 
 
 class AliasMove(BaseModel):
@@ -65,6 +92,17 @@ def _html_page(stored: bytes, accept_encoding: str) -> Response:
     if "gzip" in accept_encoding.lower():
         return Response(stored, media_type="text/html; charset=utf-8", headers={"Content-Encoding": "gzip"})
     return HTMLResponse(gzip.decompress(stored).decode())
+
+
+def _site_calibration(artifacts: ArtifactStore, version: ModelVersion, site: str) -> SiteCalibration:
+    """A site's calibration in a version, with the held-out scores that operating points need."""
+    digest = version.artifacts.get("calibration")
+    cal = parse(Calibration, artifacts.get(digest)).sites.get(site) if digest else None
+    if cal is None:
+        raise NotFound(f"version {version.number} of {version.model} has no held-out data of site {site!r}")
+    if cal.scores is None or cal.labels is None:
+        raise Unprocessable("operating points are for binary models; this one has more than two classes")
+    return cal
 
 
 def create_app(cfg: ServingConfig) -> FastAPI:
@@ -190,6 +228,37 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         token = secrets.token_urlsafe(32)
         reg.add_site(Site(name=body.name, token_sha256=token_sha256(token), threshold=body.threshold))
         return {"site": body.name, "token": token, "threshold": body.threshold}
+
+    @app.put("/v1/sites/{site}/threshold")
+    def set_threshold(site: Name, body: NewThreshold, _: Annotated[str, Depends(admin)]) -> dict:
+        """Set or clear (null) a site's decision threshold for binary models; replicas pick it up on their poll."""
+        record = reg.get_site(site).model_copy(update={"threshold": body.threshold})
+        reg.update_site(record)
+        return record.model_dump(exclude={"token_sha256"})
+
+    @app.get("/v1/sites/{site}/operating-point")
+    def site_operating_point(site: Name, model: Name,
+                             threshold: Annotated[float | None, Query(ge=0, le=1)] = None,
+                             sensitivity: Annotated[float | None, Query(gt=0, le=1)] = None) -> dict:
+        """Sensitivity, specificity, PPV and NPV at a threshold on the site's held-out set (production version).
+
+        The threshold is the one given, else the one reaching the given sensitivity, else the site's own.
+        """
+        record = reg.get_site(site)
+        reg.get_model(model)  # 404 for a model that does not exist
+        number = reg.resolve(model)
+        if number is None:
+            raise NotReady(f"model {model!r} has no production version")
+        version = reg.get_version(model, number)
+        cal = _site_calibration(artifacts, version, site)
+        if threshold is None and sensitivity is not None:
+            threshold = threshold_for_sensitivity(np.array(cal.scores), np.array(cal.labels), sensitivity)
+        threshold = threshold if threshold is not None else record.threshold
+        if threshold is None:
+            raise BadRequest(f"site {site!r} has no threshold: give ?threshold= or ?sensitivity=")
+        point = operating_point(np.array(cal.scores), np.array(cal.labels), threshold)
+        return {"model": model, "version": number, "site": site, "site_threshold": record.threshold,
+                "target_sensitivity": sensitivity, **point.as_dict()}
 
     @app.get("/v1/alerts")
     def alerts(model: str | None = None, since: float = 0.0, site: Name | None = None,

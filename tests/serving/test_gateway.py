@@ -117,3 +117,61 @@ def test_cli_lists_sites_with_their_prevalence(stack: Stack, client: Client, tok
     assert f" {sum(after)} " in row and shares in row
     listed = json.loads(CliRunner().invoke(app, ["sites", "list", "--json"], env=env).output)
     assert next(s for s in listed if s["name"] == "gw-site")["models"]["gw"]["class_counts"] == after
+
+
+SCORES = [0.95, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1, 0.05]
+LABELS = [1, 1, 0, 1, 0, 1, 0, 0, 0, 0]
+
+
+def _serve_version(stack: Stack, name: str, classes: int, binary_scores: bool) -> int:
+    """A production version whose calibration artifact holds gw-site's held-out scores (binary) or none."""
+    from learner.models import small_cnn, weights_to_bytes
+    from registry.artifacts import ArtifactStore
+    from registry.records import Calibration, InputSpec, Lineage, Model, ModelVersion, SiteCalibration
+    from registry.store import RedisRegistry
+
+    reg, store = RedisRegistry(stack.store), ArtifactStore(stack.settings.artifacts())
+    reg.create_model(Model(name=name, factory="learner.models:small_cnn",
+                           input=InputSpec(channels=1, height=8, width=8, classes=classes)))
+    fit = SiteCalibration(temperature=1.2, samples=10, ece=0.1, ece_calibrated=0.08, nll=0.5, nll_calibrated=0.45,
+                          scores=SCORES if binary_scores else None, labels=LABELS if binary_scores else None)
+    cal = Calibration(model=name, sites={"gw-site": fit}, pooled=fit)
+    artifacts = {"weights": store.put(weights_to_bytes(small_cnn(1, 8, 8, classes))),
+                 "calibration": store.put(cal.model_dump_json().encode())}
+    number = reg.register_version(ModelVersion(model=name, number=1, lineage=Lineage(sites=["gw-site"]),
+                                               artifacts=artifacts)).number
+    reg.promote(name, number, who="test", reason="operating points")
+    return number
+
+
+def test_operating_points_and_site_thresholds(stack: Stack, client: Client, token: str) -> None:
+    from typer.testing import CliRunner
+
+    from clreg.cli import app
+
+    version = _serve_version(stack, "bin", 2, binary_scores=True)
+    point = client.get("/v1/sites/gw-site/operating-point", model="bin", threshold=0.6)
+    assert point["version"] == version and point["samples"] == 10 and point["prevalence"] == 0.4
+    assert (point["sensitivity"], point["specificity"], point["ppv"], point["npv"]) == \
+        pytest.approx((3 / 4, 4 / 6, 3 / 5, 4 / 5))
+    assert client.get("/v1/sites/gw-site/operating-point", model="bin", sensitivity=1.0)["threshold"] == 0.4
+    with pytest.raises(ApiError) as err:  # no threshold given and none set for the site
+        client.get("/v1/sites/gw-site/operating-point", model="bin")
+    assert err.value.status == 400 and "threshold" in err.value.detail
+    with pytest.raises(ApiError) as err:
+        Client(stack.url, admin_token=token).set_threshold("gw-site", 0.6)
+    assert err.value.status == 403
+    env = {"CLREG_HOME": str(stack.settings.home), "CLREG_SERVE__PORT": str(stack.settings.serve.port)}
+    out = CliRunner().invoke(app, ["sites", "threshold", "gw-site", "--model", "bin", "--sensitivity", "0.75",
+                                   "--set", "--json"], env=env)
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["threshold"] == 0.7
+    assert next(s for s in client.get("/v1/sites") if s["name"] == "gw-site")["threshold"] == 0.7
+    assert client.get("/v1/sites/gw-site/operating-point", model="bin")["sensitivity"] == 0.75  # the site's own
+    for model, status in (("tri", 422), ("nobody-serves-this", 404)):
+        if model == "tri":
+            _serve_version(stack, "tri", 3, binary_scores=False)
+        with pytest.raises(ApiError) as err:
+            client.get("/v1/sites/gw-site/operating-point", model=model, threshold=0.5)
+        assert err.value.status == status, err.value.detail
+    client.set_threshold("gw-site", None)

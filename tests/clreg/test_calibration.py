@@ -1,0 +1,57 @@
+"""A version's calibration: per-site temperatures from held-out logits; binary models keep held-out scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clreg import context
+from clreg.calibration import calibrate_version
+from clreg.client import npz_bytes
+from clreg.settings import Settings
+from learner.calibration import out_of_fold_proba
+from learner.evaluate import predict_logits
+from learner.models import small_cnn, weights_to_bytes
+from learner.streams import digits_sites, to_uint8
+from registry.batches import Limits, ingest
+from registry.events import IngestQueue
+from registry.records import InputSpec, Model
+from registry.store import RedisRegistry, StoreConfig
+
+
+@pytest.mark.parametrize("classes", [2, 10])
+def test_calibrates_each_site_and_keeps_binary_scores(registry: RedisRegistry, store_cfg: StoreConfig,
+                                                      tmp_path: Path, classes: int) -> None:
+    ctx = context.build(Settings(home=tmp_path), store_cfg, "http://127.0.0.1:0")
+    model = Model(name="m", factory="learner.models:small_cnn",
+                  input=InputSpec(channels=1, height=16, width=16, classes=classes))
+    registry.create_model(model)
+    queue = IngestQueue(registry)
+    queue.ensure_group()
+    ids = []
+    for site in digits_sites(seed=3, names=("base", "contrast")):
+        y = (site.y >= 5).astype(int) if classes == 2 else site.y  # binary: "is it 5 or more"
+        batch, _ = ingest(registry, ctx.artifacts, queue, ctx.events, "m", site.name,
+                          npz_bytes(to_uint8(site.x[:150]), y[:150]), Limits(heldout_fraction=0.4))
+        ids.append(batch.id)
+    torch.manual_seed(0)
+    net = small_cnn(1, 16, 16, classes).eval()
+    calibration = calibrate_version(ctx, model, ctx.artifacts.put(weights_to_bytes(net)), None, ids)
+    heldout = ctx.split_by_site(model, ids, "heldout")
+    # what the scores must be: out-of-fold calibrated probabilities (temperatures fitted on the other half)
+    oof = out_of_fold_proba({s: (predict_logits(net, x), y) for s, (x, y) in heldout.items()}, 2,
+                            ctx.train.seed)["per_site"]
+    assert sorted(calibration.sites) == ["base", "contrast"]
+    assert calibration.pooled.samples == sum(len(y) for _, y in heldout.values())
+    for site, (x, y) in heldout.items():
+        fit = calibration.sites[site]
+        assert fit.samples == len(y) and fit.temperature > 0
+        if classes == 10:
+            assert fit.scores is None and fit.labels is None
+            continue
+        assert fit.labels == y.tolist() and len(fit.scores) == len(y)
+        assert all(0.0 <= s <= 1.0 for s in fit.scores)
+        np.testing.assert_allclose(fit.scores, oof[site][:, 1], atol=1e-6)

@@ -1,0 +1,42 @@
+"""Operating points on a hand-counted case; the threshold for a target sensitivity is the most specific one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from learner.errors import DataError
+from learner.operating import operating_point, threshold_for_sensitivity
+
+SCORES = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1, 0.05])
+LABELS = np.array([1, 1, 0, 1, 0, 1, 0, 0, 0, 0])  # 4 positives among 10
+
+
+def test_operating_point_on_a_hand_case() -> None:
+    p = operating_point(SCORES, LABELS, 0.6)  # flags the first 5: TP 3, FP 2, FN 1, TN 4
+    assert (p.samples, p.prevalence, p.flagged) == (10, 0.4, 0.5)
+    assert p.sensitivity == pytest.approx(3 / 4) and p.specificity == pytest.approx(4 / 6)
+    assert p.ppv == pytest.approx(3 / 5) and p.npv == pytest.approx(4 / 5)
+
+
+def test_empty_denominators_are_none_not_guesses() -> None:
+    p = operating_point(SCORES, LABELS, 0.99)  # nothing flagged
+    assert p.ppv is None and p.sensitivity == 0.0 and p.specificity == 1.0
+    assert operating_point(SCORES[LABELS == 0], LABELS[LABELS == 0], 0.5).sensitivity is None
+
+
+@pytest.mark.parametrize(("target", "expected"), [(0.25, 0.95), (0.5, 0.9), (0.75, 0.7), (1.0, 0.4), (0.6, 0.7)])
+def test_threshold_for_sensitivity_is_the_highest_that_reaches_it(target: float, expected: float) -> None:
+    t = threshold_for_sensitivity(SCORES, LABELS, target)
+    assert t == expected
+    assert operating_point(SCORES, LABELS, t).sensitivity >= target
+    assert operating_point(SCORES, LABELS, np.nextafter(t, 1.0)).sensitivity < target  # any higher misses it
+
+
+def test_bad_inputs_are_refused() -> None:
+    with pytest.raises(DataError, match="binary"):
+        operating_point(SCORES, np.arange(10) % 3, 0.5)
+    with pytest.raises(DataError, match="no positive"):
+        threshold_for_sensitivity(SCORES, np.zeros(10), 0.9)
+    with pytest.raises(DataError, match="one score per label"):
+        operating_point(SCORES[:3], LABELS, 0.5)
