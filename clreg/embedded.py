@@ -78,6 +78,7 @@ class Stack:
                              poll_interval_s=s.poll_interval_s, max_body_bytes=s.max_body_bytes,
                              max_samples=s.max_samples, heldout_fraction=self.settings.heldout_fraction,
                              batch_max_requests=s.batch_max_requests, batch_wait_s=s.batch_wait_s,
+                             replica_gpus=s.replica_gpus,
                              admin_token_sha256=token_sha256(self.admin_token),
                              inputs=self.settings.watch.inputs)
 

@@ -41,6 +41,7 @@ class ServeSettings(BaseModel):
     max_samples: int = Field(default=10_000, ge=1)
     batch_max_requests: int = Field(default=1, ge=1)  # >1 batches requests: for GPU replicas (bench/serving.py)
     batch_wait_s: float = Field(default=0.0, ge=0, le=1)  # 0: batch whatever queued, never wait
+    replica_gpus: float = Field(default=0.0, ge=0)  # per ModelServer replica; > 0 serves on the GPU
 
 
 class GateConfig(BaseModel):

@@ -27,4 +27,5 @@ class ServingConfig(BaseModel):
     # Off by default: on CPU replicas it did not pay (bench/serving.py); a GPU replica is where it does.
     batch_max_requests: int = Field(default=1, ge=1)
     batch_wait_s: float = Field(default=0.0, ge=0, le=1)
+    replica_gpus: float = Field(default=0.0, ge=0)  # GPUs Ray reserves per ModelServer replica (fractions share one)
     inputs: InputLogConfig = InputLogConfig()  # prediction inputs kept for the scheduled drift check

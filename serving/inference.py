@@ -26,6 +26,7 @@ class Loaded:
     bank: Bank | None = None
     sites: dict[str, torch.nn.Module] = field(default_factory=dict)  # one copy per site's BatchNorm
     calibration: Calibration | None = None
+    device: str = "cpu"
 
     def pick(self, site: str | None, x: torch.Tensor) -> tuple[torch.nn.Module, str | None, bool]:
         """The network for these inputs: the named site's BatchNorm, else the MAP-routed site's."""
@@ -68,17 +69,18 @@ class Scores:
 @torch.no_grad()
 def infer(jobs: list[Job]) -> list[Scores]:
     """Scores for every job, in order; one forward pass per distinct network among them."""
-    picks = [job.loaded.pick(job.site, job.x) for job in jobs]
+    xs = [job.x.to(job.loaded.device) for job in jobs]
+    picks = [job.loaded.pick(job.site, x) for job, x in zip(jobs, xs, strict=True)]
     groups: dict[int, list[int]] = {}
     for i, (net, _, _) in enumerate(picks):
         groups.setdefault(id(net), []).append(i)
     logits: dict[int, torch.Tensor] = {}
     for members in groups.values():
-        out = picks[members[0]][0](torch.cat([jobs[i].x for i in members]))
-        for i, part in zip(members, out.split([len(jobs[i].x) for i in members]), strict=True):
+        out = picks[members[0]][0](torch.cat([xs[i] for i in members]))
+        for i, part in zip(members, out.split([len(xs[i]) for i in members]), strict=True):
             logits[i] = part
     scores = []
     for i, (job, (_, bn_site, routed)) in enumerate(zip(jobs, picks, strict=True)):
         scaled_by, t = job.loaded.temperature(bn_site or job.site)
-        scores.append(Scores(torch.softmax(logits[i] / t, dim=1).numpy(), bn_site, routed, scaled_by, t))
+        scores.append(Scores(torch.softmax(logits[i] / t, dim=1).cpu().numpy(), bn_site, routed, scaled_by, t))
     return scores

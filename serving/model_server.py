@@ -33,7 +33,7 @@ from registry.artifacts import ArtifactStore
 from registry.errors import RegistryError
 from registry.events import EventLog
 from registry.inputs import InputLog
-from registry.records import Calibration, InputSpec, Model, parse
+from registry.records import Calibration, InputSpec, Model, ModelVersion, parse
 from registry.store import RedisRegistry
 from serving.config import ServingConfig
 from serving.errors import BadRequest, NotReady, PayloadTooLarge, UnsupportedMedia
@@ -49,6 +49,8 @@ class ModelServer:
     def __init__(self, cfg: dict) -> None:
         self.cfg = ServingConfig.model_validate(cfg)
         torch.set_num_threads(self.cfg.torch_threads)
+        # A GPU only when the deployment asked Ray for one (ray_actor_options) and this worker sees it.
+        self.device = torch.device("cuda" if self.cfg.replica_gpus > 0 and torch.cuda.is_available() else "cpu")
         self.registry = RedisRegistry(self.cfg.store)
         self.artifacts = ArtifactStore(self.cfg.artifacts_url)
         self.events = EventLog(self.registry)
@@ -84,30 +86,34 @@ class ModelServer:
     def _swap(self, model: Model, number: int, current: Loaded | None) -> None:
         started = time.perf_counter()
         try:
-            version = self.registry.get_version(model.name, number)
-            spec = model.input
-            module = build_model(model.factory, model.factory_kwargs, spec.channels, spec.height, spec.width,
-                                 spec.classes)
-            load_weights(module, self.artifacts.get(version.artifacts["weights"]))
-            module.eval()
-            bank = bank_from_bytes(self.artifacts.get(version.artifacts["bn_bank"])) \
-                if "bn_bank" in version.artifacts else None
-            sites = {s: site_model(module, bank, s).eval() for s in bank} if bank else {}
-            calibration = parse(Calibration, self.artifacts.get(version.artifacts["calibration"])) \
-                if "calibration" in version.artifacts else None
-            with torch.no_grad():  # warm-up, so the first real request does not pay for it
-                for net in [module, *sites.values()]:
-                    net(torch.zeros(1, spec.channels, spec.height, spec.width))
+            loaded = self._load(model, self.registry.get_version(model.name, number))
         except (RegistryError, LearnerError, KeyError, RuntimeError) as e:
             self._failed[model.name] = number
             self.events.append(model.name, "serving.failed", version=number, error=str(e))
             log.error("version %s of %s not loaded: %s", number, model.name, e)
             return
-        self.loaded[model.name] = Loaded(version=number, module=module, spec=spec, bank=bank, sites=sites,
-                                         calibration=calibration)
+        self.loaded[model.name] = loaded
         self.events.append(model.name, "serving.swapped", version=number,
-                           previous=current.version if current else None,
+                           previous=current.version if current else None, device=str(self.device),
                            seconds=round(time.perf_counter() - started, 4))
+
+    def _load(self, model: Model, version: ModelVersion) -> Loaded:
+        """Build, verify (the artifact store checks every sha256) and warm up one version on this replica's device."""
+        spec = model.input
+        module = build_model(model.factory, model.factory_kwargs, spec.channels, spec.height, spec.width,
+                             spec.classes)
+        load_weights(module, self.artifacts.get(version.artifacts["weights"]))
+        module = module.to(self.device).eval()
+        bank = bank_from_bytes(self.artifacts.get(version.artifacts["bn_bank"])) \
+            if "bn_bank" in version.artifacts else None
+        sites = {s: site_model(module, bank, s).eval() for s in bank} if bank else {}
+        calibration = parse(Calibration, self.artifacts.get(version.artifacts["calibration"])) \
+            if "calibration" in version.artifacts else None
+        with torch.no_grad():  # warm-up, so the first real request does not pay for it
+            for net in [module, *sites.values()]:
+                net(torch.zeros(1, spec.channels, spec.height, spec.width, device=self.device))
+        return Loaded(version=version.number, module=module, spec=spec, bank=bank, sites=sites,
+                      calibration=calibration, device=str(self.device))
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -169,6 +175,11 @@ class ModelServer:
             return next(iter(self.loaded))
         raise BadRequest(f"name the model with ?model=NAME; serving {sorted(self.loaded)}")
 
+    def close(self) -> None:
+        """Stop polling and recording (Serve drops the replica; tests and tools call it themselves)."""
+        self._stop.set()
+        self._recorder.shutdown(wait=False)
+
     def check_health(self) -> None:
         self.registry.ping()
 
@@ -208,4 +219,4 @@ def deployment(cfg: ServingConfig) -> serve.Deployment:
     """The ModelServer deployment with this configuration's replicas and concurrency."""
     return serve.deployment(ModelServer, name="ModelServer", num_replicas=cfg.replicas,
                             max_ongoing_requests=cfg.max_ongoing_requests,
-                            ray_actor_options={"num_cpus": 0})
+                            ray_actor_options={"num_cpus": 0, "num_gpus": cfg.replica_gpus})

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from learner.models import small_cnn
+from registry.connection import StoreConfig
 from registry.records import Calibration, InputSpec, SiteCalibration
 from serving.inference import Job, Loaded, infer
 
@@ -52,3 +55,18 @@ def test_an_unknown_site_without_a_bank_gets_the_pooled_temperature() -> None:
     assert (unknown.temperature_site, unknown.temperature) == (None, 1.5)
     with torch.no_grad():
         np.testing.assert_allclose(unknown.probabilities, torch.softmax(net(x) / 1.5, dim=1).numpy(), rtol=1e-5)
+
+
+def test_gpu_replicas_ask_ray_for_a_gpu_and_fall_back_to_cpu_without_one(store_cfg: StoreConfig,
+                                                                        tmp_path: Path) -> None:
+    from serving.config import ServingConfig
+    from serving.model_server import ModelServer, deployment
+
+    assert deployment(ServingConfig()).ray_actor_options["num_gpus"] == 0
+    cfg = ServingConfig(store=store_cfg, artifacts_url=str(tmp_path), replica_gpus=0.5)
+    assert deployment(cfg).ray_actor_options["num_gpus"] == 0.5
+    server = ModelServer(cfg.model_dump(mode="json"))
+    try:
+        assert server.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    finally:
+        server.close()
