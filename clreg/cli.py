@@ -101,9 +101,10 @@ def sites_add(site: str, threshold: float | None = None, as_json: JsonOpt = Fals
 def push(site: str, file: Path, model: Annotated[str, typer.Option()] = "digits",
          token: Annotated[str, typer.Option(envvar="CLREG_SITE_TOKEN", help="the site's token")] = "",
          wait: bool = False, as_json: JsonOpt = False) -> None:
-    """Push a labelled npz batch (arrays x and y) for a site."""
+    """Push a labelled batch for a site: an npz (arrays x and y), or a .zip of DICOM files with labels.csv."""
     client = _client()
-    answer = client.push(site, token, file.read_bytes(), model)
+    kind = "application/zip" if file.suffix.lower() == ".zip" else "application/octet-stream"
+    answer = client.push(site, token, file.read_bytes(), model, content_type=kind)
     if wait:
         with console.status("waiting for the pipeline ..."):
             answer = client.wait_batch(answer["batch_id"])

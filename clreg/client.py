@@ -63,9 +63,11 @@ class Client:
     def set_threshold(self, site: str, threshold: float | None) -> dict:
         return self._call("PUT", f"/v1/sites/{site}/threshold", self.admin_token, json={"threshold": threshold}).json()
 
-    def push(self, site: str, token: str, data: bytes, model: str) -> dict:
+    def push(self, site: str, token: str, data: bytes, model: str,
+             content_type: str = "application/octet-stream") -> dict:
+        """Push npz bytes, or (content_type application/zip) a zip of DICOM files with labels.csv."""
         return self._call("POST", f"/v1/sites/{site}/batches", token, params={"model": model}, content=data,
-                          headers={"Content-Type": "application/octet-stream"}).json()
+                          headers={"Content-Type": content_type}).json()
 
     def wait_batch(self, batch_id: str, timeout_s: float = 300.0) -> dict:
         """Poll a batch until it reaches a final state (promoted, rejected, failed) or the pipeline skips it."""

@@ -39,6 +39,7 @@ class ServeSettings(BaseModel):
     poll_interval_s: float = Field(default=0.1, gt=0)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_samples: int = Field(default=10_000, ge=1)
+    max_unzipped_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # a pushed DICOM zip, inflated
     batch_max_requests: int = Field(default=1, ge=1)  # >1 batches requests: for GPU replicas (bench/serving.py)
     batch_wait_s: float = Field(default=0.0, ge=0, le=1)  # 0: batch whatever queued, never wait
     replica_gpus: float = Field(default=0.0, ge=0)  # per ModelServer replica; > 0 serves on the GPU

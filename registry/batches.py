@@ -93,8 +93,11 @@ def split(y: np.ndarray, batch_id: str, heldout_fraction: float) -> tuple[list[i
 
 
 def ingest(registry: RedisRegistry, artifacts: ArtifactStore, queue: IngestQueue, events: EventLog,
-           model: str, site: str, data: bytes, limits: Limits) -> tuple[Batch, bool]:
-    """Validate, store and enqueue a batch; returns (batch, is_new). Same bytes again: (stored batch, False)."""
+           model: str, site: str, data: bytes, limits: Limits, source: bytes | None = None) -> tuple[Batch, bool]:
+    """Validate, store and enqueue a batch; returns (batch, is_new). Same bytes again: (stored batch, False).
+
+    `source` is the upload `data` was converted from (a DICOM zip); it is stored beside the batch, as sent.
+    """
     spec = registry.get_model(model).input
     x, y = parse_batch(data, spec, limits)
     batch_id = sha256(data)
@@ -104,7 +107,8 @@ def ingest(registry: RedisRegistry, artifacts: ArtifactStore, queue: IngestQueue
     train, heldout = split(y, batch_id, limits.heldout_fraction)
     batch = Batch(id=batch_id, model=model, site=site, samples=int(y.size),
                   class_counts=np.bincount(y, minlength=spec.classes).tolist(),
-                  train_index=train, heldout_index=heldout, artifact=batch_id)
+                  train_index=train, heldout_index=heldout, artifact=batch_id,
+                  source_artifact=artifacts.put(source) if source is not None else None)
     artifacts.put(data)
     if not registry.add_batch(batch):  # a concurrent push of the same bytes won the race
         return registry.get_batch(batch_id), False

@@ -192,6 +192,7 @@ class Batch(Record):
     train_index: list[int]
     heldout_index: list[int]
     artifact: str  # sha256 of the npz bytes (== id)
+    source_artifact: str | None = None  # sha256 of the upload it was converted from (a DICOM zip), kept as sent
     created_at: float = Field(default_factory=now)
 
 

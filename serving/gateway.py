@@ -20,10 +20,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from ray import serve
+from starlette.concurrency import run_in_threadpool
 
 from learner.operating import operating_point, threshold_for_sensitivity
 from registry.artifacts import ArtifactStore
 from registry.batches import Limits, ingest, token_sha256
+from registry.dicom import DicomLimits, dicom_zip_to_npz
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.events import EventLog, IngestQueue
 from registry.records import (
@@ -114,6 +116,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:
     queue.ensure_group()
     metric_registry, batch_counter = metrics.build(reg)
     limits = Limits(max_samples=cfg.max_samples, heldout_fraction=cfg.heldout_fraction)
+    dicom_limits = DicomLimits(max_files=cfg.max_samples, max_unzipped_bytes=cfg.max_unzipped_bytes)
 
     @app.exception_handler(ServingError)
     @app.exception_handler(RegistryError)
@@ -144,16 +147,23 @@ def create_app(cfg: ServingConfig) -> FastAPI:
     @app.post("/v1/sites/{site}/batches", status_code=202)
     async def push_batch(request: Request, site_rec: Annotated[Site, Depends(site_token)],
                          model: Annotated[str, Query()]) -> JSONResponse:
-        if request.headers.get("content-type", "") != "application/octet-stream":
+        content_type = request.headers.get("content-type", "")
+        if content_type not in ("application/octet-stream", "application/zip"):
             batch_counter.labels("refused").inc()
-            raise UnsupportedMedia("send the npz bytes as application/octet-stream")
+            raise UnsupportedMedia("send npz bytes as application/octet-stream, or a zip of DICOM files with "
+                                   "labels.csv as application/zip")
         if int(request.headers.get("content-length") or 0) > cfg.max_body_bytes:
             raise PayloadTooLarge(f"the body limit is {cfg.max_body_bytes} bytes")
         body = await request.body()
         if len(body) > cfg.max_body_bytes:
             raise PayloadTooLarge(f"the body limit is {cfg.max_body_bytes} bytes")
         try:
-            batch, new = ingest(reg, artifacts, queue, events, check_name(model), site_rec.name, body, limits)
+            data, source = body, None
+            if content_type == "application/zip":  # converted off the event loop: decoding takes a while
+                spec = reg.get_model(check_name(model)).input
+                data, source = await run_in_threadpool(dicom_zip_to_npz, body, spec, dicom_limits), body
+            batch, new = ingest(reg, artifacts, queue, events, check_name(model), site_rec.name, data, limits,
+                                source=source)
         except RegistryError:
             batch_counter.labels("refused").inc()
             raise

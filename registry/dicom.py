@@ -1,0 +1,156 @@
+"""DICOM ingest: a zip of single-frame DICOM images plus `labels.csv` becomes the canonical npz batch.
+
+Everything is read in memory (no name from the zip ever touches a path), sizes are checked before
+anything is inflated, and the conversion is deterministic: the same zip always gives the same npz bytes,
+hence the same batch id, so a re-sent study is a duplicate. Per image: pixel data through the modality
+LUT (rescale slope/intercept), then the VOI window where the file has one; MONOCHROME1 is inverted so
+that bright means dense in every image; values are scaled to [0, 1] per image and area-resized to the
+model's input size, then stored as uint8 like any pushed npz.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from registry.errors import BatchMismatch, MalformedBatch
+from registry.records import InputSpec
+
+LABELS_FILE = "labels.csv"
+GRAY = ("MONOCHROME1", "MONOCHROME2")
+EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed zip timestamps: the npz bytes depend on the content only
+
+
+@dataclass(frozen=True)
+class DicomLimits:
+    max_files: int = 10_000
+    max_unzipped_bytes: int = 512 * 1024 * 1024
+
+
+def dicom_zip_to_npz(data: bytes, spec: InputSpec, limits: DicomLimits) -> bytes:
+    """The npz bytes (x uint8 [N, C, H, W], y int64 [N]) of a DICOM zip, images in file-name order.
+
+    Raises:
+        MalformedBatch: not a zip, no or unreadable labels.csv, a member that is not DICOM.
+        BatchMismatch: too many or too large members, labels and files that do not match, or images
+            clreg cannot use (compressed transfer syntax, several frames, colour models it does not map).
+    """
+    members = _members(data, limits)
+    labels = _labels(members.pop(LABELS_FILE))
+    missing, unlabelled = sorted(set(labels) - set(members)), sorted(set(members) - set(labels))
+    if missing or unlabelled:
+        raise BatchMismatch(f"{LABELS_FILE} and the DICOM files must match: labelled but absent {missing[:3]}, "
+                            f"present but unlabelled {unlabelled[:3]}")
+    names = sorted(labels)
+    x = np.stack([_image(name, members[name], spec) for name in names])
+    return _npz(x, np.array([labels[n] for n in names], dtype=np.int64))
+
+
+def _members(data: bytes, limits: DicomLimits) -> dict[str, bytes]:
+    """Every file in the zip by name, after checking counts and declared sizes (folders are skipped)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as e:
+        raise MalformedBatch(f"the body is not a readable zip: {e}") from e
+    infos = [i for i in archive.infolist() if not i.is_dir()]
+    if len(infos) > limits.max_files + 1:
+        raise BatchMismatch(f"the zip holds {len(infos)} files; send at most {limits.max_files} images")
+    if sum(i.file_size for i in infos) > limits.max_unzipped_bytes:
+        raise BatchMismatch(f"the zip inflates to more than {limits.max_unzipped_bytes} bytes")
+    if LABELS_FILE not in {i.filename for i in infos}:
+        raise MalformedBatch(f"the zip must hold {LABELS_FILE} (columns file,label) at its top level")
+    try:  # read() stops at the declared size and checks the CRC, so a lying header cannot inflate more
+        return {i.filename: archive.read(i) for i in infos}
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise MalformedBatch(f"the zip is damaged: {e}") from e
+
+
+def _labels(raw: bytes) -> dict[str, int]:
+    """file -> label from labels.csv; the header must be `file,label`."""
+    try:
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise MalformedBatch(f"{LABELS_FILE} is not UTF-8 CSV: {e}") from e
+    if not rows or [c.strip().lower() for c in rows[0]] != ["file", "label"]:
+        raise MalformedBatch(f"{LABELS_FILE} must start with the header 'file,label'")
+    labels: dict[str, int] = {}
+    for n, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != 2 or not row[1].strip().lstrip("-").isdigit():
+            raise MalformedBatch(f"{LABELS_FILE} line {n}: expected 'file,integer label', got {row!r}")
+        if row[0] in labels:
+            raise MalformedBatch(f"{LABELS_FILE} line {n}: {row[0]!r} is labelled twice")
+        labels[row[0]] = int(row[1])
+    if not labels:
+        raise BatchMismatch(f"{LABELS_FILE} labels no image")
+    return labels
+
+
+def _image(name: str, raw: bytes, spec: InputSpec) -> np.ndarray:
+    """One DICOM file as uint8 [C, H, W] at the model's size."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(raw))
+    except (InvalidDicomError, EOFError, ValueError, OSError) as e:
+        raise MalformedBatch(f"{name} is not a readable DICOM file: {e}") from e
+    if "PixelData" not in ds:
+        raise BatchMismatch(f"{name} holds no pixel data")
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is not None and syntax.is_compressed:
+        raise BatchMismatch(f"{name} uses the compressed transfer syntax {syntax.name}; "
+                            "send it uncompressed (e.g. Explicit VR Little Endian)")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise BatchMismatch(f"{name} has {ds.NumberOfFrames} frames; send single-frame images")
+    if spec.channels not in (1, 3):
+        raise BatchMismatch(f"DICOM images map to 1 or 3 channels; this model takes {spec.channels}")
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric not in (*GRAY, "RGB"):
+        raise BatchMismatch(f"{name} has photometric interpretation {photometric!r}; clreg reads "
+                            "MONOCHROME1, MONOCHROME2 and RGB")
+    try:
+        pixels = ds.pixel_array
+    except (ValueError, AttributeError, RuntimeError) as e:
+        raise BatchMismatch(f"{name}: the pixel data cannot be decoded: {e}") from e
+    if photometric == "RGB":
+        gray = pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        planes = [pixels[..., c].astype(np.float64) for c in range(3)] if spec.channels == 3 else [gray]
+    else:
+        values = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64)
+        if photometric == "MONOCHROME1":
+            values = values.max() - values
+        planes = [values] * (3 if spec.channels == 3 else 1)
+    return np.stack([_resized(_unit(p), spec) for p in planes])
+
+
+def _unit(plane: np.ndarray) -> np.ndarray:
+    """Scaled to [0, 1] within the image (a constant image becomes zeros)."""
+    lo, hi = float(plane.min()), float(plane.max())
+    return np.zeros_like(plane, dtype=np.float32) if hi <= lo else ((plane - lo) / (hi - lo)).astype(np.float32)
+
+
+def _resized(plane: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Area average when shrinking, bilinear when enlarging, to the model's H x W, as uint8."""
+    shrink = plane.shape[0] >= spec.height and plane.shape[1] >= spec.width
+    resample = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+    out = np.asarray(Image.fromarray(plane).resize((spec.width, spec.height), resample=resample))
+    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def _npz(x: np.ndarray, y: np.ndarray) -> bytes:
+    """np.savez's layout with fixed timestamps, so equal arrays always give equal bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, array in (("x", x), ("y", y)):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=EPOCH), member.getvalue(),
+                             compress_type=zipfile.ZIP_DEFLATED)
+    return buf.getvalue()

@@ -1,0 +1,85 @@
+"""DICOM ingest: a zip of DICOM files plus labels.csv becomes the same npz every time, or a clear refusal."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from registry.batches import Limits, parse_batch
+from registry.dicom import DicomLimits, dicom_zip_to_npz
+from registry.errors import BatchMismatch, MalformedBatch
+from registry.records import InputSpec
+from tests.registry.dicomdata import dcm, square, study
+
+GREY = InputSpec(channels=1, height=16, width=16, classes=2)
+
+
+def _arrays(npz: bytes) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(io.BytesIO(npz), allow_pickle=False) as f:
+        return f["x"], f["y"]
+
+
+def test_images_are_windowed_oriented_resized_and_labelled_by_name() -> None:
+    files = {"b.dcm": dcm(square("br")), "a.dcm": dcm(square("tl")),
+             "c.dcm": dcm(square("tl"), photometric="MONOCHROME1")}  # bright square = low density: inverted
+    x, y = _arrays(dicom_zip_to_npz(study(files, "file,label\nc.dcm,1\na.dcm,1\nb.dcm,0\n"), GREY, DicomLimits()))
+    assert x.shape == (3, 1, 16, 16) and x.dtype == np.uint8 and y.tolist() == [1, 0, 1]  # a, b, c
+    assert (x[0, 0, :8, :8] == 255).all() and (x[0, 0, 8:, 8:] == 0).all()
+    assert (x[1, 0, 8:, 8:] == 255).all() and (x[1, 0, :8, :8] == 0).all()
+    assert (x[2, 0, :8, :8] == 0).all() and (x[2, 0, 8:, 8:] == 255).all()
+    parse_batch(dicom_zip_to_npz(study(files, "file,label\nc.dcm,1\na.dcm,1\nb.dcm,0\n"), GREY, DicomLimits()),
+                GREY, Limits())  # the result passes the ordinary npz checks
+
+
+def test_rescale_and_window_come_from_the_file() -> None:
+    ramp = np.tile(np.arange(64) * 60, (64, 1))  # stored 0..3780, rescaled to -1000..2780
+    windowed = dcm(ramp, RescaleSlope=1, RescaleIntercept=-1000, WindowCenter=0, WindowWidth=400)
+    x, _ = _arrays(dicom_zip_to_npz(study({"w.dcm": windowed}, "file,label\nw.dcm,0\n"), GREY, DicomLimits()))
+    row = x[0, 0, 8]
+    assert row[0] == 0 and row[-1] == 255  # -1000 and 2780 fall outside the window [-200, 200]
+    assert (row[6:] == 255).all() and 0 < (row > 0).sum() < 16  # the ramp saturates within a few columns
+
+
+def test_rgb_maps_to_grey_or_three_channels() -> None:
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[:16, :, 0] = 200  # red top half
+    data = study({"r.dcm": dcm(rgb, photometric="RGB")}, "file,label\nr.dcm,1\n")
+    grey, _ = _arrays(dicom_zip_to_npz(data, GREY, DicomLimits()))
+    colour, _ = _arrays(dicom_zip_to_npz(data, InputSpec(channels=3, height=16, width=16, classes=2), DicomLimits()))
+    assert grey.shape == (1, 1, 16, 16) and grey[0, 0, :8].min() == 255 and grey[0, 0, 8:].max() == 0
+    assert colour.shape == (1, 3, 16, 16) and colour[0, 0, :8].min() == 255 and colour[0, 1].max() == 0
+
+
+def test_the_same_study_gives_the_same_bytes_whatever_the_zip_order() -> None:
+    a, b = dcm(square("tl")), dcm(square("br"))
+    first = dicom_zip_to_npz(study({"a.dcm": a, "b.dcm": b}, "file,label\na.dcm,0\nb.dcm,1\n"), GREY, DicomLimits())
+    again = dicom_zip_to_npz(study({"b.dcm": b, "a.dcm": a}, "file,label\nb.dcm,1\na.dcm,0\n"), GREY, DicomLimits())
+    assert first == again
+
+
+@pytest.mark.parametrize(("body", "error", "words"), [
+    (b"not a zip at all", MalformedBatch, "not a readable zip"),
+    (study({"a.dcm": dcm(square("tl"))}, None), MalformedBatch, "labels.csv"),
+    (study({"a.dcm": dcm(square("tl"))}, "name,y\na.dcm,0\n"), MalformedBatch, "header 'file,label'"),
+    (study({"a.dcm": dcm(square("tl"))}, "file,label\na.dcm,zero\n"), MalformedBatch, "line 2"),
+    (study({"a.dcm": dcm(square("tl")), "b.dcm": dcm(square("br"))}, "file,label\na.dcm,0\n"), BatchMismatch,
+     "unlabelled ['b.dcm']"),
+    (study({"a.dcm": dcm(square("tl"))}, "file,label\na.dcm,0\nz.dcm,1\n"), BatchMismatch, "absent ['z.dcm']"),
+    (study({"a.dcm": b"\x00" * 200}, "file,label\na.dcm,0\n"), MalformedBatch, "a.dcm is not a readable DICOM"),
+    (study({"a.dcm": dcm(square("tl"), compressed=True)}, "file,label\na.dcm,0\n"), BatchMismatch, "compressed"),
+    (study({"a.dcm": dcm(square("tl"), NumberOfFrames=2)}, "file,label\na.dcm,0\n"), BatchMismatch, "frames"),
+])
+def test_bad_studies_are_refused_with_the_reason(body: bytes, error: type, words: str) -> None:
+    with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):
+        dicom_zip_to_npz(body, GREY, DicomLimits())
+
+
+def test_size_limits_apply_before_anything_is_inflated() -> None:
+    files = {f"{i}.dcm": dcm(square("tl")) for i in range(3)}
+    body = study(files, "file,label\n" + "".join(f"{i}.dcm,0\n" for i in range(3)))
+    with pytest.raises(BatchMismatch, match="at most 2 images"):
+        dicom_zip_to_npz(body, GREY, DicomLimits(max_files=2))
+    with pytest.raises(BatchMismatch, match="inflates to more than"):
+        dicom_zip_to_npz(body, GREY, DicomLimits(max_unzipped_bytes=10_000))
