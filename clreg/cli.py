@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import sys
 from datetime import datetime
@@ -17,6 +18,13 @@ import httpx
 import numpy as np
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+)
 from rich.table import Table
 
 from clreg import context, demo, embedded
@@ -106,9 +114,28 @@ def push(site: str, file: Path, model: Annotated[str, typer.Option()] = "digits"
     kind = "application/zip" if file.suffix.lower() == ".zip" else "application/octet-stream"
     answer = client.push(site, token, file.read_bytes(), model, content_type=kind)
     if wait:
-        with console.status("waiting for the pipeline ..."):
-            answer = client.wait_batch(answer["batch_id"])
+        answer = _wait_with_progress(client, answer["batch_id"])
     _emit(answer, as_json)
+
+
+EPOCH = re.compile(r"site (?P<site>\S+): epoch (?P<epoch>\d+)/(?P<total>\d+)")
+
+
+def _wait_with_progress(client: Client, batch_id: str) -> dict:
+    """Follow a batch through the pipeline with a progress bar over the training epochs."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("received", total=None)
+
+        def show(state: dict) -> None:
+            found = EPOCH.search(state.get("detail") or "")
+            if found:
+                progress.update(task, description=f"training {found['site']}", completed=int(found["epoch"]),
+                                total=int(found["total"]))
+            else:
+                progress.update(task, description=state["status"].replace("_", " "))
+
+        return client.wait_batch(batch_id, on_state=show)
 
 
 @sites_app.command("list")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -69,11 +70,15 @@ class Client:
         return self._call("POST", f"/v1/sites/{site}/batches", token, params={"model": model}, content=data,
                           headers={"Content-Type": content_type}).json()
 
-    def wait_batch(self, batch_id: str, timeout_s: float = 300.0) -> dict:
-        """Poll a batch until it reaches a final state (promoted, rejected, failed) or the pipeline skips it."""
+    def wait_batch(self, batch_id: str, timeout_s: float = 300.0,
+                   on_state: Callable[[dict], None] | None = None) -> dict:
+        """Poll a batch until it reaches a final state (promoted, rejected, failed) or the time is up;
+        on_state sees every state polled (the CLI draws its progress bar from them)."""
         deadline = time.monotonic() + timeout_s
         while True:
             state = self.get(f"/v1/batches/{batch_id}")
+            if on_state is not None:
+                on_state(state)
             if state["status"] in FINAL_STATES or time.monotonic() > deadline:
                 return state
             time.sleep(0.2)

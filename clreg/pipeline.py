@@ -110,7 +110,7 @@ def _update(ctx: Context, model: Model, batches: list[Batch]) -> int | None:
 def _progress(ctx: Context, ids: list[str], site: str, row: dict[str, float]) -> None:
     """Show a running update's epochs in its batches' state (GET /v1/batches/{id})."""
     _set_states(ctx, ids, BatchStatus.TRAINING,
-                detail=f"site {site}: epoch {int(row['epoch'])}, loss {row['loss']:.4f}")
+                detail=f"site {site}: epoch {int(row['epoch'])}/{ctx.train.epochs}, loss {row['loss']:.4f}")
 
 
 def _set_states(ctx: Context, ids: list[str], status: BatchStatus, version: int | None = None,
