@@ -119,7 +119,8 @@ class Retention:
         for model in self.registry.list_models():
             for view in self.registry.list_versions(model):
                 (archived if view.status is VersionStatus.ARCHIVED else kept).update(view.version.artifacts.values())
-            kept.update(b.artifact for b in self.registry.model_batches(model))
+            for batch in self.registry.model_batches(model):
+                kept.update(d for d in (batch.artifact, batch.source_artifact) if d)
             kept.update(r.html_artifact for r in self.registry.drift_reports(model, limit=1_000_000) if r.html_artifact)
         pruned = [digest for digest in sorted(archived - kept) if self.artifacts.exists(digest)]
         for digest in pruned:
