@@ -3,9 +3,10 @@
 Everything is read in memory (no name from the zip ever touches a path), sizes are checked before
 anything is inflated, and the conversion is deterministic: the same zip always gives the same npz bytes,
 hence the same batch id, so a re-sent study is a duplicate. Per image: pixel data through the modality
-LUT (rescale slope/intercept), then the VOI window where the file has one; MONOCHROME1 is inverted so
-that bright means dense in every image; values are scaled to [0, 1] per image and area-resized to the
-model's input size, then stored as uint8 like any pushed npz.
+LUT (rescale slope/intercept), then the VOI window where the file has one; values are scaled to [0, 1]
+over the range the file's bit depth allows (not per image: a site's darker scanner must stay visible to
+the drift check); MONOCHROME1 is inverted so that bright means dense in every image; each image is
+area-resized to the model's input size and stored as uint8 like any pushed npz.
 """
 
 from __future__ import annotations
@@ -120,20 +121,30 @@ def _image(name: str, raw: bytes, spec: InputSpec) -> np.ndarray:
     except (ValueError, AttributeError, RuntimeError) as e:
         raise BatchMismatch(f"{name}: the pixel data cannot be decoded: {e}") from e
     if photometric == "RGB":
-        gray = pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        planes = [pixels[..., c].astype(np.float64) for c in range(3)] if spec.channels == 3 else [gray]
+        rgb = pixels.astype(np.float64) / 255.0
+        planes = [rgb[..., c] for c in range(3)] if spec.channels == 3 else [rgb @ np.array([0.299, 0.587, 0.114])]
     else:
-        values = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64)
+        lo, hi = _value_range(ds)
+        values = (apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64) - lo) / (hi - lo)
         if photometric == "MONOCHROME1":
-            values = values.max() - values
+            values = 1.0 - values
         planes = [values] * (3 if spec.channels == 3 else 1)
-    return np.stack([_resized(_unit(p), spec) for p in planes])
+    return np.stack([_resized(np.clip(p, 0.0, 1.0).astype(np.float32), spec) for p in planes])
 
 
-def _unit(plane: np.ndarray) -> np.ndarray:
-    """Scaled to [0, 1] within the image (a constant image becomes zeros)."""
-    lo, hi = float(plane.min()), float(plane.max())
-    return np.zeros_like(plane, dtype=np.float32) if hi <= lo else ((plane - lo) / (hi - lo)).astype(np.float32)
+def _value_range(ds: pydicom.Dataset) -> tuple[float, float]:
+    """The range of values after the modality LUT (and the VOI window, which maps onto the same range).
+
+    Fixed by the file's bit depth and rescale, not by the image's own minimum and maximum: a site whose
+    scanner gives darker or flatter images must look so to the model and to the drift check.
+    """
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    bits = int(ds.BitsStored)
+    lo, hi = (0, 2**bits - 1) if int(ds.PixelRepresentation) == 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    ends = sorted((lo * slope + intercept, hi * slope + intercept))
+    return ends[0], ends[1]
 
 
 def _resized(plane: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -26,9 +26,10 @@ def test_images_are_windowed_oriented_resized_and_labelled_by_name() -> None:
              "c.dcm": dcm(square("tl"), photometric="MONOCHROME1")}  # bright square = low density: inverted
     x, y = _arrays(dicom_zip_to_npz(study(files, "file,label\nc.dcm,1\na.dcm,1\nb.dcm,0\n"), GREY, DicomLimits()))
     assert x.shape == (3, 1, 16, 16) and x.dtype == np.uint8 and y.tolist() == [1, 0, 1]  # a, b, c
-    assert (x[0, 0, :8, :8] == 255).all() and (x[0, 0, 8:, 8:] == 0).all()
-    assert (x[1, 0, 8:, 8:] == 255).all() and (x[1, 0, :8, :8] == 0).all()
-    assert (x[2, 0, :8, :8] == 0).all() and (x[2, 0, 8:, 8:] == 255).all()
+    bright = round(4000 / 4095 * 255)  # scaled by the 12 stored bits, not by the image's own maximum
+    assert (x[0, 0, :8, :8] == bright).all() and (x[0, 0, 8:, 8:] == 0).all()
+    assert (x[1, 0, 8:, 8:] == bright).all() and (x[1, 0, :8, :8] == 0).all()
+    assert (x[2, 0, :8, :8] == 255 - bright).all() and (x[2, 0, 8:, 8:] == 255).all()
     parse_batch(dicom_zip_to_npz(study(files, "file,label\nc.dcm,1\na.dcm,1\nb.dcm,0\n"), GREY, DicomLimits()),
                 GREY, Limits())  # the result passes the ordinary npz checks
 
@@ -42,14 +43,23 @@ def test_rescale_and_window_come_from_the_file() -> None:
     assert (row[6:] == 255).all() and 0 < (row > 0).sum() < 16  # the ramp saturates within a few columns
 
 
+def test_a_darker_scanner_stays_darker() -> None:
+    """No per-image stretching: half the signal gives half the brightness, for the drift check to see."""
+    full = dcm(square("tl", value=4000))
+    half = dcm(square("tl", value=2000))
+    x, _ = _arrays(dicom_zip_to_npz(study({"a.dcm": full, "b.dcm": half}, "file,label\na.dcm,0\nb.dcm,0\n"), GREY,
+                                    DicomLimits()))
+    assert abs(int(x[1, 0, 0, 0]) * 2 - int(x[0, 0, 0, 0])) <= 1
+
+
 def test_rgb_maps_to_grey_or_three_channels() -> None:
     rgb = np.zeros((32, 32, 3), np.uint8)
     rgb[:16, :, 0] = 200  # red top half
     data = study({"r.dcm": dcm(rgb, photometric="RGB")}, "file,label\nr.dcm,1\n")
     grey, _ = _arrays(dicom_zip_to_npz(data, GREY, DicomLimits()))
     colour, _ = _arrays(dicom_zip_to_npz(data, InputSpec(channels=3, height=16, width=16, classes=2), DicomLimits()))
-    assert grey.shape == (1, 1, 16, 16) and grey[0, 0, :8].min() == 255 and grey[0, 0, 8:].max() == 0
-    assert colour.shape == (1, 3, 16, 16) and colour[0, 0, :8].min() == 255 and colour[0, 1].max() == 0
+    assert grey.shape == (1, 1, 16, 16) and (grey[0, 0, :8] == round(200 * 0.299)).all() and grey[0, 0, 8:].max() == 0
+    assert colour.shape == (1, 3, 16, 16) and (colour[0, 0, :8] == 200).all() and colour[0, 1].max() == 0
 
 
 def test_the_same_study_gives_the_same_bytes_whatever_the_zip_order() -> None:
