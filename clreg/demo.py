@@ -17,8 +17,10 @@ from clreg.client import ApiError, Client, npz_bytes
 from clreg.daemon import Daemon
 from clreg.settings import Settings
 from learner.streams import digits_sites, to_uint8
+from registry.dicom import dicom_file, dicom_study
 
 MODEL = "digits"
+DICOM_SITE = "blur-noise"
 
 
 @dataclass
@@ -62,7 +64,12 @@ def _drive(client: Client, console: Console, seed: int) -> bool:
     for site in sites:
         token = client.add_site(site.name)["token"]
         started = time.perf_counter()
-        pushed = client.push(site.name, token, npz_bytes(to_uint8(site.x), site.y), MODEL)
+        if site.name == DICOM_SITE:  # this hospital sends its study as it leaves the PACS
+            console.print(f"site {site.name} pushes a DICOM study of {len(site.y)} files plus labels.csv")
+            pushed = client.push(site.name, token, _as_dicom_study(site.x, site.y), MODEL,
+                                 content_type="application/zip")
+        else:
+            pushed = client.push(site.name, token, npz_bytes(to_uint8(site.x), site.y), MODEL)
         outcome = _follow(client, site.name, pushed["batch_id"], sites[0].x[:1])
         outcomes.append(outcome)
         _print_site(console, outcome, time.perf_counter() - started)
@@ -76,6 +83,12 @@ def _drive(client: Client, console: Console, seed: int) -> bool:
     console.print(f"POST /v1/predict answered by v{served} (X-Model-Version): labels {answer['labels']} "
                   f"for true labels {sites[0].y[:4].tolist()}")
     return promoted >= 3 and drift_alerts >= 1 and served == production
+
+
+def _as_dicom_study(x: np.ndarray, y: np.ndarray) -> bytes:
+    """Images in [0, 1] as 12-bit MONOCHROME2 DICOM files in a zip with labels.csv."""
+    files = {f"img{i:05d}.dcm": dicom_file(np.rint(img.reshape(img.shape[-2:]) * 4095)) for i, img in enumerate(x)}
+    return dicom_study(files, {name: int(label) for name, label in zip(files, y, strict=True)})
 
 
 def _follow(client: Client, site: str, batch_id: str, probe: np.ndarray) -> SiteOutcome:

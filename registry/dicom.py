@@ -19,8 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from registry.errors import BatchMismatch, MalformedBatch
 from registry.records import InputSpec
@@ -164,4 +166,36 @@ def _npz(x: np.ndarray, y: np.ndarray) -> bytes:
             np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
             archive.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=EPOCH), member.getvalue(),
                              compress_type=zipfile.ZIP_DEFLATED)
+    return buf.getvalue()
+
+
+def dicom_file(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12, **tags: object) -> bytes:
+    """One single-frame, uncompressed DICOM file (grey [H, W] as unsigned `bits`-bit values, or RGB
+    [H, W, 3] uint8) with any extra tags: for demos, tests and sites trying the DICOM path."""
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[pixels.tobytes().hex()])
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    if photometric == "RGB":
+        ds.set_pixel_data(pixels.astype(np.uint8), "RGB", 8)
+    else:
+        ds.set_pixel_data(pixels.astype(np.uint16), photometric, bits)
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def dicom_study(files: dict[str, bytes], labels: dict[str, int] | None) -> bytes:
+    """A zip of DICOM files plus labels.csv (None: leave the labels file out)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        if labels is not None:
+            archive.writestr(LABELS_FILE, "file,label\n" + "".join(f"{n},{k}\n" for n, k in labels.items()))
     return buf.getvalue()

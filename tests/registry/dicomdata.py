@@ -1,4 +1,4 @@
-"""DICOM files and zips built in memory with pydicom, for the ingest tests."""
+"""DICOM files and zips built in memory, for the ingest tests (clreg's own writer plus raw cases)."""
 
 from __future__ import annotations
 
@@ -6,47 +6,32 @@ import io
 import zipfile
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+import pydicom
 from pydicom.encaps import encapsulate
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    JPEGBaseline8Bit,
-    SecondaryCaptureImageStorage,
-    generate_uid,
-)
+from pydicom.uid import JPEGBaseline8Bit
+
+from registry.dicom import dicom_file, dicom_study
 
 
 def dcm(pixels: np.ndarray, photometric: str = "MONOCHROME2", compressed: bool = False, **tags: object) -> bytes:
-    """One single-frame DICOM file (uint16 grey, or uint8 RGB [H, W, 3]) with any extra tags."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[pixels.tobytes().hex()])
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    if photometric == "RGB":
-        ds.set_pixel_data(pixels.astype(np.uint8), "RGB", 8)
-    else:
-        ds.set_pixel_data(pixels.astype(np.uint16), photometric, 12)
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    if compressed:  # only the declared syntax matters: clreg refuses before decoding the frame
-        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-        ds.PixelData = encapsulate([b"\xff\xd8 not really a jpeg \xff\xd9"])
-        ds["PixelData"].VR = "OB"
+    """One single-frame DICOM file; `compressed` declares JPEG (clreg refuses it before decoding a frame)."""
+    raw = dicom_file(pixels, photometric, **tags)
+    if not compressed:
+        return raw
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([b"\xff\xd8 not really a jpeg \xff\xd9"])
+    ds["PixelData"].VR = "OB"
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
 
 
 def study(files: dict[str, bytes], labels: str | None) -> bytes:
-    """A zip of the files plus labels.csv (None: no labels file)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-        if labels is not None:
+    """A zip of the files plus a labels.csv given as raw text (None: no labels file), for malformed cases."""
+    buf = io.BytesIO(dicom_study(files, None))
+    if labels is not None:
+        with zipfile.ZipFile(buf, "a") as archive:
             archive.writestr("labels.csv", labels)
     return buf.getvalue()
 
