@@ -32,6 +32,7 @@ class SiteOutcome:
     status: str
     gate_lines: list[dict] = field(default_factory=list)
     calibration: dict = field(default_factory=dict)  # site -> the version's SiteCalibration as JSON
+    retried: list[dict] = field(default_factory=list)  # update.retrying events: rejected version, new lambda
     serving: int | None = None
 
 
@@ -104,6 +105,8 @@ def _follow(client: Client, site: str, batch_id: str, probe: np.ndarray) -> Site
         record = client.get(f"/v1/models/{MODEL}/versions/{outcome.version}")
         outcome.gate_lines = (record.get("gate_report") or {}).get("sites", [])
         outcome.calibration = (record.get("calibration") or {}).get("sites", {})
+        outcome.retried = [e["data"] for e in client.get("/v1/events", model=MODEL)
+                           if e["kind"] == "update.retrying" and batch_id in e["data"].get("batches", [])]
     production = client.get(f"/v1/models/{MODEL}/aliases")["aliases"].get("production")
     outcome.serving = _served_version(client, probe, production)
     return outcome
@@ -131,6 +134,9 @@ def _print_site(console: Console, o: SiteOutcome, seconds: float) -> None:
     verdict = {"promoted": "[green]passed, promoted[/]", "rejected": "[red]rejected[/]"}.get(o.status, o.status)
     table.add_row(o.drift, f"v{o.version}" if o.version else "-", verdict, f"v{o.serving}" if o.serving else "-")
     console.print(table)
+    for r in o.retried:
+        console.print(f" v{r['rejected']} forgot an earlier site and was rejected; retrained with ewc_lambda "
+                      f"{r['ewc_lambda']:g}")
     if o.gate_lines:
         gates = Table(show_header=True, box=None, padding=(0, 1))
         for col in ("held-out site", "n", "cand. acc", "prod. acc", "lower bound", "ok", "T", "ECE raw/cal."):

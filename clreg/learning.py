@@ -16,6 +16,7 @@ from clreg.context import Context
 from learner.models import embed
 from learner.remote import train_on_ray
 from learner.sitebn import bank_from_bytes
+from learner.train import TrainConfig
 from monitor.features import Reference, fit_reference
 from registry.records import Batch, Calibration, Lineage, Model, ModelVersion
 
@@ -24,8 +25,12 @@ Progress = Callable[[str, dict[str, float]], None]  # (site, curve row) as each 
 
 
 def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: list[Batch],
-          progress: Progress | None = None) -> ModelVersion:
-    """Train on the batches' train splits, site by site, and register the result as a candidate."""
+          progress: Progress | None = None, train: TrainConfig | None = None) -> ModelVersion:
+    """Train on the batches' train splits, site by site, and register the result as a candidate.
+
+    `train` overrides the configured settings for this update (a retry with a stronger penalty).
+    """
+    cfg = train or ctx.train
     started = time.perf_counter()
     weights, ewc = _artifact(ctx, production, "weights"), _artifact(ctx, production, "ewc")
     bank = _artifact(ctx, production, "bn_bank")
@@ -35,7 +40,7 @@ def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: 
     new_ids = [b.id for b in batches]
     for site, (x, y) in ctx.split_by_site(model, new_ids, "train").items():
         result = train_on_ray(model.factory, model.factory_kwargs, (spec.channels, spec.height, spec.width,
-                              spec.classes), weights, ewc, x, y, site, ctx.train, bn_bank=bank,
+                              spec.classes), weights, ewc, x, y, site, cfg, bn_bank=bank,
                               progress=functools.partial(progress, site) if progress else None)
         weights, ewc, bank, device = result.weights, result.ewc_state, result.bn_bank, result.device
         curve.extend({**point, "site": site} for point in result.curve)  # type: ignore[dict-item]
@@ -51,7 +56,7 @@ def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: 
         model=model.name,
         number=1,  # the store assigns the real number
         lineage=Lineage(parent=production.number if production else None, batch_ids=new_ids, sites=sites,
-                        train_settings={**ctx.train.model_dump(), "device": device}, seed=ctx.train.seed,
+                        train_settings={**cfg.model_dump(), "device": device}, seed=cfg.seed,
                         code_version=__version__,
                         timings={"train_s": round(trained - started, 3),
                                  "reference_s": round(referenced - trained, 3),

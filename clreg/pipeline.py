@@ -14,9 +14,19 @@ from clreg.gating import gate
 from clreg.learning import learn
 from clreg.monitoring import check_batch
 from learner.errors import LearnerError
+from learner.train import TrainConfig
 from monitor.errors import MonitorError
 from registry.events import Lease
-from registry.records import Batch, BatchState, BatchStatus, DriftReport, Model, VersionStatus
+from registry.records import (
+    Batch,
+    BatchState,
+    BatchStatus,
+    DriftReport,
+    GateReport,
+    Model,
+    ModelVersion,
+    VersionStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +86,37 @@ def update(ctx: Context, model: Model) -> int | None:
 
 
 def _update(ctx: Context, model: Model, batches: list[Batch]) -> int | None:
+    """Learn, gate, promote; a candidate rejected for forgetting an earlier site is retried with a stronger
+    EWC penalty (lambda x retry factor, up to `forgetting_retries` times) before the batches are given up."""
     ids = [b.id for b in batches]
     production = ctx.production(model.name)
-    _set_states(ctx, ids, BatchStatus.TRAINING)
     ctx.events.append(model.name, "update.started", batches=ids, parent=production.number if production else None)
+    train = ctx.train
+    for attempt in range(ctx.gate.forgetting_retries + 1):
+        outcome = _learn_and_gate(ctx, model, production, batches, train)
+        if outcome is None:
+            return None
+        candidate, report = outcome
+        if report.passed:
+            return _promote(ctx, model, candidate, report, ids)
+        final = attempt == ctx.gate.forgetting_retries or not _forgot(report)
+        _reject(ctx, model, candidate, report, ids, final)
+        if final:
+            return None
+        train = train.model_copy(update={"ewc_lambda": train.ewc_lambda * ctx.gate.retry_lambda_factor})
+        ctx.events.append(model.name, "update.retrying", rejected=candidate.number, ewc_lambda=train.ewc_lambda,
+                          batches=ids)
+    return None
+
+
+def _learn_and_gate(ctx: Context, model: Model, production: ModelVersion | None, batches: list[Batch],
+                    train: TrainConfig) -> tuple[ModelVersion, GateReport] | None:
+    """One candidate and its gate report; None when training failed (reported, batches given up)."""
+    ids = [b.id for b in batches]
+    _set_states(ctx, ids, BatchStatus.TRAINING)
     try:
-        candidate = learn(ctx, model, production, batches, progress=functools.partial(_progress, ctx, ids))
+        candidate = learn(ctx, model, production, batches, progress=functools.partial(_progress, ctx, ids),
+                          train=train)
     except LearnerError as e:
         ctx.events.append(model.name, "update.failed", batches=ids, error=str(e))
         _set_states(ctx, ids, BatchStatus.FAILED, detail=str(e))
@@ -90,13 +125,25 @@ def _update(ctx: Context, model: Model, batches: list[Batch]) -> int | None:
     ctx.events.append(model.name, "update.finished", version=candidate.number, seconds=candidate.lineage.timings)
     report = gate(ctx, model, candidate, production)
     _set_states(ctx, ids, BatchStatus.GATED, version=candidate.number)
-    if not report.passed:
-        ctx.registry.set_status(model.name, candidate.number, VersionStatus.REJECTED, report.id)
-        ctx.events.append(model.name, "gate.failed", version=candidate.number, reasons=report.reasons,
-                          report=report.id)
+    return candidate, report
+
+
+def _forgot(report: GateReport) -> bool:
+    """Whether the candidate failed on an earlier site (a stronger penalty can help), not only its new one."""
+    return any(not line.passed and not line.new_site for line in report.sites)
+
+
+def _reject(ctx: Context, model: Model, candidate: ModelVersion, report: GateReport, ids: list[str],
+            final: bool) -> None:
+    ctx.registry.set_status(model.name, candidate.number, VersionStatus.REJECTED, report.id)
+    ctx.events.append(model.name, "gate.failed", version=candidate.number, reasons=report.reasons,
+                      report=report.id)
+    if final:
         _set_states(ctx, ids, BatchStatus.REJECTED, version=candidate.number, detail="; ".join(report.reasons))
         ctx.registry.clear_pending(model.name, ids)
-        return None
+
+
+def _promote(ctx: Context, model: Model, candidate: ModelVersion, report: GateReport, ids: list[str]) -> int:
     ctx.registry.set_status(model.name, candidate.number, VersionStatus.BLESSED, report.id)
     ctx.events.append(model.name, "gate.passed", version=candidate.number, report=report.id)
     change = ctx.registry.promote(model.name, candidate.number, who="daemon", reason=f"passed gate {report.id}")

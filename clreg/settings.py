@@ -51,6 +51,9 @@ class GateConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
     tolerance: float = Field(default=0.05, ge=0, le=1)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    # A candidate that forgot an earlier site is retrained this many times, each with lambda x factor.
+    forgetting_retries: int = Field(default=1, ge=0, le=5)
+    retry_lambda_factor: float = Field(default=3.0, gt=1)
 
 
 class TriggerConfig(BaseModel):

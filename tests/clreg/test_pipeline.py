@@ -1,0 +1,63 @@
+"""A candidate that forgets an earlier site is retried once with a stronger penalty, then given up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clreg import context, pipeline
+from clreg.client import npz_bytes
+from clreg.settings import GateConfig, RedisSettings, Settings
+from learner.streams import digits_sites, to_uint8
+from learner.train import TrainConfig
+from registry.batches import Limits, ingest
+from registry.events import IngestQueue
+from registry.records import BatchStatus, GateReport, InputSpec, Model, SiteGate, VersionStatus
+from registry.store import RedisRegistry, StoreConfig
+
+
+def _line(site: str, new_site: bool, passed: bool) -> SiteGate:
+    return SiteGate(site=site, samples=10, candidate_accuracy=0.5, production_accuracy=0.6, delta=-0.1,
+                    lower_bound=-0.2, new_site=new_site, passed=passed)
+
+
+def _report(*lines: SiteGate) -> GateReport:
+    return GateReport(id="g", model="m", candidate=2, production=1, tolerance=0.05, confidence=0.95,
+                      sites=list(lines), passed=all(x.passed for x in lines))
+
+
+def test_only_forgetting_an_earlier_site_calls_for_a_retry() -> None:
+    assert pipeline._forgot(_report(_line("a", False, False), _line("b", True, True)))
+    assert not pipeline._forgot(_report(_line("a", False, True), _line("b", True, False)))
+
+
+@pytest.mark.integration
+def test_forgetting_is_retried_with_a_stronger_penalty(registry: RedisRegistry, store_cfg: StoreConfig,
+                                                       tmp_path: Path, ray_session: None) -> None:
+    # tolerance 0: an earlier site passes only if the candidate is provably better there, so both attempts fail
+    settings = Settings(home=tmp_path, redis=RedisSettings(url=store_cfg.url, prefix=store_cfg.prefix),
+                        train=TrainConfig(epochs=2), gate=GateConfig(tolerance=0.0, retry_lambda_factor=4.0))
+    ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
+    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+                                input=InputSpec(channels=1, height=16, width=16, classes=10)))
+    queue = IngestQueue(registry)
+    queue.ensure_group()
+    ids = []
+    for site in digits_sites(seed=4, names=("base", "inverted")):
+        batch, _ = ingest(registry, ctx.artifacts, queue, ctx.events, "m", site.name,
+                          npz_bytes(to_uint8(site.x[:120]), site.y[:120]), Limits())
+        pipeline.process(ctx, batch.id)
+        ids.append(batch.id)
+    assert registry.resolve("m") == 1
+    statuses = {v.version.number: v.status for v in registry.list_versions("m")}
+    assert statuses == {1: VersionStatus.PRODUCTION, 2: VersionStatus.REJECTED, 3: VersionStatus.REJECTED}
+    lam = [registry.get_version("m", n).lineage.train_settings["ewc_lambda"] for n in (2, 3)]
+    assert lam == [ctx.train.ewc_lambda, 4.0 * ctx.train.ewc_lambda]
+    kinds = [e.kind for e in ctx.events.read("m")]
+    assert kinds.count("update.retrying") == 1 and kinds.count("gate.failed") == 2
+    retry = next(e for e in ctx.events.read("m") if e.kind == "update.retrying")
+    assert retry.data["rejected"] == 2 and retry.data["batches"] == [ids[1]]
+    state = registry.batch_state(ids[1])
+    assert (state.status, state.version) == (BatchStatus.REJECTED, 3) and "base" in state.detail
+    assert registry.pending("m") == []
