@@ -7,7 +7,8 @@ picked a fragile lambda; 1 on permuted); the chosen lambda is then run on the ot
 reported over all 5 seeds (the grid seeds' runs are reused). Both Fisher estimators see the same samples (the
 site's whole training set). Exact and minibatch-squared rows of one configuration share seeds, so their
 difference is also reported paired, seed by seed. Jobs run in 2 processes, 1 torch thread each.
-Run: python bench/continual.py [--quick]. Prints tables and writes bench/results/continual.json.
+Run: python bench/continual.py [--quick] [--seeds N --policies P,.. --streams S,.. --name NAME]. Prints tables
+and writes bench/results/continual.json (or NAME.json).
 """
 
 from __future__ import annotations
@@ -148,9 +149,9 @@ def _run_all(jobs: list[tuple], workers: int) -> dict[tuple, dict[str, Any]]:
     return out
 
 
-def ewc_methods() -> list[Method]:
+def ewc_methods(policies: tuple[str, ...] = POLICIES) -> list[Method]:
     """Every EWC configuration: mode x Fisher estimator x BatchNorm policy."""
-    return [Method("ewc", bn, mode, est) for bn in POLICIES for mode in ("separate", "online")
+    return [Method("ewc", bn, mode, est) for bn in policies for mode in ("separate", "online")
             for est in ("per_sample", "minibatch_squared")]
 
 
@@ -166,9 +167,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def benchmark(streams: tuple[str, ...], grid: list[float], grid_seeds: dict[str, list[int]], seeds: list[int],
-              base: dict[str, Any], workers: int) -> dict[str, Any]:
+              base: dict[str, Any], workers: int, policies: tuple[str, ...] = POLICIES) -> dict[str, Any]:
     """Grid stage (EWC lambdas on each stream's grid seeds), then every row at its chosen lambda on all seeds."""
-    grid_jobs = [(m, s, seed, lam, base) for s in streams for m in ewc_methods() for lam in grid
+    methods = ewc_methods(policies)
+    grid_jobs = [(m, s, seed, lam, base) for s in streams for m in methods for lam in grid
                  for seed in grid_seeds[s]]
     t0 = time.perf_counter()
     grid_out = _run_all(grid_jobs, workers)
@@ -176,13 +178,13 @@ def benchmark(streams: tuple[str, ...], grid: list[float], grid_seeds: dict[str,
     best: dict[tuple[str, str], float] = {}
     grid_table: dict[str, dict[str, dict[str, float]]] = {}
     for s in streams:
-        for m in ewc_methods():
+        for m in methods:
             means = {lam: float(np.mean([grid_out[(m, s, seed, lam)]["ACC"] for seed in grid_seeds[s]]))
                      for lam in grid}
             best[(s, m.name)] = max(means, key=means.__getitem__)
             grid_table.setdefault(s, {})[m.name] = {f"{lam:g}": v for lam, v in means.items()}
-    rows = [(m, s, best[(s, m.name)]) for s in streams for m in ewc_methods()]
-    rows += [(Method("naive", bn), s, 0.0) for s in streams for bn in POLICIES] + [(Method("joint"), s, 0.0)
+    rows = [(m, s, best[(s, m.name)]) for s in streams for m in methods]
+    rows += [(Method("naive", bn), s, 0.0) for s in streams for bn in policies] + [(Method("joint"), s, 0.0)
                                                                                      for s in streams]
     final_jobs = [(m, s, seed, lam, base) for m, s, lam in rows for seed in seeds
                   if (m, s, seed, lam) not in grid_out]
@@ -268,29 +270,33 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="per site (default 5: the 2-core budget)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--policies", default=",".join(POLICIES), help="BatchNorm policies to run, comma-separated")
+    parser.add_argument("--streams", default=",".join(STREAMS), help="streams to run, comma-separated")
+    parser.add_argument("--name", default="continual", help="results file: bench/results/<name>.json")
     args = parser.parse_args()
+    policies = tuple(args.policies.split(","))
     defaults = TrainConfig()
     base = {"epochs": args.epochs or (2 if args.quick else 5), "lr": defaults.lr,
             "bn_lr_multiplier": defaults.bn_lr_multiplier, "batch_size": defaults.batch_size, "fisher_samples": None}
     grid = [1e2, 1e4] if args.quick else [float(f"{10 ** (k / 2):.0g}") for k in range(11)]
     seeds = list(range(2 if args.quick else args.seeds))
-    streams = ("digits",) if args.quick else STREAMS
+    streams = ("digits",) if args.quick else tuple(args.streams.split(","))
     started = time.perf_counter()
     grid_seeds = {"digits": seeds[:2], "permuted": seeds[:1]}  # budget: permuted's grid on one seed
-    out = benchmark(streams, grid, grid_seeds, seeds, base, args.workers)
+    out = benchmark(streams, grid, grid_seeds, seeds, base, args.workers, policies)
     out["paired_exact_minus_minibatch_squared"] = {s: paired_estimator_gain(r) for s, r in out["results"].items()}
-    if "digits" in out["results"]:
+    if "digits" in out["results"] and set(policies) == set(POLICIES):
         out["targets"] = targets(out["results"]["digits"])
     out["timing"]["total_s"] = time.perf_counter() - started
     print_tables(out, len(seeds))
-    settings = {"quick": args.quick, "train": base, "lambda_grid": grid, "grid_seeds": grid_seeds, "seeds": seeds,
+    settings = {"quick": args.quick, "policies": list(policies), "train": base, "lambda_grid": grid, "grid_seeds": grid_seeds, "seeds": seeds,
                 "streams": list(streams), "sites_per_stream": 5, "train_per_site": TRAIN_PER_SITE,
                 "route_chunk": ROUTE_CHUNK, "workers": args.workers, "torch_threads_per_worker": 1,
                 "budget": "lambda chosen per configuration by mean ACC on the grid seeds; chosen lambda then run on "
                           "all seeds (grid-seed runs reused); naive = fine-tuning with no penalty; joint = one model "
                           "on all sites' training data (BatchNorm updated); per_site rows evaluate each site with its "
                           "own BatchNorm, ACC routed with the BatchNorm chosen by MAP routing per 32-sample chunk"}
-    path = write_result("continual", {"machine": machine_info(), "versions": versions("torch", "numpy", "ray"),
+    path = write_result(args.name, {"machine": machine_info(), "versions": versions("torch", "numpy", "ray"),
                                       "settings": settings, **out})
     Console().print(f"wrote {path} in {out['timing']['total_s']:.0f} s")
 
