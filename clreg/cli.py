@@ -31,6 +31,7 @@ from clreg import context, demo, embedded
 from clreg.client import ApiError, Client
 from clreg.daemon import Daemon
 from clreg.settings import Settings
+from registry.dicom import dicom_study
 
 app = typer.Typer(help="clreg: continual-learning model registry daemon", no_args_is_help=True)
 models_app = typer.Typer(help="Register models")
@@ -109,13 +110,24 @@ def sites_add(site: str, threshold: float | None = None, as_json: JsonOpt = Fals
 def push(site: str, file: Path, model: Annotated[str, typer.Option()] = "digits",
          token: Annotated[str, typer.Option(envvar="CLREG_SITE_TOKEN", help="the site's token")] = "",
          wait: bool = False, as_json: JsonOpt = False) -> None:
-    """Push a labelled batch for a site: an npz (arrays x and y), or a .zip of DICOM files with labels.csv."""
+    """Push a labelled batch for a site: an npz (arrays x and y), or DICOM files with a labels.csv, as a .zip
+    or as a folder (its top-level files are zipped on the way)."""
     client = _client()
-    kind = "application/zip" if file.suffix.lower() == ".zip" else "application/octet-stream"
-    answer = client.push(site, token, file.read_bytes(), model, content_type=kind)
+    if file.is_dir():
+        body, kind = _zip_folder(file), "application/zip"
+    else:
+        kind = "application/zip" if file.suffix.lower() == ".zip" else "application/octet-stream"
+        body = file.read_bytes()
+    answer = client.push(site, token, body, model, content_type=kind)
     if wait:
         answer = _wait_with_progress(client, answer["batch_id"])
     _emit(answer, as_json)
+
+
+def _zip_folder(folder: Path) -> bytes:
+    """The folder's top-level files (DICOM files and labels.csv) as a zip, in name order."""
+    files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    return dicom_study(files, None)
 
 
 EPOCH = re.compile(r"site (?P<site>\S+): epoch (?P<epoch>\d+)/(?P<total>\d+)")

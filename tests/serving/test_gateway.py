@@ -201,3 +201,20 @@ def test_dicom_studies_are_ingested_as_batches_and_kept_as_sent(stack: Stack, cl
         client.push("gw-site", token, b"PK but broken", "gw", content_type="application/zip")
     assert (err.value.status, err.value.code) == (400, "malformed_batch")
     assert _state(stack) == before
+
+
+def test_cli_pushes_a_folder_of_dicom_files(stack: Stack, client: Client, token: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clreg.cli import app
+    from tests.registry.dicomdata import dcm, square
+
+    for i in range(3):
+        (tmp_path / f"scan{i}.dcm").write_bytes(dcm(square("tl", size=24, value=1000 * (i + 1))))
+    (tmp_path / "labels.csv").write_text("file,label\nscan0.dcm,0\nscan1.dcm,1\nscan2.dcm,2\n")
+    env = {"CLREG_HOME": str(stack.settings.home), "CLREG_SERVE__PORT": str(stack.settings.serve.port),
+           "CLREG_SITE_TOKEN": token}
+    out = CliRunner().invoke(app, ["push", "gw-site", str(tmp_path), "--model", "gw", "--json"], env=env)
+    assert out.exit_code == 0, out.output
+    answer = json.loads(out.output)
+    assert (answer["status"], answer["samples"]) == ("accepted", 3)
