@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import machine_info, versions, write_result  # noqa: E402
 from bench.continual import split  # noqa: E402
 
-from learner.calibration import out_of_fold_proba, site_temperatures  # noqa: E402
+from learner.calibration import out_of_fold_proba, proba_nll, site_temperatures  # noqa: E402
 from learner.evaluate import expected_calibration_error, predict_logits  # noqa: E402
 from learner.ewc import EWCState, state_from_bytes  # noqa: E402
 from learner.models import small_cnn  # noqa: E402
@@ -60,8 +60,7 @@ def cross_fitted(scored: Scored, seed: int) -> dict[str, dict[str, Any]]:
     for method, per_site in out_of_fold_proba(scored, folds=2, seed=seed).items():
         for site, proba in per_site.items():
             z, y = scored[site]
-            log_p = np.log(np.clip(proba[np.arange(len(y)), y], 1e-300, None))
-            out.setdefault(method, {})[site] = {"ECE": expected_calibration_error(y, proba), "NLL": float(-log_p.mean()),
+            out.setdefault(method, {})[site] = {"ECE": expected_calibration_error(y, proba), "NLL": proba_nll(proba, y),
                                                 "accuracy": float((z.argmax(1) == y).mean())}
     pooled, own = site_temperatures(scored)
     for site in scored:

@@ -111,11 +111,12 @@ def out_of_fold_proba(scored: Scored, folds: int = 2, seed: int = 0) -> dict[str
 
 def _fit(temperature: float, y: np.ndarray, raw: np.ndarray, after: np.ndarray) -> CalibrationFit:
     return CalibrationFit(temperature=temperature, samples=len(y), ece=expected_calibration_error(y, raw),
-                          ece_calibrated=expected_calibration_error(y, after), nll=_nll(raw, y),
-                          nll_calibrated=_nll(after, y), out_of_fold=after)
+                          ece_calibrated=expected_calibration_error(y, after), nll=proba_nll(raw, y),
+                          nll_calibrated=proba_nll(after, y), out_of_fold=after)
 
 
-def _nll(proba: np.ndarray, y: np.ndarray) -> float:
+def proba_nll(proba: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of the labels under given probabilities (clipped away from log 0)."""
     return float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-300, None)).mean())
 
 
