@@ -80,7 +80,8 @@ def update(ctx: Context, model: Model) -> int | None:
         batches = [ctx.registry.get_batch(b) for b in ctx.registry.pending(model.name)]
         if not batches:
             return None
-        return _update(ctx, model, sorted(batches, key=lambda b: b.created_at))
+        with lease.kept_alive():  # training (and a retry) may outlast one lease
+            return _update(ctx, model, sorted(batches, key=lambda b: b.created_at))
     finally:
         lease.release()
 

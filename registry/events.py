@@ -8,11 +8,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import redis
 
+from registry.errors import StoreUnavailable
 from registry.records import Event, check_name, parse
 from registry.store import RedisRegistry, translated
 
@@ -20,8 +25,14 @@ GROUP = "daemon"
 ALERT_KINDS = frozenset({"drift.alert", "gate.failed", "update.failed", "serving.failed"})
 
 # Release a lock only if we still hold it (a lease that expired may belong to someone else now).
+log = logging.getLogger(__name__)
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -115,6 +126,7 @@ class Lease:
         self._lease_ms = int(lease_s * 1000)
         self._token = uuid.uuid4().hex
         self._release = registry.r.register_script(_RELEASE)
+        self._renew = registry.r.register_script(_RENEW)
 
     @translated
     def acquire(self) -> bool:
@@ -123,3 +135,28 @@ class Lease:
     @translated
     def release(self) -> None:
         self._release(keys=[self._key], args=[self._token])
+
+    @translated
+    def renew(self) -> bool:
+        """Extend the lease by its full length; False when it is no longer ours (it expired and was taken)."""
+        return bool(self._renew(keys=[self._key], args=[self._token, self._lease_ms]))
+
+    @contextlib.contextmanager
+    def kept_alive(self) -> Iterator[None]:
+        """Renew the lease every third of its length while the block runs (an update may outlast one lease)."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self._lease_ms / 3000):
+                try:
+                    self.renew()
+                except StoreUnavailable as e:  # Redis away for a moment: the next beat tries again
+                    log.warning("lease renewal failed: %s", e)
+
+        thread = threading.Thread(target=beat, name="clreg-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()

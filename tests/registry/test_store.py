@@ -136,6 +136,18 @@ def test_lease_allows_one_holder(registry: RedisRegistry) -> None:
     assert b.acquire()
 
 
+def test_a_kept_alive_lease_outlasts_its_length_and_only_its_holder_renews(registry: RedisRegistry) -> None:
+    holder, other = Lease(registry, "m", lease_s=1.0), Lease(registry, "m", lease_s=1.0)
+    assert holder.acquire()
+    with holder.kept_alive():
+        for _ in range(10):  # 2.5 s: two and a half lease lengths
+            time.sleep(0.25)
+            assert not other.acquire()
+    assert not other.renew()  # not the holder
+    time.sleep(1.3)  # no more beats: the lease runs out
+    assert other.acquire() and not holder.renew()
+
+
 def test_production_holder_keeps_its_status_until_the_alias_moves(registry: RedisRegistry) -> None:
     _model(registry)
     v1, v2 = _version(registry), _version(registry)
