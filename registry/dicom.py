@@ -63,17 +63,33 @@ def _members(data: bytes, limits: DicomLimits) -> dict[str, bytes]:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as e:
         raise MalformedBatch(f"the body is not a readable zip: {e}") from e
-    infos = [i for i in archive.infolist() if not i.is_dir()]
+    infos = [i for i in archive.infolist() if not i.is_dir() and not _clutter(i.filename)]
     if len(infos) > limits.max_files + 1:
         raise BatchMismatch(f"the zip holds {len(infos)} files; send at most {limits.max_files} images")
     if sum(i.file_size for i in infos) > limits.max_unzipped_bytes:
         raise BatchMismatch(f"the zip inflates to more than {limits.max_unzipped_bytes} bytes")
-    if LABELS_FILE not in {i.filename for i in infos}:
+    top = _common_folder([i.filename for i in infos])
+    if LABELS_FILE not in {_name(i.filename, top) for i in infos}:
         raise MalformedBatch(f"the zip must hold {LABELS_FILE} (columns file,label) at its top level")
     try:  # read() stops at the declared size and checks the CRC, so a lying header cannot inflate more
-        return {i.filename: archive.read(i) for i in infos}
+        return {_name(i.filename, top): archive.read(i) for i in infos}
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise MalformedBatch(f"the zip is damaged: {e}") from e
+
+
+def _clutter(name: str) -> bool:
+    """Entries archivers add beside the files (macOS resource forks, .DS_Store and other dot files)."""
+    return name.startswith("__MACOSX/") or name.rsplit("/", 1)[-1].startswith(".")
+
+
+def _common_folder(names: list[str]) -> str:
+    """The one top-level folder every entry sits in ("study/" when a folder was zipped), else ""."""
+    tops = {n.split("/", 1)[0] + "/" for n in names if "/" in n}
+    return tops.pop() if len(tops) == 1 and all("/" in n for n in names) else ""
+
+
+def _name(name: str, top: str) -> str:
+    return name[len(top):] if top and name.startswith(top) else name
 
 
 def _labels(raw: bytes) -> dict[str, int]:

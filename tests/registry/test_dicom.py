@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 
 import numpy as np
 import pytest
@@ -84,6 +85,17 @@ def test_the_same_study_gives_the_same_bytes_whatever_the_zip_order() -> None:
 def test_bad_studies_are_refused_with_the_reason(body: bytes, error: type, words: str) -> None:
     with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):
         dicom_zip_to_npz(body, GREY, DicomLimits())
+
+
+def test_a_zipped_folder_and_archiver_clutter_are_understood() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:  # what zipping a folder on a Mac gives
+        archive.writestr("study/a.dcm", dcm(square("tl")))
+        archive.writestr("study/labels.csv", "file,label\na.dcm,1\n")
+        archive.writestr("study/.DS_Store", b"\x00\x01")
+        archive.writestr("__MACOSX/study/._a.dcm", b"\x00\x05")
+    x, y = _arrays(dicom_zip_to_npz(buf.getvalue(), GREY, DicomLimits()))
+    assert x.shape == (1, 1, 16, 16) and y.tolist() == [1]
 
 
 def test_size_limits_apply_before_anything_is_inflated() -> None:
