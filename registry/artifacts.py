@@ -13,6 +13,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from registry.errors import ArtifactCorrupt, StoreUnavailable
+from registry.records import Calibration, ModelVersion, parse
 
 
 def sha256(data: bytes) -> str:
@@ -83,3 +84,9 @@ class ArtifactStore:
 def _check_digest(digest: str) -> None:
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ArtifactCorrupt(f"invalid artifact digest {digest!r}")
+
+
+def version_calibration(store: ArtifactStore, version: ModelVersion) -> Calibration | None:
+    """A version's per-site temperatures (its verified `calibration` artifact); None for versions without one."""
+    digest = version.artifacts.get("calibration")
+    return parse(Calibration, store.get(digest)) if digest else None

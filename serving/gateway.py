@@ -23,14 +23,13 @@ from ray import serve
 from starlette.concurrency import run_in_threadpool
 
 from learner.operating import operating_point, threshold_for_sensitivity
-from registry.artifacts import ArtifactStore
+from registry.artifacts import ArtifactStore, version_calibration
 from registry.batches import Limits, ingest, token_sha256
 from registry.dicom import DicomLimits, dicom_zip_to_npz
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.events import EventLog, IngestQueue
 from registry.records import (
     SERVABLE,
-    Calibration,
     InputSpec,
     Model,
     ModelVersion,
@@ -39,7 +38,6 @@ from registry.records import (
     SiteCalibration,
     VersionStatus,
     check_name,
-    parse,
 )
 from registry.store import RedisRegistry
 from serving import metrics
@@ -98,8 +96,8 @@ def _html_page(stored: bytes, accept_encoding: str) -> Response:
 
 def _site_calibration(artifacts: ArtifactStore, version: ModelVersion, site: str) -> SiteCalibration:
     """A site's calibration in a version, with the held-out scores that operating points need."""
-    digest = version.artifacts.get("calibration")
-    cal = parse(Calibration, artifacts.get(digest)).sites.get(site) if digest else None
+    calibration = version_calibration(artifacts, version)
+    cal = calibration.sites.get(site) if calibration else None
     if cal is None:
         raise NotFound(f"version {version.number} of {version.model} has no held-out data of site {site!r}")
     if cal.scores is None or cal.labels is None:
@@ -202,9 +200,9 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         if view is None:
             reg.get_version(name, number)  # raises NotFound with the right message
         gate = reg.get_gate_report(view.gate_report_id).model_dump() if view.gate_report_id else None
-        digest = view.version.artifacts.get("calibration")
-        calibration = parse(Calibration, artifacts.get(digest)).model_dump() if digest else None
-        return {**view.model_dump(mode="json"), "gate_report": gate, "calibration": calibration}
+        calibration = version_calibration(artifacts, view.version)
+        return {**view.model_dump(mode="json"), "gate_report": gate,
+                "calibration": calibration.model_dump() if calibration else None}
 
     @app.get("/v1/models/{name}/aliases")
     def aliases(name: str) -> dict:

@@ -29,11 +29,11 @@ from starlette.responses import JSONResponse, Response
 from learner.errors import LearnerError
 from learner.models import build_model, load_weights, to_tensor
 from learner.sitebn import bank_from_bytes, site_model
-from registry.artifacts import ArtifactStore
+from registry.artifacts import ArtifactStore, version_calibration
 from registry.errors import RegistryError
 from registry.events import EventLog
 from registry.inputs import InputLog
-from registry.records import Calibration, InputSpec, Model, ModelVersion, parse
+from registry.records import InputSpec, Model, ModelVersion
 from registry.store import RedisRegistry
 from serving.config import ServingConfig
 from serving.errors import BadRequest, NotReady, PayloadTooLarge, UnsupportedMedia
@@ -107,8 +107,7 @@ class ModelServer:
         bank = bank_from_bytes(self.artifacts.get(version.artifacts["bn_bank"])) \
             if "bn_bank" in version.artifacts else None
         sites = {s: site_model(module, bank, s).eval() for s in bank} if bank else {}
-        calibration = parse(Calibration, self.artifacts.get(version.artifacts["calibration"])) \
-            if "calibration" in version.artifacts else None
+        calibration = version_calibration(self.artifacts, version)
         with torch.no_grad():  # warm-up, so the first real request does not pay for it
             for net in [module, *sites.values()]:
                 net(torch.zeros(1, spec.channels, spec.height, spec.width, device=self.device))
