@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import httpx
 import numpy as np
+import ray
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -27,11 +28,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from clreg import context, demo, embedded
+from clreg import context, demo, embedded, faults
 from clreg.client import ApiError, Client
 from clreg.daemon import Daemon
+from clreg.errors import ClregError
 from clreg.settings import Settings
+from registry.connection import StoreConfig
 from registry.dicom import dicom_study
+from serving import deploy
 
 app = typer.Typer(help="clreg: continual-learning model registry daemon", no_args_is_help=True)
 models_app = typer.Typer(help="Register models")
@@ -61,20 +65,71 @@ def _emit(data: Any, as_json: bool, table: Table | None = None) -> None:
 
 @app.command()
 def up() -> None:
-    """Start Redis (embedded unless CLREG_REDIS__URL), Ray, Ray Serve and the daemon; Ctrl-C stops all."""
+    """Start Redis (embedded unless CLREG_REDIS__URL), Ray, Ray Serve and the daemon; Ctrl-C or SIGTERM stops all."""
     settings = _settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _logging()
+    faults.arm(settings.faults)
     stack = embedded.start(settings)
-    daemon = Daemon(context.build(settings, stack.store, stack.url))
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: daemon.stop())
-    console.print(f"clreg is up at {stack.url} (Redis {stack.redis_url}); admin token in "
+    daemon = Daemon(context.build(settings, stack.store, stack.url), settings.daemon, role="up")
+    _stop_on_signals(daemon)
+    for note in stack.notes:
+        console.print(note)
+    redis_shown = stack.redis_url.split("@")[-1]  # never print the password
+    console.print(f"clreg is up at {stack.url} (Redis {redis_shown}); admin token in "
                   f"{settings.home / 'tokens.json'}. Ctrl-C stops it.")
     try:
         daemon.run()
     finally:
         stack.stop()
         console.print("clreg stopped.")
+
+
+@app.command("daemon")
+def daemon_cmd(name: Annotated[str | None, typer.Option(help="consumer name, one per daemon")] = None) -> None:
+    """Run only the pipeline worker, against a running Redis, Ray and Serve (several may share the stream)."""
+    settings = _settings()
+    if name:
+        settings = settings.model_copy(update={"daemon": settings.daemon.model_copy(update={"name": name})})
+    _logging()
+    faults.arm(settings.faults)
+    store = StoreConfig(url=embedded.redis_url(settings), prefix=settings.redis.prefix)
+    embedded.start_ray(settings.ray)
+    daemon = Daemon(context.build(settings, store, _public_url(settings)), settings.daemon)
+    _stop_on_signals(daemon)
+    console.print(f"daemon {daemon.me.name} (pid {daemon.me.pid}) follows the ingest stream")
+    try:
+        daemon.run()
+    finally:
+        ray.shutdown()
+        console.print(f"daemon {daemon.me.name} stopped.")
+
+
+@app.command("serve")
+def serve_cmd() -> None:
+    """Deploy or update the Serve applications on the Ray cluster (CLREG_RAY__ADDRESS), then exit."""
+    settings = _settings()
+    _logging()
+    store = StoreConfig(url=embedded.redis_url(settings), prefix=settings.redis.prefix)
+    embedded.start_ray(settings.ray)
+    try:
+        deploy.start(embedded.serving_config(settings, store, embedded.admin_token(settings.home)))
+    finally:
+        ray.shutdown()
+    console.print(f"clreg is served at {_public_url(settings)}")
+
+
+def _public_url(settings: Settings) -> str:
+    return f"http://{settings.serve.host}:{settings.serve.port}"
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _stop_on_signals(daemon: Daemon) -> None:
+    """SIGINT and SIGTERM: take no new entries, cancel a running training (the next start resumes it)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: daemon.stop())
 
 
 @app.command("demo")
@@ -285,6 +340,9 @@ def _when(ts: float) -> str:
 def main() -> None:
     try:
         app()
+    except ClregError as e:
+        console.print(f"[red]error[/] {e}")
+        sys.exit(2)
     except ApiError as e:
         console.print(f"[red]error[/] {e}")
         sys.exit(2)

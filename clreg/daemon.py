@@ -1,81 +1,130 @@
 """The daemon: consume the ingest stream, run the pipeline per batch, run periodic jobs, stop cleanly.
 
-Entries are acked only after `pipeline.process` returns, so a daemon killed mid-batch re-reads the entry
-(its pending list) on restart and the pipeline resumes from the batch's stored state.
+Crash safety, in three parts:
+- an entry is acked only when its batch has a verdict (or waits in the pending set by design), so a daemon
+  killed mid-batch finds the entry in its pending list when it starts again, and resumes it;
+- while alive, the daemon beats a heartbeat and touches its pending entries; a dead daemon's entries grow
+  idle and another daemon claims them (XAUTOCLAIM) after `claim_idle_s`;
+- an entry whose model is being updated by another live daemon is kept, not acked, and retried every
+  `retry_s` until that update has taken it in or finished.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import re
+import time
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from clreg import pipeline, watch
 from clreg.context import Context
-from registry.errors import NotFound, RegistryError
+from clreg.settings import DaemonConfig
+from learner.errors import TrainingInterrupted
+from registry.daemons import Daemons, incarnation, this_host
+from registry.errors import LeaseLost, NotFound, RegistryError, StoreUnavailable
 from registry.events import IngestQueue
-from registry.records import BatchState, BatchStatus
+from registry.records import BatchState, BatchStatus, Incarnation
 from registry.retention import Retention
 
 log = logging.getLogger(__name__)
 
 
+def default_name(role: str) -> str:
+    """`<role>-<host>` in the name pattern (lower case, other characters as '-')."""
+    host = re.sub(r"[^a-z0-9_-]+", "-", this_host().lower()).strip("-_") or "localhost"
+    return f"{role}-{host}"[:63]
+
+
 class Daemon:
-    def __init__(self, ctx: Context, consumer: str = "daemon-1") -> None:
+    def __init__(self, ctx: Context, cfg: DaemonConfig = DaemonConfig(), role: str = "daemon") -> None:
         self.ctx = ctx
-        self.queue = IngestQueue(ctx.registry, consumer)
-        self.stopping = threading.Event()
+        self.cfg = cfg
+        self.me: Incarnation = incarnation(cfg.name or default_name(role), role)
+        self.worker = pipeline.Worker(self.me, lease_s=cfg.lease_s)
+        self.queue = IngestQueue(ctx.registry, self.me.name)
+        self.daemons = Daemons(ctx.registry, cfg.heartbeat_ttl_s)
         self.processed = 0
+        self.doing = ""
         self.scheduler = BackgroundScheduler(daemon=True)
+        self._jobs(ctx)
+
+    def _jobs(self, ctx: Context) -> None:
+        every = {"max_instances": 1, "coalesce": True}
+        self.scheduler.add_job(self.heartbeat, "interval", seconds=self.cfg.heartbeat_s, id="heartbeat", **every)
         self.scheduler.add_job(self.flush_pending, "interval", seconds=ctx.trigger.flush_interval_s,
-                               id="flush-pending", max_instances=1, coalesce=True)
+                               id="flush-pending", **every)
         if ctx.watch.enabled:  # drift of the inputs Serve sees, before their labels arrive
             self.scheduler.add_job(watch.run, "interval", args=[ctx], seconds=ctx.watch.interval_s,
-                                   id="watch-inputs", max_instances=1, coalesce=True)
+                                   id="watch-inputs", **every)
         if ctx.retention.enabled:
             self.scheduler.add_job(self.apply_retention, "interval", seconds=ctx.retention.interval_s,
-                                   id="retention", max_instances=1, coalesce=True)
+                                   id="retention", **every)
+
+    @property
+    def stopping(self) -> bool:
+        return self.worker.stop.is_set()
 
     def run(self) -> None:
-        """Block until `stop()`: resume unacked entries first, then follow the stream."""
+        """Block until `stop()`: resume this daemon's unacked entries, claim dead daemons', follow the stream."""
+        dead = self.daemons.register(self.me, wait_s=self.cfg.heartbeat_ttl_s + 1)
+        if dead is not None:
+            log.info("%s restarted: its earlier start (pid %s on %s) is gone; resuming its work",
+                     self.me.name, dead.pid, dead.host)
         self.queue.ensure_group()
         self.scheduler.start()
         try:
-            self._drain(pending=True)
-            while not self.stopping.is_set():
-                self._drain(pending=False)
+            self._loop()
         finally:
-            self.scheduler.shutdown(wait=False)
+            self.scheduler.shutdown(wait=True)  # a flush job in flight sees the stop event and returns
+            try:
+                self.daemons.retire(self.me)
+            except RegistryError as e:
+                log.warning("heartbeat of %s not removed: %s", self.me.name, e)
 
     def stop(self) -> None:
-        self.stopping.set()
+        """Take no new entries; a running training is cancelled and resumed by the next start."""
+        self.worker.stop.set()
 
-    def _drain(self, pending: bool) -> None:
-        try:
-            entries = self.queue.read(block_ms=500, pending=pending)
-        except RegistryError as e:
-            log.warning("ingest stream unreadable, retrying: %s", e)
-            self.stopping.wait(1.0)
-            return
-        for entry_id, model, batch_id in entries:
-            if self.stopping.is_set():
-                return
-            self._one(entry_id, model, batch_id)
+    def _loop(self) -> None:
+        next_sweep, backoff = 0.0, self.cfg.retry_s
+        while not self.stopping:
+            try:
+                if time.monotonic() >= next_sweep:  # own pending entries first, then dead daemons' ones
+                    entries = self.queue.read(pending=True, count=100) + self.queue.claim_idle(self.cfg.claim_idle_s)
+                    next_sweep = time.monotonic() + self.cfg.retry_s
+                else:
+                    entries = self.queue.read(block_ms=500)
+                backoff = self.cfg.retry_s
+            except RegistryError as e:  # Redis away: wait, longer each time, then read again
+                log.warning("ingest stream unreadable, retrying in %.1f s: %s", backoff, e)
+                self.worker.stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            for entry_id, model, batch_id in entries:
+                if self.stopping:
+                    return
+                self._one(entry_id, model, batch_id)
 
     def _one(self, entry_id: str, model: str, batch_id: str) -> None:
+        self.doing = f"{model}: batch {batch_id[:12]}"
         try:
-            pipeline.process(self.ctx, batch_id)
+            outcome = pipeline.process(self.ctx, self.worker, batch_id)
         except NotFound as e:  # the record is gone: nothing to resume, drop the entry
             log.error("batch %s of %s dropped: %s", batch_id[:12], model, e)
-        except RegistryError as e:  # Redis or storage down: leave it unacked, it is re-read on restart
-            log.error("batch %s of %s not processed: %s", batch_id[:12], model, e)
+            outcome = pipeline.Outcome.DONE
+        except (StoreUnavailable, LeaseLost, TrainingInterrupted) as e:  # kept: the entry is retried or resumed
+            log.warning("batch %s of %s not finished, kept for later: %s", batch_id[:12], model, e)
             return
         except Exception as e:  # the loop's edge: one poison batch must not stop the daemon
             log.exception("batch %s of %s failed", batch_id[:12], model)
             self._fail(model, batch_id, e)
-        self.queue.ack(entry_id)
-        self.processed += 1
+            outcome = pipeline.Outcome.DONE
+        finally:
+            self.doing = ""
+        if outcome is pipeline.Outcome.DONE:
+            self.queue.ack(entry_id)
+            self.processed += 1
 
     def _fail(self, model: str, batch_id: str, error: Exception) -> None:
         try:
@@ -85,10 +134,18 @@ class Daemon:
         except RegistryError as e:
             log.error("could not record the failure of batch %s: %s", batch_id[:12], e)
 
+    def heartbeat(self) -> None:
+        """Periodic job: say this daemon lives, and keep its pending entries from being claimed."""
+        try:
+            self.daemons.beat(self.me, doing=self.doing, processed=self.processed)
+            self.queue.touch()
+        except RegistryError as e:
+            log.warning("heartbeat failed: %s", e)
+
     def apply_retention(self) -> None:
         """Periodic job: archive old candidates and rejected versions, prune artifacts nothing kept uses."""
         try:
-            report = Retention(self.ctx.registry, self.ctx.artifacts, self.ctx.retention.policy).run()
+            report = Retention(self.ctx.registry, self.ctx.artifacts, self.ctx.retention.policy, self.me).run()
         except RegistryError as e:  # Redis or storage down: the next run tries again
             log.warning("retention skipped: %s", e)
             return
@@ -97,6 +154,9 @@ class Daemon:
 
     def flush_pending(self) -> None:
         """Periodic job: learn batches that arrived but never reached a trigger on their own."""
-        for name in self.ctx.registry.list_models():
-            if self.ctx.registry.pending(name):
-                pipeline.update(self.ctx, self.ctx.registry.get_model(name))
+        try:
+            for name in self.ctx.registry.list_models():
+                if self.ctx.registry.pending(name) and not self.stopping:
+                    pipeline.update(self.ctx, self.worker, self.ctx.registry.get_model(name))
+        except (RegistryError, TrainingInterrupted) as e:  # the next run, or the entries' owners, finish it
+            log.warning("flush of pending batches stopped: %s", e)

@@ -46,7 +46,7 @@ def run(settings: Settings, console: Console, seed: int = 0) -> bool:
     settings = settings.model_copy(update=update)
     console.print(f"[bold]clreg demo[/] state in {home}; starting Redis, Ray and Ray Serve ...")
     stack = embedded.start(settings)
-    daemon = Daemon(context.build(settings, stack.store, stack.url))
+    daemon = Daemon(context.build(settings, stack.store, stack.url), settings.daemon, role="up")
     thread = threading.Thread(target=daemon.run, name="clreg-daemon", daemon=True)
     thread.start()
     try:

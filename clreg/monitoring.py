@@ -26,8 +26,8 @@ def check_batch(ctx: Context, model: Model, batch: Batch, production: ModelVersi
         return None
     x, y = ctx.arrays(model, batch)
     reference, current = features(ctx, model, production, x, y)
-    check = check_drift(reference, current, report_id=new_report_id(), model=model.name, site=batch.site,
-                        batch_id=batch.id, reference_version=production.number, cfg=ctx.drift)
+    check = check_drift(reference, current, report_id=batch_report_id(batch, production), model=model.name,
+                        site=batch.site, batch_id=batch.id, reference_version=production.number, cfg=ctx.drift)
     return record(ctx, check)
 
 
@@ -41,6 +41,11 @@ def features(ctx: Context, model: Model, production: ModelVersion, x: np.ndarray
 
 def new_report_id() -> str:
     return f"d-{uuid.uuid4().hex[:16]}"
+
+
+def batch_report_id(batch: Batch, reference: ModelVersion) -> str:
+    """One report per batch and reference version: a replayed check overwrites its own report."""
+    return f"d-{batch.id[:16]}-v{reference.number}"
 
 
 def record(ctx: Context, check: DriftCheck) -> DriftReport:

@@ -1,49 +1,77 @@
 """One batch through clreg: drift -> trigger -> learn -> register -> gate -> promote, in plain calls.
 
-`process()` is called by the daemon for every ingest entry. It is safe to call twice for the same batch
-(a crash between steps re-delivers the entry): each step looks at the batch's stored state first.
+`process()` is called by the daemon for every ingest entry, and again for the same batch after any crash:
+each step looks at what is stored first (`clreg.recovery`), so a replay from any point ends in the same
+state, with no second alias move and no version left without a verdict. Registration and promotion are
+fenced by the model's update lease: a process that lost its lease cannot write either.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import threading
+from dataclasses import dataclass, field
+from enum import Enum
 
+from clreg import faults, recovery
 from clreg.context import Context
 from clreg.gating import gate
 from clreg.learning import learn
 from clreg.monitoring import check_batch
-from learner.errors import LearnerError
+from learner.errors import LearnerError, TrainingInterrupted
 from learner.train import TrainConfig
 from monitor.errors import MonitorError
-from registry.events import Lease
+from registry.errors import StoreUnavailable
+from registry.leases import Lease, tool
 from registry.records import (
+    FINAL_BATCH,
     Batch,
     BatchState,
     BatchStatus,
     DriftReport,
     GateReport,
+    Incarnation,
     Model,
     ModelVersion,
     VersionStatus,
+    VersionView,
 )
 
 log = logging.getLogger(__name__)
 
 
-def process(ctx: Context, batch_id: str) -> None:
+class Outcome(Enum):
+    DONE = "done"  # the batch has its verdict, or waits in the pending set by design: ack its entry
+    DEFERRED = "deferred"  # another live process holds the model's update lease: keep the entry, try again
+
+
+@dataclass(frozen=True)
+class Worker:
+    """The process running the pipeline: who holds the leases, and the event that asks it to stop."""
+
+    me: Incarnation = field(default_factory=tool)  # a daemon's incarnation; this process as a tool by default
+    stop: threading.Event = field(default_factory=threading.Event)
+    lease_s: float = 60.0
+
+
+def process(ctx: Context, worker: Worker, batch_id: str) -> Outcome:
     """Drift-check a received batch and, if it triggers, run one update for its model."""
     batch = ctx.registry.get_batch(batch_id)
     model = ctx.registry.get_model(batch.model)
     state = ctx.registry.batch_state(batch_id)
+    if state.status in FINAL_BATCH:
+        return Outcome.DONE
     if state.status is BatchStatus.RECEIVED:
+        faults.reach("after_receive")
         report = _drift(ctx, model, batch)
+        faults.reach("during_drift")
         ctx.registry.add_pending(model.name, batch.id)
-        ctx.registry.set_batch_state(batch.id, BatchState(status=BatchStatus.DRIFT_CHECKED,
-                                                          drift_report_id=report.id if report else None))
-        if not _triggers(ctx, model, batch, report):
-            return
-    update(ctx, model)
+        state = BatchState(status=BatchStatus.DRIFT_CHECKED, drift_report_id=report.id if report else None)
+        ctx.registry.set_batch_state(batch.id, state)
+    if state.status is BatchStatus.DRIFT_CHECKED and not _triggers(ctx, model, batch, state.drift_report_id):
+        return Outcome.DONE
+    return update(ctx, worker, model)
 
 
 def _drift(ctx: Context, model: Model, batch: Batch) -> DriftReport | None:
@@ -54,79 +82,117 @@ def _drift(ctx: Context, model: Model, batch: Batch) -> DriftReport | None:
         return None
 
 
-def _triggers(ctx: Context, model: Model, batch: Batch, report: DriftReport | None) -> bool:
+def _triggers(ctx: Context, model: Model, batch: Batch, report_id: str | None) -> bool:
     """A new site, detected drift, or enough samples waiting."""
     production = ctx.production(model.name)
     if production is None:
         return True
     if ctx.trigger.on_new_site and batch.site not in production.lineage.sites:
         return True
+    report: DriftReport | None = ctx.registry.get_drift_report(report_id) if report_id else None
     if ctx.trigger.on_drift and report is not None and report.drift:
         return True
     waiting = sum(ctx.registry.get_batch(b).samples for b in ctx.registry.pending(model.name))
     return waiting >= ctx.trigger.min_new_samples
 
 
-def update(ctx: Context, model: Model) -> int | None:
-    """Learn every pending batch of `model` in one candidate; the version promoted, or None.
+def update(ctx: Context, worker: Worker, model: Model) -> Outcome:
+    """Learn every pending batch of `model` in one candidate, or finish the update a dead process left.
 
-    One update per model at a time (a Redis lease); batches that arrive meanwhile wait in the pending
-    set and are coalesced into the next update.
+    One update per model at a time (a lease naming its holder; a dead holder's lease is taken over at
+    once); batches that arrive meanwhile wait in the pending set and are coalesced into the next update.
     """
-    lease = Lease(ctx.registry, model.name)
+    lease = Lease(ctx.registry, model.name, worker.me, lease_s=worker.lease_s)
     if not lease.acquire():
-        return None
+        return Outcome.DEFERRED
     try:
-        batches = [ctx.registry.get_batch(b) for b in ctx.registry.pending(model.name)]
-        if not batches:
-            return None
+        if lease.taken_from is not None:
+            dead = lease.taken_from
+            ctx.events.append(model.name, "update.taken_over", holder=dead.name, pid=dead.pid, host=dead.host)
         with lease.kept_alive():  # training (and a retry) may outlast one lease
-            return _update(ctx, model, sorted(batches, key=lambda b: b.created_at))
+            _update(ctx, worker, lease, model)
     finally:
-        lease.release()
+        try:
+            lease.release()
+        except StoreUnavailable as e:  # Redis away: the lease runs out, or this process takes it back
+            log.warning("update lease of %s not released: %s", model.name, e)
+    return Outcome.DONE
 
 
-def _update(ctx: Context, model: Model, batches: list[Batch]) -> int | None:
+def _update(ctx: Context, worker: Worker, lease: Lease, model: Model) -> None:
     """Learn, gate, promote; a candidate rejected for forgetting an earlier site is retried with a stronger
     EWC penalty (lambda x retry factor, up to `forgetting_retries` times) before the batches are given up."""
-    ids = [b.id for b in batches]
     production = ctx.production(model.name)
-    ctx.events.append(model.name, "update.started", batches=ids, parent=production.number if production else None)
-    train = ctx.train
+    batches = recovery.settle(ctx, model.name, production)
+    if not batches:
+        return
+    ids = [b.id for b in batches]
+    made = recovery.attempts(ctx, model.name, production, ids)
+    recovery.abandon_strays(ctx, model.name, keep={v.version.number for v in made})
+    ctx.events.append(model.name, "update.resumed" if made else "update.started", batches=ids,
+                      parent=production.number if production else None, candidates=[v.version.number for v in made])
     for attempt in range(ctx.gate.forgetting_retries + 1):
-        outcome = _learn_and_gate(ctx, model, production, batches, train)
+        prior = made[attempt] if attempt < len(made) else None
+        outcome = _candidate(ctx, worker, lease, model, production, batches, _train(ctx, attempt), prior)
         if outcome is None:
-            return None
+            return
         candidate, report = outcome
+        decided = prior is not None and prior.status is not VersionStatus.CANDIDATE  # verdict already stored
         if report.passed:
-            return _promote(ctx, model, candidate, report, ids)
+            _promote(ctx, lease, model, candidate, report, ids, blessed=decided)
+            return
         final = attempt == ctx.gate.forgetting_retries or not _forgot(report)
-        _reject(ctx, model, candidate, report, ids, final)
+        _reject(ctx, model, candidate, report, ids, final, recorded=decided)
         if final:
-            return None
-        train = train.model_copy(update={"ewc_lambda": train.ewc_lambda * ctx.gate.retry_lambda_factor})
-        ctx.events.append(model.name, "update.retrying", rejected=candidate.number, ewc_lambda=train.ewc_lambda,
-                          batches=ids)
-    return None
+            return
+        if attempt + 1 >= len(made):
+            ctx.events.append(model.name, "update.retrying", rejected=candidate.number, batches=ids,
+                              ewc_lambda=_train(ctx, attempt + 1).ewc_lambda)
 
 
-def _learn_and_gate(ctx: Context, model: Model, production: ModelVersion | None, batches: list[Batch],
-                    train: TrainConfig) -> tuple[ModelVersion, GateReport] | None:
-    """One candidate and its gate report; None when training failed (reported, batches given up)."""
+def _train(ctx: Context, attempt: int) -> TrainConfig:
+    """Training settings of the n-th attempt: lambda x retry factor per earlier rejection for forgetting."""
+    lam = ctx.train.ewc_lambda * ctx.gate.retry_lambda_factor ** attempt
+    return ctx.train.model_copy(update={"ewc_lambda": lam}) if attempt else ctx.train
+
+
+def _candidate(ctx: Context, worker: Worker, lease: Lease, model: Model, production: ModelVersion | None,
+               batches: list[Batch], train: TrainConfig,
+               prior: VersionView | None) -> tuple[ModelVersion, GateReport] | None:
+    """One gated candidate: the one an earlier process made (with its verdict, if it reached one) or a new one.
+
+    None when training failed (reported, batches given up)."""
+    if prior is not None and prior.gate_report_id and prior.status is not VersionStatus.CANDIDATE:
+        return prior.version, ctx.registry.get_gate_report(prior.gate_report_id)
+    candidate = prior.version if prior is not None else _learn(ctx, worker, lease, model, production, batches, train)
+    if candidate is None:
+        return None
+    report = gate(ctx, model, candidate, production)
+    _set_states(ctx, [b.id for b in batches], BatchStatus.GATED, version=candidate.number)
+    return candidate, report
+
+
+def _learn(ctx: Context, worker: Worker, lease: Lease, model: Model, production: ModelVersion | None,
+           batches: list[Batch], train: TrainConfig) -> ModelVersion | None:
+    """Train and register a candidate; None when training failed (reported, batches given up)."""
     ids = [b.id for b in batches]
     _set_states(ctx, ids, BatchStatus.TRAINING)
     try:
-        candidate = learn(ctx, model, production, batches, progress=functools.partial(_progress, ctx, ids),
-                          train=train)
+        version = learn(ctx, model, production, batches, progress=functools.partial(_progress, ctx, ids),
+                        train=train, stop=worker.stop)
+    except TrainingInterrupted:
+        _set_states(ctx, ids, BatchStatus.TRAINING, detail="stopped with the daemon; its next start resumes it")
+        raise
     except LearnerError as e:
         ctx.events.append(model.name, "update.failed", batches=ids, error=str(e))
         _set_states(ctx, ids, BatchStatus.FAILED, detail=str(e))
         ctx.registry.clear_pending(model.name, ids)
         return None
+    lease.check()
+    candidate = ctx.registry.register_version(version, fence=lease.fence())
     ctx.events.append(model.name, "update.finished", version=candidate.number, seconds=candidate.lineage.timings)
-    report = gate(ctx, model, candidate, production)
-    _set_states(ctx, ids, BatchStatus.GATED, version=candidate.number)
-    return candidate, report
+    faults.reach("after_register")
+    return candidate
 
 
 def _forgot(report: GateReport) -> bool:
@@ -135,30 +201,37 @@ def _forgot(report: GateReport) -> bool:
 
 
 def _reject(ctx: Context, model: Model, candidate: ModelVersion, report: GateReport, ids: list[str],
-            final: bool) -> None:
-    ctx.registry.set_status(model.name, candidate.number, VersionStatus.REJECTED, report.id)
-    ctx.events.append(model.name, "gate.failed", version=candidate.number, reasons=report.reasons,
-                      report=report.id)
+            final: bool, recorded: bool) -> None:
+    if not recorded:
+        ctx.registry.set_status(model.name, candidate.number, VersionStatus.REJECTED, report.id)
+        ctx.events.append(model.name, "gate.failed", version=candidate.number, reasons=report.reasons,
+                          report=report.id)
     if final:
         _set_states(ctx, ids, BatchStatus.REJECTED, version=candidate.number, detail="; ".join(report.reasons))
         ctx.registry.clear_pending(model.name, ids)
 
 
-def _promote(ctx: Context, model: Model, candidate: ModelVersion, report: GateReport, ids: list[str]) -> int:
-    ctx.registry.set_status(model.name, candidate.number, VersionStatus.BLESSED, report.id)
-    ctx.events.append(model.name, "gate.passed", version=candidate.number, report=report.id)
-    change = ctx.registry.promote(model.name, candidate.number, who="daemon", reason=f"passed gate {report.id}")
-    ctx.events.append(model.name, "alias.moved", alias="production", to=candidate.number, frm=change.from_version,
-                      who="daemon", reason=change.reason)
+def _promote(ctx: Context, lease: Lease, model: Model, candidate: ModelVersion, report: GateReport,
+             ids: list[str], blessed: bool) -> None:
+    if not blessed:
+        ctx.registry.set_status(model.name, candidate.number, VersionStatus.BLESSED, report.id)
+        ctx.events.append(model.name, "gate.passed", version=candidate.number, report=report.id)
+    faults.reach("after_gate")
+    ctx.registry.promote(model.name, candidate.number, who="daemon", reason=f"passed gate {report.id}",
+                         fence=lease.fence(), audit=ctx.events.alias_moved)
+    faults.reach("after_promotion")
     _set_states(ctx, ids, BatchStatus.PROMOTED, version=candidate.number)
     ctx.registry.clear_pending(model.name, ids)
-    return candidate.number
 
 
 def _progress(ctx: Context, ids: list[str], site: str, row: dict[str, float]) -> None:
-    """Show a running update's epochs in its batches' state (GET /v1/batches/{id})."""
-    _set_states(ctx, ids, BatchStatus.TRAINING,
-                detail=f"site {site}: epoch {int(row['epoch'])}/{ctx.train.epochs}, loss {row['loss']:.4f}")
+    """Show a running update's epochs in its batches' state (GET /v1/batches/{id}); best effort."""
+    try:
+        _set_states(ctx, ids, BatchStatus.TRAINING,
+                    detail=f"site {site}: epoch {int(row['epoch'])}/{ctx.train.epochs}, loss {row['loss']:.4f}")
+    except StoreUnavailable as e:  # Redis away for a moment: training goes on, the next epoch reports
+        log.warning("training progress not recorded: %s", e)
+    faults.reach("during_training")
 
 
 def _set_states(ctx: Context, ids: list[str], status: BatchStatus, version: int | None = None,

@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from clreg.faults import FaultConfig
 from learner.train import TrainConfig
 from monitor.alerts import WebhookConfig
 from monitor.drift import DriftConfig
@@ -54,6 +55,19 @@ class GateConfig(BaseModel):
     # A candidate that forgot an earlier site is retrained this many times, each with lambda x factor.
     forgetting_retries: int = Field(default=1, ge=0, le=5)
     retry_lambda_factor: float = Field(default=3.0, gt=1)
+
+
+class DaemonConfig(BaseModel):
+    """Identity and timing of one daemon process (prefix CLREG_DAEMON__)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str | None = None  # the stream consumer; unset: "<role>-<host>". Each daemon needs its own
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    heartbeat_ttl_s: float = Field(default=10.0, gt=0)  # silence this long: the daemon is dead
+    claim_idle_s: float = Field(default=20.0, gt=0)  # another daemon's entry idle this long is claimed
+    retry_s: float = Field(default=2.0, gt=0)  # own pending entries (deferred, failed on Redis) retried
+    lease_s: float = Field(default=60.0, gt=0)  # update lease length; renewed every third of it
+    stuck_after_s: float = Field(default=900.0, gt=0)  # a batch unchanged this long is reported stuck
 
 
 class TriggerConfig(BaseModel):
@@ -102,6 +116,8 @@ class Settings(BaseSettings):
     webhook: WebhookConfig = WebhookConfig()
     watch: WatchConfig = WatchConfig()
     retention: RetentionSettings = RetentionSettings()
+    daemon: DaemonConfig = DaemonConfig()
+    faults: FaultConfig = FaultConfig()  # failpoints for crash tests; empty in production
     heldout_fraction: float = Field(default=0.3, gt=0, lt=1)
     artifacts_url: str | None = None  # unset: <home>/artifacts; any fsspec URL for shared storage
 

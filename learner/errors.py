@@ -4,7 +4,8 @@ LearnerError
  ├── ModelFactoryError    the factory string is malformed, cannot be imported, or builds no usable model
  ├── WeightsError         weight or EWC-state bytes do not load (bad safetensors, wrong keys or shapes)
  ├── DataError            training or evaluation arrays have the wrong shape, dtype or labels
- └── TrainingFailed       a training run failed (on Ray: task error, worker death, timeout)
+ ├── TrainingFailed       a training run failed (on Ray: task error, worker death, timeout)
+ └── TrainingInterrupted  the caller asked a running training to stop (a daemon shutting down); not a failure
 """
 
 from __future__ import annotations
@@ -28,3 +29,7 @@ class DataError(LearnerError):
 
 class TrainingFailed(LearnerError):
     """A training run did not complete."""
+
+
+class TrainingInterrupted(LearnerError):
+    """Training was cancelled because its caller is stopping; the work may be resumed later."""

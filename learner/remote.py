@@ -8,6 +8,7 @@ waits for the result, so (epoch, loss) is visible while the task runs. A worker 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,7 @@ import ray
 import ray.exceptions
 import torch
 
-from learner.errors import TrainingFailed
+from learner.errors import TrainingFailed, TrainingInterrupted
 from learner.ewc import EWCState, state_from_bytes
 from learner.models import build_model, load_weights
 from learner.train import TrainConfig, TrainResult, train_site
@@ -81,14 +82,18 @@ def _forward(relay: Any, progress: Progress | None) -> None:
             progress(row)
 
 
-def _wait(ref: Any, relay: Any, progress: Progress | None, site: str, timeout_s: float, poll_s: float) -> TrainResult:
-    """Poll the task until it finishes, relaying progress; cancel it past timeout_s."""
+def _wait(ref: Any, relay: Any, progress: Progress | None, site: str, timeout_s: float, poll_s: float,
+          stop: threading.Event | None) -> TrainResult:
+    """Poll the task until it finishes, relaying progress; cancel it past timeout_s or once `stop` is set."""
     deadline = time.monotonic() + timeout_s
     while True:
         ready, _ = ray.wait([ref], timeout=max(0.0, min(poll_s, deadline - time.monotonic())))
         _forward(relay, progress)
         if ready:
             return ray.get(ref)
+        if stop is not None and stop.is_set():
+            ray.cancel(ref, force=True)
+            raise TrainingInterrupted(f"training on site {site!r} was cancelled: the caller is stopping")
         if time.monotonic() >= deadline:
             ray.cancel(ref, force=True)
             raise TrainingFailed(f"training on site {site!r} ran past {timeout_s:g} s and was cancelled")
@@ -98,11 +103,13 @@ def train_on_ray(
     factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, int, int, int], weights: bytes | None,
     ewc_state: bytes | None, x: np.ndarray, y: np.ndarray, site: str, cfg: TrainConfig, timeout_s: float = 600,
     bn_bank: bytes | None = None, progress: Progress | None = None, poll_s: float = 0.5,
+    stop: threading.Event | None = None,
 ) -> TrainResult:
     """Train one site in a Ray task and wait for its result, calling progress(row) per epoch as it arrives.
 
     Raises:
         TrainingFailed: the task raised, its worker died twice, or it ran past timeout_s (then it is cancelled).
+        TrainingInterrupted: `stop` was set while the task ran (it is cancelled).
     """
     relay = None
     try:
@@ -110,7 +117,7 @@ def train_on_ray(
         ref = _remote_train.options(**resource_request()).remote(
             factory, factory_kwargs, spec, weights, ewc_state, x, y, site, cfg, bn_bank, relay
         )
-        return _wait(ref, relay, progress, site, timeout_s, poll_s)
+        return _wait(ref, relay, progress, site, timeout_s, poll_s, stop)
     except ray.exceptions.RayTaskError as e:
         cause = e.cause if e.cause is not None else e
         raise TrainingFailed(f"training on site {site!r} failed: {type(cause).__name__}: {cause}") from e

@@ -80,6 +80,7 @@ class TrainResult:
     device: str
     bn_bank: bytes | None = None  # site -> BatchNorm state (learner.sitebn), under bn_policy "per_site" only
     best_epoch: int | None = None  # the epoch whose weights were kept, with early stopping
+    fisher_seconds: float = 0.0  # of `seconds`, the Fisher diagonal of the new site
 
 
 def _device() -> torch.device:
@@ -307,6 +308,7 @@ def train_site(
         reestimate_statistics(model, data[0])
         bank[site] = extract_site_bn(model)
     model.eval()
+    fisher_started = time.perf_counter()
     fisher, anchor = _fisher(model, data[0], data[1], cfg), trainable_params(model)
     if per_site:
         skip = bn_param_names(model)
@@ -320,4 +322,5 @@ def train_site(
         device=str(device),
         bn_bank=bank_to_bytes(bank) if per_site else None,
         best_epoch=best_epoch,
+        fisher_seconds=time.perf_counter() - fisher_started,
     )

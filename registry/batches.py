@@ -110,10 +110,11 @@ def ingest(registry: RedisRegistry, artifacts: ArtifactStore, queue: IngestQueue
                   train_index=train, heldout_index=heldout, artifact=batch_id,
                   source_artifact=artifacts.put(source) if source is not None else None)
     artifacts.put(data)
-    if not registry.add_batch(batch):  # a concurrent push of the same bytes won the race
+    # The record, its event and its ingest entry in one transaction: a batch is never stored unqueued.
+    entries = [*events.entries(model, "batch.received", batch=batch_id, site=site, samples=batch.samples),
+               queue.entry(model, batch_id)]
+    if not registry.add_batch(batch, entries):  # a concurrent push of the same bytes won the race
         return registry.get_batch(batch_id), False
-    events.append(model, "batch.received", batch=batch_id, site=site, samples=batch.samples)
-    queue.push(model, batch_id)
     return batch, True
 
 

@@ -3,6 +3,7 @@
 RegistryError
  ├── NotFound             a model, site, version, batch or report does not exist
  ├── Conflict             the write contradicts what is stored (duplicate name, unservable version)
+ │    └── LeaseLost       the update lease a write depends on is held by another process now
  ├── ArtifactCorrupt      an artifact's bytes no longer match their sha256, or it is missing
  ├── UnreadableRecord     a stored record was written by a newer schema than this code reads, or is damaged
  ├── InvalidBatch         a pushed batch cannot be used; nothing of it is stored
@@ -22,6 +23,10 @@ class NotFound(RegistryError):
 
 class Conflict(RegistryError):
     """The write contradicts the stored state."""
+
+
+class LeaseLost(Conflict):
+    """The update lease protecting a write was taken over; the write did not happen."""
 
 
 class ArtifactCorrupt(RegistryError):

@@ -1,40 +1,25 @@
-"""Streams: the per-model audit trail, the alerts stream, the ingest queue and the per-model update lock.
+"""Streams: the per-model audit trail, the alerts stream and the ingest queue.
 
     {p}:events:{m}     stream  Event JSON per entry (the audit trail `clreg events` reads)
     {p}:alerts         stream  Event JSON of every alert, all models
     {p}:ingest         stream  {"batch": id, "model": m}; consumer group "daemon" (at-least-once)
-    {p}:lock:{m}       string  holder token with a lease (PX)
+
+An ingest entry stays in its consumer's pending list until the batch reaches a verdict. A live daemon
+touches its pending entries at every heartbeat, so only a dead daemon's entries grow idle, and another
+daemon claims them (XAUTOCLAIM) once they have been idle for the claim time.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import threading
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import redis
 
-from registry.errors import StoreUnavailable
-from registry.records import Event, check_name, parse
-from registry.store import RedisRegistry, translated
+from registry.records import AliasChange, Event, check_name, parse
+from registry.store import RedisRegistry, StreamEntry, translated
 
 GROUP = "daemon"
-ALERT_KINDS = frozenset({"drift.alert", "gate.failed", "update.failed", "serving.failed"})
-
-# Release a lock only if we still hold it (a lease that expired may belong to someone else now).
-log = logging.getLogger(__name__)
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
+ALERT_KINDS = frozenset({"drift.alert", "gate.failed", "update.failed", "serving.failed", "update.abandoned"})
 
 
 class EventLog:
@@ -53,6 +38,17 @@ class EventLog:
         if kind in ALERT_KINDS:
             r.xadd(self._reg.key("alerts"), body, maxlen=self._maxlen, approximate=True)
         return event.model_copy(update={"id": entry_id})
+
+    def entries(self, model: str, kind: str, **data: Any) -> list[StreamEntry]:
+        """The stream entries `append` would write, for a store transaction that writes them with its records."""
+        body = {"json": Event(model=check_name(model), kind=kind, data=data).model_dump_json()}
+        keys = [self._reg.key("events", model)] + ([self._reg.key("alerts")] if kind in ALERT_KINDS else [])
+        return [StreamEntry(key, body, self._maxlen) for key in keys]
+
+    def alias_moved(self, change: AliasChange, **extra: Any) -> list[StreamEntry]:
+        """The alias.moved event of a change, for the promotion's own transaction (see RedisRegistry.promote)."""
+        return self.entries(change.model, "alias.moved", alias=change.alias, to=change.to_version,
+                            frm=change.from_version, who=change.who, reason=change.reason, **extra)
 
     @translated
     def read(self, model: str, since: float = 0.0, count: int = 1000) -> list[Event]:
@@ -92,6 +88,10 @@ class IngestQueue:
     def push(self, model: str, batch_id: str) -> str:
         return str(self._reg.r.xadd(self._key, {"model": model, "batch": batch_id}))
 
+    def entry(self, model: str, batch_id: str) -> StreamEntry:
+        """The entry `push` would write, for a store transaction that enqueues the batch with its record."""
+        return StreamEntry(self._key, {"model": model, "batch": batch_id})
+
     @translated
     def read(self, block_ms: int = 1000, count: int = 16, pending: bool = False) -> list[tuple[str, str, str]]:
         """(entry id, model, batch id) tuples; `pending=True` re-reads what this consumer never acked."""
@@ -108,6 +108,37 @@ class IngestQueue:
         self._reg.r.xack(self._key, GROUP, entry_id)
 
     @translated
+    def claim_idle(self, min_idle_s: float, count: int = 16) -> list[tuple[str, str, str]]:
+        """Take over entries another consumer left idle for `min_idle_s` (it died holding them)."""
+        cursor, out = "0-0", []
+        while len(out) < count:
+            reply = self._reg.r.xautoclaim(self._key, GROUP, self.consumer, int(min_idle_s * 1000),
+                                           start_id=cursor, count=count)
+            cursor, entries = reply[0], reply[1]
+            out.extend((i, f["model"], f["batch"]) for i, f in entries if f)
+            if cursor == "0-0":
+                break
+        return out
+
+    @translated
+    def touch(self, limit: int = 1000) -> int:
+        """Reset the idle time of this consumer's pending entries (it is alive: nobody may claim them)."""
+        pending = self._reg.r.xpending_range(self._key, GROUP, min="-", max="+", count=limit,
+                                             consumername=self.consumer)
+        ids = [p["message_id"] for p in pending]
+        if ids:
+            self._reg.r.xclaim(self._key, GROUP, self.consumer, 0, ids, justid=True)
+        return len(ids)
+
+    @translated
+    def holders(self) -> dict[str, int]:
+        """Consumers holding entries not yet acknowledged, with how many each holds."""
+        try:
+            return {c["name"]: int(c["pending"]) for c in self._reg.r.xinfo_consumers(self._key, GROUP)}
+        except redis.ResponseError:  # no stream or group yet
+            return {}
+
+    @translated
     def backlog(self) -> int:
         """Entries delivered but not acked plus entries never delivered."""
         groups = {g["name"]: g for g in self._reg.r.xinfo_groups(self._key)}
@@ -115,48 +146,3 @@ class IngestQueue:
         if group is None:
             return int(self._reg.r.xlen(self._key))
         return int(group.get("pending", 0)) + int(group.get("lag") or 0)
-
-
-class Lease:
-    """A per-model lock with a lease: one update per model at a time, released by its holder only."""
-
-    def __init__(self, registry: RedisRegistry, model: str, lease_s: float = 900.0) -> None:
-        self._reg = registry
-        self._key = registry.key("lock", check_name(model))
-        self._lease_ms = int(lease_s * 1000)
-        self._token = uuid.uuid4().hex
-        self._release = registry.r.register_script(_RELEASE)
-        self._renew = registry.r.register_script(_RENEW)
-
-    @translated
-    def acquire(self) -> bool:
-        return bool(self._reg.r.set(self._key, self._token, nx=True, px=self._lease_ms))
-
-    @translated
-    def release(self) -> None:
-        self._release(keys=[self._key], args=[self._token])
-
-    @translated
-    def renew(self) -> bool:
-        """Extend the lease by its full length; False when it is no longer ours (it expired and was taken)."""
-        return bool(self._renew(keys=[self._key], args=[self._token, self._lease_ms]))
-
-    @contextlib.contextmanager
-    def kept_alive(self) -> Iterator[None]:
-        """Renew the lease every third of its length while the block runs (an update may outlast one lease)."""
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(self._lease_ms / 3000):
-                try:
-                    self.renew()
-                except StoreUnavailable as e:  # Redis away for a moment: the next beat tries again
-                    log.warning("lease renewal failed: %s", e)
-
-        thread = threading.Thread(target=beat, name="clreg-lease", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()

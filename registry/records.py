@@ -103,9 +103,11 @@ class VersionStatus(str, Enum):
     PRODUCTION = "production"
     REJECTED = "rejected"
     ARCHIVED = "archived"
+    ABANDONED = "abandoned"  # left without a verdict by a process that died; closed by the one that resumed
 
 
 SERVABLE = frozenset({VersionStatus.BLESSED, VersionStatus.PRODUCTION})
+NEVER_SERVED = frozenset({VersionStatus.REJECTED, VersionStatus.ARCHIVED, VersionStatus.ABANDONED})
 
 
 class Lineage(Record):
@@ -194,6 +196,9 @@ class Batch(Record):
     artifact: str  # sha256 of the npz bytes (== id)
     source_artifact: str | None = None  # sha256 of the upload it was converted from (a DICOM zip), kept as sent
     created_at: float = Field(default_factory=now)
+
+
+FINAL_BATCH = frozenset({BatchStatus.PROMOTED, BatchStatus.REJECTED, BatchStatus.FAILED})
 
 
 class BatchState(BaseModel):
@@ -310,3 +315,27 @@ class Event(Record):
     kind: str
     at: float = Field(default_factory=now)
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Incarnation(Record):
+    """One start of a named daemon process: who holds a lease or a stream entry, and how to tell it died.
+
+    `name` is stable across restarts (the stream consumer name); `token` is new at every process start, so a
+    restarted daemon recognises what its dead predecessor held.
+    """
+
+    name: Name
+    host: str = Field(min_length=1, max_length=255)
+    pid: int = Field(ge=1)
+    token: str = Field(pattern=r"^[0-9a-f]{32}$")
+    role: Literal["up", "daemon", "tool"] = "daemon"
+    started_at: float = Field(default_factory=now)
+
+
+class Heartbeat(Record):
+    """A daemon's latest sign of life: what it is doing, stored with a TTL so that silence means death."""
+
+    incarnation: Incarnation
+    at: float = Field(default_factory=now)
+    doing: str = ""
+    processed: int = 0

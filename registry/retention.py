@@ -19,11 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from registry.artifacts import ArtifactStore
 from registry.errors import Conflict
-from registry.events import EventLog, Lease
-from registry.records import AliasChange, VersionStatus, VersionView
+from registry.events import EventLog
+from registry.leases import Lease
+from registry.records import AliasChange, Incarnation, VersionStatus, VersionView
 from registry.store import RedisRegistry
 
 ARCHIVABLE = frozenset({VersionStatus.CANDIDATE, VersionStatus.BLESSED, VersionStatus.REJECTED})
+CLOSED = frozenset({VersionStatus.ARCHIVED, VersionStatus.ABANDONED})  # their artifacts may be pruned
 
 
 class RetentionConfig(BaseModel):
@@ -67,11 +69,13 @@ def select(views: list[VersionView], history: list[AliasChange], cfg: RetentionC
 class Retention:
     """Applies a RetentionConfig to every model of a registry and its artifact store."""
 
-    def __init__(self, registry: RedisRegistry, artifacts: ArtifactStore, cfg: RetentionConfig) -> None:
+    def __init__(self, registry: RedisRegistry, artifacts: ArtifactStore, cfg: RetentionConfig,
+                 holder: Incarnation | None = None) -> None:
         self.registry = registry
         self.artifacts = artifacts
         self.cfg = cfg
         self.events = EventLog(registry)
+        self.holder = holder  # who holds the update leases during a run (None: this process as a tool)
 
     def run(self, at: float | None = None) -> RetentionReport:
         """One pass over all models; `at` is the clock for `min_age_s` (now by default)."""
@@ -80,7 +84,7 @@ class Retention:
         skipped: list[str] = []
         try:
             for model in self.registry.list_models():
-                lease = Lease(self.registry, model, lease_s=self.cfg.lease_s)
+                lease = Lease(self.registry, model, self.holder, lease_s=self.cfg.lease_s)
                 if lease.acquire():
                     held[model] = lease
                 else:
@@ -118,7 +122,7 @@ class Retention:
         archived: set[str] = set()
         for model in self.registry.list_models():
             for view in self.registry.list_versions(model):
-                (archived if view.status is VersionStatus.ARCHIVED else kept).update(view.version.artifacts.values())
+                (archived if view.status in CLOSED else kept).update(view.version.artifacts.values())
             for batch in self.registry.model_batches(model):
                 kept.update(d for d in (batch.artifact, batch.source_artifact) if d)
             kept.update(r.html_artifact for r in self.registry.drift_reports(model, limit=1_000_000) if r.html_artifact)

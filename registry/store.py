@@ -17,22 +17,27 @@ Key schema (every key under `cfg.prefix`, so deployments can share one Redis):
     {p}:sites                       zset  site name -> created_at
     {p}:site:{s}                    JSON  Site
     {p}:batch:{id}                  JSON  Batch          {p}:batch:{id}:state  JSON BatchState
+    {p}:batches:active              zset  batch id -> time of its last state change, while not final
     {p}:report:drift:{id}           JSON  DriftReport    {p}:report:gate:{id}  JSON GateReport
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 
 import redis
 
-from registry.connection import StoreConfig, connect, translated
-from registry.errors import Conflict, NotFound
+from registry.connection import Durability, StoreConfig, StreamEntry, connect, translated
+from registry.errors import Conflict, LeaseLost, NotFound
 from registry.records import (
+    FINAL_BATCH,
+    NEVER_SERVED,
     SERVABLE,
     AliasChange,
     Batch,
     BatchState,
+    BatchStatus,
     DriftReport,
     GateReport,
     Model,
@@ -43,11 +48,14 @@ from registry.records import (
     VersionView,
     check_batch_id,
     check_name,
+    now,
     parse,
 )
 
-# Number and write a version in one step: no gaps, no duplicates, whatever the number of writers.
+# Number and write a version in one step: no gaps, no duplicates, whatever the number of writers; with a
+# fence (KEYS[5] must still hold ARGV[3], the writer's lease), nothing at all once the lease was lost.
 _REGISTER = """
+if KEYS[5] and redis.call('GET', KEYS[5]) ~= ARGV[3] then return -1 end
 local n = redis.call('INCR', KEYS[1])
 local body = '{"number":' .. n .. ',' .. string.sub(ARGV[1], 2)
 redis.call('SET', KEYS[2] .. n, body)
@@ -64,6 +72,7 @@ class RedisRegistry:
         self.cfg = cfg
         self.r = client if client is not None else connect(cfg)
         self._register = self.r.register_script(_REGISTER)
+        self.durability = Durability(self.r, cfg)
 
     def key(self, *parts: str | int) -> str:
         return ":".join([self.cfg.prefix, *map(str, parts)])
@@ -92,13 +101,21 @@ class RedisRegistry:
 
     # -- versions -------------------------------------------------------------------------------
     @translated
-    def register_version(self, version: ModelVersion) -> ModelVersion:
-        """Store a new version; the number in `version` is ignored and the next free one assigned."""
+    def register_version(self, version: ModelVersion, fence: tuple[str, str] | None = None) -> ModelVersion:
+        """Store a new version; the number in `version` is ignored and the next free one assigned.
+
+        With `fence` (a lease's key and value) the version is written only while that lease holds.
+        """
         self.get_model(version.model)
         body = version.model_dump_json(exclude={"number"})
         keys = [self.key("model", version.model, "seq"), self.key("model", version.model, "v", ""),
                 self.key("model", version.model, "versions"), self.key("model", version.model, "status")]
-        n = int(self._register(keys=keys, args=[body, VersionStatus.CANDIDATE.value]))
+        args = [body, VersionStatus.CANDIDATE.value]
+        if fence is not None:
+            keys, args = [*keys, fence[0]], [*args, fence[1]]
+        n = int(self._register(keys=keys, args=args))
+        if n < 0:
+            raise LeaseLost(f"version of {version.model} not registered: the update lease was taken over")
         return version.model_copy(update={"number": n})
 
     @translated
@@ -178,17 +195,25 @@ class RedisRegistry:
         return None if raw is None else int(raw)
 
     @translated
-    def promote(self, model: str, number: int, who: str, reason: str, alias: str = "production") -> AliasChange:
-        """Move `alias` to `number` and record the change, in one transaction; unservable versions refused."""
+    def promote(self, model: str, number: int, who: str, reason: str, alias: str = "production", *,
+                fence: tuple[str, str] | None = None,
+                audit: Callable[[AliasChange], Sequence[StreamEntry]] | None = None) -> AliasChange:
+        """Move `alias` to `number` and record the change, in one transaction; unservable versions refused.
+
+        `audit(change)` gives stream entries (the alias.moved event) written in the same transaction; with
+        `fence` (a lease's key and value) nothing is written unless that lease still holds.
+        """
         check_name(alias)
         status_key, alias_key = self.key("model", model, "status"), self.key("model", model, "aliases")
         change: list[AliasChange] = []
 
         def txn(pipe: redis.client.Pipeline) -> None:
+            if fence is not None and pipe.get(fence[0]) != fence[1]:
+                raise LeaseLost(f"{model} v{number} not promoted: the update lease was taken over")
             status = pipe.hget(status_key, number)
             if status is None:
                 raise NotFound(f"model {model!r} has no version {number}")
-            if VersionStatus(status) in (VersionStatus.REJECTED, VersionStatus.ARCHIVED):
+            if VersionStatus(status) in NEVER_SERVED:
                 raise Conflict(f"version {number} is {status} and can never be served")
             previous = pipe.hget(alias_key, alias)
             rec = AliasChange(model=model, alias=alias, from_version=None if previous is None else int(previous),
@@ -200,9 +225,12 @@ class RedisRegistry:
                     pipe.hset(status_key, previous, VersionStatus.BLESSED.value)
                 pipe.hset(status_key, number, VersionStatus.PRODUCTION.value)
             pipe.rpush(self.key("model", model, "alias", alias, "history"), rec.model_dump_json())
+            for entry in audit(rec) if audit else ():
+                entry.add_to(pipe)
             change[:] = [rec]
 
-        self.r.transaction(txn, status_key, alias_key)
+        self.r.transaction(txn, status_key, alias_key, *([fence[0]] if fence else []))
+        self.durability.wait()
         return change[0]
 
     @translated
@@ -255,20 +283,35 @@ class RedisRegistry:
 
     # -- batches --------------------------------------------------------------------------------
     @translated
-    def add_batch(self, batch: Batch) -> bool:
-        """Store a batch record; False if the same bytes were stored before (nothing changes then)."""
-        if not self.r.set(self.key("batch", batch.id), batch.model_dump_json(), nx=True):
-            return False
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(self.key("batch", batch.id, "state"), BatchState(status="received").model_dump_json())
-        pipe.zadd(self.key("model", batch.model, "batches"), {batch.id: batch.created_at})
-        counts = self.key("model", batch.model, "site", batch.site, "counts")
-        pipe.hincrby(counts, "batches", 1)
-        pipe.hincrby(counts, "samples", batch.samples)
-        for k, n in enumerate(batch.class_counts):
-            pipe.hincrby(counts, str(k), n)
-        pipe.execute()
-        return True
+    def add_batch(self, batch: Batch, entries: Sequence[StreamEntry] = ()) -> bool:
+        """Store a batch record with its state, counts and `entries` (its event, its ingest entry) in one
+        transaction, on disk before it returns; False if the same bytes were stored before (nothing changes)."""
+        key = self.key("batch", batch.id)
+        added: list[bool] = []
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            if pipe.exists(key):
+                added[:] = [False]
+                return
+            state = BatchState(status=BatchStatus.RECEIVED)
+            pipe.multi()
+            pipe.set(key, batch.model_dump_json())
+            pipe.set(self.key("batch", batch.id, "state"), state.model_dump_json())
+            pipe.zadd(self.key("batches", "active"), {batch.id: state.updated_at})
+            pipe.zadd(self.key("model", batch.model, "batches"), {batch.id: batch.created_at})
+            counts = self.key("model", batch.model, "site", batch.site, "counts")
+            pipe.hincrby(counts, "batches", 1)
+            pipe.hincrby(counts, "samples", batch.samples)
+            for k, n in enumerate(batch.class_counts):
+                pipe.hincrby(counts, str(k), n)
+            for entry in entries:
+                entry.add_to(pipe)
+            added[:] = [True]
+
+        self.r.transaction(txn, key)
+        if added[0]:
+            self.durability.wait()
+        return added[0]
 
     @translated
     def site_counts(self, model: str, sites: list[str]) -> dict[str, SiteCounts]:
@@ -294,7 +337,20 @@ class RedisRegistry:
 
     @translated
     def set_batch_state(self, batch_id: str, state: BatchState) -> None:
-        self.r.set(self.key("batch", check_batch_id(batch_id), "state"), state.model_dump_json())
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self.key("batch", check_batch_id(batch_id), "state"), state.model_dump_json())
+        if state.status in FINAL_BATCH:
+            pipe.zrem(self.key("batches", "active"), batch_id)
+        else:
+            pipe.zadd(self.key("batches", "active"), {batch_id: state.updated_at})
+        pipe.execute()
+
+    @translated
+    def active_batches(self, unchanged_for_s: float = 0.0) -> list[tuple[str, BatchState]]:
+        """Batches not yet promoted, rejected or failed whose state has not changed for `unchanged_for_s`."""
+        ids = self.r.zrangebyscore(self.key("batches", "active"), "-inf", now() - unchanged_for_s)
+        raws = self.r.mget([self.key("batch", i, "state") for i in ids]) if ids else []
+        return [(i, parse(BatchState, raw)) for i, raw in zip(ids, raws, strict=True) if raw is not None]
 
     @translated
     def model_batches(self, model: str) -> list[Batch]:

@@ -11,7 +11,7 @@ from clreg import context
 from clreg.client import npz_bytes
 from clreg.daemon import Daemon
 from clreg.learning import learn
-from clreg.settings import RedisSettings, Settings
+from clreg.settings import DaemonConfig, RedisSettings, Settings
 from learner.streams import digits_sites, to_uint8
 from learner.train import TrainConfig
 from registry.batches import Limits, ingest
@@ -36,8 +36,8 @@ def test_unacked_entry_is_processed_after_restart(registry: RedisRegistry, store
                       npz_bytes(to_uint8(site.x[:120]), site.y[:120]), Limits())
     assert len(crashed.read(block_ms=10)) == 1  # delivered, then the daemon "dies" before acking
 
-    restarted = Daemon(ctx, consumer="daemon-1")
-    restarted._drain(pending=True)
+    restarted = Daemon(ctx, DaemonConfig(name="daemon-1"))
+    restarted._one(*restarted.queue.read(pending=True)[0])
 
     state = registry.batch_state(batch.id)
     assert (state.status, state.version) == (BatchStatus.PROMOTED, 1)
@@ -63,5 +63,6 @@ def test_learn_relays_each_epoch_while_the_task_runs(registry: RedisRegistry, st
     rows: list[tuple[str, int]] = []
     version = learn(ctx, model, None, [batch], progress=lambda s, row: rows.append((s, int(row["epoch"]))))
     assert rows == [("base", 1), ("base", 2), ("base", 3)]
-    assert version.number == 1 and version.lineage.train_settings["epochs"] == 3
+    assert registry.list_versions("m") == []  # learning makes a candidate; the pipeline registers it
+    assert registry.register_version(version).number == 1 and version.lineage.train_settings["epochs"] == 3
     assert set(version.artifacts) == {"weights", "ewc", "reference", "bn_bank", "calibration"}

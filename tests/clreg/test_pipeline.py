@@ -47,7 +47,7 @@ def test_forgetting_is_retried_with_a_stronger_penalty(registry: RedisRegistry, 
     for site in digits_sites(seed=4, names=("base", "inverted")):
         batch, _ = ingest(registry, ctx.artifacts, queue, ctx.events, "m", site.name,
                           npz_bytes(to_uint8(site.x[:120]), site.y[:120]), Limits())
-        pipeline.process(ctx, batch.id)
+        pipeline.process(ctx, pipeline.Worker(), batch.id)
         ids.append(batch.id)
     assert registry.resolve("m") == 1
     statuses = {v.version.number: v.status for v in registry.list_versions("m")}

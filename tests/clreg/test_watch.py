@@ -58,7 +58,7 @@ def test_shifted_prediction_inputs_raise_an_alert_and_unshifted_do_not(stack: St
     client.create_model(MODEL, "learner.models:small_cnn", (1, 16, 16), classes=10)
     token = client.add_site("watch-base")["token"]
     pushed = client.push("watch-base", token, npz_bytes(to_uint8(base.x[:600]), base.y[:600]), MODEL)
-    pipeline.process(ctx, pushed["batch_id"])  # the first site: learn, gate, promote version 1
+    pipeline.process(ctx, pipeline.Worker(), pushed["batch_id"])  # the first site: learn, gate, promote version 1
     assert ctx.registry.resolve(MODEL) == 1
     _served(client, base.x[:1])
     inputs = InputLog(ctx.registry.cfg, ctx.watch.inputs)

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from registry.artifacts import ArtifactStore
 from registry.errors import Conflict
-from registry.events import EventLog, Lease
+from registry.events import EventLog
+from registry.leases import Lease
 from registry.records import (
     AliasChange,
     Batch,

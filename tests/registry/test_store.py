@@ -8,7 +8,7 @@ import time
 import pytest
 
 from registry.errors import Conflict, NotFound
-from registry.events import EventLog, IngestQueue, Lease
+from registry.events import EventLog, IngestQueue
 from registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
 from registry.store import RedisRegistry
 
@@ -125,27 +125,6 @@ def test_events_alerts_and_ingest_queue_resume(registry: RedisRegistry) -> None:
     assert [i for i, _, _ in again] == [first[0][0]]
     queue.ack(first[0][0])
     assert queue.read(pending=True) == []
-
-
-def test_lease_allows_one_holder(registry: RedisRegistry) -> None:
-    a, b = Lease(registry, "m"), Lease(registry, "m")
-    assert a.acquire() and not b.acquire()
-    b.release()  # not the holder: no effect
-    assert not b.acquire()
-    a.release()
-    assert b.acquire()
-
-
-def test_a_kept_alive_lease_outlasts_its_length_and_only_its_holder_renews(registry: RedisRegistry) -> None:
-    holder, other = Lease(registry, "m", lease_s=1.0), Lease(registry, "m", lease_s=1.0)
-    assert holder.acquire()
-    with holder.kept_alive():
-        for _ in range(10):  # 2.5 s: two and a half lease lengths
-            time.sleep(0.25)
-            assert not other.acquire()
-    assert not other.renew()  # not the holder
-    time.sleep(1.3)  # no more beats: the lease runs out
-    assert other.acquire() and not holder.renew()
 
 
 def test_production_holder_keeps_its_status_until_the_alias_moves(registry: RedisRegistry) -> None:

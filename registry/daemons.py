@@ -1,0 +1,114 @@
+"""Live daemons: each daemon process beats a key with a TTL, and leases and stream claims ask here who is alive.
+
+    {p}:daemon:{name}   JSON Heartbeat, expiring after `ttl_s` without a beat
+    {p}:daemons         zset  name -> time of its last beat (listing; kept after death for `clreg status`)
+
+A holder is dead when its heartbeat expired, when its name beats with another incarnation's token (it was
+restarted), or, on this host, when its process is gone: a SIGKILLed daemon is recognised at once by its
+successor on the same machine, and within `ttl_s` anywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+
+from registry.connection import translated
+from registry.errors import Conflict
+from registry.records import Heartbeat, Incarnation, check_name, parse
+from registry.store import RedisRegistry
+
+
+def this_host() -> str:
+    return socket.gethostname() or "localhost"
+
+
+def incarnation(name: str, role: str = "daemon") -> Incarnation:
+    """The identity of this process under `name`, with a token no other start shares."""
+    return Incarnation(name=check_name(name), host=this_host(), pid=os.getpid(), token=uuid.uuid4().hex,
+                       role=role)  # type: ignore[arg-type]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host runs under `pid` (a zombie, killed but not yet reaped, is dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # no procfs (macOS): kill(0) is all we know
+        return True
+
+
+class Daemons:
+    """Heartbeats of the daemon processes sharing one registry."""
+
+    def __init__(self, registry: RedisRegistry, ttl_s: float = 10.0) -> None:
+        self._reg = registry
+        self._ttl_ms = int(ttl_s * 1000)
+
+    def _key(self, name: str) -> str:
+        return self._reg.key("daemon", check_name(name))
+
+    @translated
+    def heartbeat(self, name: str) -> Heartbeat | None:
+        raw = self._reg.r.get(self._key(name))
+        return None if raw is None else parse(Heartbeat, raw)
+
+    def alive(self, who: Incarnation) -> bool:
+        """Whether that very start of the process still runs (see the module docstring).
+
+        A tool (a test, a one-off command) does not beat: on another host only its lease's expiry says it died.
+        """
+        if who.host == this_host() and not pid_alive(who.pid):
+            return False
+        if who.role == "tool":
+            return True
+        beat = self.heartbeat(who.name)
+        return beat is not None and beat.incarnation.token == who.token
+
+    def register(self, me: Incarnation, wait_s: float = 0.0) -> Incarnation | None:
+        """Start beating under `me.name`; returns the earlier incarnation found dead under it, if any.
+
+        Raises:
+            Conflict: another live process runs under this name (still so after `wait_s`).
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            beat = self.heartbeat(me.name)
+            other = beat.incarnation if beat and beat.incarnation.token != me.token else None
+            if other is None or not self.alive(other):
+                self.beat(me)
+                return other
+            if time.monotonic() >= deadline:
+                raise Conflict(f"daemon name {me.name!r} is in use by pid {other.pid} on {other.host}; "
+                               "give each daemon its own name (--name or CLREG_DAEMON__NAME)")
+            time.sleep(0.5)
+
+    @translated
+    def beat(self, me: Incarnation, doing: str = "", processed: int = 0) -> None:
+        beat = Heartbeat(incarnation=me, doing=doing, processed=processed)
+        pipe = self._reg.r.pipeline(transaction=True)
+        pipe.set(self._key(me.name), beat.model_dump_json(), px=self._ttl_ms)
+        pipe.zadd(self._reg.key("daemons"), {me.name: beat.at})
+        pipe.execute()
+
+    @translated
+    def retire(self, me: Incarnation) -> None:
+        """A clean stop: the name is free at once (only if this start still holds it)."""
+        beat = self.heartbeat(me.name)
+        if beat is not None and beat.incarnation.token == me.token:
+            self._reg.r.delete(self._key(me.name))
+
+    @translated
+    def listing(self) -> list[tuple[str, float, Heartbeat | None]]:
+        """Every daemon that ever beat: (name, time of its last beat, its live heartbeat or None if dead)."""
+        names = self._reg.r.zrange(self._reg.key("daemons"), 0, -1, withscores=True)
+        raws = self._reg.r.mget([self._key(n) for n, _ in names]) if names else []
+        return [(n, float(at), parse(Heartbeat, raw) if raw else None) for (n, at), raw in zip(names, raws, strict=True)]
