@@ -242,15 +242,29 @@ def _share(value: float | None) -> str:
 
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
-    """Models, their production version, and readiness."""
+    """Models and their production version; daemons with their last heartbeat; stuck batches; abandoned candidates."""
     client = _client()
-    models = client.get("/v1/models")
+    models, pipeline = client.get("/v1/models"), client.get("/v1/status")
+    if as_json:
+        return _emit({"models": models, **pipeline}, True)
     table = Table("model", "production", "input", "classes")
     for m in models:
         spec = m["input"]
         table.add_row(m["name"], str(m["aliases"].get("production", "-")),
                       f"{spec['channels']}x{spec['height']}x{spec['width']}", str(spec["classes"]))
-    _emit(models, as_json, table)
+    console.print(table)
+    daemons = Table("daemon", "state", "process", "last heartbeat", "doing", "finished")
+    for d in pipeline["daemons"]:
+        who, beat = d["heartbeat"]["incarnation"], d["heartbeat"]
+        state = "alive" if d["alive"] else ("stopped" if beat["stopped"] else "[red]dead[/]")
+        daemons.add_row(who["name"], state, f"{who['pid']}@{who['host']}", f"{d['seconds_since_beat']:.0f} s ago",
+                        beat["doing"] or "-", str(beat["processed"]))
+    console.print(daemons)
+    console.print(f"ingest backlog: {pipeline['backlog']}")
+    for b in pipeline["stuck"]:
+        console.print(f"[yellow]stuck[/] batch {b['batch_id'][:12]} {b['status']} for {b['seconds']:.0f} s {b['detail']}")
+    for v in pipeline["abandoned"]:
+        console.print(f"[yellow]abandoned[/] {v['model']} v{v['version']}: {v['reason']}")
 
 
 @app.command()

@@ -69,8 +69,8 @@ class Daemon:
         """Block until `stop()`: resume this daemon's unacked entries, claim dead daemons', follow the stream."""
         dead = self.daemons.register(self.me, wait_s=self.cfg.heartbeat_ttl_s + 1)
         if dead is not None:
-            log.info("%s restarted: its earlier start (pid %s on %s) is gone; resuming its work",
-                     self.me.name, dead.pid, dead.host)
+            log.warning("%s restarted: its earlier start (pid %s on %s) died without stopping; resuming its work",
+                        self.me.name, dead.pid, dead.host)
         self.queue.ensure_group()
         self.scheduler.start()
         try:
@@ -78,7 +78,7 @@ class Daemon:
         finally:
             self.scheduler.shutdown(wait=True)  # a flush job in flight sees the stop event and returns
             try:
-                self.daemons.retire(self.me)
+                self.daemons.retire(self.me, self.processed)
             except RegistryError as e:
                 log.warning("heartbeat of %s not removed: %s", self.me.name, e)
 

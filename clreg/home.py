@@ -116,10 +116,10 @@ class Home:
             found = json.loads(path.read_text())
         wanted = {**{k: secrets.token_urlsafe(32) for k in ("admin", "valkey")}, **found}
         if wanted != found:
-            self._write_private(path, json.dumps(wanted))
+            self.write_private(path, json.dumps(wanted))
         return wanted
 
-    def _write_private(self, path: Path, text: str) -> None:
+    def write_private(self, path: Path, text: str) -> None:
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -128,7 +128,7 @@ class Home:
 
     def record(self, name: str, data: dict) -> None:
         """Remember a running service (run/<name>.json) so that the next start finds it after a crash."""
-        self._write_private(self.run / f"{name}.json", json.dumps(data))
+        self.write_private(self.run / f"{name}.json", json.dumps(data))
 
     def recorded(self, name: str) -> dict | None:
         path = self.run / f"{name}.json"

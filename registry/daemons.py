@@ -1,7 +1,7 @@
 """Live daemons: each daemon process beats a key with a TTL, and leases and stream claims ask here who is alive.
 
     {p}:daemon:{name}   JSON Heartbeat, expiring after `ttl_s` without a beat
-    {p}:daemons         zset  name -> time of its last beat (listing; kept after death for `clreg status`)
+    {p}:daemons         hash  name -> its latest Heartbeat JSON, kept after it stops or dies (`clreg status`)
 
 A holder is dead when its heartbeat expired, when its name beats with another incarnation's token (it was
 restarted), or, on this host, when its process is gone: a SIGKILLed daemon is recognised at once by its
@@ -74,41 +74,48 @@ class Daemons:
         return beat is not None and beat.incarnation.token == who.token
 
     def register(self, me: Incarnation, wait_s: float = 0.0) -> Incarnation | None:
-        """Start beating under `me.name`; returns the earlier incarnation found dead under it, if any.
+        """Start beating under `me.name`; returns the earlier start of this name if it died without stopping.
 
         Raises:
             Conflict: another live process runs under this name (still so after `wait_s`).
         """
         deadline = time.monotonic() + wait_s
         while True:
-            beat = self.heartbeat(me.name)
+            beat = self.last(me.name)
             other = beat.incarnation if beat and beat.incarnation.token != me.token else None
             if other is None or not self.alive(other):
                 self.beat(me)
-                return other
+                return other if beat is not None and not beat.stopped else None
             if time.monotonic() >= deadline:
                 raise Conflict(f"daemon name {me.name!r} is in use by pid {other.pid} on {other.host}; "
                                "give each daemon its own name (--name or CLREG_DAEMON__NAME)")
             time.sleep(0.5)
 
     @translated
-    def beat(self, me: Incarnation, doing: str = "", processed: int = 0) -> None:
-        beat = Heartbeat(incarnation=me, doing=doing, processed=processed)
+    def last(self, name: str) -> Heartbeat | None:
+        """The latest heartbeat of a name, alive or not."""
+        raw = self._reg.r.hget(self._reg.key("daemons"), check_name(name))
+        return None if raw is None else parse(Heartbeat, raw)
+
+    @translated
+    def beat(self, me: Incarnation, doing: str = "", processed: int = 0, stopped: bool = False) -> None:
+        beat = Heartbeat(incarnation=me, doing=doing, processed=processed, stopped=stopped)
         pipe = self._reg.r.pipeline(transaction=True)
-        pipe.set(self._key(me.name), beat.model_dump_json(), px=self._ttl_ms)
-        pipe.zadd(self._reg.key("daemons"), {me.name: beat.at})
+        if stopped:
+            pipe.delete(self._key(me.name))
+        else:
+            pipe.set(self._key(me.name), beat.model_dump_json(), px=self._ttl_ms)
+        pipe.hset(self._reg.key("daemons"), me.name, beat.model_dump_json())
         pipe.execute()
 
-    @translated
-    def retire(self, me: Incarnation) -> None:
+    def retire(self, me: Incarnation, processed: int = 0) -> None:
         """A clean stop: the name is free at once (only if this start still holds it)."""
-        beat = self.heartbeat(me.name)
+        beat = self.last(me.name)
         if beat is not None and beat.incarnation.token == me.token:
-            self._reg.r.delete(self._key(me.name))
+            self.beat(me, processed=processed, stopped=True)
 
     @translated
-    def listing(self) -> list[tuple[str, float, Heartbeat | None]]:
-        """Every daemon that ever beat: (name, time of its last beat, its live heartbeat or None if dead)."""
-        names = self._reg.r.zrange(self._reg.key("daemons"), 0, -1, withscores=True)
-        raws = self._reg.r.mget([self._key(n) for n, _ in names]) if names else []
-        return [(n, float(at), parse(Heartbeat, raw) if raw else None) for (n, at), raw in zip(names, raws, strict=True)]
+    def listing(self) -> list[tuple[Heartbeat, bool]]:
+        """Every daemon that ever beat: its latest heartbeat, and whether it is alive now."""
+        beats = [parse(Heartbeat, raw) for raw in self._reg.r.hvals(self._reg.key("daemons"))]
+        return [(b, not b.stopped and self.alive(b.incarnation)) for b in sorted(beats, key=lambda b: b.incarnation.name)]

@@ -338,4 +338,5 @@ class Heartbeat(Record):
     incarnation: Incarnation
     at: float = Field(default_factory=now)
     doing: str = ""
-    processed: int = 0
+    processed: int = 0  # entries finished by this start
+    stopped: bool = False  # it stopped cleanly (a start that died leaves its last beat with False)

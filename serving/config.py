@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from registry.connection import StoreConfig
 from registry.inputs import InputLogConfig
+from registry.status import StuckRule
 
 
 class ServingConfig(BaseModel):
@@ -30,3 +31,4 @@ class ServingConfig(BaseModel):
     batch_wait_s: float = Field(default=0.0, ge=0, le=1)
     replica_gpus: float = Field(default=0.0, ge=0)  # GPUs Ray reserves per ModelServer replica (fractions share one)
     inputs: InputLogConfig = InputLogConfig()  # prediction inputs kept for the scheduled drift check
+    stuck: StuckRule = StuckRule()  # when GET /v1/status and /metrics report a batch as stuck

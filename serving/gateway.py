@@ -39,6 +39,7 @@ from registry.records import (
     VersionStatus,
     check_name,
 )
+from registry.status import pipeline_status
 from registry.store import RedisRegistry
 from serving import metrics
 from serving.config import ServingConfig
@@ -112,7 +113,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:
     artifacts = ArtifactStore(cfg.artifacts_url)
     events, queue = EventLog(reg), IngestQueue(reg)
     queue.ensure_group()
-    metric_registry, batch_counter = metrics.build(reg)
+    metric_registry, batch_counter = metrics.build(reg, cfg.stuck)
     limits = Limits(max_samples=cfg.max_samples, heldout_fraction=cfg.heldout_fraction)
     dicom_limits = DicomLimits(max_files=cfg.max_samples, max_unzipped_bytes=cfg.max_unzipped_bytes)
 
@@ -285,6 +286,11 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         if format == "html" and report.html_artifact:
             return _html_page(artifacts.get(report.html_artifact), request.headers.get("accept-encoding", ""))
         return report.model_dump()
+
+    @app.get("/v1/status")
+    def status() -> dict:
+        """Daemons with their last heartbeat, stuck batches, candidates abandoned by a process that died."""
+        return pipeline_status(reg, cfg.stuck).model_dump(mode="json")
 
     @app.get("/healthz")
     def healthz() -> dict:

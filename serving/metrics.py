@@ -13,16 +13,18 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from registry.events import EventLog, IngestQueue
+from registry.events import EventLog
 from registry.records import Event
+from registry.status import PipelineStatus, StuckRule, pipeline_status
 from registry.store import RedisRegistry
 
 
 class RegistryCollector(Collector):
     """Production versions, version counts by status, ingest backlog, alerts and latest drift per site."""
 
-    def __init__(self, registry: RedisRegistry) -> None:
+    def __init__(self, registry: RedisRegistry, stuck: StuckRule) -> None:
         self._reg = registry
+        self._stuck = stuck
 
     def collect(self) -> Iterator[Metric]:
         production = GaugeMetricFamily("clreg_production_version", "Version holding the production alias",
@@ -46,14 +48,29 @@ class RegistryCollector(Collector):
                 drift.add_metric([model, site], report.drifted_share)
                 drifted.add_metric([model, site], float(report.drift))
         yield from (production, versions, drift, drifted)
-        backlog = GaugeMetricFamily("clreg_ingest_backlog", "Batches waiting for the daemon")
-        backlog.add_metric([], IngestQueue(self._reg).backlog())
-        yield backlog
+        yield from _pipeline(pipeline_status(self._reg, self._stuck))
         found = EventLog(self._reg).alerts(count=100_000)
         alerts = GaugeMetricFamily("clreg_alerts", "Alerts in the alerts stream")
         alerts.add_metric([], len(found))
         yield alerts
         yield _alerts_by_kind(found)
+
+
+def _pipeline(status: PipelineStatus) -> Iterator[Metric]:
+    """Backlog, stuck batches by status, and each daemon's liveness and last heartbeat."""
+    backlog = GaugeMetricFamily("clreg_ingest_backlog", "Batches waiting for a daemon")
+    backlog.add_metric([], status.backlog)
+    stuck = GaugeMetricFamily("clreg_batches_stuck", "Batches in a non-final state for longer than the stuck rule",
+                              labels=["status"])
+    for state in ("received", "drift_checked", "training", "gated"):
+        stuck.add_metric([state], sum(b.status.value == state for b in status.stuck))
+    up = GaugeMetricFamily("clreg_daemon_up", "1 while a daemon beats, 0 once it stopped or died", labels=["daemon"])
+    beat = GaugeMetricFamily("clreg_daemon_last_heartbeat_seconds", "Unix time of a daemon's last heartbeat",
+                             labels=["daemon"])
+    for line in status.daemons:
+        up.add_metric([line.heartbeat.incarnation.name], float(line.alive))
+        beat.add_metric([line.heartbeat.incarnation.name], line.heartbeat.at)
+    yield from (backlog, stuck, up, beat)
 
 
 def _alerts_by_kind(alerts: list[Event]) -> CounterMetricFamily:
@@ -67,9 +84,9 @@ def _alerts_by_kind(alerts: list[Event]) -> CounterMetricFamily:
     return family
 
 
-def build(registry: RedisRegistry) -> tuple[CollectorRegistry, Counter]:
+def build(registry: RedisRegistry, stuck: StuckRule) -> tuple[CollectorRegistry, Counter]:
     """A private metrics registry with the collector and the gateway's own request counter."""
     metrics = CollectorRegistry()
-    metrics.register(RegistryCollector(registry))
+    metrics.register(RegistryCollector(registry, stuck))
     batches = Counter("clreg_batches", "Batches pushed, by outcome", ["outcome"], registry=metrics)
     return metrics, batches

@@ -16,6 +16,7 @@ from registry.errors import (
 )
 from serving.errors import ServingError
 
+RETRY_AFTER_S = 2
 _REGISTRY_STATUS: list[tuple[type[RegistryError], int, str]] = [
     (NotFound, 404, "not_found"),
     (Conflict, 409, "conflict"),
@@ -39,4 +40,5 @@ def error_response(exc: Exception) -> JSONResponse:
                 break
     elif isinstance(exc, ValueError):  # pydantic and name-pattern validation
         status, code = 422, "invalid"
-    return JSONResponse({"error": code, "detail": str(exc)}, status_code=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None  # worth retrying shortly
+    return JSONResponse({"error": code, "detail": str(exc)}, status_code=status, headers=headers)

@@ -1,0 +1,141 @@
+"""Crash tests with real processes and SIGKILL: a `clreg daemon` is stopped at each step of an update (a
+failpoint pauses it there) and killed from outside, then started again, or a second daemon takes over.
+
+At every point: the batch reaches promoted, rejected or failed within 60 s of the restart; version numbers
+run 1..n with a record each and none without a verdict; the alias history holds exactly the expected moves,
+each with one alias.moved event; nothing is left pending; and clients predicting all along got an answer to
+every request (exceptions and timeouts count as failures).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clreg import context, pipeline
+from clreg.client import ApiError, Client, npz_bytes
+from clreg.embedded import Stack
+from clreg.faults import POINTS
+from learner.streams import SiteData, digits_sites, to_uint8
+from registry.daemons import Daemons
+from registry.events import EventLog
+from registry.records import BatchStatus, VersionStatus
+from registry.store import RedisRegistry
+from tests.clreg import processes
+
+pytestmark = pytest.mark.integration
+SAMPLES = 300
+FINAL = ("promoted", "rejected", "failed")
+
+
+@pytest.fixture(scope="module")
+def sites() -> list[SiteData]:
+    return digits_sites(seed=11, names=("base", "contrast"))
+
+
+def _first_version(stack: Stack, model: str, sites: list[SiteData]) -> dict[str, str]:
+    """The model, its sites (tokens returned), and version 1 learnt from the first site and served."""
+    client = Client(stack.url, stack.admin_token)
+    client.wait_ready()
+    client.create_model(model, "learner.models:small_cnn", (1, 16, 16), classes=10)
+    tokens = {s.name: client.add_site(f"{model}-{s.name}")["token"] for s in sites}
+    base = sites[0]
+    pushed = client.push(f"{model}-{base.name}", tokens[base.name],
+                         npz_bytes(to_uint8(base.x[:SAMPLES]), base.y[:SAMPLES]), model)
+    ctx = context.build(stack.settings, stack.store, stack.url)
+    pipeline.process(ctx, pipeline.Worker(), pushed["batch_id"])
+    assert ctx.registry.resolve(model) == 1
+    assert _served(client, model, base.x[:1], 1) == 1
+    return tokens
+
+
+def _push_second(stack: Stack, model: str, site: SiteData, token: str) -> str:
+    body = npz_bytes(to_uint8(site.x[:SAMPLES]), site.y[:SAMPLES])
+    return Client(stack.url).push(f"{model}-{site.name}", token, body, model)["batch_id"]
+
+
+def _served(client: Client, model: str, x: np.ndarray, version: int, timeout_s: float = 20) -> int:
+    deadline, served = time.monotonic() + timeout_s, -1
+    while time.monotonic() < deadline and served != version:
+        try:
+            served = client.predict(x, model)[1]
+        except ApiError:
+            pass
+        time.sleep(0.1)
+    return served
+
+
+def _final(stack: Stack, batch_id: str, timeout_s: float) -> dict:
+    deadline, state = time.monotonic() + timeout_s, {}
+    client = Client(stack.url)
+    while time.monotonic() < deadline:
+        state = client.get(f"/v1/batches/{batch_id}")
+        if state["status"] in FINAL:
+            return state
+        time.sleep(0.2)
+    raise AssertionError(f"batch still {state.get('status')} ({state.get('detail')}) after {timeout_s} s")
+
+
+def _check_registry(registry: RedisRegistry, model: str, batch_id: str, state: dict) -> None:
+    """Numbers without gaps, a verdict for every version, exactly the expected alias moves, nothing pending."""
+    views = registry.list_versions(model)
+    seq = int(registry.r.get(registry.key("model", model, "seq")))
+    assert [v.version.number for v in views] == list(range(1, seq + 1))
+    assert not [v.version.number for v in views if v.status is VersionStatus.CANDIDATE]
+    moves = [(c.from_version, c.to_version) for c in registry.alias_history(model)]
+    expected = [(None, 1)] + ([(1, state["version"])] if state["status"] == "promoted" else [])
+    assert moves == expected
+    events = [e for e in EventLog(registry).read(model) if e.kind == "alias.moved"]
+    assert [(e.data["frm"], e.data["to"]) for e in events] == expected
+    learnt = registry.get_version(model, state["version"]).lineage.batch_ids
+    assert learnt == [batch_id] and registry.pending(model) == []
+    assert registry.batch_state(batch_id).status is BatchStatus(state["status"])
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_daemon_killed_at_any_step_is_resumed_by_its_restart(stack: Stack, sites: list[SiteData], tmp_path: Path,
+                                                              point: str) -> None:
+    model = f"kill-{point.replace('_', '-')}"
+    tokens = _first_version(stack, model, sites)
+    with processes.Prober(stack.url, model, sites[0].x[:2]) as probe:
+        first = processes.daemon(stack, model, tmp_path / "first.log", pause_at=point, signals=tmp_path)
+        batch_id = _push_second(stack, model, sites[1], tokens[sites[1].name])
+        processes.wait_for(tmp_path / point, first, timeout_s=120)
+        first.kill()
+        restarted = processes.daemon(stack, model, tmp_path / "second.log")
+        state = _final(stack, batch_id, timeout_s=60 - (time.monotonic() - restarted.started))
+        if state["status"] == "promoted":
+            assert _served(Client(stack.url), model, sites[0].x[:1], state["version"]) == state["version"]
+        assert restarted.terminate() == 0, restarted.output()[-3000:]
+    assert "restarted: its earlier start" in restarted.output()
+    _check_registry(context.build(stack.settings, stack.store, stack.url).registry, model, batch_id, state)
+    assert probe.failures == 0 and probe.total > 50, probe.outcomes
+
+
+def test_a_survivor_claims_and_finishes_what_a_killed_daemon_held(stack: Stack, sites: list[SiteData],
+                                                                 tmp_path: Path) -> None:
+    model = "kill-two-daemons"
+    tokens = _first_version(stack, model, sites)
+    registry = context.build(stack.settings, stack.store, stack.url).registry
+    with processes.Prober(stack.url, model, sites[0].x[:2]) as probe:
+        doomed = processes.daemon(stack, "two-a", tmp_path / "a.log", pause_at="during_training", signals=tmp_path)
+        batch_id = _push_second(stack, model, sites[1], tokens[sites[1].name])
+        processes.wait_for(tmp_path / "during_training", doomed, timeout_s=120)
+        survivor = processes.daemon(stack, "two-b", tmp_path / "b.log")  # default claim time (20 s)
+        deadline = time.monotonic() + 60
+        while Daemons(registry).heartbeat("two-b") is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(4)  # two heartbeats: the survivor respects the live daemon's entry and lease
+        assert registry.batch_state(batch_id).status is BatchStatus.TRAINING
+        doomed.kill()
+        killed = time.monotonic()
+        state = _final(stack, batch_id, timeout_s=60)
+        took_s = time.monotonic() - killed
+        assert survivor.terminate() == 0
+    _check_registry(registry, model, batch_id, state)
+    taken = [e for e in EventLog(registry).read(model) if e.kind == "update.taken_over"]
+    assert [e.data["holder"] for e in taken] == ["two-a"] and took_s < 60
+    assert probe.failures == 0 and probe.total > 50, probe.outcomes
