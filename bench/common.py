@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,22 @@ def versions(*packages: str) -> dict[str, str]:
     return out
 
 
+def commit() -> str:
+    """The checkout's commit (with "+dirty" when it has uncommitted changes), so a result names its code."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """Write payload as bench/results/<name>.json (indented, keys sorted) and return the path."""
+    """Write payload as bench/results/<name>.json (indented, keys sorted), with the commit and the CPU model."""
+    payload = {"commit": commit(), "cpu_model": _cpu_model(), **payload}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")

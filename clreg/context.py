@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,16 +41,21 @@ class Context:
     watch: WatchConfig = WatchConfig()
     cache_batches: int = 256
     _arrays: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=OrderedDict, compare=False)
+    _arrays_lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
     def arrays(self, model: Model, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """A batch's (x, y); the most recently used batches stay in memory (batches are immutable)."""
-        if batch.id in self._arrays:
-            self._arrays.move_to_end(batch.id)
-        else:
-            self._arrays[batch.id] = load_arrays(self.artifacts, batch, model.input)
+        """A batch's (x, y); the most recently used batches stay in memory (batches are immutable). The daemon's
+        loop and its scheduled jobs share the cache, hence the lock."""
+        with self._arrays_lock:
+            if batch.id in self._arrays:
+                self._arrays.move_to_end(batch.id)
+                return self._arrays[batch.id]
+        arrays = load_arrays(self.artifacts, batch, model.input)
+        with self._arrays_lock:
+            self._arrays[batch.id] = arrays
             while len(self._arrays) > self.cache_batches:
                 self._arrays.popitem(last=False)
-        return self._arrays[batch.id]
+        return arrays
 
     def module(self, model: Model, weights_sha: str) -> nn.Module:
         """The model's network with the verified weights of that digest, in eval mode."""

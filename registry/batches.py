@@ -100,14 +100,14 @@ def ingest(registry: RedisRegistry, artifacts: ArtifactStore, queue: IngestQueue
     """
     spec = registry.get_model(model).input
     x, y = parse_batch(data, spec, limits)
-    batch_id = sha256(data)
+    batch_id = batch_key(model, site, data)
     existing = _existing(registry, batch_id)
     if existing is not None:
         return existing, False
     train, heldout = split(y, batch_id, limits.heldout_fraction)
     batch = Batch(id=batch_id, model=model, site=site, samples=int(y.size),
                   class_counts=np.bincount(y, minlength=spec.classes).tolist(),
-                  train_index=train, heldout_index=heldout, artifact=batch_id,
+                  train_index=train, heldout_index=heldout, artifact=sha256(data),
                   source_artifact=artifacts.put(source) if source is not None else None)
     artifacts.put(data)
     # The record, its event and its ingest entry in one transaction: a batch is never stored unqueued.
@@ -116,6 +116,12 @@ def ingest(registry: RedisRegistry, artifacts: ArtifactStore, queue: IngestQueue
     if not registry.add_batch(batch, entries):  # a concurrent push of the same bytes won the race
         return registry.get_batch(batch_id), False
     return batch, True
+
+
+def batch_key(model: str, site: str, data: bytes) -> str:
+    """A batch's id: the same bytes from the same site for the same model are one batch (a duplicate push);
+    the same bytes for another model or from another site are a batch of their own."""
+    return hashlib.sha256(f"{model}\0{site}\0".encode() + data).hexdigest()
 
 
 def _existing(registry: RedisRegistry, batch_id: str) -> Batch | None:

@@ -193,7 +193,7 @@ class Batch(Record):
     class_counts: list[int]
     train_index: list[int]
     heldout_index: list[int]
-    artifact: str  # sha256 of the npz bytes (== id)
+    artifact: str  # sha256 of the npz bytes (the id hashes model and site with them: see batches.batch_key)
     source_artifact: str | None = None  # sha256 of the upload it was converted from (a DICOM zip), kept as sent
     created_at: float = Field(default_factory=now)
 

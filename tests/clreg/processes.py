@@ -18,22 +18,27 @@ import numpy as np
 import ray
 
 from clreg.embedded import Stack
+from registry.connection import StoreConfig
 
 CLREG = str(Path(sys.executable).parent / "clreg")
 
 
-def stack_env(stack: Stack, **settings: str) -> dict[str, str]:
-    """The environment of a role process joining the test stack (its Redis, Ray cluster, home and port)."""
+def role_env(store: StoreConfig, home: Path, **settings: str) -> dict[str, str]:
+    """The environment of a role process on this Redis (key prefix) and home, joining the tests' Ray cluster."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLREG_")}
     env.update({
-        "CLREG_HOME": str(stack.settings.home), "CLREG_REDIS__URL": stack.redis_url,
-        "CLREG_REDIS__PREFIX": stack.settings.redis.prefix, "CLREG_SERVE__PORT": str(stack.settings.serve.port),
-        "CLREG_RAY__ADDRESS": ray.get_runtime_context().gcs_address,
-        "CLREG_TRAIN__EPOCHS": str(stack.settings.train.epochs), "CLREG_WATCH__ENABLED": "false",
+        "CLREG_HOME": str(home), "CLREG_REDIS__URL": store.url, "CLREG_REDIS__PREFIX": store.prefix,
+        "CLREG_RAY__ADDRESS": ray.get_runtime_context().gcs_address, "CLREG_WATCH__ENABLED": "false",
         "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
     })
     env.update({f"CLREG_{k.upper()}": v for k, v in settings.items()})
     return env
+
+
+def stack_env(stack: Stack, **settings: str) -> dict[str, str]:
+    """A role process joining the test stack: its Redis, home, Serve port and training settings."""
+    defaults = {"serve__port": str(stack.settings.serve.port), "train__epochs": str(stack.settings.train.epochs)}
+    return role_env(stack.store, stack.settings.home, **{**defaults, **settings})
 
 
 class Child:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -134,8 +135,36 @@ def test_a_survivor_claims_and_finishes_what_a_killed_daemon_held(stack: Stack, 
         killed = time.monotonic()
         state = _final(stack, batch_id, timeout_s=60)
         took_s = time.monotonic() - killed
+        status = Client(stack.url).get("/v1/status")
+        metrics = httpx.get(f"{stack.url}/metrics").text
         assert survivor.terminate() == 0
+    lines = {d["heartbeat"]["incarnation"]["name"]: d for d in status["daemons"]}
+    assert lines["two-b"]["alive"] and not lines["two-a"]["alive"] and not lines["two-a"]["heartbeat"]["stopped"]
+    assert 'clreg_daemon_up{daemon="two-b"} 1.0' in metrics and 'clreg_daemon_up{daemon="two-a"} 0.0' in metrics
     _check_registry(registry, model, batch_id, state)
     taken = [e for e in EventLog(registry).read(model) if e.kind == "update.taken_over"]
     assert [e.data["holder"] for e in taken] == ["two-a"] and took_s < 60
     assert probe.failures == 0 and probe.total > 50, probe.outcomes
+
+
+def test_sigterm_mid_training_exits_in_time_and_the_next_start_resumes(stack: Stack, sites: list[SiteData],
+                                                                      tmp_path: Path) -> None:
+    model = "term-training"
+    tokens = _first_version(stack, model, sites)
+    client = Client(stack.url)
+    first = processes.daemon(stack, model, tmp_path / "first.log", train__epochs="200")
+    batch_id = _push_second(stack, model, sites[1], tokens[sites[1].name])
+    deadline = time.monotonic() + 90
+    while client.get(f"/v1/batches/{batch_id}")["status"] != "training" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    asked = time.monotonic()
+    code = first.terminate(timeout_s=30)
+    took_s = time.monotonic() - asked
+    stopped = client.get(f"/v1/batches/{batch_id}")
+    assert code == 0 and took_s < 30, (code, took_s, first.output()[-2000:])
+    assert stopped["status"] == "training" and "next start resumes it" in stopped["detail"]
+    restarted = processes.daemon(stack, model, tmp_path / "second.log")
+    state = _final(stack, batch_id, timeout_s=60)
+    assert restarted.terminate() == 0
+    assert "restarted: its earlier start" not in restarted.output()  # it stopped cleanly: no crash to report
+    _check_registry(context.build(stack.settings, stack.store, stack.url).registry, model, batch_id, state)

@@ -78,3 +78,18 @@ def test_ingest_stores_once_and_refusal_leaves_nothing(registry: RedisRegistry, 
     expected = [a + b for a, b in zip(batch.class_counts, [9, 1, 0], strict=True)]
     assert (counts["s"].batches, counts["s"].samples, counts["s"].class_counts) == (2, 40, expected)
     assert counts["s"].prevalence == pytest.approx([n / 40 for n in expected])
+
+
+def test_the_same_bytes_for_another_model_or_site_are_a_batch_of_their_own(registry: RedisRegistry,
+                                                                            tmp_path: Path) -> None:
+    for name in ("m", "m2"):
+        registry.create_model(Model(name=name, factory="learner.models:small_cnn", input=SPEC))
+    store, queue, log = ArtifactStore(str(tmp_path)), IngestQueue(registry), EventLog(registry)
+    queue.ensure_group()
+    first, _ = ingest(registry, store, queue, log, "m", "s", _good(), Limits())
+    other_model, new_model = ingest(registry, store, queue, log, "m2", "s", _good(), Limits())
+    other_site, new_site = ingest(registry, store, queue, log, "m", "s2", _good(), Limits())
+    assert new_model and new_site and len({first.id, other_model.id, other_site.id}) == 3
+    assert (other_model.model, other_site.site) == ("m2", "s2")
+    assert first.artifact == other_model.artifact == other_site.artifact  # the bytes are stored once
+    assert len(queue.read(block_ms=10)) == 3
