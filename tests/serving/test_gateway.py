@@ -110,7 +110,8 @@ def test_cli_lists_sites_with_their_prevalence(stack: Stack, client: Client, tok
     client.push("gw-site", token, npz_bytes(np.full((8, 8, 8), 3, np.uint8), np.array([0, 0, 0, 0, 0, 2, 2, 1])), "gw")
     after = [a + b for a, b in zip(before, [5, 1, 2], strict=True)]
     assert counts() == after
-    env = {"CLREG_HOME": str(stack.settings.home), "CLREG_SERVE__PORT": str(stack.settings.serve.port)}
+    env = {"CLREG_HOME": str(stack.settings.home), "CLREG_SERVE__PORT": str(stack.settings.serve.port),
+           "COLUMNS": "240"}  # other tests' long site names must not squeeze the column under test
     table = CliRunner().invoke(app, ["sites", "list"], env=env)
     assert table.exit_code == 0, table.output
     row = next(line for line in table.output.splitlines() if "gw-site" in line)
