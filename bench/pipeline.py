@@ -36,7 +36,8 @@ from bench.common import machine_info, versions, write_result  # noqa: E402
 
 from clreg import embedded  # noqa: E402
 from clreg.client import Client, npz_bytes  # noqa: E402
-from clreg.settings import RedisSettings, ServeSettings, Settings  # noqa: E402
+from clreg.settings import RedisSettings, Settings  # noqa: E402
+from serving.config import ServingConfig  # noqa: E402
 from learner.streams import digits_sites, site_batch, to_uint8  # noqa: E402
 from registry.events import EventLog  # noqa: E402
 from registry.records import Event  # noqa: E402
@@ -118,7 +119,10 @@ def _events(reg: RedisRegistry, model: str) -> list[Event]:
 
 def death_to_verdict(stack: embedded.Stack, client: Client, model: str, seed: int, logs: Path) -> dict[str, Any]:
     """Two daemons; the holder of the update killed mid-training; seconds until the survivor's verdict."""
+    helper = daemon(stack, f"{model}-v1", logs / f"{model}-v1.log")  # learns version 1, then leaves
     tokens, site = first_version(client, model, seed)
+    helper.send_signal(signal.SIGTERM)
+    helper.wait(60)
     signals = logs / f"signals-{model}"
     doomed = daemon(stack, f"{model}-a", logs / f"{model}-a.log", faults__pause_at=json.dumps(["during_training"]),
                     faults__signal_dir=str(signals))
@@ -142,12 +146,15 @@ def death_to_verdict(stack: embedded.Stack, client: Client, model: str, seed: in
 def run(rounds: int, logs: Path) -> tuple[list[dict], list[dict]]:
     with tempfile.TemporaryDirectory() as home:
         stack = embedded.start(Settings(home=Path(home), redis=RedisSettings(prefix="bench-pipeline"),
-                                        serve=ServeSettings(port=PORT)))
+                                        serve=ServingConfig(port=PORT)))
         client = Client(stack.url, stack.admin_token)
         client.wait_ready()
         worker = daemon(stack, "bench-main", logs / "main.log")
         try:
-            steady = [push_to_verdict(stack, client, f"p{r}", seed=10 + r) for r in range(rounds)]
+            steady = []
+            for r in range(rounds):
+                steady.append(push_to_verdict(stack, client, f"p{r}", seed=10 + r))
+                print(steady[-1], file=sys.stderr)
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)
