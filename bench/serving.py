@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import machine_info, versions, write_result  # noqa: E402
 
 from clreg import embedded  # noqa: E402
-from clreg.settings import RedisSettings, ServeSettings, Settings  # noqa: E402
+from clreg.settings import RedisSettings, Settings  # noqa: E402
+from serving.config import ServingConfig  # noqa: E402
 from learner.models import small_cnn, weights_to_bytes  # noqa: E402
 from learner.sitebn import bank_to_bytes, extract_site_bn  # noqa: E402
 from registry.artifacts import ArtifactStore  # noqa: E402
@@ -119,7 +120,7 @@ def run(seconds: float, rounds: int) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as home:
         stack = embedded.start(Settings(home=Path(home), redis=RedisSettings(prefix="bench-serving"),
-                                        serve=ServeSettings(port=8791)))
+                                        serve=ServingConfig(port=8791)))
         try:
             reg, store = RedisRegistry(stack.store), ArtifactStore(stack.settings.artifacts())
             for name, (side, mult) in MODELS.items():
@@ -178,7 +179,7 @@ def main() -> None:
     print_table(summary)
     settings = {"seconds_per_cell": args.seconds, "rounds": args.rounds, "models": MODELS, "batching": SETTINGS, "clients": CLIENTS,
                 "request": "JSON, 1 image, site named (per-site BatchNorm and temperature)", "replicas": 1,
-                "max_ongoing_requests": ServeSettings().max_ongoing_requests}
+                "max_ongoing_requests": ServingConfig().max_ongoing_requests}
     path = write_result("serving", {"machine": machine_info(), "versions": versions("ray", "torch", "httpx"),
                                     "settings": settings, "summary": summary, "rows": rows, "seconds": time.perf_counter() - started})
     Console().print(f"wrote {path}")

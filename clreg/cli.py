@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -51,9 +52,12 @@ def _settings() -> Settings:
 
 
 def _client(admin: bool = False) -> Client:
+    """A client with the admin token (admin commands) or the read token: CLREG_TOKEN, else the home's ops token."""
     settings = _settings()
-    token = embedded.admin_token(settings.home) if admin else None
-    return Client(f"http://{settings.serve.host}:{settings.serve.port}", token)
+    url = f"http://{settings.serve.host}:{settings.serve.port}"
+    if admin:
+        return Client(url, embedded.admin_token(settings.home))
+    return Client(url, token=os.environ.get("CLREG_TOKEN") or embedded.secrets(settings.home)["ops"])
 
 
 def _emit(data: Any, as_json: bool, table: Table | None = None) -> None:
@@ -112,7 +116,7 @@ def serve_cmd() -> None:
     store = StoreConfig(url=embedded.redis_url(settings), prefix=settings.redis.prefix)
     embedded.start_ray(settings.ray)
     try:
-        deploy.start(embedded.serving_config(settings, store, embedded.admin_token(settings.home)))
+        deploy.start(embedded.serving_config(settings, store, embedded.secrets(settings.home)))
     finally:
         ray.shutdown()
     console.print(f"clreg is served at {_public_url(settings)}")
@@ -152,9 +156,14 @@ def models_create(name: str, factory: Annotated[str, typer.Option()] = "learner.
 
 
 @sites_app.command("add")
-def sites_add(site: str, threshold: float | None = None, as_json: JsonOpt = False) -> None:
+def sites_add(site: str, threshold: float | None = None,
+              models: Annotated[str | None, typer.Option(help="comma-separated models it may push to (default all)")] = None,
+              batches_per_day: Annotated[int | None, typer.Option(help="quota (default: the server's)")] = None,
+              max_bytes: Annotated[int | None, typer.Option(help="quota on bytes stored (default: the server's)")] = None,
+              as_json: JsonOpt = False) -> None:
     """Register a site; its token is printed once and stored only hashed."""
-    answer = _client(admin=True).add_site(site, threshold)
+    scope = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    answer = _client(admin=True).add_site(site, threshold, scope, batches_per_day, max_bytes)
     if as_json:
         _emit(answer, True)
     else:
@@ -168,6 +177,7 @@ def push(site: str, file: Path, model: Annotated[str, typer.Option()] = "digits"
     """Push a labelled batch for a site: an npz (arrays x and y), or DICOM files with a labels.csv, as a .zip
     or as a folder (its top-level files are zipped on the way)."""
     client = _client()
+    client.token = token  # the site's token reads its own batches (--wait)
     if file.is_dir():
         body, kind = _zip_folder(file), "application/zip"
     else:

@@ -22,9 +22,14 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, url: str, admin_token: str | None = None, timeout_s: float = 30.0) -> None:
+    """`admin_token` for admin actions; `token` (the ops token, a site's token for its own batches, or the admin
+    token when none is given) for reads and predictions."""
+
+    def __init__(self, url: str, admin_token: str | None = None, timeout_s: float = 30.0,
+                 token: str | None = None) -> None:
         self.http = httpx.Client(base_url=url, timeout=timeout_s)
         self.admin_token = admin_token
+        self.token = token or admin_token
 
     def _call(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
         headers = kwargs.pop("headers", {})
@@ -40,7 +45,7 @@ class Client:
         return response
 
     def get(self, path: str, **params: Any) -> Any:
-        return self._call("GET", path, params={k: v for k, v in params.items() if v is not None}).json()
+        return self._call("GET", path, self.token, params={k: v for k, v in params.items() if v is not None}).json()
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -58,8 +63,12 @@ class Client:
                                                                    classes=classes)}
         return self._call("POST", "/v1/models", self.admin_token, json=body).json()
 
-    def add_site(self, name: str, threshold: float | None = None) -> dict:
-        return self._call("POST", "/v1/sites", self.admin_token, json={"name": name, "threshold": threshold}).json()
+    def add_site(self, name: str, threshold: float | None = None, models: list[str] | None = None,
+                 batches_per_day: int | None = None, max_bytes: int | None = None) -> dict:
+        """Register a site; `models` limits where its token may push, the quotas default to the server's."""
+        body = {"name": name, "threshold": threshold, "models": models, "batches_per_day": batches_per_day,
+                "max_bytes": max_bytes}
+        return self._call("POST", "/v1/sites", self.admin_token, json=body).json()
 
     def set_threshold(self, site: str, threshold: float | None) -> dict:
         return self._call("PUT", f"/v1/sites/{site}/threshold", self.admin_token, json={"threshold": threshold}).json()
@@ -93,7 +102,7 @@ class Client:
         body: dict[str, Any] = {"inputs": x.tolist()}
         if site:
             body["site"] = site
-        response = self._call("POST", "/v1/predict", params=params, json=body)
+        response = self._call("POST", "/v1/predict", self.token, params=params, json=body)
         return response.json(), int(response.headers["X-Model-Version"])
 
 

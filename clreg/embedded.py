@@ -32,11 +32,15 @@ log = logging.getLogger(__name__)
 USER = "clreg"  # the embedded Valkey's ACL user
 
 
-def admin_token(home: Path) -> str:
-    """The admin token, created on first use in `<home>/tokens.json` (mode 0600)."""
+def secrets(home: Path) -> dict[str, str]:
+    """The home's tokens (admin, ops) and Valkey password, created on first use in `<home>/tokens.json` (0600)."""
     h = Home(home)
     h.create()
-    return h.secrets()["admin"]
+    return h.secrets()
+
+
+def admin_token(home: Path) -> str:
+    return secrets(home)["admin"]
 
 
 @dataclass
@@ -138,18 +142,14 @@ def start_ray(cfg: RaySettings) -> None:
              namespace="clreg", logging_level=logging.WARNING, log_to_driver=False)
 
 
-def serving_config(settings: Settings, store: StoreConfig, admin: str) -> ServingConfig:
-    s = settings.serve
-    return ServingConfig(store=store, artifacts_url=settings.artifacts(), host=s.host, port=s.port,
-                         replicas=s.replicas, max_ongoing_requests=s.max_ongoing_requests,
-                         poll_interval_s=s.poll_interval_s, max_body_bytes=s.max_body_bytes,
-                         max_samples=s.max_samples, max_unzipped_bytes=s.max_unzipped_bytes,
-                         heldout_fraction=settings.heldout_fraction,
-                         batch_max_requests=s.batch_max_requests, batch_wait_s=s.batch_wait_s,
-                         replica_gpus=s.replica_gpus, admin_token_sha256=token_sha256(admin),
-                         inputs=settings.watch.inputs,
-                         stuck=StuckRule(after_s=settings.daemon.stuck_after_s,
-                                         waiting_after_s=settings.trigger.flush_interval_s + settings.daemon.stuck_after_s))
+def serving_config(settings: Settings, store: StoreConfig, secrets: dict[str, str]) -> ServingConfig:
+    """The serving settings with what only the running stack knows: its Redis, artifacts and token digests."""
+    return settings.serve.model_copy(update={
+        "store": store, "artifacts_url": settings.artifacts(), "heldout_fraction": settings.heldout_fraction,
+        "admin_token_sha256": token_sha256(secrets["admin"]), "ops_token_sha256": token_sha256(secrets["ops"]),
+        "inputs": settings.watch.inputs,
+        "stuck": StuckRule(after_s=settings.daemon.stuck_after_s,
+                           waiting_after_s=settings.trigger.flush_interval_s + settings.daemon.stuck_after_s)})
 
 
 @dataclass
@@ -158,7 +158,7 @@ class Stack:
 
     settings: Settings
     redis_url: str
-    admin_token: str
+    secrets: dict[str, str]
     home: Home | None = None
     valkey: Valkey | None = None
     notes: list[str] = field(default_factory=list)  # what the start found left over and did about it
@@ -169,7 +169,15 @@ class Stack:
         return StoreConfig(url=self.redis_url, prefix=self.settings.redis.prefix)
 
     def serving(self) -> ServingConfig:
-        return serving_config(self.settings, self.store, self.admin_token)
+        return serving_config(self.settings, self.store, self.secrets)
+
+    @property
+    def admin_token(self) -> str:
+        return self.secrets["admin"]
+
+    @property
+    def ops_token(self) -> str:
+        return self.secrets["ops"]
 
     @property
     def url(self) -> str:
@@ -201,11 +209,11 @@ def start(settings: Settings) -> Stack:
     home = Home(settings.home)
     home.create()
     home.lock()
-    secrets = home.secrets()
-    stack = Stack(settings=settings, redis_url=settings.redis.url or "", admin_token=secrets["admin"], home=home)
+    found = home.secrets()
+    stack = Stack(settings=settings, redis_url=settings.redis.url or "", secrets=found, home=home)
     try:
         if settings.redis.url is None:
-            stack.valkey = start_valkey(home, secrets["valkey"], stack.notes)
+            stack.valkey = start_valkey(home, found["valkey"], stack.notes)
             stack.redis_url = stack.valkey.url
         _start_ray(home, settings.ray, stack.notes, keep={stack.valkey.pid} if stack.valkey else set())
         deploy.start(stack.serving())

@@ -1,7 +1,7 @@
 """The state folder (CLREG_HOME): its lock, its secrets, and the processes `clreg up` leaves running.
 
     <home>/                  0700
-    <home>/tokens.json       0600  {"admin": token, "valkey": password}; refused if others can read it
+    <home>/tokens.json       0600  {"admin", "ops" (read-only) tokens, "valkey" password}; refused if others can read it
     <home>/redis/            the embedded Valkey's data (append-only file)
     <home>/run/up.lock       flock held by the running `clreg up` (the kernel drops it when that process dies)
     <home>/run/valkey.json   pid and port of the embedded Valkey, which outlives a SIGKILL of `clreg up`
@@ -108,13 +108,13 @@ class Home:
             self._lock = None
 
     def secrets(self) -> dict[str, str]:
-        """The admin token and the embedded Valkey's password, created on first use (tokens.json, 0600)."""
+        """The admin and ops tokens and the embedded Valkey's password, created on first use (tokens.json, 0600)."""
         path = self.path / TOKENS
         found: dict[str, str] = {}
         if path.exists():
             check_private(path)
             found = json.loads(path.read_text())
-        wanted = {**{k: secrets.token_urlsafe(32) for k in ("admin", "valkey")}, **found}
+        wanted = {**{k: secrets.token_urlsafe(32) for k in ("admin", "ops", "valkey")}, **found}
         if wanted != found:
             self.write_private(path, json.dumps(wanted))
         return wanted

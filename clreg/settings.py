@@ -17,6 +17,7 @@ from monitor.drift import DriftConfig
 from monitor.features import FeatureConfig
 from registry.inputs import InputLogConfig
 from registry.retention import RetentionConfig
+from serving.config import ServingConfig
 
 
 class RedisSettings(BaseModel):
@@ -29,21 +30,6 @@ class RaySettings(BaseModel):
     model_config = ConfigDict(frozen=True)
     address: str | None = None  # unset: start a local Ray bound to 127.0.0.1
     num_cpus: int | None = None
-
-
-class ServeSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
-    replicas: int = Field(default=1, ge=1)
-    max_ongoing_requests: int = Field(default=64, ge=1)
-    poll_interval_s: float = Field(default=0.1, gt=0)
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    max_samples: int = Field(default=10_000, ge=1)
-    max_unzipped_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # a pushed DICOM zip, inflated
-    batch_max_requests: int = Field(default=1, ge=1)  # >1 batches requests: for GPU replicas (bench/serving.py)
-    batch_wait_s: float = Field(default=0.0, ge=0, le=1)  # 0: batch whatever queued, never wait
-    replica_gpus: float = Field(default=0.0, ge=0)  # per ModelServer replica; > 0 serves on the GPU
 
 
 class GateConfig(BaseModel):
@@ -107,7 +93,7 @@ class Settings(BaseSettings):
     home: Path = Path(".clreg")
     redis: RedisSettings = RedisSettings()
     ray: RaySettings = RaySettings()
-    serve: ServeSettings = ServeSettings()
+    serve: ServingConfig = ServingConfig()  # store, artifacts and token digests are filled in at start
     train: TrainConfig = TrainConfig()
     features: FeatureConfig = FeatureConfig()
     drift: DriftConfig = DriftConfig()

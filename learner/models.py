@@ -111,6 +111,18 @@ def last_linear(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
+def check_factory(factory: str, allowed: tuple[str, ...]) -> None:
+    """Refuse a factory outside the allowed modules before anything is imported (a factory runs code).
+
+    Raises:
+        ModelFactoryError: the factory's module is not one of `allowed` nor below one of them.
+    """
+    module = factory.split(":", 1)[0]
+    if not any(module == prefix or module.startswith(prefix + ".") for prefix in allowed):
+        raise ModelFactoryError(f"factory {factory!r} is not from an allowed module ({', '.join(allowed)}); "
+                                "extend CLREG_SERVE__FACTORY_PREFIXES to allow it")
+
+
 def build_model(
     factory: str, kwargs: dict[str, Any], channels: int, height: int, width: int, classes: int
 ) -> nn.Module:

@@ -6,15 +6,14 @@ Validation happens before anything is written, so a refused batch leaves no trac
 from __future__ import annotations
 
 import hashlib
-import io
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from registry.artifacts import ArtifactStore, sha256
-from registry.errors import BatchMismatch, MalformedBatch, NotFound
+from registry.errors import BatchMismatch, NotFound, TooLarge
 from registry.events import EventLog, IngestQueue
+from registry.npz import NpzLimits, NpzReader
 from registry.records import Batch, InputSpec
 from registry.store import RedisRegistry
 
@@ -23,54 +22,59 @@ from registry.store import RedisRegistry
 class Limits:
     max_samples: int = 10_000
     heldout_fraction: float = 0.3
+    max_inflated_bytes: int = 256 * 1024 * 1024  # x and y together, as their npy headers declare them
 
 
 def parse_batch(data: bytes, spec: InputSpec, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
-    """The batch's (x, y), checked against the model's input spec.
+    """The batch's (x, y), checked against the model's input spec: shapes, dtypes and sample count from the
+    npy headers before anything is inflated, then the values.
 
     Raises:
         MalformedBatch: not an npz with `x` and `y` (pickled object arrays are refused too).
         BatchMismatch: shape, dtype, non-finite values, or labels outside 0..classes-1.
+        TooLarge: more samples or inflated bytes than the limits allow.
     """
-    x, y = _load_npz(data)
-    return _check_x(x, spec, limits), _check_y(y, x.shape[0], spec)
+    reader = NpzReader(data, NpzLimits(max_bytes=limits.max_inflated_bytes))
+    reader.require("x", "y")
+    n = _check_x_header(*reader.header("x"), spec, limits)
+    _check_y_header(*reader.header("y"), n)
+    x = reader.array("x")
+    return _check_x(x[:, None] if x.ndim == 3 else x), _check_y(reader.array("y"), spec)
 
 
-def _load_npz(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            if "x" not in npz.files or "y" not in npz.files:
-                raise MalformedBatch(f"the npz must hold arrays 'x' and 'y'; it holds {sorted(npz.files)}")
-            return npz["x"], npz["y"]
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise MalformedBatch(f"the body is not a readable .npz without pickled objects: {e}") from e
-
-
-def _check_x(x: np.ndarray, spec: InputSpec, limits: Limits) -> np.ndarray:
-    if x.dtype not in (np.uint8, np.float32):
-        raise BatchMismatch(f"x has dtype {x.dtype}; send uint8 (0-255) or float32 (0-1)")
-    if x.ndim == 3 and spec.channels == 1:
-        x = x[:, None]
+def _check_x_header(dtype: np.dtype, shape: tuple[int, ...], spec: InputSpec, limits: Limits) -> int:
+    if dtype not in (np.uint8, np.float32):
+        raise BatchMismatch(f"x has dtype {dtype}; send uint8 (0-255) or float32 (0-1)")
     want = (spec.channels, spec.height, spec.width)
-    if x.ndim != 4 or tuple(x.shape[1:]) != want:
-        raise BatchMismatch(f"x has shape {list(x.shape)}; this model takes [N, {want[0]}, {want[1]}, {want[2]}]"
+    full = (shape[0], 1, *shape[1:]) if len(shape) == 3 and spec.channels == 1 else shape
+    if len(full) != 4 or tuple(full[1:]) != want:
+        raise BatchMismatch(f"x has shape {list(shape)}; this model takes [N, {want[0]}, {want[1]}, {want[2]}]"
                             + (" or [N, H, W]" if spec.channels == 1 else ""))
-    if not 1 <= x.shape[0] <= limits.max_samples:
-        raise BatchMismatch(f"x has {x.shape[0]} samples; send 1 to {limits.max_samples}")
+    if full[0] > limits.max_samples:
+        raise TooLarge(f"x has {full[0]} samples; send at most {limits.max_samples} per batch")
+    if full[0] < 1:
+        raise BatchMismatch("x has no samples")
+    return int(full[0])
+
+
+def _check_y_header(dtype: np.dtype, shape: tuple[int, ...], n: int) -> None:
+    if len(shape) != 1 or shape[0] != n:
+        raise BatchMismatch(f"y has shape {list(shape)}; it must be [N] with N = {n} like x")
+    if not np.issubdtype(dtype, np.integer):
+        raise BatchMismatch(f"y has dtype {dtype}; labels must be integers")
+
+
+def _check_x(x: np.ndarray) -> np.ndarray:
     if x.dtype == np.float32:
         if not np.isfinite(x).all():
             raise BatchMismatch(f"x has {int((~np.isfinite(x)).sum())} NaN or infinite values")
         if x.min() < 0.0 or x.max() > 1.0:
             raise BatchMismatch(f"float32 x must lie in [0, 1]; it spans [{x.min():.3g}, {x.max():.3g}]")
         return x
-    return (x.astype(np.float32) / 255.0)
+    return x.astype(np.float32) / 255.0
 
 
-def _check_y(y: np.ndarray, n: int, spec: InputSpec) -> np.ndarray:
-    if y.ndim != 1 or y.shape[0] != n:
-        raise BatchMismatch(f"y has shape {list(y.shape)}; it must be [N] with N = {n} like x")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise BatchMismatch(f"y has dtype {y.dtype}; labels must be integers")
+def _check_y(y: np.ndarray, spec: InputSpec) -> np.ndarray:
     bad = (y < 0) | (y >= spec.classes)
     if bad.any():
         raise BatchMismatch(f"{int(bad.sum())} labels lie outside 0..{spec.classes - 1} (e.g. {int(y[bad][0])})")
@@ -113,7 +117,8 @@ def ingest(registry: RedisRegistry, artifacts: ArtifactStore, queue: IngestQueue
     # The record, its event and its ingest entry in one transaction: a batch is never stored unqueued.
     entries = [*events.entries(model, "batch.received", batch=batch_id, site=site, samples=batch.samples),
                queue.entry(model, batch_id)]
-    if not registry.add_batch(batch, entries):  # a concurrent push of the same bytes won the race
+    stored = len(data) + (len(source) if source is not None else 0)
+    if not registry.add_batch(batch, entries, stored_bytes=stored):  # a concurrent push of the same bytes won
         return registry.get_batch(batch_id), False
     return batch, True
 

@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from registry.errors import BatchMismatch, MalformedBatch
 from registry.records import InputSpec
@@ -32,10 +39,24 @@ GRAY = ("MONOCHROME1", "MONOCHROME2")
 EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed zip timestamps: the npz bytes depend on the content only
 
 
+# Uncompressed transfer syntaxes clreg reads. The deflated one is refused: pydicom would inflate it whole,
+# past any size check (send it uncompressed).
+READABLE = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian})
+LABEL = re.compile(r"^-?[0-9]{1,9}$")  # ASCII digits only: str.isdigit() also takes '²' and other numerals
+# What a de-identified copy keeps: the pixels and what is needed to read them, nothing about the patient,
+# the study, the institution or the device (stricter than the DICOM basic profile, which lists removals).
+KEPT = frozenset({
+    "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+    "PixelRepresentation", "PlanarConfiguration", "RescaleSlope", "RescaleIntercept", "RescaleType",
+    "WindowCenter", "WindowWidth", "VOILUTFunction", "PixelData", "SOPClassUID",
+})
+
+
 @dataclass(frozen=True)
 class DicomLimits:
     max_files: int = 10_000
     max_unzipped_bytes: int = 512 * 1024 * 1024
+    max_pixels: int = 64 * 1024 * 1024  # rows x columns x samples x frames of one image
 
 
 def dicom_zip_to_npz(data: bytes, spec: InputSpec, limits: DicomLimits) -> bytes:
@@ -53,7 +74,7 @@ def dicom_zip_to_npz(data: bytes, spec: InputSpec, limits: DicomLimits) -> bytes
         raise BatchMismatch(f"{LABELS_FILE} and the DICOM files must match: labelled but absent {missing[:3]}, "
                             f"present but unlabelled {unlabelled[:3]}")
     names = sorted(labels)
-    x = np.stack([_image(name, members[name], spec) for name in names])
+    x = np.stack([_image(name, members[name], spec, limits) for name in names])
     return _npz(x, np.array([labels[n] for n in names], dtype=np.int64))
 
 
@@ -64,6 +85,10 @@ def _members(data: bytes, limits: DicomLimits) -> dict[str, bytes]:
     except zipfile.BadZipFile as e:
         raise MalformedBatch(f"the body is not a readable zip: {e}") from e
     infos = [i for i in archive.infolist() if not i.is_dir() and not _clutter(i.filename)]
+    for info in infos:
+        if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise MalformedBatch(f"{info.filename} is encrypted or uses compression method {info.compress_type}; "
+                                 "send a plain zip (stored or deflated members)")
     if len(infos) > limits.max_files + 1:
         raise BatchMismatch(f"the zip holds {len(infos)} files; send at most {limits.max_files} images")
     if sum(i.file_size for i in infos) > limits.max_unzipped_bytes:
@@ -73,7 +98,7 @@ def _members(data: bytes, limits: DicomLimits) -> dict[str, bytes]:
         raise MalformedBatch(f"the zip must hold {LABELS_FILE} (columns file,label) at its top level")
     try:  # read() stops at the declared size and checks the CRC, so a lying header cannot inflate more
         return {_name(i.filename, top): archive.read(i) for i in infos}
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error) as e:
         raise MalformedBatch(f"the zip is damaged: {e}") from e
 
 
@@ -104,8 +129,8 @@ def _labels(raw: bytes) -> dict[str, int]:
     for n, row in enumerate(rows[1:], start=2):
         if not row:
             continue
-        if len(row) != 2 or not row[1].strip().lstrip("-").isdigit():
-            raise MalformedBatch(f"{LABELS_FILE} line {n}: expected 'file,integer label', got {row!r}")
+        if len(row) != 2 or not LABEL.fullmatch(row[1].strip()):
+            raise MalformedBatch(f"{LABELS_FILE} line {n}: expected 'file,integer label', got {row!r:.200}")
         if row[0] in labels:
             raise MalformedBatch(f"{LABELS_FILE} line {n}: {row[0]!r} is labelled twice")
         labels[row[0]] = int(row[1])
@@ -114,20 +139,35 @@ def _labels(raw: bytes) -> dict[str, int]:
     return labels
 
 
-def _image(name: str, raw: bytes, spec: InputSpec) -> np.ndarray:
-    """One DICOM file as uint8 [C, H, W] at the model's size."""
+def _read(name: str, raw: bytes, limits: DicomLimits) -> pydicom.Dataset:
+    """A DICOM file, its transfer syntax and declared image size checked before its pixels are read.
+
+    pydicom is the boundary here: whatever it raises on a hostile file is a refusal, never a crash.
+    """
     try:
-        ds = pydicom.dcmread(io.BytesIO(raw))
-    except (InvalidDicomError, EOFError, ValueError, OSError) as e:
-        raise MalformedBatch(f"{name} is not a readable DICOM file: {e}") from e
+        head = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
+        syntax = head.file_meta.get("TransferSyntaxUID") if hasattr(head, "file_meta") else None
+        if syntax is not None and syntax not in READABLE:
+            raise BatchMismatch(f"{name} uses the transfer syntax {syntax!s:.80}; send it uncompressed "
+                                "(Explicit VR Little Endian)")
+        frames = int(head.get("NumberOfFrames", 1) or 1)
+        pixels = int(head.get("Rows", 0)) * int(head.get("Columns", 0)) * int(head.get("SamplesPerPixel", 1) or 1)
+        if frames > 1:
+            raise BatchMismatch(f"{name} has {frames} frames; send single-frame images")
+        if pixels > limits.max_pixels:
+            raise BatchMismatch(f"{name} declares {pixels:,} pixels; the limit is {limits.max_pixels:,} per image")
+        return pydicom.dcmread(io.BytesIO(raw))
+    except (BatchMismatch, MalformedBatch):
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of the parser on untrusted bytes is a refusal
+        raise MalformedBatch(f"{name} is not a readable DICOM file: {type(e).__name__}: {e!s:.200}") from e
+
+
+def _image(name: str, raw: bytes, spec: InputSpec, limits: DicomLimits) -> np.ndarray:
+    """One DICOM file as uint8 [C, H, W] at the model's size."""
+    ds = _read(name, raw, limits)
     if "PixelData" not in ds:
         raise BatchMismatch(f"{name} holds no pixel data")
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if syntax is not None and syntax.is_compressed:
-        raise BatchMismatch(f"{name} uses the compressed transfer syntax {syntax.name}; "
-                            "send it uncompressed (e.g. Explicit VR Little Endian)")
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise BatchMismatch(f"{name} has {ds.NumberOfFrames} frames; send single-frame images")
     if spec.channels not in (1, 3):
         raise BatchMismatch(f"DICOM images map to 1 or 3 channels; this model takes {spec.channels}")
     photometric = str(ds.get("PhotometricInterpretation", ""))
@@ -135,19 +175,25 @@ def _image(name: str, raw: bytes, spec: InputSpec) -> np.ndarray:
         raise BatchMismatch(f"{name} has photometric interpretation {photometric!r}; clreg reads "
                             "MONOCHROME1, MONOCHROME2 and RGB")
     try:
-        pixels = ds.pixel_array
-    except (ValueError, AttributeError, RuntimeError) as e:
-        raise BatchMismatch(f"{name}: the pixel data cannot be decoded: {e}") from e
+        planes = _planes(ds, photometric, spec)
+    except Exception as e:  # noqa: BLE001 - pydicom decoding untrusted pixel data: a refusal, never a crash
+        raise BatchMismatch(f"{name}: the pixel data cannot be decoded: {type(e).__name__}: {e!s:.200}") from e
+    return np.stack([_resized(np.clip(p, 0.0, 1.0).astype(np.float32), spec) for p in planes])
+
+
+def _planes(ds: pydicom.Dataset, photometric: str, spec: InputSpec) -> list[np.ndarray]:
+    """The image's channels as floats in [0, 1] (before resizing)."""
+    pixels = ds.pixel_array
     if photometric == "RGB":
         rgb = pixels.astype(np.float64) / 255.0
-        planes = [rgb[..., c] for c in range(3)] if spec.channels == 3 else [rgb @ np.array([0.299, 0.587, 0.114])]
-    else:
-        lo, hi = _value_range(ds)
-        values = (apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64) - lo) / (hi - lo)
-        if photometric == "MONOCHROME1":
-            values = 1.0 - values
-        planes = [values] * (3 if spec.channels == 3 else 1)
-    return np.stack([_resized(np.clip(p, 0.0, 1.0).astype(np.float32), spec) for p in planes])
+        return [rgb[..., c] for c in range(3)] if spec.channels == 3 else [rgb @ np.array([0.299, 0.587, 0.114])]
+    lo, hi = _value_range(ds)
+    if not hi > lo:
+        raise ValueError(f"the value range [{lo}, {hi}] is empty")
+    values = (apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64) - lo) / (hi - lo)
+    if photometric == "MONOCHROME1":
+        values = 1.0 - values
+    return [values] * (3 if spec.channels == 3 else 1)
 
 
 def _value_range(ds: pydicom.Dataset) -> tuple[float, float]:
@@ -183,6 +229,33 @@ def _npz(x: np.ndarray, y: np.ndarray) -> bytes:
             archive.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=EPOCH), member.getvalue(),
                              compress_type=zipfile.ZIP_DEFLATED)
     return buf.getvalue()
+
+
+def deidentified_study(data: bytes, limits: DicomLimits) -> bytes:
+    """The study with every DICOM file reduced to the attributes in KEPT and fresh UIDs derived from its pixels
+    (so the same study gives the same bytes), plus labels.csv: what is kept at rest when sources are kept."""
+    members = _members(data, limits)
+    labels = members.pop(LABELS_FILE)
+    files = {}
+    for name, raw in sorted(members.items()):
+        ds = _read(name, raw, limits)
+        for element in list(ds):
+            if element.keyword not in KEPT:
+                del ds[element.tag]
+        uid = generate_uid(entropy_srcs=[bytes(ds.PixelData).hex()])
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", SecondaryCaptureImageStorage)
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.SOPInstanceUID = uid
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        files[name] = buf.getvalue()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, raw in [*files.items(), (LABELS_FILE, labels)]:
+            archive.writestr(zipfile.ZipInfo(name, date_time=EPOCH), raw, compress_type=zipfile.ZIP_DEFLATED)
+    return out.getvalue()
 
 
 def dicom_file(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12, **tags: object) -> bytes:

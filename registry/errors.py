@@ -8,7 +8,8 @@ RegistryError
  ├── UnreadableRecord     a stored record was written by a newer schema than this code reads, or is damaged
  ├── InvalidBatch         a pushed batch cannot be used; nothing of it is stored
  │    ├── MalformedBatch  not a readable npz with arrays x and y
- │    └── BatchMismatch   readable, but shape, dtype, values or labels do not fit the model
+ │    ├── BatchMismatch   readable, but shape, dtype, values or labels do not fit the model
+ │    └── TooLarge        it declares more data (inflated, samples, pixels) than the limits allow
  └── StoreUnavailable     Redis or the artifact store cannot be reached
 """
 
@@ -47,6 +48,10 @@ class MalformedBatch(InvalidBatch):
 
 class BatchMismatch(InvalidBatch):
     """The arrays do not fit the model's input spec (shape, dtype, finite values, label range)."""
+
+
+class TooLarge(InvalidBatch):
+    """The upload declares more than the configured limits; nothing of it was inflated or stored."""
 
 
 class StoreUnavailable(RegistryError):

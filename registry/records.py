@@ -144,12 +144,24 @@ class VersionView(BaseModel):
 
 
 class Site(Record):
-    """A hospital pushing data. The token is stored only as its sha256."""
+    """A hospital pushing data. The token is stored only as its sha256; it may push only to `models`
+    (None: every model) and within its quotas."""
 
     name: Name
     token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    models: list[Name] | None = None
+    batches_per_day: int = Field(default=1000, ge=1)
+    max_bytes: int = Field(default=10 * 2**30, ge=1)  # every upload it stored, all models together
     created_at: float = Field(default_factory=now)
+
+
+class SiteUsage(BaseModel):
+    """What a site has used of its quotas: batches stored today (UTC) and bytes stored in all."""
+
+    model_config = ConfigDict(frozen=True)
+    batches_today: int
+    bytes: int
 
 
 class SiteCounts(BaseModel):

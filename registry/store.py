@@ -16,6 +16,7 @@ Key schema (every key under `cfg.prefix`, so deployments can share one Redis):
     {p}:model:{m}:drift             zset  drift report id -> created_at
     {p}:sites                       zset  site name -> created_at
     {p}:site:{s}                    JSON  Site
+    {p}:site:{s}:usage              hash  "bytes" stored, "day:YYYY-MM-DD" -> batches stored that day
     {p}:batch:{id}                  JSON  Batch          {p}:batch:{id}:state  JSON BatchState
     {p}:batches:active              zset  batch id -> time of its last state change, while not final
     {p}:report:drift:{id}           JSON  DriftReport    {p}:report:gate:{id}  JSON GateReport
@@ -24,6 +25,7 @@ Key schema (every key under `cfg.prefix`, so deployments can share one Redis):
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 
 import redis
@@ -44,6 +46,7 @@ from registry.records import (
     ModelVersion,
     Site,
     SiteCounts,
+    SiteUsage,
     VersionStatus,
     VersionView,
     check_batch_id,
@@ -283,9 +286,9 @@ class RedisRegistry:
 
     # -- batches --------------------------------------------------------------------------------
     @translated
-    def add_batch(self, batch: Batch, entries: Sequence[StreamEntry] = ()) -> bool:
-        """Store a batch record with its state, counts and `entries` (its event, its ingest entry) in one
-        transaction, on disk before it returns; False if the same bytes were stored before (nothing changes)."""
+    def add_batch(self, batch: Batch, entries: Sequence[StreamEntry] = (), stored_bytes: int = 0) -> bool:
+        """Store a batch record with its state, counts, its site's usage and `entries` (its event, its ingest
+        entry) in one transaction, on disk before it returns; False if the same batch was stored before."""
         key = self.key("batch", batch.id)
         added: list[bool] = []
 
@@ -304,6 +307,9 @@ class RedisRegistry:
             pipe.hincrby(counts, "samples", batch.samples)
             for k, n in enumerate(batch.class_counts):
                 pipe.hincrby(counts, str(k), n)
+            usage = self.key("site", batch.site, "usage")
+            pipe.hincrby(usage, "bytes", stored_bytes)
+            pipe.hincrby(usage, _day(batch.created_at), 1)
             for entry in entries:
                 entry.add_to(pipe)
             added[:] = [True]
@@ -312,6 +318,11 @@ class RedisRegistry:
         if added[0]:
             self.durability.wait()
         return added[0]
+
+    @translated
+    def site_usage(self, site: str) -> SiteUsage:
+        raw = self.r.hmget(self.key("site", check_name(site), "usage"), ["bytes", _day(now())])
+        return SiteUsage(bytes=int(raw[0] or 0), batches_today=int(raw[1] or 0))
 
     @translated
     def site_counts(self, model: str, sites: list[str]) -> dict[str, SiteCounts]:
@@ -403,6 +414,11 @@ class RedisRegistry:
         if raw is None:
             raise NotFound(f"gate report {report_id!r} does not exist")
         return parse(GateReport, raw)
+
+
+def _day(at: float) -> str:
+    """The UTC day of a time, as a usage hash field ("day:YYYY-MM-DD")."""
+    return "day:" + time.strftime("%Y-%m-%d", time.gmtime(at))
 
 
 @functools.lru_cache(maxsize=4096)

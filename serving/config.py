@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from registry.connection import StoreConfig
 from registry.inputs import InputLogConfig
 from registry.status import StuckRule
+from serving.guard import LOOPBACK_HOSTS
 
 
 class ServingConfig(BaseModel):
@@ -24,6 +25,19 @@ class ServingConfig(BaseModel):
     max_unzipped_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # a DICOM zip, inflated
     heldout_fraction: float = Field(default=0.3, gt=0, lt=1)
     admin_token_sha256: str = ""
+    ops_token_sha256: str = ""  # the read-only token: every GET route but health, readiness and docs
+    # Host headers served (any port); anything else is refused, so a web page cannot reach the API through
+    # DNS rebinding. Add the names a proxy or the cluster uses to reach clreg.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    predict_needs_token: bool = False  # True: /v1/predict needs the ops or admin token too
+    predict_max_samples: int = Field(default=1024, ge=1)
+    predict_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_inflated_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)  # a pushed npz's arrays, inflated
+    # Model factories may come only from these modules (or modules below them).
+    factory_prefixes: tuple[str, ...] = ("learner.models",)
+    site_batches_per_day: int = Field(default=1000, ge=1)  # a new site's quotas unless given when it is added
+    site_max_bytes: int = Field(default=10 * 2**30, ge=1)
+    keep_dicom_source: bool = False  # True: keep a pushed DICOM study, de-identified (an allow-list of attributes)
     torch_threads: int = Field(default=1, ge=1)
     # Requests per forward pass (1: no batching) and how long a batch waits to fill (0: opportunistic).
     # Off by default: on CPU replicas it did not pay (bench/serving.py); a GPU replica is where it does.

@@ -8,28 +8,28 @@ the app inside each replica (`__serve_build_asgi_app__`).
 """
 
 
+import functools
 import gzip
-import hmac
 import secrets
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from ray import serve
-from starlette.concurrency import run_in_threadpool
 
+from learner.models import build_model, check_factory
 from learner.operating import operating_point, threshold_for_sensitivity
 from registry.artifacts import ArtifactStore, version_calibration
-from registry.batches import Limits, ingest, token_sha256
-from registry.dicom import DicomLimits, dicom_zip_to_npz
+from registry.batches import token_sha256
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.events import EventLog, IngestQueue
 from registry.records import (
+    NAME_PATTERN,
     SERVABLE,
+    BatchId,
     InputSpec,
     Model,
     ModelVersion,
@@ -37,25 +37,25 @@ from registry.records import (
     Site,
     SiteCalibration,
     VersionStatus,
-    check_name,
 )
 from registry.status import pipeline_status
 from registry.store import RedisRegistry
-from serving import metrics
+from serving import boundary, metrics
+from serving.auth import Tokens, bearer, matches
 from serving.config import ServingConfig
 from serving.errors import (
     BadRequest,
     Forbidden,
     NotReady,
-    PayloadTooLarge,
     ServingError,
     Unauthorized,
     Unprocessable,
-    UnsupportedMedia,
 )
-from serving.responses import error_response
+from serving.ingest import Ingest
 
 GZIP_MAGIC = b"\x1f\x8b"
+# Epoch seconds in a query: finite, not before 1970, not past the year 5138.
+Time = Annotated[float, Query(ge=0, le=1e11, allow_inf_nan=False)]
 
 
 class NewModel(BaseModel):
@@ -68,6 +68,14 @@ class NewModel(BaseModel):
 class NewSite(BaseModel):
     name: Name
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    models: list[Name] | None = Field(default=None, max_length=1000)  # None: every model
+    batches_per_day: int | None = Field(default=None, ge=1, le=10**9)  # None: the gateway's default
+    max_bytes: int | None = Field(default=None, ge=1, le=2**62)
+
+
+class PredictRequest(BaseModel):
+    inputs: list[Any] = Field(description="images as nested lists [N, C, H, W] or [N, H, W], values in [0, 1]")
+    site: Name | None = Field(default=None, description="the site asking: its BatchNorm, temperature, threshold")
 
 
 class NewThreshold(BaseModel):
@@ -78,12 +86,6 @@ class AliasMove(BaseModel):
     version: int = Field(ge=1)
     reason: str = Field(min_length=1, max_length=500)
     force: bool = False
-
-
-def _bearer(authorization: str | None) -> str:
-    if not authorization or not authorization.startswith("Bearer "):
-        raise Unauthorized("send 'Authorization: Bearer <token>'")
-    return authorization.removeprefix("Bearer ").strip()
 
 
 def _html_page(stored: bytes, accept_encoding: str) -> Response:
@@ -109,61 +111,40 @@ def _site_calibration(artifacts: ArtifactStore, version: ModelVersion, site: str
 def create_app(cfg: ServingConfig) -> FastAPI:
     """The gateway's routes over one registry connection."""
     app = FastAPI(title="clreg", version="0.1.0", description="Continual-learning model registry")
+    boundary.install(app, cfg.allowed_hosts)
     reg = RedisRegistry(cfg.store)
     artifacts = ArtifactStore(cfg.artifacts_url)
     events, queue = EventLog(reg), IngestQueue(reg)
     queue.ensure_group()
     metric_registry, batch_counter = metrics.build(reg, cfg.stuck)
-    limits = Limits(max_samples=cfg.max_samples, heldout_fraction=cfg.heldout_fraction)
-    dicom_limits = DicomLimits(max_files=cfg.max_samples, max_unzipped_bytes=cfg.max_unzipped_bytes)
-
-    @app.exception_handler(ServingError)
-    @app.exception_handler(RegistryError)
-    async def _known(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"error": "invalid", "detail": detail}, status_code=422)
+    pushes = Ingest(cfg, reg, artifacts, events, queue)
+    tokens = Tokens(cfg.admin_token_sha256, cfg.ops_token_sha256)
 
     def admin(authorization: Annotated[str | None, Header()] = None) -> str:
-        token = _bearer(authorization)
-        if not cfg.admin_token_sha256 or not hmac.compare_digest(token_sha256(token), cfg.admin_token_sha256):
-            raise Forbidden("this action needs the admin token")
-        return "admin"
+        return tokens.require_admin(authorization)
 
-    def site_token(site: str, authorization: Annotated[str | None, Header()] = None) -> Site:
-        token = _bearer(authorization)
+    def reader(authorization: Annotated[str | None, Header()] = None) -> str:
+        return tokens.require_reader(authorization)
+
+    def site_token(site: Name, authorization: Annotated[str | None, Header()] = None) -> Site:
+        token = bearer(authorization)
         try:
-            record = reg.get_site(check_name(site))
-        except (RegistryError, ValueError) as e:
+            record = reg.get_site(site)
+        except NotFound as e:
             raise Unauthorized(f"no site {site!r} holds this token") from e
-        if not hmac.compare_digest(token_sha256(token), record.token_sha256):
+        if not matches(token, record.token_sha256):
             raise Forbidden(f"this token is not allowed to push for site {site!r}")
         return record
 
+    Admin = Annotated[str, Depends(admin)]
+    Reader = Annotated[str, Depends(reader)]
+
     @app.post("/v1/sites/{site}/batches", status_code=202)
     async def push_batch(request: Request, site_rec: Annotated[Site, Depends(site_token)],
-                         model: Annotated[str, Query()]) -> JSONResponse:
-        content_type = request.headers.get("content-type", "")
-        if content_type not in ("application/octet-stream", "application/zip"):
-            batch_counter.labels("refused").inc()
-            raise UnsupportedMedia("send npz bytes as application/octet-stream, or a zip of DICOM files with "
-                                   "labels.csv as application/zip")
-        if int(request.headers.get("content-length") or 0) > cfg.max_body_bytes:
-            raise PayloadTooLarge(f"the body limit is {cfg.max_body_bytes} bytes")
-        body = await request.body()
-        if len(body) > cfg.max_body_bytes:
-            raise PayloadTooLarge(f"the body limit is {cfg.max_body_bytes} bytes")
+                         model: Annotated[Name, Query()]) -> JSONResponse:
         try:
-            data, source = body, None
-            if content_type == "application/zip":  # converted off the event loop: decoding takes a while
-                spec = reg.get_model(check_name(model)).input
-                data, source = await run_in_threadpool(dicom_zip_to_npz, body, spec, dicom_limits), body
-            batch, new = ingest(reg, artifacts, queue, events, check_name(model), site_rec.name, data, limits,
-                                source=source)
-        except RegistryError:
+            batch, new = await pushes.push(request, site_rec, model)
+        except (RegistryError, ServingError):
             batch_counter.labels("refused").inc()
             raise
         batch_counter.labels("accepted" if new else "duplicate").inc()
@@ -171,32 +152,41 @@ def create_app(cfg: ServingConfig) -> FastAPI:
                              "samples": batch.samples}, status_code=202 if new else 200)
 
     @app.get("/v1/batches/{batch_id}")
-    def batch_state(batch_id: str) -> dict:
-        batch, state = reg.get_batch(batch_id), reg.batch_state(batch_id)
+    def batch_state(batch_id: BatchId, authorization: Annotated[str | None, Header()] = None) -> dict:
+        """Where a batch is; for the ops or admin token, or the token of the site that pushed it."""
+        role = tokens.role(authorization)
+        batch = reg.get_batch(batch_id)
+        if role is None and not matches(bearer(authorization), reg.get_site(batch.site).token_sha256):
+            raise Forbidden("this batch can be read with the ops or admin token, or its site's token")
+        state = reg.batch_state(batch_id)
         return {"batch_id": batch.id, "model": batch.model, "site": batch.site, "samples": batch.samples,
                 **state.model_dump()}
 
     @app.get("/v1/models")
-    def list_models() -> list[dict]:
+    def list_models(_: Reader) -> list[dict]:
         return [{**reg.get_model(m).model_dump(), "aliases": reg.aliases(m)} for m in reg.list_models()]
 
     @app.post("/v1/models", status_code=201)
-    def create_model(body: NewModel, _: Annotated[str, Depends(admin)]) -> dict:
+    def create_model(body: NewModel, _: Admin) -> dict:
+        """Register a model; its factory must come from an allowed module and build, or nothing is stored."""
         model = Model(name=body.name, factory=body.factory, factory_kwargs=body.factory_kwargs, input=body.input)
+        check_factory(model.factory, cfg.factory_prefixes)
+        spec = model.input
+        build_model(model.factory, model.factory_kwargs, spec.channels, spec.height, spec.width, spec.classes)
         reg.create_model(model)
         return model.model_dump()
 
     @app.get("/v1/models/{name}/versions")
-    def list_versions(name: str, status: VersionStatus | None = None, site: Name | None = None,
-                      parent: Annotated[int | None, Query(ge=1)] = None, since: float | None = None,
-                      until: float | None = None) -> list[dict]:
+    def list_versions(name: Name, _: Reader, status: VersionStatus | None = None, site: Name | None = None,
+                      parent: Annotated[int | None, Query(ge=1, le=2**53)] = None, since: Time | None = None,
+                      until: Time | None = None) -> list[dict]:
         """Versions with status and aliases; filters combine (a learnt site; created_at in [since, until))."""
         reg.get_model(name)
         views = reg.list_versions(name, status, site=site, parent=parent, since=since, until=until)
         return [v.model_dump(mode="json") for v in views]
 
     @app.get("/v1/models/{name}/versions/{number}")
-    def get_version(name: str, number: int) -> dict:
+    def get_version(name: Name, number: Annotated[int, Path(ge=1, le=2**53)], _: Reader) -> dict:
         view = next((v for v in reg.list_versions(name) if v.version.number == number), None)
         if view is None:
             reg.get_version(name, number)  # raises NotFound with the right message
@@ -206,24 +196,24 @@ def create_app(cfg: ServingConfig) -> FastAPI:
                 "calibration": calibration.model_dump() if calibration else None}
 
     @app.get("/v1/models/{name}/aliases")
-    def aliases(name: str) -> dict:
+    def aliases(name: Name, _: Reader) -> dict:
         reg.get_model(name)
         return {"aliases": reg.aliases(name),
                 "history": [c.model_dump() for c in reg.alias_history(name)]}
 
     @app.post("/v1/models/{name}/aliases/production")
-    def move_production(name: str, body: AliasMove, who: Annotated[str, Depends(admin)]) -> dict:
+    def move_production(name: Name, body: AliasMove, who: Admin) -> dict:
+        reg.get_model(name)
         status = reg.status(name, body.version)
         if status not in SERVABLE and not body.force:
             raise Conflict(f"version {body.version} is {status.value}: it has not passed the gates "
                            "(send \"force\": true to promote a candidate anyway)")
-        change = reg.promote(name, body.version, who=who, reason=body.reason)
-        events.append(name, "alias.moved", alias="production", to=body.version, frm=change.from_version,
-                      who=who, reason=body.reason, forced=body.force)
+        change = reg.promote(name, body.version, who=who, reason=body.reason,
+                             audit=functools.partial(events.alias_moved, forced=body.force))
         return change.model_dump()
 
     @app.get("/v1/sites")
-    def list_sites() -> list[dict]:
+    def list_sites(_: Reader) -> list[dict]:
         """Sites with what each pushed per model: batches, samples, class counts and prevalence."""
         sites = reg.sites()
         names = [s.name for s in sites]
@@ -233,20 +223,24 @@ def create_app(cfg: ServingConfig) -> FastAPI:
                             for m, c in counts.items() if s.name in c}} for s in sites]
 
     @app.post("/v1/sites", status_code=201)
-    def add_site(body: NewSite, _: Annotated[str, Depends(admin)]) -> dict:
+    def add_site(body: NewSite, _: Admin) -> dict:
+        """Register a site: its token (returned once, stored hashed), the models it may push to, its quotas."""
         token = secrets.token_urlsafe(32)
-        reg.add_site(Site(name=body.name, token_sha256=token_sha256(token), threshold=body.threshold))
-        return {"site": body.name, "token": token, "threshold": body.threshold}
+        site = Site(name=body.name, token_sha256=token_sha256(token), threshold=body.threshold, models=body.models,
+                    batches_per_day=body.batches_per_day or cfg.site_batches_per_day,
+                    max_bytes=body.max_bytes or cfg.site_max_bytes)
+        reg.add_site(site)
+        return {"site": body.name, "token": token, **site.model_dump(exclude={"token_sha256", "name"})}
 
     @app.put("/v1/sites/{site}/threshold")
-    def set_threshold(site: Name, body: NewThreshold, _: Annotated[str, Depends(admin)]) -> dict:
+    def set_threshold(site: Name, body: NewThreshold, _: Admin) -> dict:
         """Set or clear (null) a site's decision threshold for binary models; replicas pick it up on their poll."""
         record = reg.get_site(site).model_copy(update={"threshold": body.threshold})
         reg.update_site(record)
         return record.model_dump(exclude={"token_sha256"})
 
     @app.get("/v1/sites/{site}/operating-point")
-    def site_operating_point(site: Name, model: Name,
+    def site_operating_point(site: Name, model: Name, _: Reader,
                              threshold: Annotated[float | None, Query(ge=0, le=1)] = None,
                              sensitivity: Annotated[float | None, Query(gt=0, le=1)] = None) -> dict:
         """Sensitivity, specificity, PPV and NPV at a threshold on the site's held-out set (production version).
@@ -270,25 +264,32 @@ def create_app(cfg: ServingConfig) -> FastAPI:
                 "target_sensitivity": sensitivity, **point.as_dict()}
 
     @app.get("/v1/alerts")
-    def alerts(model: str | None = None, since: float = 0.0, site: Name | None = None,
-               kind: Annotated[str | None, Query(pattern=r"^[a-z]+\.[a-z]+$")] = None) -> list[dict]:
+    def alerts(_: Reader, model: Name | None = None, since: Time = 0.0, site: Name | None = None,
+               kind: Annotated[str | None, Query(pattern=r"^[a-z]{1,20}\.[a-z]{1,20}$")] = None) -> list[dict]:
         """Alerts, oldest first; filters combine (site: the batch's site or "serving"; kind: e.g. drift.alert)."""
-        found = events.alerts(check_name(model) if model else None, since, site=site, kind=kind)
+        found = events.alerts(model, since, site=site, kind=kind)
         return [e.model_dump() for e in found]
 
     @app.get("/v1/events")
-    def list_events(model: str, since: float = 0.0) -> list[dict]:
+    def list_events(model: Name, _: Reader, since: Time = 0.0) -> list[dict]:
         return [e.model_dump() for e in events.read(model, since)]
 
     @app.get("/v1/drift/{report_id}", response_model=None)
-    def drift_report(request: Request, report_id: str, format: str = "json") -> dict | Response:
+    def drift_report(request: Request, report_id: Annotated[str, Path(pattern=NAME_PATTERN.pattern)], _: Reader,
+                     format: Literal["json", "html"] = "json") -> dict | Response:
         report = reg.get_drift_report(report_id)
         if format == "html" and report.html_artifact:
             return _html_page(artifacts.get(report.html_artifact), request.headers.get("accept-encoding", ""))
         return report.model_dump()
 
+    @app.post("/v1/predict", responses={200: {"description": "probabilities, labels, the version that answered"}})
+    def predict(body: PredictRequest, model: Name | None = None) -> dict:
+        """Predict (JSON, or an npz with `x` as application/octet-stream). Listed here for the API's one
+        document: the proxy sends /v1/predict to the ModelServer application, never to this route."""
+        raise NotFound("predictions are answered by the predict application at /v1/predict")
+
     @app.get("/v1/status")
-    def status() -> dict:
+    def status(_: Reader) -> dict:
         """Daemons with their last heartbeat, stuck batches, candidates abandoned by a process that died."""
         return pipeline_status(reg, cfg.stuck).model_dump(mode="json")
 
@@ -299,10 +300,10 @@ def create_app(cfg: ServingConfig) -> FastAPI:
     @app.get("/readyz")
     def readyz() -> dict:
         reg.ping()
-        return {"status": "ready", "models": {m: reg.resolve(m) for m in reg.list_models()}}
+        return {"status": "ready"}
 
     @app.get("/metrics")
-    def prometheus() -> Response:
+    def prometheus(_: Reader) -> Response:
         return Response(generate_latest(metric_registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -14,8 +14,6 @@ threshold applies to probabilities calibrated on that site's own held-out data. 
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import threading
 import time
@@ -27,17 +25,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from learner.errors import LearnerError
-from learner.models import build_model, load_weights, to_tensor
+from learner.models import build_model, check_factory, load_weights, to_tensor
 from learner.sitebn import bank_from_bytes, site_model
 from registry.artifacts import ArtifactStore, version_calibration
-from registry.errors import RegistryError
+from registry.errors import NotFound, RegistryError
 from registry.events import EventLog
 from registry.inputs import InputLog
-from registry.records import InputSpec, Model, ModelVersion
+from registry.records import Model, ModelVersion, check_name
 from registry.store import RedisRegistry
 from serving.config import ServingConfig
-from serving.errors import BadRequest, NotReady, PayloadTooLarge, UnsupportedMedia
+from serving.auth import Tokens
+from serving.errors import BadRequest, MethodNotAllowed, ModelNotFound, NotReady
+from serving.guard import check_host, read_body
 from serving.inference import Job, Loaded, Scores, infer
+from serving.inputs import parse_inputs
 from serving.responses import error_response
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class ModelServer:
         self.artifacts = ArtifactStore(self.cfg.artifacts_url)
         self.events = EventLog(self.registry)
         self.inputs = InputLog(self.cfg.store, self.cfg.inputs)
+        self.tokens = Tokens(self.cfg.admin_token_sha256, self.cfg.ops_token_sha256)
         # One background writer: recording inputs never adds a Redis round trip to a request.
         self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clreg-inputs")
         self.loaded: dict[str, Loaded] = {}
@@ -100,6 +102,7 @@ class ModelServer:
     def _load(self, model: Model, version: ModelVersion) -> Loaded:
         """Build, verify (the artifact store checks every sha256) and warm up one version on this replica's device."""
         spec = model.input
+        check_factory(model.factory, self.cfg.factory_prefixes)  # a record rewritten behind the API runs nothing
         module = build_model(model.factory, model.factory_kwargs, spec.channels, spec.height, spec.width,
                              spec.classes)
         load_weights(module, self.artifacts.get(version.artifacts["weights"]))
@@ -121,16 +124,20 @@ class ModelServer:
             return error_response(e)
 
     async def _predict(self, request: Request) -> Response:
+        check_host(request.headers.get("host"), self.cfg.allowed_hosts)
         if request.method != "POST":
-            raise BadRequest("use POST /v1/predict with a JSON or npz body")
+            raise MethodNotAllowed("use POST /v1/predict with a JSON or npz body")
+        if self.cfg.predict_needs_token:
+            self.tokens.require_reader(request.headers.get("authorization"))
         name = self._model_name(request.query_params.get("model"))
         loaded = self.loaded.get(name)
         if loaded is None:
+            self._known(name)
             raise NotReady(f"model {name!r} has no production version loaded yet")
-        body = await request.body()
-        if len(body) > self.cfg.max_body_bytes:
-            raise PayloadTooLarge(f"body has {len(body)} bytes; the limit is {self.cfg.max_body_bytes}")
-        x, site = _parse_inputs(body, request.headers.get("content-type", ""), loaded.spec)
+        body = await read_body(request.headers.get("content-length"), request.stream(),
+                               self.cfg.predict_max_body_bytes)
+        x, site = parse_inputs(body, request.headers.get("content-type", ""), loaded.spec,
+                               self.cfg.predict_max_samples)
         inputs = to_tensor(x)
         job = Job(loaded, inputs, site)
         scores = await self._batched(job) if self.cfg.batch_max_requests > 1 else infer([job])[0]
@@ -167,9 +174,16 @@ class ModelServer:
         except (RegistryError, ValueError) as e:
             log.warning("prediction inputs of %s not recorded: %s", name, e)
 
+    def _known(self, name: str) -> None:
+        """404 for a model the registry does not know (503 stays for one that is not loaded yet)."""
+        try:
+            self.registry.get_model(name)
+        except NotFound as e:
+            raise ModelNotFound(str(e)) from e
+
     def _model_name(self, requested: str | None) -> str:
-        if requested:
-            return requested
+        if requested is not None:
+            return check_name(requested)
         if len(self.loaded) == 1:
             return next(iter(self.loaded))
         raise BadRequest(f"name the model with ?model=NAME; serving {sorted(self.loaded)}")
@@ -181,37 +195,6 @@ class ModelServer:
 
     def check_health(self) -> None:
         self.registry.ping()
-
-
-def _parse_inputs(body: bytes, content_type: str, spec: InputSpec) -> tuple[np.ndarray, str | None]:
-    """Inputs as float32 [N,C,H,W] in [0,1] plus the optional site, from JSON or npz."""
-    if content_type.startswith("application/json"):
-        try:
-            payload = json.loads(body)
-            x = np.asarray(payload["inputs"], dtype=np.float32)
-            site = payload.get("site")
-        except (ValueError, KeyError, TypeError) as e:
-            raise BadRequest(f'expected JSON {{"inputs": [[...]], "site": optional}}: {e}') from e
-    elif content_type.startswith("application/octet-stream"):
-        try:
-            with np.load(io.BytesIO(body), allow_pickle=False) as npz:
-                x = npz["x"]
-        except (ValueError, KeyError, OSError) as e:
-            raise BadRequest(f"expected an npz with array 'x': {e}") from e
-        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-        site = None
-    else:
-        raise UnsupportedMedia(f"content type {content_type!r}; send application/json or application/octet-stream")
-    if x.ndim == 3 and spec.channels == 1:
-        x = x[:, None]
-    want = (spec.channels, spec.height, spec.width)
-    if x.ndim != 4 or tuple(x.shape[1:]) != want or x.shape[0] == 0:
-        raise BadRequest(f"inputs have shape {list(x.shape)}; this model takes [N, {want[0]}, {want[1]}, {want[2]}]")
-    if not np.isfinite(x).all():
-        raise BadRequest("inputs hold NaN or infinite values")
-    if site is not None and not isinstance(site, str):
-        raise BadRequest("site must be a string")
-    return x, site
 
 
 def deployment(cfg: ServingConfig) -> serve.Deployment:

@@ -1,9 +1,18 @@
-"""One mapping from exceptions to JSON error answers, shared by both Serve applications."""
+"""One mapping from exceptions to JSON error answers, shared by both Serve applications.
+
+Expected failures (a ServingError, a RegistryError, a failed validation, a model factory that does not
+build) become their documented 4xx or 503. Anything else is a bug: it is logged with its stack and a
+request id, and the client gets `{"error": "internal", "request_id": ...}` with status 500, never a page.
+"""
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 from starlette.responses import JSONResponse
 
+from learner.errors import LearnerError
 from registry.errors import (
     ArtifactCorrupt,
     BatchMismatch,
@@ -12,16 +21,19 @@ from registry.errors import (
     NotFound,
     RegistryError,
     StoreUnavailable,
+    TooLarge,
     UnreadableRecord,
 )
-from serving.errors import ServingError
+from serving.errors import ServingError, TooManyRequests
 
+log = logging.getLogger(__name__)
 RETRY_AFTER_S = 2
 _REGISTRY_STATUS: list[tuple[type[RegistryError], int, str]] = [
     (NotFound, 404, "not_found"),
     (Conflict, 409, "conflict"),
     (MalformedBatch, 400, "malformed_batch"),
     (BatchMismatch, 422, "batch_mismatch"),
+    (TooLarge, 413, "payload_too_large"),
     (ArtifactCorrupt, 500, "artifact_corrupt"),
     (StoreUnavailable, 503, "store_unavailable"),
     (UnreadableRecord, 500, "unreadable_record"),
@@ -30,15 +42,30 @@ _REGISTRY_STATUS: list[tuple[type[RegistryError], int, str]] = [
 
 def error_response(exc: Exception) -> JSONResponse:
     """`{"error": code, "detail": message}` with the status that fits the exception."""
-    status, code = 500, "internal"
+    status, code, detail = _classify(exc)
+    if code == "internal":
+        request_id = uuid.uuid4().hex[:16]
+        log.error("request %s failed", request_id, exc_info=exc)
+        return JSONResponse({"error": code, "detail": "an internal error; its stack is in the server log",
+                             "request_id": request_id}, status_code=500)
+    headers = None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    elif status == 503:  # worth retrying shortly
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def _classify(exc: Exception) -> tuple[int, str, str]:
     if isinstance(exc, ServingError):
-        status, code = exc.status, exc.code
-    elif isinstance(exc, RegistryError):
-        for cls, s, c in _REGISTRY_STATUS:
+        return exc.status, exc.code, str(exc)
+    if isinstance(exc, RegistryError):
+        for cls, status, code in _REGISTRY_STATUS:
             if isinstance(exc, cls):
-                status, code = s, c
-                break
-    elif isinstance(exc, ValueError):  # pydantic and name-pattern validation
-        status, code = 422, "invalid"
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None  # worth retrying shortly
-    return JSONResponse({"error": code, "detail": str(exc)}, status_code=status, headers=headers)
+                return status, code, str(exc)
+        return 500, "internal", str(exc)
+    if isinstance(exc, LearnerError):  # e.g. a model factory that does not build
+        return 422, "unprocessable", str(exc)
+    if isinstance(exc, ValueError):  # pydantic and name-pattern validation
+        return 422, "invalid", str(exc)
+    return 500, "internal", str(exc)

@@ -70,14 +70,15 @@ def ray_session() -> Iterator[None]:
 def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Iterator[object]:
     """The real stack (Ray, Ray Serve, gateway, model server) on its own Redis database and port."""
     from clreg import embedded
-    from clreg.settings import RedisSettings, ServeSettings, Settings
+    from clreg.settings import RedisSettings, Settings
+    from serving.config import ServingConfig
     from learner.train import TrainConfig
 
     url = _neighbour_db(redis_url)
     redis.Redis.from_url(url).flushdb()
     settings = Settings(home=tmp_path_factory.mktemp("clreg-home"), redis=RedisSettings(url=url, prefix="e2e"),
                         # batching on, so the swap-under-load and end-to-end tests cross @serve.batch
-                        serve=ServeSettings(port=int(os.environ.get("CLREG_TEST_SERVE_PORT", "8765")),
+                        serve=ServingConfig(port=int(os.environ.get("CLREG_TEST_SERVE_PORT", "8765")),
                                             batch_max_requests=16),
                         train=TrainConfig(epochs=6))
     running = embedded.start(settings)

@@ -71,7 +71,7 @@ def _served(client: Client, model: str, x: np.ndarray, version: int, timeout_s: 
 
 def _final(stack: Stack, batch_id: str, timeout_s: float) -> dict:
     deadline, state = time.monotonic() + timeout_s, {}
-    client = Client(stack.url)
+    client = Client(stack.url, token=stack.ops_token)
     while time.monotonic() < deadline:
         state = client.get(f"/v1/batches/{batch_id}")
         if state["status"] in FINAL:
@@ -109,7 +109,7 @@ def test_a_daemon_killed_at_any_step_is_resumed_by_its_restart(stack: Stack, sit
         restarted = processes.daemon(stack, model, tmp_path / "second.log")
         state = _final(stack, batch_id, timeout_s=60 - (time.monotonic() - restarted.started))
         if state["status"] == "promoted":
-            assert _served(Client(stack.url), model, sites[0].x[:1], state["version"]) == state["version"]
+            assert _served(Client(stack.url, token=stack.ops_token), model, sites[0].x[:1], state["version"]) == state["version"]
         assert restarted.terminate() == 0, restarted.output()[-3000:]
     assert "restarted: its earlier start" in restarted.output()
     _check_registry(context.build(stack.settings, stack.store, stack.url).registry, model, batch_id, state)
@@ -135,8 +135,8 @@ def test_a_survivor_claims_and_finishes_what_a_killed_daemon_held(stack: Stack, 
         killed = time.monotonic()
         state = _final(stack, batch_id, timeout_s=60)
         took_s = time.monotonic() - killed
-        status = Client(stack.url).get("/v1/status")
-        metrics = httpx.get(f"{stack.url}/metrics").text
+        status = Client(stack.url, token=stack.ops_token).get("/v1/status")
+        metrics = httpx.get(f"{stack.url}/metrics", headers={"Authorization": f"Bearer {stack.ops_token}"}).text
         assert survivor.terminate() == 0
     lines = {d["heartbeat"]["incarnation"]["name"]: d for d in status["daemons"]}
     assert lines["two-b"]["alive"] and not lines["two-a"]["alive"] and not lines["two-a"]["heartbeat"]["stopped"]
@@ -151,7 +151,7 @@ def test_sigterm_mid_training_exits_in_time_and_the_next_start_resumes(stack: St
                                                                       tmp_path: Path) -> None:
     model = "term-training"
     tokens = _first_version(stack, model, sites)
-    client = Client(stack.url)
+    client = Client(stack.url, token=stack.ops_token)
     first = processes.daemon(stack, model, tmp_path / "first.log", train__epochs="200")
     batch_id = _push_second(stack, model, sites[1], tokens[sites[1].name])
     deadline = time.monotonic() + 90

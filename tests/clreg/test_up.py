@@ -65,7 +65,7 @@ def test_killed_up_restarts_on_its_home_resumes_and_stops_cleanly(tmp_path: Path
     try:
         client = Client(f"http://127.0.0.1:{port}")
         _until(lambda: client.get("/readyz"), 120, f"first start ready:\n{first.output()[-3000:]}")
-        client.admin_token = json.loads((home / "tokens.json").read_text())["admin"]
+        client.admin_token = client.token = json.loads((home / "tokens.json").read_text())["admin"]
         base, contrast = digits_sites(seed=3, names=("base", "contrast"))
         client.create_model(MODEL, "learner.models:small_cnn", (1, 16, 16), classes=10)
         tokens = {s.name: client.add_site(s.name)["token"] for s in (base, contrast)}

@@ -78,12 +78,15 @@ def test_shifted_prediction_inputs_raise_an_alert_and_unshifted_do_not(stack: St
     assert client.get("/v1/alerts", model=MODEL, site="watch-base") == []
     [body] = hook.bodies
     assert body["site"] == "serving" and body["verdict"] == "drift" and body["link"].endswith("?format=html")
-    metrics = httpx.get(f"{stack.url}/metrics").text
+    auth = {"Authorization": f"Bearer {stack.ops_token}"}
+    metrics = httpx.get(f"{stack.url}/metrics", headers=auth).text
     assert f'clreg_alert_events_total{{kind="drift.alert",model="{MODEL}",site="serving"}} 1.0' in metrics
-    page = httpx.get(f"{stack.url}/v1/drift/{shifted.id}", params={"format": "html"})
+    page = httpx.get(f"{stack.url}/v1/drift/{shifted.id}", params={"format": "html"}, headers=auth)
     assert page.headers["content-encoding"] == "gzip" and page.text.lstrip().startswith("<!DOCTYPE html>")
+    assert page.headers["x-content-type-options"] == "nosniff"  # and the page may fetch nothing from elsewhere
+    assert "default-src 'none'" in page.headers["content-security-policy"]
     plain = httpx.get(f"{stack.url}/v1/drift/{shifted.id}", params={"format": "html"},
-                      headers={"Accept-Encoding": "identity"})
+                      headers={"Accept-Encoding": "identity", **auth})
     assert "content-encoding" not in plain.headers and plain.text == page.text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from registry.artifacts import ArtifactStore
 from registry.batches import Limits, ingest, parse_batch, split
-from registry.errors import BatchMismatch, MalformedBatch
+from registry.errors import BatchMismatch, MalformedBatch, TooLarge
 from registry.events import EventLog, IngestQueue
 from registry.records import InputSpec, Model
 from registry.store import RedisRegistry
@@ -24,6 +25,42 @@ def _npz(**arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _declared(shape: tuple[int, ...], extra: tuple[int, ...] = ()) -> bytes:
+    """An npz whose x header declares `shape` (+ `extra` dimensions) over 64 bytes of data: a bomb's header."""
+    x = io.BytesIO()
+    np.lib.format.write_array_header_1_0(x, {"descr": "|u1", "fortran_order": False, "shape": shape + extra})
+    x.write(bytes(64))
+    y = io.BytesIO()
+    np.save(y, np.zeros(4, int))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("x.npy", x.getvalue())
+        archive.writestr("y.npy", y.getvalue())
+    return out.getvalue()
+
+
+def _method(data: bytes, method: int) -> bytes:
+    """The same zip with every member's compression method field rewritten (e.g. 9: deflate64)."""
+    raw = bytearray(data)
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        at = raw.find(signature)
+        while at >= 0:
+            raw[at + offset:at + offset + 2] = method.to_bytes(2, "little")
+            at = raw.find(signature, at + 4)
+    return bytes(raw)
+
+
+def _encrypted(data: bytes) -> bytes:
+    """The same zip with the encryption flag set on every member."""
+    raw = bytearray(data)
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = raw.find(signature)
+        while at >= 0:
+            raw[at + offset] |= 0x1
+            at = raw.find(signature, at + 4)
+    return bytes(raw)
+
+
 def _good(n: int = 30, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
     return _npz(x=rng.integers(0, 256, (n, 8, 8), dtype=np.uint8), y=rng.integers(0, 3, n))
@@ -33,13 +70,18 @@ def _good(n: int = 30, seed: int = 0) -> bytes:
     ("payload", "error", "message"),
     [
         (b"not an npz", MalformedBatch, "readable .npz"),
-        (_npz(x=np.zeros((4, 8, 8), np.uint8)), MalformedBatch, "'x' and 'y'"),
+        (_npz(x=np.zeros((4, 8, 8), np.uint8)), MalformedBatch, r"arrays \['x', 'y'\]"),
         (_npz(x=np.zeros((4, 9, 8), np.uint8), y=np.zeros(4, int)), BatchMismatch, "shape"),
         (_npz(x=np.full((4, 8, 8), np.nan, np.float32), y=np.zeros(4, int)), BatchMismatch, "NaN"),
         (_npz(x=np.zeros((4, 8, 8), np.uint8), y=np.array([0, 1, 2, 3])), BatchMismatch, "outside 0..2"),
         (_npz(x=np.zeros((4, 8, 8), np.float64), y=np.zeros(4, int)), BatchMismatch, "dtype"),
         (_npz(x=np.zeros((4, 8, 8), np.uint8), y=np.zeros(3, int)), BatchMismatch, "like x"),
-        (_npz(x=np.array([object()] * 4, dtype=object), y=np.zeros(4, int)), MalformedBatch, "pickled"),
+        (_npz(x=np.array([object()] * 4, dtype=object), y=np.zeros(4, int)), MalformedBatch, "plain numeric"),
+        (_npz(x=np.zeros(4, dtype=[("a", "u1", (8, 8))]), y=np.zeros(4, int)), MalformedBatch, "plain numeric"),
+        (_declared((10**9, 8, 8)), TooLarge, "at most 10000"),
+        (_declared((4, 8, 8), extra=(10**12,)), BatchMismatch, "shape"),
+        (_method(_good(), 9), MalformedBatch, "compression method 9"),
+        (_encrypted(_good()), MalformedBatch, "encrypted"),
     ],
 )
 def test_bad_batches_are_refused_with_a_message(payload: bytes, error: type, message: str) -> None:

@@ -6,10 +6,11 @@ import io
 import zipfile
 
 import numpy as np
+import pydicom
 import pytest
 
 from registry.batches import Limits, parse_batch
-from registry.dicom import DicomLimits, dicom_zip_to_npz
+from registry.dicom import KEPT, DicomLimits, dicom_zip_to_npz
 from registry.errors import BatchMismatch, MalformedBatch
 from registry.records import InputSpec
 from tests.registry.dicomdata import dcm, square, study
@@ -105,3 +106,21 @@ def test_size_limits_apply_before_anything_is_inflated() -> None:
         dicom_zip_to_npz(body, GREY, DicomLimits(max_files=2))
     with pytest.raises(BatchMismatch, match="inflates to more than"):
         dicom_zip_to_npz(body, GREY, DicomLimits(max_unzipped_bytes=10_000))
+
+
+def test_a_kept_study_is_de_identified_and_keeps_its_pixels() -> None:
+    from registry.dicom import DicomLimits, deidentified_study
+
+    pixels = square("tl", size=16)
+    tags = {"PatientName": "Doe^Jane", "PatientID": "123-45", "PatientBirthDate": "19700101",
+            "InstitutionName": "St Example", "StudyDate": "20260101", "AccessionNumber": "A1"}
+    body = study({"a.dcm": dcm(pixels, **tags)}, "file,label\na.dcm,1\n")
+    kept = deidentified_study(body, DicomLimits())
+    assert kept == deidentified_study(body, DicomLimits())  # deterministic: the same study, the same bytes
+    with zipfile.ZipFile(io.BytesIO(kept)) as archive:
+        ds = pydicom.dcmread(io.BytesIO(archive.read("a.dcm")))
+        assert archive.read("labels.csv") == b"file,label\na.dcm,1\n"
+    assert not [k for k in tags if k in ds]
+    assert {e.keyword for e in ds} <= KEPT | {"SOPInstanceUID"}
+    original = pydicom.dcmread(io.BytesIO(dcm(pixels, **tags)))
+    assert (ds.pixel_array == original.pixel_array).all() and ds.SOPInstanceUID != original.SOPInstanceUID

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from registry.batches import token_sha256
 from registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
 from registry.store import RedisRegistry, StoreConfig
 from serving.config import ServingConfig
@@ -26,7 +27,8 @@ def test_version_filters_over_http(registry: RedisRegistry, store_cfg: StoreConf
     registry.promote("m", 2, who="ops", reason="ok")
     from fastapi.testclient import TestClient
 
-    client = TestClient(create_app(ServingConfig(store=store_cfg, artifacts_url=str(tmp_path))))
+    cfg = ServingConfig(store=store_cfg, artifacts_url=str(tmp_path), ops_token_sha256=token_sha256("ops"))
+    client = TestClient(create_app(cfg), base_url="http://127.0.0.1", headers={"Authorization": "Bearer ops"})
 
     def numbers(**params: object) -> list[int]:
         answer = client.get("/v1/models/m/versions", params=params)
