@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import ray
 from rich.console import Console

@@ -37,9 +37,9 @@ def default_name(role: str) -> str:
 
 
 class Daemon:
-    def __init__(self, ctx: Context, cfg: DaemonConfig = DaemonConfig(), role: str = "daemon") -> None:
+    def __init__(self, ctx: Context, cfg: DaemonConfig | None = None, role: str = "daemon") -> None:
         self.ctx = ctx
-        self.cfg = cfg
+        self.cfg = cfg = cfg or DaemonConfig()
         self.me: Incarnation = incarnation(cfg.name or default_name(role), role)
         self.worker = pipeline.Worker(self.me, lease_s=cfg.lease_s)
         self.queue = IngestQueue(ctx.registry, self.me.name)

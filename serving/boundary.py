@@ -10,7 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from serving.errors import BadHost
+from learner.errors import LearnerError
+from registry.errors import RegistryError
+from serving.errors import BadHost, ServingError
 from serving.guard import check_host
 from serving.responses import error_response
 
@@ -45,6 +47,14 @@ def install(app: FastAPI, allowed_hosts: tuple[str, ...]) -> None:
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": HTTP_CODES.get(exc.status_code, "http_error"), "detail": str(exc.detail)},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    async def _known(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    # Expected failures are answered here; only a bug reaches the last-resort handler below (which Starlette
+    # runs outermost, and then re-raises so that the server logs the stack).
+    for kind in (ServingError, RegistryError, LearnerError, ValueError):
+        app.add_exception_handler(kind, _known)
 
     @app.exception_handler(Exception)
     async def _any(_: Request, exc: Exception) -> JSONResponse:
