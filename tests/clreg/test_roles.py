@@ -73,3 +73,42 @@ def test_ingest_answers_503_with_retry_after_while_redis_is_away(tmp_path: Path)
         assert back.status_code == 202, back.text
     finally:
         valkey.stop()
+
+
+def test_replicas_keep_serving_what_they_loaded_while_redis_is_away(stack: Stack, tmp_path: Path) -> None:
+    import torch
+    from ray import serve
+
+    from learner.models import small_cnn, weights_to_bytes
+    from registry.artifacts import ArtifactStore
+    from registry.records import Lineage, ModelVersion
+    from serving import model_server
+
+    home = Home(tmp_path / "home")
+    home.create()
+    password = home.secrets()["valkey"]
+    valkey = start_valkey(home, password, [])
+    store = StoreConfig(url=valkey.url, prefix="away", socket_timeout_s=1)
+    reg, artifacts = RedisRegistry(store), ArtifactStore(str(tmp_path / "artifacts"))
+    reg.create_model(Model(name="m", factory="learner.models:small_cnn",
+                           input=InputSpec(channels=1, height=8, width=8, classes=3)))
+    torch.manual_seed(0)
+    digest = artifacts.put(weights_to_bytes(small_cnn(1, 8, 8, 3)))
+    reg.promote("m", reg.register_version(ModelVersion(model="m", number=1, lineage=Lineage(),
+                                                       artifacts={"weights": digest})).number, who="t", reason="t")
+    cfg = stack.serving().model_copy(update={"store": store, "artifacts_url": str(tmp_path / "artifacts")})
+    serve.run(model_server.deployment(cfg).options(name="AwayServer").bind(cfg.model_dump(mode="json")),
+              name="away", route_prefix="/away", blocking=False)
+    url, body = f"{stack.url}/away", {"inputs": np.zeros((1, 8, 8)).tolist()}
+    try:
+        deadline = time.monotonic() + 60
+        while httpx.post(url, params={"model": "m"}, json=body).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(valkey.pid, signal.SIGKILL)
+        during = [httpx.post(url, params={"model": "m"}, json=body, timeout=10) for _ in range(20)]
+        assert {r.status_code for r in during} == {200} and {r.headers["X-Model-Version"] for r in during} == {"1"}
+        valkey = start_valkey(home, password, [])
+        assert httpx.post(url, params={"model": "m"}, json=body).status_code == 200
+    finally:
+        serve.delete("away")
+        valkey.stop()
