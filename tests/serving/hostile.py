@@ -17,7 +17,8 @@ from urllib.parse import quote
 import numpy as np
 import pydicom
 
-from registry.dicom import dicom_file, dicom_study
+from registry.dicom import dicom_file
+from tests.registry.dicomdata import study
 
 MODEL, SITE = "hx", "hx-site"
 BATCH = "0" * 64
@@ -160,14 +161,6 @@ def _dcm(**tags: object) -> bytes:
     return dicom_file(np.zeros((8, 8)), **tags)
 
 
-def _study(files: dict[str, bytes], labels: str | None) -> bytes:
-    buf = io.BytesIO(dicom_study(files, None))
-    if labels is not None:
-        with zipfile.ZipFile(buf, "a") as archive:
-            archive.writestr("labels.csv", labels)
-    return buf.getvalue()
-
-
 def dicom_bodies() -> list[Case]:
     one = {"a.dcm": _dcm()}
     big = dicom_file(np.zeros((8, 8)))
@@ -176,20 +169,20 @@ def dicom_bodies() -> list[Case]:
     huge = io.BytesIO()
     ds.save_as(huge, enforce_file_format=True)
     studies = [
-        ("label-superscript", _study(one, "file,label\na.dcm,²\n"), 400, "malformed_batch"),
-        ("label-double-minus", _study(one, "file,label\na.dcm,--1\n"), 400, "malformed_batch"),
-        ("label-huge", _study(one, "file,label\na.dcm,1000000000000000000000000000000\n"), 400, "malformed_batch"),
-        ("label-range", _study(one, "file,label\na.dcm,7\n"), 422, "batch_mismatch"),
-        ("no-labels", _study(one, None), 400, "malformed_batch"),
-        ("unknown-syntax", _study({"a.dcm": _dcm_syntax("1.2.3.4.5")}, "file,label\na.dcm,0\n"), 422, "batch_mismatch"),
-        ("deflated-syntax", _study({"a.dcm": _dcm_syntax("1.2.840.10008.1.2.1.99")}, "file,label\na.dcm,0\n"),
+        ("label-superscript", study(one, "file,label\na.dcm,²\n"), 400, "malformed_batch"),
+        ("label-double-minus", study(one, "file,label\na.dcm,--1\n"), 400, "malformed_batch"),
+        ("label-huge", study(one, "file,label\na.dcm,1000000000000000000000000000000\n"), 400, "malformed_batch"),
+        ("label-range", study(one, "file,label\na.dcm,7\n"), 422, "batch_mismatch"),
+        ("no-labels", study(one, None), 400, "malformed_batch"),
+        ("unknown-syntax", study({"a.dcm": _dcm_syntax("1.2.3.4.5")}, "file,label\na.dcm,0\n"), 422, "batch_mismatch"),
+        ("deflated-syntax", study({"a.dcm": _dcm_syntax("1.2.840.10008.1.2.1.99")}, "file,label\na.dcm,0\n"),
          422, "batch_mismatch"),
-        ("encrypted-member", _rewritten(_study(one, "file,label\na.dcm,0\n"), encrypted=True), 400, "malformed_batch"),
-        ("deflate64-member", _rewritten(_study(one, "file,label\na.dcm,0\n"), method=9), 400, "malformed_batch"),
-        ("not-dicom", _study({"a.dcm": b"hello"}, "file,label\na.dcm,0\n"), 400, "malformed_batch"),
-        ("huge-rows", _study({"a.dcm": huge.getvalue()}, "file,label\na.dcm,0\n"), 422, "batch_mismatch"),
-        ("multiframe", _study({"a.dcm": _dcm(NumberOfFrames=3)}, "file,label\na.dcm,0\n"), 422, "batch_mismatch"),
-        ("unlabelled", _study({"a.dcm": _dcm(), "b.dcm": _dcm()}, "file,label\na.dcm,0\n"), 422, "batch_mismatch"),
+        ("encrypted-member", _rewritten(study(one, "file,label\na.dcm,0\n"), encrypted=True), 400, "malformed_batch"),
+        ("deflate64-member", _rewritten(study(one, "file,label\na.dcm,0\n"), method=9), 400, "malformed_batch"),
+        ("not-dicom", study({"a.dcm": b"hello"}, "file,label\na.dcm,0\n"), 400, "malformed_batch"),
+        ("huge-rows", study({"a.dcm": huge.getvalue()}, "file,label\na.dcm,0\n"), 422, "batch_mismatch"),
+        ("multiframe", study({"a.dcm": _dcm(NumberOfFrames=3)}, "file,label\na.dcm,0\n"), 422, "batch_mismatch"),
+        ("unlabelled", study({"a.dcm": _dcm(), "b.dcm": _dcm()}, "file,label\na.dcm,0\n"), 422, "batch_mismatch"),
         ("not-a-zip", b"PK\x03\x04 nope", 400, "malformed_batch"),
     ]
     return [Case(f"dicom-{n}", "POST", f"/v1/sites/{SITE}/batches", s, c, auth="site", params={"model": MODEL},
