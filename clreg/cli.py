@@ -157,13 +157,14 @@ def models_create(name: str, factory: Annotated[str, typer.Option()] = "learner.
 
 @sites_app.command("add")
 def sites_add(site: str, threshold: float | None = None,
-              models: Annotated[str | None, typer.Option(help="comma-separated models it may push to (default all)")] = None,
+              models: Annotated[str | None, typer.Option(help="comma-separated models it may push to")] = None,
               batches_per_day: Annotated[int | None, typer.Option(help="quota (default: the server's)")] = None,
-              max_bytes: Annotated[int | None, typer.Option(help="quota on bytes stored (default: the server's)")] = None,
+              max_bytes: Annotated[int | None, typer.Option(help="quota on bytes stored")] = None,
+              replay: Annotated[bool, typer.Option(help="may its samples be replayed in later updates")] = True,
               as_json: JsonOpt = False) -> None:
     """Register a site; its token is printed once and stored only hashed."""
     scope = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    answer = _client(admin=True).add_site(site, threshold, scope, batches_per_day, max_bytes)
+    answer = _client(admin=True).add_site(site, threshold, scope, batches_per_day, max_bytes, replay)
     if as_json:
         _emit(answer, True)
     else:
@@ -219,12 +220,13 @@ def _wait_with_progress(client: Client, batch_id: str) -> dict:
 def sites_list(as_json: JsonOpt = False) -> None:
     """Sites, their thresholds, and per model what they pushed: samples and label prevalence."""
     sites = _client().get("/v1/sites")
-    table = Table("site", "threshold", "model", "batches", "samples", "prevalence (class: share)")
+    table = Table("site", "replay", "threshold", "model", "batches", "samples", "prevalence (class: share)")
     for s in sites:
         rows = s["models"].items() or [("-", None)]
         for model, c in rows:
             shares = " ".join(f"{k}:{p:.2f}" for k, p in enumerate(c["prevalence"])) if c else "-"
-            table.add_row(s["name"], "-" if s["threshold"] is None else f"{s['threshold']:g}", model,
+            table.add_row(s["name"], "yes" if s.get("replay", True) else "no",
+                          "-" if s["threshold"] is None else f"{s['threshold']:g}", model,
                           str(c["batches"]) if c else "-", str(c["samples"]) if c else "-", shares)
     _emit(sites, as_json, table)
 
@@ -272,7 +274,8 @@ def status(as_json: JsonOpt = False) -> None:
     console.print(daemons)
     console.print(f"ingest backlog: {pipeline['backlog']}")
     for b in pipeline["stuck"]:
-        console.print(f"[yellow]stuck[/] batch {b['batch_id'][:12]} {b['status']} for {b['seconds']:.0f} s {b['detail']}")
+        console.print(f"[yellow]stuck[/] batch {b['batch_id'][:12]} {b['status']} for {b['seconds']:.0f} s "
+                      f"{b['detail']}")
     for v in pipeline["abandoned"]:
         console.print(f"[yellow]abandoned[/] {v['model']} v{v['version']}: {v['reason']}")
 

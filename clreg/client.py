@@ -64,10 +64,11 @@ class Client:
         return self._call("POST", "/v1/models", self.admin_token, json=body).json()
 
     def add_site(self, name: str, threshold: float | None = None, models: list[str] | None = None,
-                 batches_per_day: int | None = None, max_bytes: int | None = None) -> dict:
-        """Register a site; `models` limits where its token may push, the quotas default to the server's."""
+                 batches_per_day: int | None = None, max_bytes: int | None = None, replay: bool = True) -> dict:
+        """Register a site; `models` limits where its token may push, the quotas default to the server's,
+        `replay` is its data policy (may its training samples be replayed in later updates)."""
         body = {"name": name, "threshold": threshold, "models": models, "batches_per_day": batches_per_day,
-                "max_bytes": max_bytes}
+                "max_bytes": max_bytes, "replay": replay}
         return self._call("POST", "/v1/sites", self.admin_token, json=body).json()
 
     def set_threshold(self, site: str, threshold: float | None) -> dict:

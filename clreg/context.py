@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from clreg.settings import GateConfig, RetentionSettings, Settings, TriggerConfig, WatchConfig
+from clreg.settings import GateConfig, RetentionSettings, SearchConfig, Settings, TriggerConfig, WatchConfig
 from learner.models import build_model, load_weights
 from learner.sitebn import Bank, bank_from_bytes
 from learner.train import TrainConfig
@@ -39,6 +39,7 @@ class Context:
     public_url: str = "http://127.0.0.1:8000"
     retention: RetentionSettings = RetentionSettings()
     watch: WatchConfig = WatchConfig()
+    search: SearchConfig = SearchConfig()
     cache_batches: int = 256
     _arrays: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=OrderedDict, compare=False)
     _arrays_lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
@@ -100,4 +101,4 @@ def build(settings: Settings, store: StoreConfig, public_url: str) -> Context:
     return Context(registry=registry, artifacts=ArtifactStore(settings.artifacts()), events=EventLog(registry),
                    train=settings.train, features=settings.features, drift=settings.drift, gate=settings.gate,
                    trigger=settings.trigger, webhook=settings.webhook, workspace=settings.home / "workspace",
-                   public_url=public_url, retention=settings.retention, watch=settings.watch)
+                   public_url=public_url, retention=settings.retention, watch=settings.watch, search=settings.search)

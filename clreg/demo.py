@@ -42,7 +42,8 @@ def run(settings: Settings, console: Console, seed: int = 0) -> bool:
     shutil.rmtree(home, ignore_errors=True)
     update: dict = {"home": home}
     if settings.redis.url:  # a shared Redis: keep the demo's keys apart from everything else
-        update["redis"] = settings.redis.model_copy(update={"prefix": f"{settings.redis.prefix}-demo-{int(time.time())}"})
+        prefix = f"{settings.redis.prefix}-demo-{int(time.time())}"
+        update["redis"] = settings.redis.model_copy(update={"prefix": prefix})
     settings = settings.model_copy(update=update)
     console.print(f"[bold]clreg demo[/] state in {home}; starting Redis, Ray and Ray Serve ...")
     stack = embedded.start(settings)

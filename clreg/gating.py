@@ -9,7 +9,7 @@ from clreg.context import Context
 from learner.evaluate import site_metrics
 from learner.models import to_tensor
 from learner.sitebn import Bank, route
-from registry.gates import judge
+from registry.gates import GateRules, judge
 from registry.records import GateReport, Model, ModelVersion
 
 
@@ -21,12 +21,31 @@ def gate(ctx: Context, model: Model, candidate: ModelVersion, production: ModelV
     if production is not None:
         prod = _outcomes(ctx.module(model, production.artifacts["weights"]), ctx.bank(production), heldout)
     earlier = set(production.lineage.sites) if production else set()
-    lines, reasons = judge(cand, prod, set(heldout) - earlier, ctx.gate.tolerance, ctx.gate.confidence)
+    rules = GateRules(tolerance=ctx.gate.tolerance, site_tolerance=ctx.gate.site_tolerance,
+                      confidence=ctx.gate.confidence, budget=ctx.gate.forgetting_budget)
+    verdict = judge(cand, prod, set(heldout) - earlier, rules, best=best_since_learnt(ctx, production))
     report = GateReport(id=f"g-{model.name}-{candidate.number}", model=model.name, candidate=candidate.number,
-                        production=production.number if production else None, tolerance=ctx.gate.tolerance,
-                        confidence=ctx.gate.confidence, sites=lines, passed=not reasons, reasons=reasons)
+                        production=production.number if production else None, tolerance=rules.tolerance,
+                        confidence=rules.confidence, sites=verdict.lines, passed=not verdict.reasons,
+                        reasons=verdict.reasons, site_tolerance=rules.site_tolerance, budget=rules.budget,
+                        pooled_delta=verdict.pooled_delta, pooled_lower_bound=verdict.pooled_lower_bound)
     ctx.registry.put_gate_report(report)
     return report
+
+
+def best_since_learnt(ctx: Context, production: ModelVersion | None) -> dict[str, float]:
+    """Per site, the best held-out accuracy any version in production's line has had (from their gate reports)."""
+    best: dict[str, float] = {}
+    if production is None:
+        return best
+    reports = {v.version.number: v.gate_report_id for v in ctx.registry.list_versions(production.model)}
+    number: int | None = production.number
+    while number is not None:
+        if reports.get(number):
+            for line in ctx.registry.get_gate_report(reports[number]).sites:  # type: ignore[arg-type]
+                best[line.site] = max(best.get(line.site, 0.0), line.candidate_accuracy)
+        number = ctx.registry.get_version(production.model, number).lineage.parent
+    return best
 
 
 def _outcomes(net: nn.Module, bank: Bank | None,

@@ -1,8 +1,7 @@
-"""Learn: train a candidate from production on new batches (a Ray task per site), then register it."""
+"""Learn: search candidates from production on the new batches (Ray tasks in parallel), build the chosen one."""
 
 from __future__ import annotations
 
-import functools
 import io
 import threading
 import time
@@ -11,67 +10,69 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from clreg import __version__
+from clreg import __version__, search
 from clreg.calibration import calibrate_version
 from clreg.context import Context
 from learner.models import embed
-from learner.remote import train_on_ray
+from learner.replay import memory_to_bytes
 from learner.sitebn import bank_from_bytes
 from learner.train import TrainConfig
 from monitor.features import Reference, fit_reference
 from registry.records import Batch, Calibration, Lineage, Model, ModelVersion
 
 
-Progress = Callable[[str, dict[str, float]], None]  # (site, curve row) as each epoch finishes
+Progress = Callable[[int, str, dict[str, float]], None]  # (candidate, site, curve row) as each epoch finishes
 
 
 def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: list[Batch],
           progress: Progress | None = None, train: TrainConfig | None = None,
           stop: threading.Event | None = None) -> ModelVersion:
-    """Train on the batches' train splits, site by site: the candidate version to register (its artifacts
-    stored; its number is assigned by `register_version`).
+    """Search the configured candidates from production on the batches' train splits and build the chosen one
+    into a version to register (its artifacts stored; its number is assigned by `register_version`).
 
     `train` overrides the configured settings for this update (a retry with a stronger penalty); `stop`
-    cancels a running training task (TrainingInterrupted).
+    cancels the running training tasks (TrainingInterrupted).
     """
     cfg = train or ctx.train
     started = time.perf_counter()
-    weights, ewc = _artifact(ctx, production, "weights"), _artifact(ctx, production, "ewc")
-    bank = _artifact(ctx, production, "bn_bank")
-    spec = model.input
-    curve: list[dict[str, float]] = []
-    device = "cpu"
-    fisher_s = 0.0
+    parent = tuple(_artifact(ctx, production, name) for name in ("weights", "ewc", "bn_bank"))
     new_ids = [b.id for b in batches]
-    for site, (x, y) in ctx.split_by_site(model, new_ids, "train").items():
-        result = train_on_ray(model.factory, model.factory_kwargs, (spec.channels, spec.height, spec.width,
-                              spec.classes), weights, ewc, x, y, site, cfg, bn_bank=bank,
-                              progress=functools.partial(progress, site) if progress else None, stop=stop)
-        weights, ewc, bank, device = result.weights, result.ewc_state, result.bn_bank, result.device
-        fisher_s += result.fisher_seconds
-        curve.extend({**point, "site": site} for point in result.curve)  # type: ignore[dict-item]
+    new = ctx.split_by_site(model, new_ids, "train")
+    memory = search.memory_of(ctx, production)
+    data = search.update_data(ctx, new, memory, cfg.seed)
+    whole = search.update_data(ctx, new, memory, cfg.seed, carved=False) if ctx.search.refit else None
+    found = search.run(ctx, model, production, data, cfg, parent, progress, stop, refit=whole)  # type: ignore[arg-type]
+    result = found.chosen.result
+    for site, (x, y) in new.items():  # remembered for later updates: all its training samples, where allowed
+        if site in data.replayable:
+            memory.add(site, x, y, ctx.search.replay_capacity, cfg.seed)
+    memory.sites = {s: m for s, m in memory.sites.items() if s in new or search.allows_replay(ctx, s)}
     trained = time.perf_counter()
     earlier_sites = production.lineage.sites if production else []
     sites = earlier_sites + sorted({b.site for b in batches} - set(earlier_sites))
-    weights_sha = ctx.artifacts.put(weights or b"")
+    weights_sha = ctx.artifacts.put(result.weights)
     learnt = ctx.learnt_batches(production) + new_ids
     reference = build_reference(ctx, model, weights_sha, learnt)
     referenced = time.perf_counter()
+    bank = result.bn_bank
     calibration = calibrate_version(ctx, model, weights_sha, bank_from_bytes(bank) if bank else None, learnt)
     version = ModelVersion(
         model=model.name,
         number=1,  # a placeholder: the store assigns the real number
         lineage=Lineage(parent=production.number if production else None, batch_ids=new_ids, sites=sites,
-                        train_settings={**cfg.model_dump(), "device": device}, seed=cfg.seed,
-                        code_version=__version__,
-                        timings={"train_s": round(trained - started, 3), "fisher_s": round(fisher_s, 3),
+                        train_settings={**found.settings.model_dump(), "device": result.device}, seed=cfg.seed,
+                        code_version=__version__, search=found.lines,
+                        timings={"train_s": round(trained - started, 3),
+                                 "fisher_s": round(found.chosen.fisher_seconds, 3), "candidates": len(found.lines),
                                  "reference_s": round(referenced - trained, 3),
                                  "calibration_s": round(time.perf_counter() - referenced, 3)}),
-        artifacts={"weights": weights_sha, "ewc": ctx.artifacts.put(ewc or b""),
+        artifacts={"weights": weights_sha, "ewc": ctx.artifacts.put(result.ewc_state),
                    "reference": ctx.artifacts.put(reference),
                    "calibration": ctx.artifacts.put(calibration.model_dump_json().encode()),
-                   **({"bn_bank": ctx.artifacts.put(bank)} if bank is not None else {})},
-        metrics={"final_loss": float(curve[-1]["loss"]) if curve else float("nan"),
+                   **({"bn_bank": ctx.artifacts.put(bank)} if bank is not None else {}),
+                   **({"replay": ctx.artifacts.put(memory_to_bytes(memory))} if memory.sites else {})},
+        metrics={"final_loss": float(found.chosen.curve[-1]["loss"]) if found.chosen.curve else float("nan"),
+                 "validation_accuracy": next(line["score"] for line in found.lines if line["chosen"]),
                  "heldout_ece": _site_mean(calibration, "ece"),
                  "heldout_ece_calibrated": _site_mean(calibration, "ece_calibrated")},
     )

@@ -196,8 +196,9 @@ def _learn(ctx: Context, worker: Worker, lease: Lease, model: Model, production:
 
 
 def _forgot(report: GateReport) -> bool:
-    """Whether the candidate failed on an earlier site (a stronger penalty can help), not only its new one."""
-    return any(not line.passed and not line.new_site for line in report.sites)
+    """Whether the candidate failed on the earlier sites (stronger protection can help), not only its new one."""
+    pooled = report.pooled_lower_bound is not None and report.pooled_lower_bound <= -report.tolerance
+    return pooled or any(not line.passed and not line.new_site for line in report.sites)
 
 
 def _reject(ctx: Context, model: Model, candidate: ModelVersion, report: GateReport, ids: list[str],
@@ -224,11 +225,14 @@ def _promote(ctx: Context, lease: Lease, model: Model, candidate: ModelVersion, 
     ctx.registry.clear_pending(model.name, ids)
 
 
-def _progress(ctx: Context, ids: list[str], site: str, row: dict[str, float]) -> None:
+def _progress(ctx: Context, ids: list[str], candidate: int, site: str, row: dict[str, float]) -> None:
     """Show a running update's epochs in its batches' state (GET /v1/batches/{id}); best effort."""
+    overrides = ctx.search.candidates or [{}]
+    total = int(row.get("epochs", ctx.train.epochs))
     try:
         _set_states(ctx, ids, BatchStatus.TRAINING,
-                    detail=f"site {site}: epoch {int(row['epoch'])}/{ctx.train.epochs}, loss {row['loss']:.4f}")
+                    detail=f"candidate {candidate + 1}/{len(overrides)}, site {site}: epoch {int(row['epoch'])}/"
+                           f"{total}, loss {row['loss']:.4f}")
     except StoreUnavailable as e:  # Redis away for a moment: training goes on, the next epoch reports
         log.warning("training progress not recorded: %s", e)
     faults.reach("during_training")

@@ -1,9 +1,10 @@
-"""The one thin Ray wrapper: run train_site as a Ray task, on a GPU when the cluster has one.
+"""The one thin Ray wrapper: run update candidates as Ray tasks, in parallel, on GPUs when the cluster has them.
 
 The caller owns ray.init; this module only submits, waits, relays progress and translates Ray's errors.
-Progress: the task pushes each epoch's row to a small `ProgressRelay` actor; the caller polls it while it
-waits for the result, so (epoch, loss) is visible while the task runs. A worker that dies is retried once
-(max_retries=1); a second death is reported as TrainingFailed.
+Each candidate is one task (`learner.update.train_update` with its own settings); the cluster runs as many
+at once as it has CPUs (or GPUs). Progress: tasks push each epoch's row, tagged with the candidate, to a
+small `ProgressRelay` actor that the caller polls while it waits. A task whose worker dies is retried once
+(max_retries=1); a second death fails that candidate, and the update fails only when every candidate did.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import torch
 from learner.errors import TrainingFailed, TrainingInterrupted
 from learner.ewc import EWCState, state_from_bytes
 from learner.models import build_model, load_weights
-from learner.train import TrainConfig, TrainResult, train_site
+from learner.train import TrainConfig, TrainResult
+from learner.update import UpdateData, UpdateResult, train_update
 
-Progress = Callable[[dict], None]
+Progress = Callable[[int, str, dict], None]  # (candidate index, site, curve row)
 
 
 def resource_request(cluster_resources: dict[str, float] | None = None) -> dict[str, Any]:
@@ -34,15 +36,15 @@ def resource_request(cluster_resources: dict[str, float] | None = None) -> dict[
 
 
 class _Relay:
-    """Rows pushed by the task, drained by the caller; calls from one submitter run in order."""
+    """Rows pushed by the tasks, drained by the caller; calls from one submitter run in order."""
 
     def __init__(self) -> None:
-        self._rows: list[dict] = []
+        self._rows: list[tuple[int, str, dict]] = []
 
-    def push(self, row: dict) -> None:
-        self._rows.append(row)
+    def push(self, candidate: int, site: str, row: dict) -> None:
+        self._rows.append((candidate, site, row))
 
-    def drain(self) -> list[dict]:
+    def drain(self) -> list[tuple[int, str, dict]]:
         rows, self._rows = self._rows, []
         return rows
 
@@ -53,76 +55,103 @@ class _Relay:
 ProgressRelay = ray.remote(num_cpus=0)(_Relay)
 
 
-def _train_task(
-    factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, int, int, int], weights: bytes | None,
-    ewc_state: bytes | None, x: np.ndarray, y: np.ndarray, site: str, cfg: TrainConfig,
-    bn_bank: bytes | None = None, relay: Any = None,
-) -> TrainResult:
-    """Inside the worker: rebuild the model, load the parent's weights and EWC state, train one site."""
+def _update_task(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, int, int, int],
+                 weights: bytes | None, ewc_state: bytes | None, bn_bank: bytes | None, data: UpdateData,
+                 cfg: TrainConfig, relay: Any = None, candidate: int = 0) -> UpdateResult:
+    """Inside the worker: rebuild the model, load the parent's weights and EWC state, run one candidate."""
     channels, height, width, classes = spec
     torch.manual_seed(cfg.seed)  # a fresh model's initial weights are reproducible too
     model = build_model(factory, factory_kwargs, channels, height, width, classes)
     if weights is not None:
         load_weights(model, weights)
     ewc = state_from_bytes(ewc_state) if ewc_state is not None else EWCState(mode=cfg.ewc_mode, gamma=cfg.ewc_gamma)
-    push = (lambda row: relay.push.remote(row)) if relay is not None else None
-    result = train_site(model, x, y, site, ewc, cfg, progress=push, bn_bank=bn_bank)
+    push = (lambda site, row: relay.push.remote(candidate, site, row)) if relay is not None else None
+    result = train_update(model, data, ewc, cfg, bn_bank, progress=push)
     if relay is not None:
         ray.get(relay.flush.remote())
     return result
 
 
-_remote_train = ray.remote(max_retries=1)(_train_task)
+_remote_update = ray.remote(max_retries=1)(_update_task)
 
 
 def _forward(relay: Any, progress: Progress | None) -> None:
-    """Hand every row the relay holds to the caller's callback."""
     if relay is not None and progress is not None:
-        for row in ray.get(relay.drain.remote()):
-            progress(row)
+        for candidate, site, row in ray.get(relay.drain.remote()):
+            progress(candidate, site, row)
 
 
-def _wait(ref: Any, relay: Any, progress: Progress | None, site: str, timeout_s: float, poll_s: float,
-          stop: threading.Event | None) -> TrainResult:
-    """Poll the task until it finishes, relaying progress; cancel it past timeout_s or once `stop` is set."""
+def _wait_all(refs: list[Any], relay: Any, progress: Progress | None, timeout_s: float, poll_s: float,
+              stop: threading.Event | None) -> None:
+    """Poll until every task has finished, relaying progress; cancel them all past timeout_s or on `stop`."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        ready, _ = ray.wait([ref], timeout=max(0.0, min(poll_s, deadline - time.monotonic())))
+    pending = list(refs)
+    while pending:
+        wait_s = max(0.0, min(poll_s, deadline - time.monotonic()))
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=wait_s)
         _forward(relay, progress)
-        if ready:
-            return ray.get(ref)
-        if stop is not None and stop.is_set():
-            ray.cancel(ref, force=True)
-            raise TrainingInterrupted(f"training on site {site!r} was cancelled: the caller is stopping")
-        if time.monotonic() >= deadline:
-            ray.cancel(ref, force=True)
-            raise TrainingFailed(f"training on site {site!r} ran past {timeout_s:g} s and was cancelled")
+        if pending and stop is not None and stop.is_set():
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise TrainingInterrupted("training was cancelled: the caller is stopping")
+        if pending and time.monotonic() >= deadline:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise TrainingFailed(f"training ran past {timeout_s:g} s and was cancelled")
+    _forward(relay, progress)
 
 
-def train_on_ray(
-    factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, int, int, int], weights: bytes | None,
-    ewc_state: bytes | None, x: np.ndarray, y: np.ndarray, site: str, cfg: TrainConfig, timeout_s: float = 600,
-    bn_bank: bytes | None = None, progress: Progress | None = None, poll_s: float = 0.5,
-    stop: threading.Event | None = None,
-) -> TrainResult:
-    """Train one site in a Ray task and wait for its result, calling progress(row) per epoch as it arrives.
+def _outcome(ref: Any) -> UpdateResult | TrainingFailed:
+    """A finished candidate's result, or why it failed (Ray's errors translated here, once)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = e.cause if e.cause is not None else e
+        return TrainingFailed(f"training failed: {type(cause).__name__}: {cause}")
+    except ray.exceptions.RayError as e:
+        return TrainingFailed(f"training failed in Ray: {type(e).__name__}: {e}")
+
+
+def search_on_ray(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, int, int, int],
+                  weights: bytes | None, ewc_state: bytes | None, bn_bank: bytes | None, data: UpdateData,
+                  candidates: list[TrainConfig], progress: Progress | None = None, timeout_s: float = 1800,
+                  poll_s: float = 0.5, stop: threading.Event | None = None) -> list[UpdateResult | TrainingFailed]:
+    """Train every candidate setting as its own Ray task, all submitted at once; one outcome per candidate.
 
     Raises:
-        TrainingFailed: the task raised, its worker died twice, or it ran past timeout_s (then it is cancelled).
-        TrainingInterrupted: `stop` was set while the task ran (it is cancelled).
+        TrainingFailed: the tasks ran past timeout_s (then they are cancelled), or the relay failed.
+        TrainingInterrupted: `stop` was set while they ran (they are cancelled).
     """
     relay = None
     try:
         relay = ProgressRelay.remote() if progress is not None else None
-        ref = _remote_train.options(**resource_request()).remote(
-            factory, factory_kwargs, spec, weights, ewc_state, x, y, site, cfg, bn_bank, relay
-        )
-        return _wait(ref, relay, progress, site, timeout_s, poll_s, stop)
-    except ray.exceptions.RayTaskError as e:
-        cause = e.cause if e.cause is not None else e
-        raise TrainingFailed(f"training on site {site!r} failed: {type(cause).__name__}: {cause}") from e
+        shared = ray.put(data)  # the arrays go to the object store once, not once per candidate
+        options = resource_request()
+        refs = [_remote_update.options(**options).remote(factory, factory_kwargs, spec, weights, ewc_state, bn_bank,
+                                                         shared, cfg, relay, i) for i, cfg in enumerate(candidates)]
+        _wait_all(refs, relay, progress, timeout_s, poll_s, stop)
+        return [_outcome(ref) for ref in refs]
     except ray.exceptions.RayError as e:
-        raise TrainingFailed(f"training on site {site!r} failed in Ray: {type(e).__name__}: {e}") from e
+        raise TrainingFailed(f"training failed in Ray: {type(e).__name__}: {e}") from e
     finally:
         if relay is not None:
             ray.kill(relay)
+
+
+def train_on_ray(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, int, int, int],
+                 weights: bytes | None, ewc_state: bytes | None, x: np.ndarray, y: np.ndarray, site: str,
+                 cfg: TrainConfig, timeout_s: float = 600, bn_bank: bytes | None = None,
+                 progress: Callable[[dict], None] | None = None, poll_s: float = 0.5,
+                 stop: threading.Event | None = None) -> TrainResult:
+    """Train one site with one setting in a Ray task (a search of one candidate).
+
+    Raises:
+        TrainingFailed: the task raised, its worker died twice, or it ran past timeout_s.
+        TrainingInterrupted: `stop` was set while the task ran.
+    """
+    relay_rows = (lambda _c, _s, row: progress(row)) if progress is not None else None
+    [outcome] = search_on_ray(factory, factory_kwargs, spec, weights, ewc_state, bn_bank,
+                              UpdateData(sites=[(site, x, y)]), [cfg], relay_rows, timeout_s, poll_s, stop)
+    if isinstance(outcome, TrainingFailed):
+        raise TrainingFailed(f"training on site {site!r} {str(outcome).removeprefix('training ')}")
+    return outcome.result

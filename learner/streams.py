@@ -119,6 +119,29 @@ def digits_sites(seed: int = 0, names: Sequence[str] = SITE_NAMES) -> list[SiteD
     return sites
 
 
+# Sites that combine strong shifts, each a chain of transforms applied in order (the "harsh" stream).
+HARSH: dict[str, tuple[str, ...]] = {
+    "base": ("base",),
+    "speckle-inverted": ("speckle", "inverted"),
+    "blur-noise-inverted": ("blur-noise", "inverted"),
+    "contrast-speckle": ("contrast", "speckle"),
+    "gamma-noise-inverted": ("gamma", "noise", "inverted"),
+}
+
+
+def harsh_sites(seed: int) -> list[SiteData]:
+    """Disjoint digit shares through chained strong shifts (speckle then inversion, and so on): the sites that
+    per-site BatchNorm and EWC alone learn worst."""
+    x, y = _digits()
+    sites = []
+    for i, (name, idx) in enumerate(zip(HARSH, site_shares(len(HARSH), seed), strict=True)):
+        images = x[idx]
+        for k, kind in enumerate(HARSH[name]):
+            images = shift(images, kind, seed=seed * 1000 + i * 10 + k)
+        sites.append(SiteData(name, images, y[idx].copy()))
+    return sites
+
+
 def permuted_pixels_stream(n_sites: int, seed: int) -> list[SiteData]:
     """Disjoint digit shares, site k with its own fixed pixel permutation (site 0 unpermuted)."""
     x, y = _digits()

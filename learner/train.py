@@ -1,7 +1,7 @@
 """One EWC-regularised update on one site: setup, train, consolidate, read top to bottom.
 
 The loss is CE_w(new site) + (lambda / 2) * sum_k sum_i F_k,i (theta_i - theta*_k,i)^2 (see learner.ewc).
-Defaults come from bench/continual.py (bench/results/continual.json: digits site stream, 5 sites in order
+Defaults come from bench/ewc.py (bench/results/ewc.json: digits site stream, 5 sites in order
 base, contrast, blur-noise, speckle, inverted, 250 training and ~109 held-out samples per site, small CNN,
 5 epochs per site, lambda from the grid 1..1e5 (two points per decade) by mean ACC on 2 seeds, then 5 seeds):
   bn_policy "per_site" (each site keeps its own BatchNorm statistics and scale/shift, learner.sitebn;
@@ -24,8 +24,9 @@ while every earlier site stayed within 4 points. Without a gate, 300-1e3 is the 
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,6 +42,7 @@ from learner.ewc import (
     state_to_device, trainable_params,
 )
 from learner.models import last_linear, to_tensor, weights_to_bytes
+from learner.replay import Rehearsal
 from learner.sitebn import BN as _BN
 from learner.sitebn import (
     Bank, apply_site_bn, bank_from_bytes, bank_to_bytes, bn_param_names, extract_site_bn, reestimate_statistics,
@@ -65,6 +67,10 @@ class TrainConfig(BaseModel):
     fisher_samples: int | None = Field(default=512, ge=1)
     fisher_estimator: Literal["per_sample", "minibatch_squared"] = "per_sample"
     val_fraction: float = Field(default=0.0, ge=0, lt=1)  # 0: no validation split, no early stopping
+    replay_weight: float = Field(default=1.0, ge=0)  # weight of the replayed minibatch's loss (0: no rehearsal)
+    # At least this many optimizer steps: a small site's few minibatches per epoch would otherwise leave it
+    # under-trained (epochs are raised to reach it).
+    min_steps: int = Field(default=0, ge=0)
     patience: int = Field(default=3, ge=1)
     seed: int = 0
 
@@ -161,11 +167,12 @@ def _set_train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
 
 def _epoch(
     model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, ewc: EWCState,
-    weights: Tensor | None, cfg: TrainConfig, gen: torch.Generator,
+    weights: Tensor | None, cfg: TrainConfig, gen: torch.Generator, rehearsal: Rehearsal | None = None,
 ) -> dict[str, float]:
-    """One pass over shuffled minibatches; returns the sample-weighted mean loss, CE and penalty."""
+    """One pass over shuffled minibatches, each with a replayed minibatch of an earlier site when there is
+    rehearsal; returns the sample-weighted mean loss, CE (new site), replayed CE and penalty."""
     order = torch.randperm(len(x), generator=gen)
-    sums = {"loss": 0.0, "ce": 0.0, "penalty": 0.0}
+    sums = {"loss": 0.0, "ce": 0.0, "replay": 0.0, "penalty": 0.0}
     seen = 0
     for start in range(0, len(x), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
@@ -173,11 +180,12 @@ def _epoch(
             continue
         ce = F.cross_entropy(model(x[idx]), y[idx], weight=weights)
         penalty = ewc_penalty(model, ewc) if ewc.entries else torch.zeros((), device=x.device)
-        loss = ce + (cfg.ewc_lambda / 2.0) * penalty
+        replayed = rehearsal.loss(model) if rehearsal else torch.zeros((), device=x.device)
+        loss = ce + cfg.replay_weight * replayed + (cfg.ewc_lambda / 2.0) * penalty
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        for key, value in (("loss", loss), ("ce", ce), ("penalty", penalty)):
+        for key, value in (("loss", loss), ("ce", ce), ("replay", replayed), ("penalty", penalty)):
             sums[key] += float(value.detach()) * len(idx)
         seen += len(idx)
     return {k: v / max(seen, 1) for k, v in sums.items()}
@@ -240,7 +248,7 @@ def _fisher(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig) -> dict[st
 
 def _fit(
     model: nn.Module, data: tuple[Tensor, Tensor, Tensor | None, Tensor | None], ewc: EWCState, cfg: TrainConfig,
-    frozen: list[nn.Module], progress: Callable[[dict], None] | None,
+    frozen: list[nn.Module], progress: Callable[[dict], None] | None, rehearsal: Rehearsal | None = None,
 ) -> tuple[list[dict[str, float]], int | None]:
     """The epochs, with early stopping on the validation loss when there is a split; restores the best epoch."""
     x, y, xv, yv = data
@@ -249,9 +257,10 @@ def _fit(
     gen = torch.Generator().manual_seed(cfg.seed)
     curve: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, Tensor]] | None = None
-    for epoch in range(1, cfg.epochs + 1):
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / max(1, math.ceil(len(x) / cfg.batch_size))))
+    for epoch in range(1, epochs + 1):
         _set_train_mode(model, frozen)
-        row = {"epoch": epoch, **_epoch(model, opt, x, y, ewc, weights, cfg, gen)}
+        row = {"epoch": epoch, "epochs": epochs, **_epoch(model, opt, x, y, ewc, weights, cfg, gen, rehearsal)}
         if xv is not None and yv is not None:
             row["val_loss"] = _val_loss(model, xv, yv)
             if best is None or row["val_loss"] < best[0]:
@@ -270,11 +279,15 @@ def _fit(
 def train_site(
     model: nn.Module, x: np.ndarray, y: np.ndarray, site: str, ewc: EWCState, cfg: TrainConfig,
     progress: Callable[[dict], None] | None = None, bn_bank: bytes | None = None,
+    replay: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> TrainResult:
     """Train the model on one site with the EWC penalty of earlier sites, then consolidate the site.
 
     Under bn_policy "per_site", bn_bank (learner.sitebn bytes, None for the first site) holds every earlier
-    site's BatchNorm state; the result carries it with this site's entry added or replaced.
+    site's BatchNorm state; the result carries it with this site's entry added or replaced. `replay` holds
+    remembered samples of earlier sites (learner.replay): each step also trains on a minibatch of one of
+    them, through its own BatchNorm; afterwards their BatchNorm statistics are re-estimated on them, since
+    the shared weights they normalise have moved.
 
     Raises:
         DataError: x or y do not fit the model.
@@ -299,9 +312,15 @@ def train_site(
     if per_site:
         _enter_site(model, bank, site, data[0])
     frozen = _frozen_norms(model, cfg.bn_policy)
+    remembered = _remembered(replay, site, device) if cfg.replay_weight > 0 else {}
+    if remembered and not per_site:  # one shared BatchNorm: replayed samples simply join the training data
+        data = (torch.cat([data[0], *(rx for rx, _ in remembered.values())]),
+                torch.cat([data[1], *(ry for _, ry in remembered.values())]), data[2], data[3])
+    rehearsal = Rehearsal(remembered, bank, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 2)) \
+        if remembered and per_site else None
 
     # Train.
-    curve, best_epoch = _fit(model, data, ewc, cfg, frozen, progress)
+    curve, best_epoch = _fit(model, data, ewc, cfg, frozen, progress, rehearsal)
 
     # Consolidate: this site's Fisher at the trained weights becomes part of the penalty for the next site.
     if per_site:  # statistics that match the final shared weights, then the site's entry in the bank
@@ -314,6 +333,9 @@ def train_site(
         skip = bn_param_names(model)
         fisher, anchor = ({k: v for k, v in d.items() if k not in skip} for d in (fisher, anchor))
     new_state = consolidate(ewc, site, fisher, anchor)
+    fisher_s = time.perf_counter() - fisher_started
+    if rehearsal:
+        _refresh_statistics(model, bank, remembered, site)
     return TrainResult(
         weights=weights_to_bytes(model),
         ewc_state=state_to_bytes(new_state),
@@ -322,5 +344,23 @@ def train_site(
         device=str(device),
         bn_bank=bank_to_bytes(bank) if per_site else None,
         best_epoch=best_epoch,
-        fisher_seconds=time.perf_counter() - fisher_started,
+        fisher_seconds=fisher_s,
     )
+
+
+def _remembered(replay: Mapping[str, tuple[np.ndarray, np.ndarray]] | None, site: str,
+                device: torch.device) -> dict[str, tuple[Tensor, Tensor]]:
+    """Earlier sites' remembered samples as tensors on the device (the site being learnt is not replayed)."""
+    return {s: (to_tensor(x).to(device), torch.as_tensor(np.asarray(y)).long().to(device))
+            for s, (x, y) in (replay or {}).items() if s != site and len(y) >= 2}
+
+
+def _refresh_statistics(model: nn.Module, bank: Bank, remembered: Mapping[str, tuple[Tensor, Tensor]],
+                        site: str) -> None:
+    """Re-estimate each replayed site's BatchNorm statistics at the new shared weights; the model keeps `site`'s."""
+    for other, (x, _) in remembered.items():
+        if other in bank:
+            apply_site_bn(model, bank[other])
+            reestimate_statistics(model, x)
+            bank[other] = extract_site_bn(model)
+    apply_site_bn(model, bank[site])

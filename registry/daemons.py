@@ -118,4 +118,5 @@ class Daemons:
     def listing(self) -> list[tuple[Heartbeat, bool]]:
         """Every daemon that ever beat: its latest heartbeat, and whether it is alive now."""
         beats = [parse(Heartbeat, raw) for raw in self._reg.r.hvals(self._reg.key("daemons"))]
-        return [(b, not b.stopped and self.alive(b.incarnation)) for b in sorted(beats, key=lambda b: b.incarnation.name)]
+        ordered = sorted(beats, key=lambda b: b.incarnation.name)
+        return [(b, not b.stopped and self.alive(b.incarnation)) for b in ordered]

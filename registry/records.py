@@ -120,6 +120,7 @@ class Lineage(Record):
     seed: int = 0
     code_version: str = ""
     timings: dict[str, float] = Field(default_factory=dict)
+    search: list[dict[str, Any]] = Field(default_factory=list)  # every candidate: settings, validation, chosen
 
 
 class ModelVersion(Record):
@@ -151,6 +152,7 @@ class Site(Record):
     token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     models: list[Name] | None = None
+    replay: bool = True  # its training samples may be remembered and replayed in later updates
     batches_per_day: int = Field(default=1000, ge=1)
     max_bytes: int = Field(default=10 * 2**30, ge=1)  # every upload it stored, all models together
     created_at: float = Field(default_factory=now)
@@ -264,6 +266,7 @@ class SiteGate(Record):
     production_accuracy: float | None
     delta: float | None
     lower_bound: float | None
+    best_accuracy: float | None = None  # the best a version has had on this (earlier) site since it was learnt
     new_site: bool
     passed: bool
 
@@ -273,11 +276,15 @@ class GateReport(Record):
     model: Name
     candidate: int
     production: int | None
-    tolerance: float
+    tolerance: float  # earlier sites together (the pooled bound)
     confidence: float
     sites: list[SiteGate]
     passed: bool
     reasons: list[str] = Field(default_factory=list)
+    site_tolerance: float | None = None  # any one earlier site
+    budget: float | None = None  # cumulative, from each earlier site's best since it was learnt
+    pooled_delta: float | None = None  # mean over earlier sites of the paired accuracy change
+    pooled_lower_bound: float | None = None
     created_at: float = Field(default_factory=now)
 
 

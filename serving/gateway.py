@@ -69,6 +69,7 @@ class NewSite(BaseModel):
     name: Name
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     models: list[Name] | None = Field(default=None, max_length=1000)  # None: every model
+    replay: bool = True  # its training samples may be remembered and replayed in later updates
     batches_per_day: int | None = Field(default=None, ge=1, le=10**9)  # None: the gateway's default
     max_bytes: int | None = Field(default=None, ge=1, le=2**62)
 
@@ -227,6 +228,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         """Register a site: its token (returned once, stored hashed), the models it may push to, its quotas."""
         token = secrets.token_urlsafe(32)
         site = Site(name=body.name, token_sha256=token_sha256(token), threshold=body.threshold, models=body.models,
+                    replay=body.replay,
                     batches_per_day=body.batches_per_day or cfg.site_batches_per_day,
                     max_bytes=body.max_bytes or cfg.site_max_bytes)
         reg.add_site(site)

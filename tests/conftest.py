@@ -13,6 +13,7 @@ from registry.store import RedisRegistry, StoreConfig
 DEFAULT_URL = "redis://127.0.0.1:6379/15"
 
 
+
 def _answers(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
@@ -71,6 +72,7 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory, ray_session:
     """The real stack (Ray, Ray Serve, gateway, model server) on its own Redis database and port."""
     from clreg import embedded
     from clreg.settings import RedisSettings, Settings
+    from tests import cheap
     from serving.config import ServingConfig
     from learner.train import TrainConfig
 
@@ -80,7 +82,7 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory, ray_session:
                         # batching on, so the swap-under-load and end-to-end tests cross @serve.batch
                         serve=ServingConfig(port=int(os.environ.get("CLREG_TEST_SERVE_PORT", "8765")),
                                             batch_max_requests=16),
-                        train=TrainConfig(epochs=6))
+                        train=TrainConfig(epochs=6), search=cheap.SEARCH)
     running = embedded.start(settings)
     yield running
     running.stop()

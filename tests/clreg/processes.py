@@ -19,6 +19,7 @@ import ray
 
 from clreg.embedded import Stack
 from registry.connection import StoreConfig
+from tests import cheap
 
 CLREG = str(Path(sys.executable).parent / "clreg")
 
@@ -35,9 +36,11 @@ def role_env(store: StoreConfig, home: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-def stack_env(stack: Stack, **settings: str) -> dict[str, str]:
-    """A role process joining the test stack: its Redis, home, Serve port and training settings."""
-    defaults = {"serve__port": str(stack.settings.serve.port), "train__epochs": str(stack.settings.train.epochs)}
+def stack_env(stack: Stack, cheap_search: bool = True, **settings: str) -> dict[str, str]:
+    """A role process joining the test stack: its Redis, home, Serve port and training settings, and the cheap
+    search of the tests (or the product's default search)."""
+    defaults = {"serve__port": str(stack.settings.serve.port), "train__epochs": str(stack.settings.train.epochs),
+                **(cheap.ENV if cheap_search else {})}
     return role_env(stack.store, stack.settings.home, **{**defaults, **settings})
 
 
@@ -73,11 +76,11 @@ class Child:
 
 
 def daemon(stack: Stack, name: str, log: Path, pause_at: str | None = None, signals: Path | None = None,
-           **settings: str) -> Child:
+           cheap_search: bool = True, **settings: str) -> Child:
     """`clreg daemon` joining the stack; with `pause_at`, it stops at that failpoint and waits to be killed."""
     if pause_at:
         settings = {**settings, "faults__pause_at": json.dumps([pause_at]), "faults__signal_dir": str(signals)}
-    return Child(["daemon", "--name", name], stack_env(stack, **settings), log)
+    return Child(["daemon", "--name", name], stack_env(stack, cheap_search, **settings), log)
 
 
 def wait_for(path: Path, child: Child, timeout_s: float) -> None:

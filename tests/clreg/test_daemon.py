@@ -18,6 +18,7 @@ from registry.batches import Limits, ingest
 from registry.events import IngestQueue
 from registry.records import BatchStatus, InputSpec, Model
 from registry.store import RedisRegistry, StoreConfig
+from tests import cheap
 
 pytestmark = pytest.mark.integration
 
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.integration
 def test_unacked_entry_is_processed_after_restart(registry: RedisRegistry, store_cfg: StoreConfig,
                                                   tmp_path: Path, ray_session: None) -> None:
     settings = Settings(home=tmp_path, redis=RedisSettings(url=store_cfg.url, prefix=store_cfg.prefix),
+                        search=cheap.SEARCH,
                         train=TrainConfig(epochs=2))
     ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
     registry.create_model(Model(name="m", factory="learner.models:small_cnn",
@@ -50,7 +52,7 @@ def test_unacked_entry_is_processed_after_restart(registry: RedisRegistry, store
 
 def test_learn_relays_each_epoch_while_the_task_runs(registry: RedisRegistry, store_cfg: StoreConfig,
                                                      tmp_path: Path, ray_session: None) -> None:
-    settings = Settings(home=tmp_path, train=TrainConfig(epochs=3))
+    settings = Settings(home=tmp_path, train=TrainConfig(epochs=3), search=cheap.SEARCH)
     ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
     model = Model(name="m", factory="learner.models:small_cnn",
                   input=InputSpec(channels=1, height=16, width=16, classes=10))
@@ -60,9 +62,15 @@ def test_learn_relays_each_epoch_while_the_task_runs(registry: RedisRegistry, st
     queue.ensure_group()
     batch, _ = ingest(registry, ctx.artifacts, queue, ctx.events, "m", "base",
                       npz_bytes(to_uint8(site.x[:90]), site.y[:90]), Limits())
-    rows: list[tuple[str, int]] = []
-    version = learn(ctx, model, None, [batch], progress=lambda s, row: rows.append((s, int(row["epoch"]))))
-    assert rows == [("base", 1), ("base", 2), ("base", 3)]
+    rows: list[tuple[int, str, int]] = []
+    version = learn(ctx, model, None, [batch], progress=lambda c, s, row: rows.append((c, s, int(row["epoch"]))))
+    candidates = len(ctx.search.candidates)
+    assert sorted(set(rows)) == sorted((c, "base", e) for c in range(candidates)
+                                       for e in range(1, ctx.search.candidates[c].get("epochs", 3) + 1))
+    assert sum(line["chosen"] for line in version.lineage.search) == 1 and len(version.lineage.search) == candidates
     assert registry.list_versions("m") == []  # learning makes a candidate; the pipeline registers it
-    assert registry.register_version(version).number == 1 and version.lineage.train_settings["epochs"] == 3
-    assert set(version.artifacts) == {"weights", "ewc", "reference", "bn_bank", "calibration"}
+    chosen = next(line for line in version.lineage.search if line["chosen"])
+    assert registry.register_version(version).number == 1
+    assert version.lineage.train_settings["epochs"] == chosen["settings"].get("epochs", 3)
+    assert chosen["score"] == max(line["score"] for line in version.lineage.search)
+    assert set(version.artifacts) == {"weights", "ewc", "reference", "bn_bank", "calibration", "replay"}

@@ -109,7 +109,8 @@ def test_a_daemon_killed_at_any_step_is_resumed_by_its_restart(stack: Stack, sit
         restarted = processes.daemon(stack, model, tmp_path / "second.log")
         state = _final(stack, batch_id, timeout_s=60 - (time.monotonic() - restarted.started))
         if state["status"] == "promoted":
-            assert _served(Client(stack.url, token=stack.ops_token), model, sites[0].x[:1], state["version"]) == state["version"]
+            reader = Client(stack.url, token=stack.ops_token)
+            assert _served(reader, model, sites[0].x[:1], state["version"]) == state["version"]
         assert restarted.terminate() == 0, restarted.output()[-3000:]
     assert "restarted: its earlier start" in restarted.output()
     _check_registry(context.build(stack.settings, stack.store, stack.url).registry, model, batch_id, state)

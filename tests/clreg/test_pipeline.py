@@ -15,6 +15,7 @@ from registry.batches import Limits, ingest
 from registry.events import IngestQueue
 from registry.records import BatchStatus, GateReport, InputSpec, Model, SiteGate, VersionStatus
 from registry.store import RedisRegistry, StoreConfig
+from tests import cheap
 
 
 def _line(site: str, new_site: bool, passed: bool) -> SiteGate:
@@ -37,6 +38,7 @@ def test_forgetting_is_retried_with_a_stronger_penalty(registry: RedisRegistry, 
                                                        tmp_path: Path, ray_session: None) -> None:
     # tolerance 0: an earlier site passes only if the candidate is provably better there, so both attempts fail
     settings = Settings(home=tmp_path, redis=RedisSettings(url=store_cfg.url, prefix=store_cfg.prefix),
+                        search=cheap.SEARCH,
                         train=TrainConfig(epochs=2), gate=GateConfig(tolerance=0.0, retry_lambda_factor=4.0))
     ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
     registry.create_model(Model(name="m", factory="learner.models:small_cnn",
@@ -52,8 +54,9 @@ def test_forgetting_is_retried_with_a_stronger_penalty(registry: RedisRegistry, 
     assert registry.resolve("m") == 1
     statuses = {v.version.number: v.status for v in registry.list_versions("m")}
     assert statuses == {1: VersionStatus.PRODUCTION, 2: VersionStatus.REJECTED, 3: VersionStatus.REJECTED}
-    lam = [registry.get_version("m", n).lineage.train_settings["ewc_lambda"] for n in (2, 3)]
-    assert lam == [ctx.train.ewc_lambda, 4.0 * ctx.train.ewc_lambda]
+    lam = [sorted(line["settings"]["ewc_lambda"] for line in registry.get_version("m", n).lineage.search)
+           for n in (2, 3)]
+    assert lam[1] == [4.0 * v for v in lam[0]]  # every candidate of the retry: lambda x the retry factor
     kinds = [e.kind for e in ctx.events.read("m")]
     assert kinds.count("update.retrying") == 1 and kinds.count("gate.failed") == 2
     retry = next(e for e in ctx.events.read("m") if e.kind == "update.retrying")

@@ -23,6 +23,7 @@ from registry.leases import Lease
 from registry.records import BatchState, BatchStatus, InputSpec, Model, VersionStatus
 from registry.status import StuckRule, pipeline_status
 from registry.store import RedisRegistry, StoreConfig
+from tests import cheap
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +37,7 @@ def _dead(name: str):  # noqa: ANN202 - an Incarnation whose process has exited
 def test_a_stray_candidate_is_abandoned_and_its_batches_learnt_with_the_new_ones(
         registry: RedisRegistry, store_cfg: StoreConfig, tmp_path: Path, ray_session: None) -> None:
     settings = Settings(home=tmp_path, redis=RedisSettings(url=store_cfg.url, prefix=store_cfg.prefix),
+                        search=cheap.SEARCH,
                         train=TrainConfig(epochs=3))
     ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
     model = Model(name="m", factory="learner.models:small_cnn",
@@ -75,7 +77,8 @@ def test_a_stray_candidate_is_abandoned_and_its_batches_learnt_with_the_new_ones
     assert kinds.count("update.taken_over") == 1 and kinds.count("update.abandoned") == 1
     status = pipeline_status(registry, StuckRule())
     [abandoned] = status.abandoned
-    assert (abandoned.model, abandoned.version) == ("m", stray.number) and "no longer waiting together" in abandoned.reason
+    assert (abandoned.model, abandoned.version) == ("m", stray.number)
+    assert "no longer waiting together" in abandoned.reason
     assert status.stuck == []
 
 

@@ -23,7 +23,7 @@ from clreg.client import npz_bytes
 from clreg.daemon import Daemon
 from clreg.embedded import start_valkey
 from clreg.home import Home
-from clreg.settings import DaemonConfig, RedisSettings, Settings
+from clreg.settings import DaemonConfig, RedisSettings, SearchConfig, Settings
 from learner.streams import digits_sites, to_uint8
 from learner.train import TrainConfig
 from registry.batches import Limits, ingest
@@ -31,6 +31,7 @@ from registry.connection import StoreConfig
 from registry.events import IngestQueue
 from registry.records import FINAL_BATCH, BatchStatus, InputSpec, Model
 from registry.store import RedisRegistry
+from tests import cheap
 from tests.clreg import processes
 
 pytestmark = pytest.mark.integration
@@ -72,8 +73,8 @@ def test_valkey_killed_mid_update_loses_nothing_acknowledged(tmp_path: Path, ray
     registry = ctx.registry
     registry.create_model(Model(name="m", factory="learner.models:small_cnn", input=SPEC))
     IngestQueue(registry).ensure_group()
-    daemon = processes.Child(["daemon", "--name", "survivor"], processes.role_env(store, home.path, train__epochs="25"),
-                             tmp_path / "daemon.log")
+    env = processes.role_env(store, home.path, train__epochs="25", **cheap.ENV)
+    daemon = processes.Child(["daemon", "--name", "survivor"], env, tmp_path / "daemon.log")
     try:
         base, contrast = digits_sites(seed=5, names=("base", "contrast"))
         first = _ingest(registry, ctx, "base", base.x[:300], base.y[:300])
@@ -108,7 +109,7 @@ def _killer(kills: int, stop: threading.Event, killed: list[int]) -> None:
             except OSError:
                 continue
             pid = int(entry.name)
-            if title.startswith(b"ray::_train_task") and pid not in killed:
+            if title.startswith(b"ray::_update_task") and pid not in killed:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
         time.sleep(0.02)
@@ -117,10 +118,10 @@ def _killer(kills: int, stop: threading.Event, killed: list[int]) -> None:
 def test_a_killed_training_worker_is_retried_and_a_second_death_fails_the_batch(
         registry: RedisRegistry, store_cfg: StoreConfig, tmp_path: Path, ray_session: None) -> None:
     settings = Settings(home=tmp_path, redis=RedisSettings(url=store_cfg.url, prefix=store_cfg.prefix),
-                        train=TrainConfig(epochs=25))
+                        train=TrainConfig(epochs=25), search=SearchConfig(candidates=[{}], refit=False))
     ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
     registry.create_model(Model(name="m", factory="learner.models:small_cnn", input=SPEC))
-    daemon = Daemon(ctx, DaemonConfig(name="ray-faults"))
+    daemon = Daemon(ctx, DaemonConfig(name="ray-faults"))  # one candidate: one task, whose worker is killed
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     sites = digits_sites(seed=6, names=("base", "contrast", "blur-noise"))

@@ -17,6 +17,7 @@ from clreg.client import ApiError, Client, npz_bytes
 from clreg.embedded import _servers_in
 from clreg.home import start_time
 from learner.streams import digits_sites, to_uint8
+from tests import cheap
 from tests.clreg.processes import Child
 
 pytestmark = pytest.mark.integration
@@ -32,7 +33,8 @@ def _free_port() -> int:
 def _env(home: Path, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLREG_", "RAY_ADDRESS"))}
     env.update({"CLREG_HOME": str(home), "CLREG_SERVE__PORT": str(port), "CLREG_TRAIN__EPOCHS": "25",
-                "CLREG_WATCH__ENABLED": "false", "CLREG_RAY__NUM_CPUS": "2", "RAY_USAGE_STATS_ENABLED": "0"})
+                "CLREG_WATCH__ENABLED": "false", "CLREG_RAY__NUM_CPUS": "2", "RAY_USAGE_STATS_ENABLED": "0",
+                **{f"CLREG_{k.upper()}": v for k, v in cheap.ENV.items()}})
     return env
 
 

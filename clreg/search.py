@@ -1,0 +1,133 @@
+"""Candidate search: K settings trained in parallel as Ray tasks, one chosen on validation data.
+
+The validation data is carved from the update's own training samples and from each remembered site's
+replay memory; the gate's held-out sets are never seen here. Sites that forbid replay contribute neither
+memory nor validation data: EWC and the gate protect them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from clreg.context import Context
+from learner.errors import TrainingFailed
+from learner.remote import search_on_ray
+from learner.replay import Memory, memory_from_bytes
+from learner.train import TrainConfig
+from learner.update import UpdateData, UpdateResult
+from registry.errors import NotFound
+from registry.records import Model, ModelVersion
+
+Arrays = tuple[np.ndarray, np.ndarray]
+Progress = Callable[[int, str, dict], None]
+
+
+@dataclass
+class Search:
+    """A finished search: the chosen candidate, its settings, and every candidate's line for the lineage."""
+
+    chosen: UpdateResult
+    settings: TrainConfig
+    lines: list[dict]
+
+
+def carve(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
+    """(fit, validation): a seeded per-class share `fraction` set apart; a class with one sample stays in fit."""
+    rng = np.random.default_rng(seed)
+    val = np.zeros(len(y), dtype=bool)
+    for label in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == label))
+        k = min(int(round(fraction * len(idx))), len(idx) - 1)
+        val[idx[:k]] = True
+    return (x[~val], y[~val]), (x[val], y[val])
+
+
+def allows_replay(ctx: Context, site: str) -> bool:
+    """A site's data policy (set when it is added); a site without a record keeps the default (allowed)."""
+    try:
+        return ctx.registry.get_site(site).replay
+    except NotFound:
+        return True
+
+
+def memory_of(ctx: Context, version: ModelVersion | None) -> Memory:
+    digest = version.artifacts.get("replay") if version else None
+    return memory_from_bytes(ctx.artifacts.get(digest)) if digest else Memory()
+
+
+def update_data(ctx: Context, new: dict[str, Arrays], memory: Memory, seed: int, carved: bool = True) -> UpdateData:
+    """The new sites and every remembered site that still allows replay, split into fit and validation parts
+    (`carved`), or whole (the chosen candidate's refit)."""
+    fraction = ctx.search.val_fraction
+    data = UpdateData(sites=[], replayable=frozenset(s for s in new if allows_replay(ctx, s)))
+    for site, (x, y) in new.items():
+        fit, val = carve(x, y, fraction, _seed(seed, site)) if carved else ((x, y), (x[:0], y[:0]))
+        data.sites.append((site, *fit))
+        data.val[site] = val
+    for site in memory.sites:
+        if site in new or not allows_replay(ctx, site):
+            continue
+        arrays = memory.arrays(site)
+        fit, val = carve(*arrays, fraction, _seed(seed, site)) if carved else (arrays, (arrays[0][:0], arrays[1][:0]))
+        data.replay[site], data.val[site] = fit, val
+    return data
+
+
+def run(ctx: Context, model: Model, production: ModelVersion | None, data: UpdateData, base: TrainConfig,
+        artifacts: tuple[bytes | None, bytes | None, bytes | None], progress: Progress | None = None,
+        stop: object = None, refit: UpdateData | None = None) -> Search:
+    """Train every configured candidate from `base` and choose the best mean validation accuracy; with `refit`
+    (the same data, whole), train the chosen settings once more on it: the validation samples teach too.
+
+    Raises:
+        TrainingFailed: every candidate failed, or the refit did (the reasons are in the message).
+    """
+    overrides = ctx.search.candidates or [{}]
+    settings = [base.model_copy(update=_scaled(o, base, ctx.train)) for o in overrides]
+    spec = model.input
+    weights, ewc, bank = artifacts
+    outcomes = search_on_ray(model.factory, model.factory_kwargs, (spec.channels, spec.height, spec.width,
+                             spec.classes), weights, ewc, bank, data, settings, progress=progress,
+                             timeout_s=ctx.search.timeout_s, stop=stop)  # type: ignore[arg-type]
+    ok = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, UpdateResult)]
+    if not ok:
+        raise TrainingFailed("; ".join(f"candidate {i + 1}: {o}" for i, o in enumerate(outcomes)))
+    best = max(ok, key=lambda io: (np.nan_to_num(io[1].score, nan=-1.0), -io[0]))[0]
+    lines = [_line(_effective(overrides[i], settings[i]), o, i == best) for i, o in enumerate(outcomes)]
+    chosen = outcomes[best]
+    if refit is not None:
+        [chosen] = search_on_ray(model.factory, model.factory_kwargs, (spec.channels, spec.height, spec.width,
+                                 spec.classes), weights, ewc, bank, refit, [settings[best]],
+                                 timeout_s=ctx.search.timeout_s, stop=stop)  # type: ignore[arg-type]
+        if isinstance(chosen, TrainingFailed):
+            raise chosen
+    return Search(chosen=chosen, settings=settings[best], lines=lines)  # type: ignore[arg-type]
+
+
+def _scaled(override: dict, base: TrainConfig, configured: TrainConfig) -> dict:
+    """A candidate's overrides with its protection of earlier sites scaled like the base's: a retry after
+    forgetting raises the EWC penalty and the weight of rehearsal by the retry factor."""
+    scale = base.ewc_lambda / configured.ewc_lambda if configured.ewc_lambda else 1.0
+    return {**override, "ewc_lambda": override.get("ewc_lambda", configured.ewc_lambda) * scale,
+            "replay_weight": override.get("replay_weight", configured.replay_weight) * scale}
+
+
+def _effective(override: dict, settings: TrainConfig) -> dict:
+    """The settings a candidate changed, with the values it trained with (its lambda always)."""
+    return {k: getattr(settings, k) for k in sorted({*override, "ewc_lambda", "replay_weight"})}
+
+
+def _line(override: dict, outcome: UpdateResult | TrainingFailed, chosen: bool) -> dict:
+    if isinstance(outcome, TrainingFailed):
+        return {"settings": override, "chosen": False, "error": str(outcome)}
+    return {"settings": override, "chosen": chosen, "score": round(outcome.score, 4),
+            "val_accuracy": {s: round(a, 4) for s, a in outcome.val_accuracy.items()},
+            "best_epochs": outcome.result.best_epoch}
+
+
+def _seed(seed: int, site: str) -> int:
+    return seed * 1_000_003 + int(hashlib.sha256(site.encode()).hexdigest()[:8], 16)

@@ -1,0 +1,138 @@
+"""Rehearsal: a bounded reservoir of each site's training samples, replayed through that site's BatchNorm.
+
+A registry that keeps every site's batches has what plain EWC lacks: the data. Each site whose data
+policy allows it keeps a reservoir (Algorithm R, seeded, so the same stream gives the same memory) of at
+most `capacity` training samples, never held-out ones; an update mixes minibatches drawn from it into the
+new site's. Under per-site BatchNorm a replayed minibatch goes through its own site's BatchNorm (running
+statistics and scale/shift held fixed), so only the shared weights learn from it.
+The memory travels as a version artifact: uint8 images (quantised to 1/255) and labels, safetensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from learner import tensorfile
+from learner.sitebn import BN, SiteBN
+
+FORMAT = "clreg-replay/1"
+
+
+@dataclass
+class SiteMemory:
+    """Up to `capacity` of a site's training samples, and how many it has seen (the reservoir's count)."""
+
+    x: np.ndarray  # uint8 [N, C, H, W]
+    y: np.ndarray  # int64 [N]
+    seen: int
+
+
+@dataclass
+class Memory:
+    """Every replayable site's reservoir."""
+
+    sites: dict[str, SiteMemory] = field(default_factory=dict)
+
+    def add(self, site: str, x: np.ndarray, y: np.ndarray, capacity: int, seed: int) -> None:
+        """Offer a site's new training samples (float32 in [0, 1]) to its reservoir."""
+        old = self.sites.get(site)
+        images = np.clip(np.rint(np.asarray(x, np.float32) * 255), 0, 255).astype(np.uint8)
+        keep_x = list(old.x) if old else []
+        keep_y = list(old.y) if old else []
+        seen = old.seen if old else 0
+        rng = np.random.default_rng([seed, seen, len(y)])  # deterministic for the same stream of batches
+        for image, label in zip(images, np.asarray(y, np.int64), strict=True):
+            if len(keep_y) < capacity:
+                keep_x.append(image)
+                keep_y.append(label)
+            else:
+                slot = int(rng.integers(0, seen + 1))
+                if slot < capacity:
+                    keep_x[slot], keep_y[slot] = image, label
+            seen += 1
+        self.sites[site] = SiteMemory(np.stack(keep_x), np.asarray(keep_y, np.int64), seen)
+
+    def arrays(self, site: str) -> tuple[np.ndarray, np.ndarray]:
+        """A site's remembered samples as float32 [N, C, H, W] in [0, 1] and int64 labels."""
+        mem = self.sites[site]
+        return mem.x.astype(np.float32) / 255.0, mem.y
+
+
+def memory_to_bytes(memory: Memory) -> bytes:
+    sites = sorted(memory.sites)
+    tensors: dict[str, Tensor] = {}
+    for i, site in enumerate(sites):
+        tensors[f"{i}.x"] = torch.from_numpy(memory.sites[site].x)
+        tensors[f"{i}.y"] = torch.from_numpy(memory.sites[site].y)
+    return tensorfile.dump(tensors, FORMAT, {"sites": sites, "seen": [memory.sites[s].seen for s in sites]})
+
+
+def memory_from_bytes(data: bytes) -> Memory:
+    """Inverse of memory_to_bytes (WeightsError for bytes it did not write)."""
+    tensors, info = tensorfile.load(data, FORMAT, "replay memory")
+    return Memory({site: SiteMemory(tensors[f"{i}.x"].numpy(), tensors[f"{i}.y"].numpy(), int(seen))
+                   for i, (site, seen) in enumerate(zip(info["sites"], info["seen"], strict=True))})
+
+
+@contextlib.contextmanager
+def fixed_norms(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers in eval mode for the block: normalise with the running statistics, update none."""
+    layers = [m for m in model.modules() if isinstance(m, BN)]
+    modes = [m.training for m in layers]
+    for m in layers:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(layers, modes, strict=True):
+            m.train(mode)
+
+
+def site_logits(model: nn.Module, site_bn: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    """The model's logits for x with a site's BatchNorm (constants) over the model's own shared weights, whose
+    gradients flow as usual."""
+    device = x.device
+    overrides = {k: v.to(device) for k, v in site_bn.items()}
+    with fixed_norms(model):
+        return torch.func.functional_call(model, overrides, (x,), strict=False)
+
+
+class Rehearsal:
+    """Replayed minibatches: every step draws one from each remembered site, so every earlier site weighs as
+    much in the update as the new one does (an update that mostly sees the new site forgets the others)."""
+
+    def __init__(self, data: Mapping[str, tuple[Tensor, Tensor]], bank: Mapping[str, SiteBN] | None,
+                 batch_size: int, gen: torch.Generator) -> None:
+        self.sites = [s for s, (x, _) in data.items() if len(x) >= 2]
+        self.data = data
+        self.bank = bank
+        self.batch_size = batch_size
+        self.gen = gen
+
+    def __bool__(self) -> bool:
+        return bool(self.sites)
+
+    def draw(self) -> list[tuple[str, Tensor, Tensor]]:
+        """One minibatch per remembered site."""
+        out = []
+        for site in self.sites:
+            x, y = self.data[site]
+            idx = torch.randperm(len(x), generator=self.gen)[: self.batch_size]
+            out.append((site, x[idx], y[idx]))
+        return out
+
+    def loss(self, model: nn.Module) -> Tensor:
+        """Mean cross-entropy over the remembered sites, each minibatch through its own site's BatchNorm."""
+        losses = [F.cross_entropy(self.logits(model, site, x), y) for site, x, y in self.draw()]
+        return torch.stack(losses).mean()
+
+    def logits(self, model: nn.Module, site: str, x: Tensor) -> Tensor:
+        """Per-site BatchNorm when there is a bank; the model's own otherwise."""
+        return site_logits(model, self.bank[site], x) if self.bank else model(x)
