@@ -105,17 +105,20 @@ def run_sequence(store: StoreConfig, home: Path, stream: str, method: str, seed:
     data = [(s.name, split(s, seed)) for s in sites]
     tests = [(name, test) for name, (_, test) in data]
     R = np.zeros((len(sites), len(sites)))
-    seconds, verdicts = [], []
+    seconds, train_seconds, verdicts = [], [], []
     for i, (name, ((x, y), _)) in enumerate(data):
         batch, _ = ingest(ctx.registry, ctx.artifacts, queue, ctx.events, "m", name, npz_bytes(to_uint8(x), y),
                           Limits())
         started = time.perf_counter()
         pipeline.process(ctx, pipeline.Worker(), batch.id)
         seconds.append(time.perf_counter() - started)
+        newest = ctx.registry.list_versions("m")[-1].version
+        train_seconds.append(newest.lineage.timings["train_s"])  # the candidate search alone (K Ray tasks)
         verdicts.append(ctx.registry.batch_state(batch.id).status.value)
         R[i] = served_accuracy(ctx, tests)
     return {**continual_summary(R), "R": R.tolist(), "per_site_final": R[-1].tolist(), "verdicts": verdicts,
-            "update_seconds": seconds, "candidates": len(METHODS[method])}
+            "update_seconds": seconds, "train_seconds": train_seconds,
+            "candidates": len(METHODS[method])}
 
 
 JOINT_STEPS = 3000  # joint training's step budget, chosen on the selection seeds from {0, 600, 1500, 3000}
@@ -151,6 +154,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["per_site_final_mean"] = np.mean([r["per_site_final"] for r in runs], axis=0).tolist()
     if runs and "update_seconds" in runs[0]:
         out["update_seconds_mean"] = float(np.mean([s for r in runs for s in r["update_seconds"]]))
+        out["train_seconds_mean"] = float(np.mean([s for r in runs for s in r["train_seconds"]]))
+        out["candidates"] = runs[0]["candidates"]
     return out
 
 
@@ -198,14 +203,16 @@ def print_tables(results: dict[str, dict[str, Any]], seeds: list[int]) -> None:
     console = Console(width=160)
     for stream, rows in results.items():
         table = Table(title=f"{stream}: served accuracy after all 5 sites, mean over seeds {seeds}")
-        for col in ("method", "ACC", "BWT", "x joint", "worst site x its joint", "per site", "s / update", "bars"):
+        for col in ("method", "ACC", "BWT", "x joint", "worst site x its joint", "per site", "K",
+                    "search s", "s / update", "bars"):
             table.add_column(col)
         for name, r in rows.items():
             b = r.get("bars", {})
             table.add_row(name, f"{r['ACC']['mean']:.3f} ± {r['ACC']['sd']:.3f}",
                           f"{r['BWT']['mean']:+.3f}" if "BWT" in r else "-",
                           f"{b['ACC_vs_joint']:.2f}" if b else "-", f"{b['worst_site_vs_joint']:.2f}" if b else "-",
-                          " ".join(f"{a:.2f}" for a in r["per_site_final_mean"]),
+                          " ".join(f"{a:.2f}" for a in r["per_site_final_mean"]), str(r.get("candidates", "-")),
+                          f"{r['train_seconds_mean']:.1f}" if "train_seconds_mean" in r else "-",
                           f"{r['update_seconds_mean']:.1f}" if "update_seconds_mean" in r else "-",
                           _verdict(b))
         console.print(table)
