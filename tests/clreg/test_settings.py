@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-from pydantic import ValidationError
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
 
-from clreg.settings import Settings
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from clreg.settings import Settings, unknown_variables
 
 
 def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -23,3 +29,59 @@ def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLREG_GATE__TOLERANCE", "2")
     with pytest.raises(ValidationError, match="tolerance"):
         Settings()
+
+
+def _models(cls: type[BaseModel], seen: set[type[BaseModel]]) -> set[type[BaseModel]]:
+    """Every settings model reachable from `cls` through its fields."""
+    if cls not in seen:
+        seen.add(cls)
+        for field in cls.model_fields.values():
+            for t in _annotation_types(field.annotation):
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    _models(t, seen)
+    return seen
+
+
+def _annotation_types(annotation: object) -> list[object]:
+    return [annotation, *(t for arg in typing.get_args(annotation) for t in _annotation_types(arg))]
+
+
+def test_every_settings_model_refuses_unknown_fields() -> None:
+    models = _models(Settings, set())
+    assert {m.__name__ for m in models} >= {"ServingConfig", "StoreConfig", "GateConfig", "TrainConfig",
+                                             "RetentionConfig", "InputLogConfig", "DriftConfig"}
+    assert [m.__name__ for m in models if m.model_config.get("extra") != "forbid"] == []
+
+
+def test_a_misspelt_nested_variable_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLREG_GATE__TOLERANSE", "0.1")
+    with pytest.raises(ValidationError, match="gate.toleranse"):
+        Settings()
+
+
+def test_a_misspelt_top_level_variable_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLREG_GAET__TOLERANCE", "0.1")
+    monkeypatch.setenv("CLREG_HOEM", "/tmp/x")
+    with pytest.raises(ValidationError, match="unknown setting CLREG_GAET__TOLERANCE, CLREG_HOEM"):
+        Settings()
+
+
+def test_client_and_test_variables_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CLREG_TOKEN", "CLREG_SITE_TOKEN", "CLREG_TEST_REDIS_URL"):
+        monkeypatch.setenv(name, "x")
+    assert unknown_variables(os.environ) == []
+    assert Settings().gate.tolerance == 0.05
+
+
+@pytest.mark.parametrize(("name", "value", "line"), [
+    ("CLREG_GATE__TOLERANCE", "2", "error CLREG_GATE__TOLERANCE: Input should be less than or equal to 1"),
+    ("CLREG_GATE__TOLERANSE", "0.1", "error CLREG_GATE__TOLERANSE: no such setting"),
+    ("CLREG_HOEM", "/tmp", "error unknown setting CLREG_HOEM; settings are CLREG_ followed by one of HOME, "),
+])
+def test_the_cli_names_a_bad_variable_in_one_line(name: str, value: str, line: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLREG_")} | {name: value}
+    done = subprocess.run([sys.executable, "-c", "from clreg.cli import main; main()", "status"], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout.startswith(line) and done.stdout.count("\n") == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
