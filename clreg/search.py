@@ -89,10 +89,14 @@ def run(ctx: Context, model: Model, production: ModelVersion | None, data: Updat
     overrides = ctx.search.candidates or [{}]
     settings = [base.model_copy(update=_scaled(o, base, ctx.train)) for o in overrides]
     spec = model.input
-    weights, ewc, bank = artifacts
-    outcomes = search_on_ray(model.factory, model.factory_kwargs, (spec.channels, spec.height, spec.width,
-                             spec.classes), weights, ewc, bank, data, settings, progress=progress,
-                             timeout_s=ctx.search.timeout_s, stop=stop)  # type: ignore[arg-type]
+    shape = (spec.channels, spec.height, spec.width, spec.classes)
+
+    def train(on: UpdateData, candidates: list[TrainConfig], report: Progress | None) -> list:
+        """Every candidate as its own Ray task, from the production version's artifacts."""
+        return search_on_ray(model.factory, model.factory_kwargs, shape, *artifacts, on, candidates,
+                             progress=report, timeout_s=ctx.search.timeout_s, stop=stop)  # type: ignore[arg-type]
+
+    outcomes = train(data, settings, progress)
     ok = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, UpdateResult)]
     if not ok:
         raise TrainingFailed("; ".join(f"candidate {i + 1}: {o}" for i, o in enumerate(outcomes)))
@@ -100,9 +104,7 @@ def run(ctx: Context, model: Model, production: ModelVersion | None, data: Updat
     lines = [_line(_effective(overrides[i], settings[i]), o, i == best) for i, o in enumerate(outcomes)]
     chosen = outcomes[best]
     if refit is not None:
-        [chosen] = search_on_ray(model.factory, model.factory_kwargs, (spec.channels, spec.height, spec.width,
-                                 spec.classes), weights, ewc, bank, refit, [settings[best]],
-                                 timeout_s=ctx.search.timeout_s, stop=stop)  # type: ignore[arg-type]
+        [chosen] = train(refit, [settings[best]], None)
         if isinstance(chosen, TrainingFailed):
             raise chosen
     return Search(chosen=chosen, settings=settings[best], lines=lines)  # type: ignore[arg-type]
