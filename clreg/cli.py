@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import signal
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import httpx
 import numpy as np
 import ray
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -30,11 +28,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from clreg import context, demo, embedded, faults
+from clreg import context, demo, embedded, faults, terminal
 from clreg.client import ApiError, Client
 from clreg.daemon import Daemon
 from clreg.errors import ClregError
 from clreg.settings import Settings
+from clreg.webhook_cli import webhooks_app
 from registry.connection import StoreConfig
 from registry.dicom import dicom_study
 from serving import deploy
@@ -44,28 +43,12 @@ models_app = typer.Typer(help="Register models")
 sites_app = typer.Typer(help="Register sites (hospitals) and issue their tokens")
 app.add_typer(models_app, name="models")
 app.add_typer(sites_app, name="sites")
-console = Console()
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")]
+app.add_typer(webhooks_app, name="webhooks")
+console = terminal.console
+JsonOpt = terminal.JsonOpt
 
 
-def _settings() -> Settings:
-    return Settings()
-
-
-def _client(admin: bool = False) -> Client:
-    """A client with the admin token (admin commands) or the read token: CLREG_TOKEN, else the home's ops token."""
-    settings = _settings()
-    url = f"http://{settings.serve.host}:{settings.serve.port}"
-    if admin:
-        return Client(url, embedded.admin_token(settings.home))
-    return Client(url, token=os.environ.get("CLREG_TOKEN") or embedded.secrets(settings.home)["ops"])
-
-
-def _emit(data: Any, as_json: bool, table: Table | None = None) -> None:
-    if as_json or table is None:
-        typer.echo(json.dumps(data, indent=2, default=str))
-    else:
-        console.print(table)
+_settings, _client, _emit, _when = terminal.settings, terminal.client, terminal.emit, terminal.when
 
 
 @app.command()
@@ -359,10 +342,6 @@ def predict(file: Path, model: str | None = None, site: str | None = None, as_js
     if as_json:
         return _emit(answer, True)
     console.print(f"model {answer['model']} v{version}: labels {answer['labels']}")
-
-
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _setting_errors(e: ValidationError) -> list[str]:

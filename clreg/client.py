@@ -97,6 +97,17 @@ class Client:
         body = {"version": version, "reason": reason, "force": force}
         return self._call("POST", f"/v1/models/{model}/aliases/production", self.admin_token, json=body).json()
 
+    def subscribe(self, url: str, events: list[str], model: str | None = None, description: str = "") -> dict:
+        """A webhook subscription; the answer carries its signing secret, shown this once."""
+        body = {"url": url, "events": events, "model": model, "description": description}
+        return self._call("POST", "/v1/webhooks", self.admin_token, json=body).json()
+
+    def unsubscribe(self, sub_id: str) -> dict:
+        return self._call("DELETE", f"/v1/webhooks/{sub_id}", self.admin_token).json()
+
+    def ping_webhook(self, sub_id: str) -> dict:
+        return self._call("POST", f"/v1/webhooks/{sub_id}/test", self.admin_token).json()
+
     def predict(self, x: np.ndarray, model: str | None = None, site: str | None = None) -> tuple[dict, int]:
         """Predict over JSON; returns the answer and the X-Model-Version header."""
         params = {"model": model} if model else {}

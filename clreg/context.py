@@ -14,7 +14,6 @@ from clreg.settings import GateConfig, RetentionSettings, SearchConfig, Settings
 from learner.models import build_model, load_weights
 from learner.sitebn import Bank, bank_from_bytes
 from learner.train import TrainConfig
-from monitor.alerts import WebhookConfig
 from monitor.drift import DriftConfig
 from monitor.features import FeatureConfig
 from registry.artifacts import ArtifactStore
@@ -22,6 +21,7 @@ from registry.batches import load_arrays
 from registry.events import EventLog
 from registry.records import Batch, Model, ModelVersion
 from registry.store import RedisRegistry, StoreConfig
+from registry.webhooks import WebhookConfig
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import time
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from clreg import pipeline, watch
+from clreg.dispatch import Dispatcher
 from clreg.context import Context
 from clreg.settings import DaemonConfig
 from learner.errors import TrainingInterrupted
@@ -57,6 +58,8 @@ class Daemon:
         if ctx.watch.enabled:  # drift of the inputs Serve sees, before their labels arrive
             self.scheduler.add_job(watch.run, "interval", args=[ctx], seconds=ctx.watch.interval_s,
                                    id="watch-inputs", **every)
+        self.dispatcher = Dispatcher(ctx.registry, ctx.webhook)  # webhook deliveries, off every request's path
+        self.scheduler.add_job(self.dispatcher.run, "interval", seconds=ctx.webhook.interval_s, id="webhooks", **every)
         if ctx.retention.enabled:
             self.scheduler.add_job(self.apply_retention, "interval", seconds=ctx.retention.interval_s,
                                    id="retention", **every)

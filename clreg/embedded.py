@@ -147,7 +147,7 @@ def serving_config(settings: Settings, store: StoreConfig, secrets: dict[str, st
     return settings.serve.model_copy(update={
         "store": store, "artifacts_url": settings.artifacts(), "heldout_fraction": settings.heldout_fraction,
         "admin_token_sha256": token_sha256(secrets["admin"]), "ops_token_sha256": token_sha256(secrets["ops"]),
-        "inputs": settings.watch.inputs,
+        "inputs": settings.watch.inputs, "webhooks": settings.webhook,
         "stuck": StuckRule(after_s=settings.daemon.stuck_after_s,
                            waiting_after_s=settings.trigger.flush_interval_s + settings.daemon.stuck_after_s)})
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from clreg.context import Context
 from clreg.learning import embed_fn, load_reference
-from monitor.alerts import alert_payload, post_webhook
+from monitor.alerts import alert_payload
 from monitor.drift import DriftCheck, check_drift, save_snapshot
 from monitor.errors import MonitorError
 from monitor.features import Reference, batch_features
@@ -49,7 +49,8 @@ def batch_report_id(batch: Batch, reference: ModelVersion) -> str:
 
 
 def record(ctx: Context, check: DriftCheck) -> DriftReport:
-    """Store a check (record, gzip-compressed HTML page, workspace snapshot), log it, and alert on drift."""
+    """Store a check (record, gzip-compressed HTML page, workspace snapshot), log it, and alert on drift (the
+    alert event reaches webhook subscribers through the daemon's dispatcher)."""
     # Evidently's page inlines its JS bundle (~4.5 MB); gzip keeps ~1/4 of it. The gateway sends it as is.
     html = gzip.compress(check.html.encode(), compresslevel=6, mtime=0)
     report = check.report.model_copy(update={"html_artifact": ctx.artifacts.put(html)})
@@ -61,9 +62,6 @@ def record(ctx: Context, check: DriftCheck) -> DriftReport:
         payload = alert_payload(report, f"{ctx.public_url}/v1/drift/{report.id}?format=html")
         ctx.events.append(report.model, "drift.alert",
                           **{k: v for k, v in payload.items() if k not in ("model", "kind")})
-        url = ctx.webhook.url_for(report.model)
-        if url:
-            post_webhook(ctx.webhook, payload, url)
     return report
 
 

@@ -15,11 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clreg.faults import FaultConfig
 from learner.train import TrainConfig
-from monitor.alerts import WebhookConfig
 from monitor.drift import DriftConfig
 from monitor.features import FeatureConfig
 from registry.inputs import InputLogConfig
 from registry.retention import RetentionConfig
+from registry.webhooks import WebhookConfig
 from serving.config import ServingConfig
 
 
@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     drift: DriftConfig = DriftConfig()
     gate: GateConfig = GateConfig()
     trigger: TriggerConfig = TriggerConfig()
-    webhook: WebhookConfig = WebhookConfig()
+    webhook: WebhookConfig = WebhookConfig()  # delivery and allow-list of webhook subscriptions
     watch: WatchConfig = WatchConfig()
     retention: RetentionSettings = RetentionSettings()
     daemon: DaemonConfig = DaemonConfig()

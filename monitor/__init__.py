@@ -3,7 +3,7 @@
 Imports nothing from `learner`: the caller passes the embedding function (e.g. a model's penultimate layer).
 """
 
-from monitor.alerts import WebhookConfig, alert_payload, post_webhook
+from monitor.alerts import alert_payload
 from monitor.drift import DriftCheck, DriftConfig, check_drift, save_snapshot
 from monitor.errors import DriftCheckFailed, InvalidInput, InvalidReference, MonitorError
 from monitor.features import (
@@ -29,12 +29,10 @@ __all__ = [
     "InvalidReference",
     "MonitorError",
     "Reference",
-    "WebhookConfig",
     "alert_payload",
     "batch_features",
     "check_drift",
     "fit_reference",
     "image_statistics",
-    "post_webhook",
     "save_snapshot",
 ]

@@ -1,43 +1,13 @@
-"""Alert sinks for drift: the JSON payload every sink sends, and a webhook that retries and never raises.
+"""The drift alert's content: the verdict, its strongest evidence and a link to the full report.
 
-A failed webhook must not fail the batch: the drift report is already stored and the alert is on the
-stream, so delivery problems are logged and reported as False instead of raised.
+It becomes the data of the `drift.alert` event; webhook subscribers receive it with that event.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from typing import Annotated, Any
-
-import httpx
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from typing import Any
 
 from registry.records import ColumnDrift, DriftReport
-
-log = logging.getLogger(__name__)
-
-
-HTTP_URL = r"^https?://\S+$"
-
-
-class WebhookConfig(BaseModel):
-    """Where drift alerts are posted: a default url and per-model overrides; no url means no webhook.
-
-    Overrides live here rather than on the Model record so that routing alerts (an ops concern, often a
-    secret URL) needs no schema change and no API write: CLREG_WEBHOOK__PER_MODEL='{"cnn": "https://..."}'.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    url: str | None = Field(default=None, pattern=HTTP_URL)
-    per_model: dict[str, Annotated[str, StringConstraints(pattern=HTTP_URL)]] = Field(default_factory=dict)
-    timeout_s: float = Field(default=2.0, gt=0.0)
-    retries: int = Field(default=3, ge=0)  # attempts after the first
-    backoff_s: float = Field(default=0.2, ge=0.0)  # doubled after every failed attempt
-
-    def url_for(self, model: str) -> str | None:
-        """The model's own webhook, else the default one."""
-        return self.per_model.get(model, self.url)
 
 
 def _test(drift: ColumnDrift | None) -> dict[str, Any] | None:
@@ -75,34 +45,3 @@ def alert_payload(report: DriftReport, report_url: str) -> dict[str, Any]:
         "link": report_url,
         "created_at": report.created_at,
     }
-
-
-def _retryable(status: int) -> bool:
-    """Server errors and rate limits may pass on a later try; other 4xx answers will not."""
-    return status >= 500 or status == 429
-
-
-def post_webhook(cfg: WebhookConfig, payload: dict[str, Any], url: str | None = None) -> bool:
-    """POST the payload as JSON to url (default cfg.url), retrying network errors and 5xx/429 with backoff.
-
-    True when a 2xx came back; False without a url or after the last failed attempt.
-    """
-    url = url or cfg.url
-    if url is None:
-        return False
-    with httpx.Client(timeout=cfg.timeout_s) as client:
-        for attempt in range(cfg.retries + 1):
-            if attempt:
-                time.sleep(cfg.backoff_s * 2 ** (attempt - 1))
-            try:
-                response = client.post(url, json=payload)
-            except httpx.HTTPError as e:  # connect/read errors and timeouts: worth another try
-                log.warning("webhook %s attempt %d failed: %s", url, attempt + 1, e)
-                continue
-            if response.is_success:
-                return True
-            log.warning("webhook %s attempt %d answered %d", url, attempt + 1, response.status_code)
-            if not _retryable(response.status_code):
-                return False
-    log.error("webhook %s not delivered after %d attempts", url, cfg.retries + 1)
-    return False

@@ -6,6 +6,7 @@ RegistryError
  │    └── LeaseLost       the update lease a write depends on is held by another process now
  ├── ArtifactCorrupt      an artifact's bytes no longer match their sha256, or it is missing
  ├── UnreadableRecord     a stored record was written by a newer schema than this code reads, or is damaged
+ ├── TargetRefused        a webhook url is not http(s) or its host is not in the allow-list
  ├── InvalidBatch         a pushed batch cannot be used; nothing of it is stored
  │    ├── MalformedBatch  not a readable npz with arrays x and y
  │    ├── BatchMismatch   readable, but shape, dtype, values or labels do not fit the model
@@ -36,6 +37,10 @@ class ArtifactCorrupt(RegistryError):
 
 class UnreadableRecord(RegistryError):
     """A stored record cannot be read: its schema_version is newer than this code's, or its JSON is damaged."""
+
+
+class TargetRefused(RegistryError):
+    """A webhook target outside the allow-list: subscriptions must not reach internal services."""
 
 
 class InvalidBatch(RegistryError):

@@ -19,6 +19,14 @@ from registry.records import AliasChange, Event, check_name, parse
 from registry.store import RedisRegistry, StreamEntry, translated
 
 GROUP = "daemon"
+# Every kind of event clreg records (webhook subscriptions name them; tests/registry/test_events.py checks the
+# code appends no other).
+EVENT_KINDS = frozenset({
+    "batch.received", "drift.checked", "drift.alert", "drift.failed",
+    "update.started", "update.resumed", "update.retrying", "update.taken_over", "update.finished",
+    "update.failed", "update.abandoned", "gate.passed", "gate.failed", "alias.moved",
+    "serving.swapped", "serving.failed", "retention.archived",
+})
 ALERT_KINDS = frozenset({"drift.alert", "gate.failed", "update.failed", "serving.failed", "update.abandoned"})
 
 
@@ -55,6 +63,12 @@ class EventLog:
         """Events of one model at or after `since` (epoch seconds), oldest first."""
         start = f"{int(since * 1000)}-0"
         entries = self._reg.r.xrange(self._reg.key("events", check_name(model)), min=start, count=count)
+        return [parse(Event, f["json"]).model_copy(update={"id": i}) for i, f in entries]
+
+    @translated
+    def after(self, model: str, cursor: str, count: int = 500) -> list[Event]:
+        """Events of one model strictly after stream id `cursor`, oldest first (the webhook fan-out's read)."""
+        entries = self._reg.r.xrange(self._reg.key("events", check_name(model)), min=f"({cursor}", count=count)
         return [parse(Event, f["json"]).model_copy(update={"id": i}) for i, f in entries]
 
     @translated

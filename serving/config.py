@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from registry.connection import StoreConfig
 from registry.inputs import InputLogConfig
 from registry.status import StuckRule
+from registry.webhooks import WebhookConfig
 from serving.guard import LOOPBACK_HOSTS
 
 
@@ -45,4 +46,5 @@ class ServingConfig(BaseModel):
     batch_wait_s: float = Field(default=0.0, ge=0, le=1)
     replica_gpus: float = Field(default=0.0, ge=0)  # GPUs Ray reserves per ModelServer replica (fractions share one)
     inputs: InputLogConfig = InputLogConfig()  # prediction inputs kept for the scheduled drift check
+    webhooks: WebhookConfig = WebhookConfig()  # the allow-list new subscriptions are checked against
     stuck: StuckRule = StuckRule()  # when GET /v1/status and /metrics report a batch as stuck

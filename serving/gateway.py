@@ -40,7 +40,8 @@ from registry.records import (
 )
 from registry.status import pipeline_status
 from registry.store import RedisRegistry
-from serving import boundary, metrics
+from registry.webhooks import WebhookStore
+from serving import boundary, metrics, webhooks
 from serving.auth import Tokens, bearer, matches
 from serving.config import ServingConfig
 from serving.errors import (
@@ -139,6 +140,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:
 
     Admin = Annotated[str, Depends(admin)]
     Reader = Annotated[str, Depends(reader)]
+    app.include_router(webhooks.router(WebhookStore(reg), cfg.webhooks, admin, reader))
 
     @app.post("/v1/sites/{site}/batches", status_code=202)
     async def push_batch(request: Request, site_rec: Annotated[Site, Depends(site_token)],

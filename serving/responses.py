@@ -21,6 +21,7 @@ from registry.errors import (
     NotFound,
     RegistryError,
     StoreUnavailable,
+    TargetRefused,
     TooLarge,
     UnreadableRecord,
 )
@@ -34,6 +35,7 @@ _REGISTRY_STATUS: list[tuple[type[RegistryError], int, str]] = [
     (MalformedBatch, 400, "malformed_batch"),
     (BatchMismatch, 422, "batch_mismatch"),
     (TooLarge, 413, "payload_too_large"),
+    (TargetRefused, 422, "target_not_allowed"),
     (ArtifactCorrupt, 500, "artifact_corrupt"),
     (StoreUnavailable, 503, "store_unavailable"),
     (UnreadableRecord, 500, "unreadable_record"),

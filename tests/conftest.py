@@ -72,9 +72,10 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory, ray_session:
     """The real stack (Ray, Ray Serve, gateway, model server) on its own Redis database and port."""
     from clreg import embedded
     from clreg.settings import RedisSettings, Settings
-    from tests import cheap
-    from serving.config import ServingConfig
     from learner.train import TrainConfig
+    from registry.webhooks import WebhookConfig
+    from serving.config import ServingConfig
+    from tests import cheap
 
     url = _neighbour_db(redis_url)
     redis.Redis.from_url(url).flushdb()
@@ -82,7 +83,9 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory, ray_session:
                         # batching on, so the swap-under-load and end-to-end tests cross @serve.batch
                         serve=ServingConfig(port=int(os.environ.get("CLREG_TEST_SERVE_PORT", "8765")),
                                             batch_max_requests=16),
-                        train=TrainConfig(epochs=6), search=cheap.SEARCH)
+                        train=TrainConfig(epochs=6), search=cheap.SEARCH,
+                        # receivers started by tests listen on loopback; retries back off fast
+                        webhook=WebhookConfig(allow=("127.0.0.1",), backoff_s=0.05, interval_s=0.2))
     running = embedded.start(settings)
     yield running
     running.stop()

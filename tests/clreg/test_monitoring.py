@@ -17,11 +17,11 @@ import torch
 from clreg import learning, monitoring
 from clreg.client import npz_bytes
 from clreg.context import Context
+from clreg.dispatch import Dispatcher
 from clreg.settings import GateConfig, TriggerConfig
 from learner.models import build_model, weights_to_bytes
 from learner.streams import digits_sites, to_uint8
 from learner.train import TrainConfig
-from monitor.alerts import WebhookConfig
 from monitor.drift import DriftConfig
 from monitor.features import FeatureConfig
 from registry.artifacts import ArtifactStore
@@ -29,6 +29,7 @@ from registry.batches import Limits, ingest
 from registry.events import EventLog, IngestQueue
 from registry.records import Batch, InputSpec, Lineage, Model, ModelVersion
 from registry.store import RedisRegistry
+from registry.webhooks import WebhookConfig, WebhookStore, new_subscription
 from tests.monitor.hook import Hook, hook, url  # noqa: F401 (the fixture is used by name)
 
 MODEL = "cnn"
@@ -36,14 +37,15 @@ MODEL = "cnn"
 
 @pytest.fixture
 def ctx(registry: RedisRegistry, tmp_path: Path, hook: Hook) -> Context:
-    """A context whose production version 1 learnt 500 base digits; alerts of this model go to the hook."""
+    """A context whose production version 1 learnt 500 base digits; its drift alerts are subscribed to by the hook."""
     ctx = Context(registry=registry, artifacts=ArtifactStore(str(tmp_path / "artifacts")), events=EventLog(registry),
                   train=TrainConfig(), features=FeatureConfig(), drift=DriftConfig(), gate=GateConfig(),
-                  trigger=TriggerConfig(), webhook=WebhookConfig(per_model={MODEL: url(hook)}, backoff_s=0.0),
+                  trigger=TriggerConfig(), webhook=WebhookConfig(allow=("127.0.0.1",), backoff_s=0.0),
                   workspace=tmp_path / "workspace", public_url="http://clreg.test")
     model = Model(name=MODEL, factory="learner.models:small_cnn", input=InputSpec(channels=1, height=16, width=16,
                                                                                   classes=10))
     registry.create_model(model)
+    WebhookStore(registry).add(new_subscription(url(hook), ["drift.alert"], MODEL))
     base = push(ctx, np.arange(500))
     torch.manual_seed(0)
     net = build_model(model.factory, {}, 1, 16, 16, 10)
@@ -65,8 +67,11 @@ def push(ctx: Context, rows: np.ndarray, y: np.ndarray | None = None) -> Batch:
 
 
 def check(ctx: Context, batch: Batch):  # noqa: ANN201 - DriftReport
+    """Check a batch, then run the daemon's webhook job once so that any alert reaches the hook."""
     model = ctx.registry.get_model(MODEL)
-    return monitoring.check_batch(ctx, model, batch, ctx.production(MODEL))
+    report = monitoring.check_batch(ctx, model, batch, ctx.production(MODEL))
+    Dispatcher(ctx.registry, ctx.webhook).run()
+    return report
 
 
 def test_unchanged_batch_raises_no_alert(ctx: Context, hook: Hook) -> None:
@@ -89,6 +94,8 @@ def test_prevalence_change_alone_raises_a_label_shift_alert(ctx: Context, hook: 
     assert alert.data["report_id"] == report.id and alert.data["signals"] == ["label"]
     assert alert.data["link"] == f"http://clreg.test/v1/drift/{report.id}?format=html"
     [body] = hook.bodies
-    assert body["kind"] == "drift" and body["model"] == MODEL and body["site"] == "base"
-    assert body["batch_id"] == report.batch_id and body["verdict"] == "drift" and body["signals"] == ["label"]
+    event = body["event"]
+    assert event["kind"] == "drift.alert" and event["model"] == MODEL and event["data"]["site"] == "base"
+    assert event["data"]["batch_id"] == report.batch_id and event["data"]["verdict"] == "drift"
+    assert event["data"]["signals"] == ["label"] and event["id"] == alert.id
     assert ctx.events.alerts(MODEL, site="other") == [] and ctx.events.alerts(MODEL, kind="gate.failed") == []

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from clreg import context, pipeline, watch
-from clreg.daemon import Daemon
 from clreg.client import ApiError, Client, npz_bytes
+from clreg.daemon import Daemon
+from clreg.dispatch import Dispatcher
 from clreg.embedded import Stack
 from clreg.settings import WatchConfig
 from learner.streams import digits_sites, shift, to_uint8
-from monitor.alerts import WebhookConfig
 from registry.inputs import InputLog
+from registry.webhooks import WebhookConfig, WebhookStore, new_subscription
 from tests.monitor.hook import Hook, hook, url  # noqa: F401 (the fixture is used by name)
 
 pytestmark = pytest.mark.integration
@@ -51,7 +52,8 @@ def _served(client: Client, x: np.ndarray) -> None:
 def test_shifted_prediction_inputs_raise_an_alert_and_unshifted_do_not(stack: Stack, hook: Hook) -> None:
     ctx = dataclasses.replace(context.build(stack.settings, stack.store, stack.url),
                               watch=WatchConfig(min_samples=100, max_samples=WINDOW),
-                              webhook=WebhookConfig(per_model={MODEL: url(hook)}, backoff_s=0.0))
+                              webhook=WebhookConfig(allow=("127.0.0.1",), backoff_s=0.0))
+    WebhookStore(ctx.registry).add(new_subscription(url(hook), ["drift.alert"], MODEL))
     client = Client(stack.url, stack.admin_token)
     client.wait_ready()
     base = digits_sites(seed=0, names=("base",))[0]
@@ -65,6 +67,7 @@ def test_shifted_prediction_inputs_raise_an_alert_and_unshifted_do_not(stack: St
 
     _predict_all(client, inputs, base.x[600:600 + WINDOW])
     [calm] = [r for r in watch.run(ctx) if r.model == MODEL]
+    Dispatcher(ctx.registry, ctx.webhook).run()
     assert calm.site == "serving" and calm.samples == WINDOW and calm.drift is False and calm.label_drift is None
     assert [r for r in watch.run(ctx) if r.model == MODEL] == []  # the same window is not checked twice
     assert ctx.events.alerts(MODEL) == [] and hook.bodies == []
@@ -76,8 +79,10 @@ def test_shifted_prediction_inputs_raise_an_alert_and_unshifted_do_not(stack: St
     assert alert["data"]["report_id"] == shifted.id and alert["data"]["batch_id"] == shifted.batch_id
     assert alert["data"]["top_features"] == shifted.top_columns() and alert["data"]["top_features"]
     assert client.get("/v1/alerts", model=MODEL, site="watch-base") == []
+    Dispatcher(ctx.registry, ctx.webhook).run()
     [body] = hook.bodies
-    assert body["site"] == "serving" and body["verdict"] == "drift" and body["link"].endswith("?format=html")
+    data = body["event"]["data"]
+    assert data["site"] == "serving" and data["verdict"] == "drift" and data["link"].endswith("?format=html")
     auth = {"Authorization": f"Bearer {stack.ops_token}"}
     metrics = httpx.get(f"{stack.url}/metrics", headers=auth).text
     assert f'clreg_alert_events_total{{kind="drift.alert",model="{MODEL}",site="serving"}} 1.0' in metrics

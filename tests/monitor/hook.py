@@ -1,4 +1,8 @@
-"""A real local HTTP server that receives webhook POSTs: scripted statuses, every JSON body kept."""
+"""A real local HTTP server that receives webhook POSTs: scripted statuses, every JSON body kept.
+
+Given a secret it checks every request's signature the way the README's receiver does, answers 401 to a
+request whose signature does not match, and keeps what it refused apart from what it accepted.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +13,33 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from registry.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+
 
 class Hook(ThreadingHTTPServer):
     """A webhook receiver that answers with scripted statuses (then 200) and keeps every body."""
 
     statuses: list[int]
-    bodies: list[dict]
+    bodies: list[dict]  # accepted (signature fine, or no secret set), whatever status was then scripted
+    headers: list[dict[str, str]]
+    refused: list[bytes]  # bodies whose signature did not verify
+    secret: str | None
 
 
 class Handler(BaseHTTPRequestHandler):
     server: Hook
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.bodies.append(json.loads(body))
-        status = self.server.statuses.pop(0) if self.server.statuses else 200
+        raw = self.rfile.read(int(self.headers["Content-Length"]))
+        hook = self.server
+        if hook.secret is not None and not verify(hook.secret, self.headers.get(TIMESTAMP_HEADER, ""),
+                                                  self.headers.get(SIGNATURE_HEADER, ""), raw):
+            hook.refused.append(raw)
+            status = 401
+        else:
+            hook.bodies.append(json.loads(raw))
+            hook.headers.append(dict(self.headers.items()))
+            status = hook.statuses.pop(0) if hook.statuses else 200
         self.send_response(status)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -35,7 +51,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def hook() -> Iterator[Hook]:
     server = Hook(("127.0.0.1", 0), Handler)
-    server.statuses, server.bodies = [], []
+    server.statuses, server.bodies, server.headers, server.refused, server.secret = [], [], [], [], None
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server

@@ -12,7 +12,7 @@ def test_public_api_is_complete() -> None:
     assert all(hasattr(monitor, name) for name in monitor.__all__)
     expected = {
         "check_drift", "save_snapshot", "fit_reference", "batch_features", "image_statistics",
-        "Reference", "DriftConfig", "FeatureConfig", "WebhookConfig", "alert_payload", "post_webhook",
+        "Reference", "DriftConfig", "FeatureConfig", "alert_payload",
         "MonitorError", "DriftCheckFailed", "InvalidInput", "InvalidReference",
     }
     assert expected <= set(monitor.__all__)
