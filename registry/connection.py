@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from registry.errors import StoreUnavailable
+from registry.errors import StoreRefused, StoreUnavailable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,6 +59,11 @@ def connect(cfg: StoreConfig) -> redis.Redis:
     )
 
 
+# Error replies that pass once the server recovers (memory freed, disk writable, failover done); any other error
+# reply is a command this code should not have sent (a wrong key type, a bad argument): a bug, not an outage.
+TRANSIENT_REPLIES = ("OOM", "MISCONF", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "NOREPLICAS", "BUSY")
+
+
 def translated(fn: Callable[P, R]) -> Callable[P, R]:
     """The one boundary where redis-py's exceptions become registry errors."""
 
@@ -69,7 +74,9 @@ def translated(fn: Callable[P, R]) -> Callable[P, R]:
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise StoreUnavailable(f"Redis is unreachable: {e}") from e
         except redis.ResponseError as e:
-            raise StoreUnavailable(f"Redis refused the command: {e}") from e
+            if isinstance(e, redis.ReadOnlyError) or str(e).startswith(TRANSIENT_REPLIES):
+                raise StoreUnavailable(f"Redis cannot take the command now: {e}") from e
+            raise StoreRefused(f"Redis refused the command: {e}") from e
 
     return wrapper
 

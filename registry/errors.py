@@ -11,7 +11,8 @@ RegistryError
  │    ├── MalformedBatch  not a readable npz with arrays x and y
  │    ├── BatchMismatch   readable, but shape, dtype, values or labels do not fit the model
  │    └── TooLarge        it declares more data (inflated, samples, pixels) than the limits allow
- └── StoreUnavailable     Redis or the artifact store cannot be reached
+ ├── StoreUnavailable     Redis or the artifact store cannot be reached (or cannot take writes just now)
+ └── StoreRefused         Redis answered a command with an error that retrying will not change: a bug
 """
 
 
@@ -61,3 +62,7 @@ class TooLarge(InvalidBatch):
 
 class StoreUnavailable(RegistryError):
     """The backing store (Redis, file system) failed; retrying later may help."""
+
+
+class StoreRefused(RegistryError):
+    """Redis refused a command for good (a wrong key type, a bad argument): a bug to report, not an outage."""

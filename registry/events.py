@@ -66,6 +66,12 @@ class EventLog:
         return [parse(Event, f["json"]).model_copy(update={"id": i}) for i, f in entries]
 
     @translated
+    def latest(self, model: str, count: int = 100) -> list[Event]:
+        """The newest `count` events of one model, newest first."""
+        entries = self._reg.r.xrevrange(self._reg.key("events", check_name(model)), count=count)
+        return [parse(Event, f["json"]).model_copy(update={"id": i}) for i, f in entries]
+
+    @translated
     def after(self, model: str, cursor: str, count: int = 500) -> list[Event]:
         """Events of one model strictly after stream id `cursor`, oldest first (the webhook fan-out's read)."""
         entries = self._reg.r.xrange(self._reg.key("events", check_name(model)), min=f"({cursor}", count=count)
@@ -155,6 +161,8 @@ class IngestQueue:
     @translated
     def backlog(self) -> int:
         """Entries delivered but not acked plus entries never delivered."""
+        if not self._reg.r.exists(self._key):  # before any push or gateway start
+            return 0
         groups = {g["name"]: g for g in self._reg.r.xinfo_groups(self._key)}
         group = groups.get(GROUP)
         if group is None:

@@ -2,31 +2,54 @@
 
 The daemon, the gateway and the replicas are separate processes; Redis is the one place that knows
 the whole state, so the collector asks it instead of each process keeping its own partial counters.
+When Redis cannot be read the scrape still answers, with `clreg_redis_up 0` alone, so that an alert can
+tell "Redis is down" from "clreg is down" (a failed scrape). Every name and label is listed in the README
+("Metrics") and used by the alert rules in deploy/prometheus/.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from registry.errors import StoreUnavailable
 from registry.events import EventLog
 from registry.records import Event
 from registry.status import PipelineStatus, StuckRule, pipeline_status
 from registry.store import RedisRegistry
+from registry.webhooks import WebhookStore
+
+log = logging.getLogger(__name__)
 
 
 class RegistryCollector(Collector):
-    """Production versions, version counts by status, ingest backlog, alerts and latest drift per site."""
+    """Models (production, versions, drift, gate failures, last promotion), the pipeline, alerts, webhooks."""
 
     def __init__(self, registry: RedisRegistry, stuck: StuckRule) -> None:
         self._reg = registry
         self._stuck = stuck
+        self._events = EventLog(registry)
 
     def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("clreg_redis_up", "1 when the gateway could read Redis at this scrape, else 0")
+        try:  # read everything first: a scrape reports all of it or, with Redis away, only that
+            found = [*self._models(), *_pipeline(pipeline_status(self._reg, self._stuck)), *self._alerts(),
+                     *self._webhooks()]
+        except StoreUnavailable as e:
+            log.warning("metrics: Redis unreadable: %s", e)
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
+        yield from found
+
+    def _models(self) -> list[Metric]:
         production = GaugeMetricFamily("clreg_production_version", "Version holding the production alias",
                                        labels=["model"])
         versions = GaugeMetricFamily("clreg_versions", "Versions by status", labels=["model", "status"])
@@ -34,29 +57,55 @@ class RegistryCollector(Collector):
                                   labels=["model", "site"])
         drifted = GaugeMetricFamily("clreg_drift_detected", "1 if the latest check of a site found drift",
                                     labels=["model", "site"])
+        failures = GaugeMetricFamily("clreg_gate_failures_in_a_row",
+                                     "Gate failures since the model's last passed gate", labels=["model"])
+        promoted = GaugeMetricFamily("clreg_last_promotion_timestamp_seconds",
+                                     "Unix time the production alias last moved", labels=["model"])
         for model in self._reg.list_models():
             number = self._reg.resolve(model)
             if number is not None:
                 production.add_metric([model], number)
-            counts: dict[str, int] = {}
-            for view in self._reg.list_versions(model):
-                counts[view.status.value] = counts.get(view.status.value, 0) + 1
+            counts = collections.Counter(view.status.value for view in self._reg.list_versions(model))
             for status, n in counts.items():
                 versions.add_metric([model, status], n)
             latest = {r.site: r for r in self._reg.drift_reports(model, limit=200)}
             for site, report in latest.items():
                 drift.add_metric([model, site], report.drifted_share)
                 drifted.add_metric([model, site], float(report.drift))
-        yield from (production, versions, drift, drifted)
-        yield from _pipeline(pipeline_status(self._reg, self._stuck))
-        found = EventLog(self._reg).alerts(count=100_000)
+            failures.add_metric([model], gate_failures_in_a_row(self._events.latest(model, 200)))
+            history = self._reg.alias_history(model)
+            if history:
+                promoted.add_metric([model], history[-1].at)
+        return [production, versions, drift, drifted, failures, promoted]
+
+    def _alerts(self) -> list[Metric]:
+        found = self._events.alerts(count=100_000)
         alerts = GaugeMetricFamily("clreg_alerts", "Alerts in the alerts stream")
         alerts.add_metric([], len(found))
-        yield alerts
-        yield _alerts_by_kind(found)
+        return [alerts, _alerts_by_kind(found)]
+
+    def _webhooks(self) -> list[Metric]:
+        outcomes = WebhookStore(self._reg).outcomes()
+        ended = CounterMetricFamily("clreg_webhook_deliveries", "Webhook deliveries finished, by outcome",
+                                    labels=["outcome"])
+        for outcome in ("delivered", "failed"):
+            ended.add_metric([outcome], outcomes[outcome])
+        pending = GaugeMetricFamily("clreg_webhook_deliveries_pending", "Webhook deliveries waiting to be sent")
+        pending.add_metric([], outcomes["pending"])
+        return [ended, pending]
 
 
-def _pipeline(status: PipelineStatus) -> Iterator[Metric]:
+def gate_failures_in_a_row(newest_first: list[Event]) -> int:
+    """gate.failed events before the newest gate.passed (or in all of `newest_first` when none passed)."""
+    n = 0
+    for event in newest_first:
+        if event.kind == "gate.passed":
+            break
+        n += event.kind == "gate.failed"
+    return n
+
+
+def _pipeline(status: PipelineStatus) -> list[Metric]:
     """Backlog, stuck batches by status, and each daemon's liveness and last heartbeat."""
     backlog = GaugeMetricFamily("clreg_ingest_backlog", "Batches waiting for a daemon")
     backlog.add_metric([], status.backlog)
@@ -70,7 +119,7 @@ def _pipeline(status: PipelineStatus) -> Iterator[Metric]:
     for line in status.daemons:
         up.add_metric([line.heartbeat.incarnation.name], float(line.alive))
         beat.add_metric([line.heartbeat.incarnation.name], line.heartbeat.at)
-    yield from (backlog, stuck, up, beat)
+    return [backlog, stuck, up, beat]
 
 
 def _alerts_by_kind(alerts: list[Event]) -> CounterMetricFamily:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from registry.errors import StoreUnavailable
+from registry.errors import StoreRefused, StoreUnavailable
 from registry.records import InputSpec, Lineage, Model, ModelVersion
 from registry.store import RedisRegistry, StoreConfig
 
@@ -44,7 +44,7 @@ def acl_user(redis_url: str) -> Iterator[str]:
 
 def test_an_acl_user_limited_to_the_prefix_runs_the_registry(acl_user: str) -> None:
     _exercise(RedisRegistry(StoreConfig(url=acl_user, prefix="acltest")))
-    with pytest.raises(StoreUnavailable, match="refused|NOPERM|permission"):  # outside its keys: refused
+    with pytest.raises(StoreRefused, match="refused|NOPERM|permission"):  # outside its keys: refused
         RedisRegistry(StoreConfig(url=acl_user, prefix="other")).create_model(
             Model(name="m", factory="learner.models:small_cnn", input=SPEC))
     wrong = acl_user.replace("acl-secret", "wrong")
@@ -87,3 +87,24 @@ def test_the_registry_talks_tls_to_a_rediss_url(tls_redis: str) -> None:
     plain = tls_redis.replace("rediss://", "redis://").split("?")[0]
     with pytest.raises(StoreUnavailable):  # the same port without TLS: no answer
         RedisRegistry(StoreConfig(url=plain, prefix="tls", socket_timeout_s=1)).ping()
+
+
+def test_a_refused_command_is_a_bug_not_an_outage(registry: RedisRegistry) -> None:
+    """WRONGTYPE cannot pass by retrying: StoreRefused (the gateway's 500, the daemon fails the batch), while
+    replies that clear once the server recovers stay StoreUnavailable (the entry is kept and retried)."""
+    from registry.connection import translated
+
+    registry.r.set(registry.key("models"), "not a sorted set")
+    with pytest.raises(StoreRefused, match="WRONGTYPE"):
+        registry.list_models()
+
+    @translated
+    def reply(error: redis.ResponseError) -> None:
+        raise error
+
+    for transient in (redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'"),
+                      redis.ResponseError("MISCONF RDB error"), redis.ReadOnlyError("READONLY a replica")):
+        with pytest.raises(StoreUnavailable):
+            reply(transient)
+    with pytest.raises(StoreRefused):
+        reply(redis.ResponseError("ERR unknown command 'NOPE'"))

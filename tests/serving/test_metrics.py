@@ -1,0 +1,64 @@
+"""/metrics content read from a real Redis: the figures the shipped alert rules use, and Redis being away."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from registry.connection import StoreConfig
+from registry.events import EventLog
+from registry.records import Event, InputSpec, Lineage, Model, ModelVersion
+from registry.status import StuckRule
+from registry.store import RedisRegistry
+from registry.webhooks import Delivery, DeliveryStatus, WebhookStore, new_subscription
+from serving import metrics
+from serving.metrics import gate_failures_in_a_row
+
+
+def samples(registry: RedisRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    collected, _ = metrics.build(registry, StuckRule())
+    text = generate_latest(collected).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_alert_rule_inputs_are_exported(registry: RedisRegistry) -> None:
+    registry.create_model(Model(name="cnn", factory="learner.models:small_cnn", input=InputSpec(channels=1, height=8, width=8, classes=3)))
+    events = EventLog(registry)
+    for kind in ("gate.failed", "gate.passed", "gate.failed", "drift.checked", "gate.failed"):
+        events.append("cnn", kind, version=1)
+    version = registry.register_version(ModelVersion(model="cnn", number=1, lineage=Lineage()))
+    change = registry.promote("cnn", version.number, who="test", reason="first")
+    store = WebhookStore(registry)
+    sub = store.add(new_subscription("http://127.0.0.1/x", ["*"], None))
+
+    event = events.latest("cnn", 1)[0]
+    store.fan_out("cnn", event.id, [Delivery(id="d1", subscription=sub.id, url=sub.url, event=event),
+                                    Delivery(id="d2", subscription=sub.id, url=sub.url, event=event)])
+    store.save(Delivery(id="d1", subscription=sub.id, url=sub.url, event=event, status=DeliveryStatus.FAILED), None)
+    found = samples(registry)
+    assert found[("clreg_redis_up", ())] == 1.0
+    assert found[("clreg_gate_failures_in_a_row", (("model", "cnn"),))] == 2.0
+    assert found[("clreg_last_promotion_timestamp_seconds", (("model", "cnn"),))] == change.at
+    assert found[("clreg_production_version", (("model", "cnn"),))] == 1.0
+    assert found[("clreg_webhook_deliveries_total", (("outcome", "failed"),))] == 1.0
+    assert found[("clreg_webhook_deliveries_total", (("outcome", "delivered"),))] == 0.0
+    assert found[("clreg_webhook_deliveries_pending", ())] == 1.0
+    assert found[("clreg_alert_events_total", (("kind", "gate.failed"), ("model", "cnn"), ("site", "")))] == 3.0
+
+
+def test_gate_failures_count_back_to_the_last_pass() -> None:
+
+    def kinds(*names: str) -> list[Event]:
+        return [Event(model="m", kind=k) for k in names]
+
+    assert gate_failures_in_a_row(kinds("gate.failed", "update.started", "gate.failed", "gate.passed",
+                                        "gate.failed")) == 2
+    assert gate_failures_in_a_row(kinds("gate.passed", "gate.failed")) == 0
+    assert gate_failures_in_a_row(kinds("gate.failed", "gate.failed", "gate.failed")) == 3
+
+
+def test_redis_away_is_a_metric_not_a_failed_scrape() -> None:
+    away = RedisRegistry(StoreConfig(url="redis://127.0.0.1:1/0", socket_timeout_s=0.2))
+    found = samples(away)
+    assert found == {("clreg_redis_up", ()): 0.0}
