@@ -166,10 +166,13 @@ def _entry(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | str:
 def check_target(url: str, allow: Sequence[str]) -> None:
     """Refuse a url unless it is http(s) and its host is listed by name, or every address it resolves to is
     inside a listed network."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise TargetRefused(f"webhook url {url[:200]!r} must be http:// or https:// with a host")
-    host = parts.hostname.lower().rstrip(".")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, _ = (parts.hostname or "").lower().rstrip("."), parts.port  # a port that is not a number: refused
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        host, parts = "", urllib.parse.SplitResult("", "", "", "", "")
+    if parts.scheme not in ("http", "https") or not host:
+        raise TargetRefused(f"webhook url {url[:200]!r} must be http:// or https:// with a host (and a numeric port)")
     entries = [_entry(e) for e in allow]
     names = [e for e in entries if isinstance(e, str)]
     if any(host == n or (n.startswith("*.") and host.endswith(n[1:])) for n in names):
@@ -190,8 +193,8 @@ def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]
         pass
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return []  # unresolvable: nothing to allow
+    except (OSError, ValueError):  # unresolvable or not a name (UnicodeError is a ValueError): nothing to allow
+        return []
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 

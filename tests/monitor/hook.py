@@ -22,6 +22,7 @@ class Hook(ThreadingHTTPServer):
     statuses: list[int]
     bodies: list[dict]  # accepted (signature fine, or no secret set), whatever status was then scripted
     headers: list[dict[str, str]]
+    raw: list[bytes]  # the accepted bodies as they arrived
     refused: list[bytes]  # bodies whose signature did not verify
     secret: str | None
 
@@ -38,6 +39,7 @@ class Handler(BaseHTTPRequestHandler):
             status = 401
         else:
             hook.bodies.append(json.loads(raw))
+            hook.raw.append(raw)
             hook.headers.append(dict(self.headers.items()))
             status = hook.statuses.pop(0) if hook.statuses else 200
         self.send_response(status)
@@ -51,7 +53,8 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def hook() -> Iterator[Hook]:
     server = Hook(("127.0.0.1", 0), Handler)
-    server.statuses, server.bodies, server.headers, server.refused, server.secret = [], [], [], [], None
+    server.statuses, server.bodies, server.headers, server.raw, server.refused = [], [], [], [], []
+    server.secret = None
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server

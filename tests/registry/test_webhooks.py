@@ -63,6 +63,10 @@ def test_allowed_targets(url: str, allow: tuple[str, ...]) -> None:
     ("https://evil-example.org/x", ("example.org",), "not allowed"),
     ("ftp://127.0.0.1/x", ("127.0.0.1",), "http:// or https://"),
     ("http:///nohost", ("127.0.0.1",), "with a host"),
+    ("http://[::1/x", ("::1",), "with a host"),
+    ("http://127.0.0.1:99999999/x", ("127.0.0.1",), "numeric port"),
+    ("http://127.0.0.1:port/x", ("127.0.0.1",), "numeric port"),
+    ("http://" + "a" * 300 + ".org/x", ("10.0.0.0/8",), "not allowed"),  # an over-long label: no lookup at all
     ("http://no-such-host.invalid/x", ("10.0.0.0/8",), "not allowed"),  # does not resolve: nothing to allow
 ])
 def test_refused_targets(url: str, allow: tuple[str, ...], words: str) -> None:

@@ -224,7 +224,7 @@ def predictions() -> list[Case]:
 READ_ROUTES = ["/v1/models", f"/v1/models/{MODEL}/versions", f"/v1/models/{MODEL}/versions/1",
                f"/v1/models/{MODEL}/aliases", "/v1/sites", f"/v1/sites/{SITE}/operating-point?model={MODEL}",
                "/v1/alerts", f"/v1/events?model={MODEL}", "/v1/drift/d-x", "/v1/status", "/metrics",
-               f"/v1/batches/{BATCH}"]
+               f"/v1/batches/{BATCH}", "/v1/webhooks", "/v1/webhooks/deliveries", "/v1/webhooks/wh-000000000000"]
 
 
 def access() -> list[Case]:
@@ -234,7 +234,9 @@ def access() -> list[Case]:
               for i, r in enumerate(READ_ROUTES)]
     admin = [("POST", "/v1/models", {"name": "zz", "input": {"channels": 1, "height": 8, "width": 8, "classes": 2}}),
              ("POST", "/v1/sites", {"name": "zz"}), ("PUT", f"/v1/sites/{SITE}/threshold", {"threshold": 0.5}),
-             ("POST", f"/v1/models/{MODEL}/aliases/production", {"version": 1, "reason": "x"})]
+             ("POST", f"/v1/models/{MODEL}/aliases/production", {"version": 1, "reason": "x"}),
+             ("POST", "/v1/webhooks", {"url": "http://127.0.0.1:9/x", "events": ["*"]}),
+             ("DELETE", "/v1/webhooks/wh-000000000000", None), ("POST", "/v1/webhooks/wh-000000000000/test", None)]
     for i, (method, path, body) in enumerate(admin):
         cases += [Case(f"admin-as-ops-{i}", method, path, 403, "forbidden", json=body),
                   Case(f"admin-as-site-{i}", method, path, 403, "forbidden", auth="site", json=body),
