@@ -72,9 +72,9 @@ class Dispatcher:
             queued += len(deliveries)
         return queued
 
-    def deliver(self) -> int:
-        """Send what is due (in parallel); the number sent, successful or not."""
-        due = self.store.claim(PER_TICK, self.cfg.claim_s)
+    def deliver(self, at: float | None = None) -> int:
+        """Send what is due at `at` (default now), in parallel; the number sent, successful or not."""
+        due = self.store.claim(PER_TICK, self.cfg.claim_s, at=at)
         if not due:
             return 0
         subs = {s.id: s for s in self.store.subscriptions()}

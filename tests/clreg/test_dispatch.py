@@ -171,3 +171,28 @@ def test_the_daemon_delivers_on_its_schedule(stack: Stack, client: Client, hook:
         daemon.scheduler.shutdown(wait=True)
     assert [b["event"]["kind"] for b in hook.bodies] == ["retention.archived"]
     assert _mine(client, sub["id"])[0]["status"] == "delivered"
+
+
+def test_the_cli_subscribes_tests_and_removes(stack: Stack, client: Client, hook: Hook) -> None:
+    env = {"CLREG_HOME": str(stack.settings.home), "CLREG_SERVE__PORT": str(stack.settings.serve.port)}
+    runner = CliRunner()
+    added = runner.invoke(app, ["webhooks", "add", url(hook), "--event", "update.finished", "--model", MODEL,
+                                "--json"], env=env)
+    assert added.exit_code == 0, added.output
+    sub = json.loads(added.output)
+    hook.secret = sub["secret"]
+    listed = runner.invoke(app, ["webhooks", "list", "--json"], env=env)
+    assert [s for s in json.loads(listed.output) if s["id"] == sub["id"]] == [
+        {k: v for k, v in sub.items() if k != "secret"}]
+    pinged = runner.invoke(app, ["webhooks", "test", sub["id"]], env=env)
+    assert pinged.exit_code == 0 and "answered 200" in pinged.output and hook.refused == []
+    hook.statuses = [500]  # the next delivery fails once and waits for its retry ...
+    EventLog(RedisRegistry(stack.store)).append(MODEL, "update.finished", version=2)
+    dispatcher = _dispatcher(stack, backoff_s=60.0)
+    _run_until(dispatcher, lambda: [d["attempts"] for d in _mine(client, sub["id"])] == [1])
+    removed = runner.invoke(app, ["webhooks", "remove", sub["id"]], env=env)
+    assert removed.exit_code == 0 and sub["id"] not in [s["id"] for s in client.get("/v1/webhooks")]
+    dispatcher.deliver(at=time.time() + 120)  # ... its retry comes due after the removal
+    [gone] = _mine(client, sub["id"])
+    assert gone["status"] == "failed" and gone["last_error"] == "the subscription was removed"
+    assert len(hook.bodies) == 2  # the ping and the first try: nothing after the removal
