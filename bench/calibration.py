@@ -4,8 +4,9 @@ The product's default learner (per-site BatchNorm, EWC) learns the 5 sites in or
 held-out set (~109 samples), the final model's logits are scored three ways: temperature 1, one
 temperature fitted on every site's held-out data pooled, and one temperature per site (what clreg serves).
 Every figure is cross-fitted: each half of a site's held-out set is scored with temperatures fitted on the
-other halves only. A site's own temperature is fitted with the pooled one as its prior (learner.calibration). Reported: ECE (15 bins) and NLL per site, mean ± sd over seeds, plus the fitted
-temperatures. Accuracy is the same in all three (scaling never changes a label).
+other halves only. A site's own temperature is fitted with the pooled one as its prior (learner.calibration).
+Reported: ECE (15 bins) and NLL per site, mean ± sd over seeds, plus the fitted temperatures. Accuracy is
+the same in all three (scaling never changes a label).
 Run: python bench/calibration.py [--seeds N]. Prints a table and writes bench/results/calibration.json.
 """
 
@@ -26,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
 from bench.continual import split  # noqa: E402
-
 from learner.calibration import out_of_fold_proba, proba_nll, site_temperatures  # noqa: E402
 from learner.evaluate import expected_calibration_error, predict_logits  # noqa: E402
 from learner.ewc import EWCState, state_from_bytes  # noqa: E402

@@ -36,7 +36,6 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
-
 from clreg import context, embedded, pipeline  # noqa: E402
 from clreg.client import npz_bytes  # noqa: E402
 from clreg.home import Home  # noqa: E402

@@ -30,7 +30,6 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
-
 from learner.evaluate import continual_summary, site_metrics  # noqa: E402
 from learner.ewc import EWCState, state_from_bytes  # noqa: E402
 from learner.models import small_cnn  # noqa: E402
@@ -139,7 +138,7 @@ def _job(args: tuple[Method, str, int, float, dict[str, Any]]) -> tuple[tuple, d
 
 
 def _run_all(jobs: list[tuple], workers: int) -> dict[tuple, dict[str, Any]]:
-    """Run jobs in a process pool (spawned: no inherited torch threads) and key results by (method, stream, seed, lam)."""
+    """Run jobs in a process pool (spawned: no inherited torch threads); results by (method, stream, seed, lam)."""
     out: dict[tuple, dict[str, Any]] = {}
     with mp.get_context("spawn").Pool(workers) as pool:
         for key, result in pool.imap_unordered(_job, jobs):
@@ -227,7 +226,8 @@ def targets(digits: dict[str, Any]) -> dict[str, Any]:
     return {
         "best_ewc": best_name, "best_ewc_ACC": acc, "naive": "naive/update", "naive_ACC": naive["ACC"]["mean"],
         "ACC_gain_over_naive": acc - naive["ACC"]["mean"], "target_gain_over_naive": 0.20,
-        "best_minibatch_squared": best_mbsq, "ACC_gain_over_best_minibatch_squared": acc - mbsq[best_mbsq]["ACC"]["mean"],
+        "best_minibatch_squared": best_mbsq,
+        "ACC_gain_over_best_minibatch_squared": acc - mbsq[best_mbsq]["ACC"]["mean"],
         "ACC_gain_over_same_config_minibatch_squared": acc - ewc[twin]["ACC"]["mean"] if twin in ewc else None,
         "target_gain_over_minibatch_squared": 0.05,
         "BWT_gain_over_naive": best["BWT"]["mean"] - naive["BWT"]["mean"], "target_BWT_gain": 0.30,
@@ -289,7 +289,8 @@ def main() -> None:
         out["targets"] = targets(out["results"]["digits"])
     out["timing"]["total_s"] = time.perf_counter() - started
     print_tables(out, len(seeds))
-    settings = {"quick": args.quick, "policies": list(policies), "train": base, "lambda_grid": grid, "grid_seeds": grid_seeds, "seeds": seeds,
+    settings = {"quick": args.quick, "policies": list(policies), "train": base, "lambda_grid": grid,
+                "grid_seeds": grid_seeds, "seeds": seeds,
                 "streams": list(streams), "sites_per_stream": 5, "train_per_site": TRAIN_PER_SITE,
                 "route_chunk": ROUTE_CHUNK, "workers": args.workers, "torch_threads_per_worker": 1,
                 "budget": "lambda chosen per configuration by mean ACC on the grid seeds; chosen lambda then run on "

@@ -19,7 +19,6 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
-
 from learner.ewc import (  # noqa: E402
     EWCState,
     fisher_diagonal,

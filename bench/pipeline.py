@@ -32,15 +32,14 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
-
 from clreg import embedded  # noqa: E402
 from clreg.client import Client, npz_bytes  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
-from serving.config import ServingConfig  # noqa: E402
 from learner.streams import digits_sites, site_batch, to_uint8  # noqa: E402
 from registry.events import EventLog  # noqa: E402
 from registry.records import Event  # noqa: E402
 from registry.store import RedisRegistry  # noqa: E402
+from serving.config import ServingConfig  # noqa: E402
 
 SAMPLES = 1000
 PORT = 8793
@@ -165,7 +164,8 @@ def run(rounds: int, logs: Path) -> tuple[list[dict], list[dict]]:
 
 
 def table(steady: list[dict], deaths: list[dict]) -> Table:
-    out = Table("figure", "median s", "min s", "max s", title=f"push to verdict, {SAMPLES} samples, {len(steady)} rounds")
+    out = Table("figure", "median s", "min s", "max s",
+                title=f"push to verdict, {SAMPLES} samples, {len(steady)} rounds")
     for name in (*STEPS, "push_to_verdict"):
         values = [r[name] for r in steady if r[name] == r[name]]
         if values:

@@ -30,16 +30,15 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
-
 from clreg import embedded  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
-from serving.config import ServingConfig  # noqa: E402
 from learner.models import small_cnn, weights_to_bytes  # noqa: E402
 from learner.sitebn import bank_to_bytes, extract_site_bn  # noqa: E402
 from registry.artifacts import ArtifactStore  # noqa: E402
 from registry.records import Calibration, InputSpec, Lineage, Model, ModelVersion, SiteCalibration  # noqa: E402
 from registry.store import RedisRegistry  # noqa: E402
 from serving import model_server  # noqa: E402
+from serving.config import ServingConfig  # noqa: E402
 
 MODELS = {"small": (16, 1), "wide": (64, 4)}  # name -> (image side, width multiplier)
 SETTINGS = {"off": (1, 0.0), "on": (16, 0.0), "wait-2ms": (16, 0.002)}  # -> (max requests per batch, wait s)
@@ -177,11 +176,13 @@ def main() -> None:
     rows = run(args.seconds, args.rounds)
     summary = summarise(rows)
     print_table(summary)
-    settings = {"seconds_per_cell": args.seconds, "rounds": args.rounds, "models": MODELS, "batching": SETTINGS, "clients": CLIENTS,
+    settings = {"seconds_per_cell": args.seconds, "rounds": args.rounds, "models": MODELS, "batching": SETTINGS,
+                "clients": CLIENTS,
                 "request": "JSON, 1 image, site named (per-site BatchNorm and temperature)", "replicas": 1,
                 "max_ongoing_requests": ServingConfig().max_ongoing_requests}
     path = write_result("serving", {"machine": machine_info(), "versions": versions("ray", "torch", "httpx"),
-                                    "settings": settings, "summary": summary, "rows": rows, "seconds": time.perf_counter() - started})
+                                    "settings": settings, "summary": summary, "rows": rows,
+                                    "seconds": time.perf_counter() - started})
     Console().print(f"wrote {path}")
 
 

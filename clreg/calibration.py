@@ -29,4 +29,4 @@ def _record(fit: CalibrationFit, labels: np.ndarray | None = None) -> SiteCalibr
     return SiteCalibration(temperature=fit.temperature, samples=fit.samples, ece=fit.ece,
                            ece_calibrated=fit.ece_calibrated, nll=fit.nll, nll_calibrated=fit.nll_calibrated,
                            scores=fit.out_of_fold[:, 1].round(6).tolist() if binary else None,
-                           labels=labels.astype(int).tolist() if binary else None)
+                           labels=labels.astype(int).tolist() if binary and labels is not None else None)

@@ -136,7 +136,7 @@ def models_create(name: str, factory: Annotated[str, typer.Option()] = "learner.
     spec = tuple(int(v) for v in input.split(","))
     if len(spec) != 3:
         raise typer.BadParameter("--input takes C,H,W, e.g. 1,16,16")
-    _emit(_client(admin=True).create_model(name, factory, spec, classes), as_json)  # type: ignore[arg-type]
+    _emit(_client(admin=True).create_model(name, factory, spec, classes), as_json)
 
 
 @sites_app.command("add")

@@ -59,7 +59,7 @@ class Client:
                 time.sleep(0.25)
 
     def create_model(self, name: str, factory: str, spec: tuple[int, int, int], classes: int) -> dict:
-        body = {"name": name, "factory": factory, "input": dict(zip(("channels", "height", "width"), spec),
+        body = {"name": name, "factory": factory, "input": dict(zip(("channels", "height", "width"), spec, strict=True),
                                                                    classes=classes)}
         return self._call("POST", "/v1/models", self.admin_token, json=body).json()
 

@@ -18,8 +18,8 @@ import time
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from clreg import pipeline, watch
-from clreg.dispatch import Dispatcher
 from clreg.context import Context
+from clreg.dispatch import Dispatcher
 from clreg.settings import DaemonConfig
 from learner.errors import TrainingInterrupted
 from registry.daemons import Daemons, incarnation, this_host

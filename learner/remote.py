@@ -122,7 +122,7 @@ def search_on_ray(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int,
         TrainingFailed: the tasks ran past timeout_s (then they are cancelled), or the relay failed.
         TrainingInterrupted: `stop` was set while they ran (they are cancelled).
     """
-    relay = None
+    relay: Any = None
     try:
         relay = ProgressRelay.remote() if progress is not None else None
         shared = ray.put(data)  # the arrays go to the object store once, not once per candidate

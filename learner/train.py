@@ -38,14 +38,27 @@ from torch import Tensor, nn
 
 from learner.errors import DataError, WeightsError
 from learner.ewc import (
-    EWCEntry, EWCState, consolidate, ewc_penalty, fisher_diagonal, fisher_minibatch_squared, state_to_bytes,
-    state_to_device, trainable_params,
+    EWCEntry,
+    EWCState,
+    consolidate,
+    ewc_penalty,
+    fisher_diagonal,
+    fisher_minibatch_squared,
+    state_to_bytes,
+    state_to_device,
+    trainable_params,
 )
 from learner.models import last_linear, to_tensor, weights_to_bytes
 from learner.replay import Rehearsal
 from learner.sitebn import BN as _BN
 from learner.sitebn import (
-    Bank, apply_site_bn, bank_from_bytes, bank_to_bytes, bn_param_names, extract_site_bn, reestimate_statistics,
+    Bank,
+    apply_site_bn,
+    bank_from_bytes,
+    bank_to_bytes,
+    bn_param_names,
+    extract_site_bn,
+    reestimate_statistics,
     route,
 )
 

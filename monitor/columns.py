@@ -8,7 +8,6 @@ drifted columns; a calm column gets one counter with its score.
 
 from __future__ import annotations
 
-
 from evidently.core.metric_types import SingleValueCalculation
 from evidently.legacy.calculations.data_drift import ColumnDataDriftMetrics
 from evidently.legacy.model.widget import BaseWidgetInfo
@@ -32,7 +31,7 @@ class ColumnValueDriftCalculation(SingleValueCalculation[ColumnValueDrift]):
 
     def _render(self, result: ColumnDataDriftMetrics, options: object, color_options: object) -> list[BaseWidgetInfo]:
         if result.drift_detected:
-            return ValueDriftCalculation._render(self, result, options, color_options)  # type: ignore[arg-type]
+            return ValueDriftCalculation._render(self, result, options, color_options)
         score = CounterData.float(label=f"{result.stattest_name} (not drifted)", value=result.drift_score,
                                   precision=4)
         return [counter(title=f"Drift in column '{result.column_name}'", counters=[score], size=WidgetSize.HALF)]

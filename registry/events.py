@@ -130,7 +130,7 @@ class IngestQueue:
     @translated
     def claim_idle(self, min_idle_s: float, count: int = 16) -> list[tuple[str, str, str]]:
         """Take over entries another consumer left idle for `min_idle_s` (it died holding them)."""
-        cursor, out = "0-0", []
+        cursor, out = "0-0", list[tuple[str, str, str]]()
         while len(out) < count:
             reply = self._reg.r.xautoclaim(self._key, GROUP, self.consumer, int(min_idle_s * 1000),
                                            start_id=cursor, count=count)

@@ -12,6 +12,7 @@ import math
 import zipfile
 import zlib
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 
@@ -89,7 +90,7 @@ def _check_member(info: zipfile.ZipInfo) -> None:
                              "send it stored or deflated (np.savez or np.savez_compressed)")
 
 
-def _header(stream: io.BufferedIOBase, name: str, limits: NpzLimits) -> tuple[np.dtype, tuple[int, ...], bool]:
+def _header(stream: IO[bytes], name: str, limits: NpzLimits) -> tuple[np.dtype, tuple[int, ...], bool]:
     try:
         version = np.lib.format.read_magic(stream)
         read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
@@ -105,7 +106,7 @@ def _header(stream: io.BufferedIOBase, name: str, limits: NpzLimits) -> tuple[np
     return dtype, tuple(shape), bool(fortran)
 
 
-def _body(stream: io.BufferedIOBase, dtype: np.dtype, shape: tuple[int, ...], fortran: bool,
+def _body(stream: IO[bytes], dtype: np.dtype, shape: tuple[int, ...], fortran: bool,
           name: str) -> np.ndarray:
     size = math.prod(shape) * dtype.itemsize
     raw = stream.read(size)

@@ -110,7 +110,7 @@ def _site_calibration(artifacts: ArtifactStore, version: ModelVersion, site: str
     return cal
 
 
-def create_app(cfg: ServingConfig) -> FastAPI:
+def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a small closure over the app's state)
     """The gateway's routes over one registry connection."""
     app = FastAPI(title="clreg", version="0.1.0", description="Continual-learning model registry")
     boundary.install(app, cfg.allowed_hosts)
@@ -193,6 +193,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         view = next((v for v in reg.list_versions(name) if v.version.number == number), None)
         if view is None:
             reg.get_version(name, number)  # raises NotFound with the right message
+            raise NotFound(f"model {name!r} has no version {number}")
         gate = reg.get_gate_report(view.gate_report_id).model_dump() if view.gate_report_id else None
         calibration = version_calibration(artifacts, view.version)
         return {**view.model_dump(mode="json"), "gate_report": gate,
@@ -324,5 +325,5 @@ class Gateway:
 
 
 def deployment(cfg: ServingConfig) -> serve.Deployment:
-    return serve.deployment(serve.ingress()(Gateway), name="Gateway", num_replicas=1,
-                            max_ongoing_requests=cfg.max_ongoing_requests, ray_actor_options={"num_cpus": 0})
+    return serve.deployment(name="Gateway", num_replicas=1, max_ongoing_requests=cfg.max_ongoing_requests,
+                            ray_actor_options={"num_cpus": 0})(serve.ingress()(Gateway))

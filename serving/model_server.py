@@ -18,6 +18,8 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import numpy as np
 import torch
 from ray import serve
@@ -33,8 +35,8 @@ from registry.events import EventLog
 from registry.inputs import InputLog
 from registry.records import Model, ModelVersion, check_name
 from registry.store import RedisRegistry
-from serving.config import ServingConfig
 from serving.auth import Tokens
+from serving.config import ServingConfig
 from serving.errors import BadRequest, MethodNotAllowed, ModelNotFound, NotReady
 from serving.guard import check_host, read_body
 from serving.inference import Job, Loaded, Scores, infer
@@ -63,8 +65,9 @@ class ModelServer:
         self.thresholds: dict[str, float] = {}
         self._failed: dict[str, int] = {}
         self._stop = threading.Event()
-        self._batched.set_max_batch_size(self.cfg.batch_max_requests)
-        self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_s)
+        batched: Any = self._batched  # @serve.batch adds the setters at run time
+        batched.set_max_batch_size(self.cfg.batch_max_requests)
+        batched.set_batch_wait_timeout_s(self.cfg.batch_wait_s)
         self.sync()
         threading.Thread(target=self._watch, name="clreg-swap", daemon=True).start()
 
@@ -199,6 +202,6 @@ class ModelServer:
 
 def deployment(cfg: ServingConfig) -> serve.Deployment:
     """The ModelServer deployment with this configuration's replicas and concurrency."""
-    return serve.deployment(ModelServer, name="ModelServer", num_replicas=cfg.replicas,
+    return serve.deployment(name="ModelServer", num_replicas=cfg.replicas,
                             max_ongoing_requests=cfg.max_ongoing_requests,
-                            ray_actor_options={"num_cpus": 0, "num_gpus": cfg.replica_gpus})
+                            ray_actor_options={"num_cpus": 0, "num_gpus": cfg.replica_gpus})(ModelServer)

@@ -46,7 +46,7 @@ def test_calibrates_each_site_and_keeps_binary_scores(registry: RedisRegistry, s
                             ctx.train.seed)["per_site"]
     assert sorted(calibration.sites) == ["base", "contrast"]
     assert calibration.pooled.samples == sum(len(y) for _, y in heldout.values())
-    for site, (x, y) in heldout.items():
+    for site, (_, y) in heldout.items():
         fit = calibration.sites[site]
         assert fit.samples == len(y) and fit.temperature > 0
         if classes == 10:

@@ -13,8 +13,7 @@ from clreg.client import npz_bytes
 from clreg.settings import RedisSettings, SearchConfig, Settings
 from learner.streams import digits_sites, to_uint8
 from learner.train import TrainConfig
-from registry.batches import Limits, ingest
-from registry.batches import token_sha256
+from registry.batches import Limits, ingest, token_sha256
 from registry.events import IngestQueue
 from registry.records import InputSpec, Model, Site
 from registry.store import RedisRegistry, StoreConfig

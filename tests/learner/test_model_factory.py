@@ -13,7 +13,14 @@ from learner.errors import DataError, ModelFactoryError, WeightsError
 from learner.evaluate import site_metrics
 from learner.ewc import EWCState
 from learner.models import (
-    DEFAULT_FACTORY, build_model, embed, encoder_to_bytes, load_weights, pretrained_cnn, small_cnn, to_tensor,
+    DEFAULT_FACTORY,
+    build_model,
+    embed,
+    encoder_to_bytes,
+    load_weights,
+    pretrained_cnn,
+    small_cnn,
+    to_tensor,
     weights_to_bytes,
 )
 from learner.streams import digits_sites

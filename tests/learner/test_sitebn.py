@@ -14,7 +14,13 @@ from learner.evaluate import site_metrics
 from learner.ewc import EWCState, state_from_bytes
 from learner.models import small_cnn
 from learner.sitebn import (
-    apply_site_bn, bank_from_bytes, bank_to_bytes, bn_param_names, extract_site_bn, route, site_model,
+    apply_site_bn,
+    bank_from_bytes,
+    bank_to_bytes,
+    bn_param_names,
+    extract_site_bn,
+    route,
+    site_model,
 )
 from learner.streams import digits_sites
 from learner.train import TrainConfig, train_site
@@ -102,7 +108,7 @@ def test_per_site_training_adds_one_entry_and_leaves_the_others_untouched(digits
     decoded = [bank_from_bytes(b) for b in banks]
     names = [s.name for s in sites]
     assert [sorted(b) for b in decoded] == [sorted(names[: i + 1]) for i in range(len(names))]
-    for earlier, later in zip(decoded, decoded[1:]):
+    for earlier, later in zip(decoded, decoded[1:], strict=False):
         assert all(torch.equal(earlier[s][k], later[s][k]) for s in earlier for k in earlier[s])
     assert all(torch.equal(v, decoded[-1]["inverted"][k]) for k, v in extract_site_bn(model).items())
     again = train_site(copy.deepcopy(model), sites[0].x[:64], sites[0].y[:64], "base", EWCState(), PER_SITE,

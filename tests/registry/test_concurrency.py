@@ -38,7 +38,7 @@ def _run(workers: list[Callable[[], None]], readers: list[Callable[[threading.Ev
         raise errors[0]
 
 
-def test_readers_never_see_alias_on_missing_or_rejected_version(registry: RedisRegistry,
+def test_readers_never_see_alias_on_missing_or_rejected_version(registry: RedisRegistry,  # noqa: C901 (workers)
                                                                  store_cfg: StoreConfig) -> None:
     registry.create_model(Model(name="m", factory="learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=16, width=16, classes=10)))

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from registry import leases
 from registry.daemons import Daemons, incarnation
 from registry.errors import Conflict, LeaseLost
-from registry import leases
 from registry.leases import Lease
 from registry.records import InputSpec, Lineage, Model, ModelVersion
 from registry.store import RedisRegistry

@@ -23,7 +23,8 @@ def samples(registry: RedisRegistry) -> dict[tuple[str, tuple[tuple[str, str], .
 
 
 def test_alert_rule_inputs_are_exported(registry: RedisRegistry) -> None:
-    registry.create_model(Model(name="cnn", factory="learner.models:small_cnn", input=InputSpec(channels=1, height=8, width=8, classes=3)))
+    registry.create_model(Model(name="cnn", factory="learner.models:small_cnn",
+                                input=InputSpec(channels=1, height=8, width=8, classes=3)))
     events = EventLog(registry)
     for kind in ("gate.failed", "gate.passed", "gate.failed", "drift.checked", "gate.failed"):
         events.append("cnn", kind, version=1)

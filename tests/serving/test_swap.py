@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 import ray
+import torch
 
 from clreg.embedded import Stack
 from learner.models import small_cnn, weights_to_bytes
