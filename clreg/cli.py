@@ -35,6 +35,8 @@ from clreg.errors import ClregError
 from clreg.settings import Settings
 from clreg.webhook_cli import webhooks_app
 from registry.connection import StoreConfig
+from registry.errors import RegistryError, StoreUnavailable
+from registry.store import RedisRegistry
 from registry.dicom import dicom_study
 from serving import deploy
 
@@ -81,6 +83,7 @@ def daemon_cmd(name: Annotated[str | None, typer.Option(help="consumer name, one
     _logging()
     faults.arm(settings.faults)
     store = StoreConfig(url=embedded.redis_url(settings), prefix=settings.redis.prefix)
+    RedisRegistry(store).ping()  # before Ray starts: a Redis that does not answer is one line, at once
     embedded.start_ray(settings.ray)
     daemon = Daemon(context.build(settings, store, _public_url(settings)), settings.daemon)
     _stop_on_signals(daemon)
@@ -98,6 +101,7 @@ def serve_cmd() -> None:
     settings = _settings()
     _logging()
     store = StoreConfig(url=embedded.redis_url(settings), prefix=settings.redis.prefix)
+    RedisRegistry(store).ping()  # before Ray starts: a Redis that does not answer is one line, at once
     embedded.start_ray(settings.ray)
     try:
         deploy.start(embedded.serving_config(settings, store, embedded.secrets(settings.home)))
@@ -366,6 +370,14 @@ def main() -> None:
             console.print(f"error {line}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except ApiError as e:
+        console.print(f"[red]error[/] {e}")
+        sys.exit(2)
+    except StoreUnavailable as e:  # `clreg up` or `clreg daemon` on a Redis that does not answer
+        settings = _settings()
+        where = "CLREG_REDIS__URL" if settings.redis.url else "the embedded server"
+        console.print(f"[red]error[/] {e} (is the Redis of {where} running?)", soft_wrap=True)
+        sys.exit(3)
+    except RegistryError as e:
         console.print(f"[red]error[/] {e}")
         sys.exit(2)
     except httpx.HTTPError as e:

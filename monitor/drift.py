@@ -62,7 +62,8 @@ P_VALUE_METHODS = frozenset(
 )
 MMD_COLUMN = "embedding"
 LABEL_TEST = "chisquare_2sample"
-# Exceptions that escape Evidently (and the numpy/scipy/sklearn code under it) on bad data.
+# Exceptions that escape Evidently (and the numpy/scipy/sklearn code under it) on bad data. Caught around calls
+# into Evidently only (`_evidently`): the same exception from clreg's own code is a bug and stays what it is.
 _EVIDENTLY_ERRORS = (
     EvidentlyError,
     ValueError,
@@ -138,6 +139,15 @@ def _quiet_constant_columns() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _evidently(doing: str) -> Iterator[None]:
+    """Around one call into Evidently: what it raises on bad data becomes DriftCheckFailed."""
+    try:
+        yield
+    except _EVIDENTLY_ERRORS as e:
+        raise DriftCheckFailed(f"Evidently failed {doing}: {e}") from e
+
+
 def _sample(frame: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
     """At most `limit` rows, drawn without replacement and in their original order."""
     if len(frame) <= limit:
@@ -148,7 +158,8 @@ def _sample(frame: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
 
 def _choose_test(reference: pd.Series, current: pd.Series, n_columns: int, cfg: DriftConfig) -> tuple[str, float]:
     """Evidently's default test for a numeric column, and the threshold our family-wise rule gives it."""
-    test = get_stattest(reference, current, ColumnType.Numerical, None)
+    with _evidently(f"choosing a test for column {reference.name!r}"):
+        test = get_stattest(reference, current, ColumnType.Numerical, None)
     return test.name, cfg.alpha / n_columns if test.name in P_VALUE_METHODS else test.default_threshold
 
 
@@ -213,8 +224,9 @@ def _mmd(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], cfg: DriftCon
     # Evidently's bootstrap reseeds numpy's global RNG (np.random.seed): keep the caller's stream intact.
     state = np.random.get_state()
     try:
-        # Current first: swapped arguments silently give a score of 0.
-        score, drifted, name = method(cur_rows, ref_rows)
+        with _evidently("computing the embedding MMD"):
+            # Current first: swapped arguments silently give a score of 0.
+            score, drifted, name = method(cur_rows, ref_rows)
     finally:
         np.random.set_state(state)
     if not math.isfinite(float(score)):  # every embedding identical: the kernel width is zero
@@ -253,11 +265,12 @@ def _run_report(
     label = LABEL_COLUMN in batch.columns
     definition = DataDefinition(numerical_columns=columns, categorical_columns=[LABEL_COLUMN] if label else [])
     metrics, methods = _metrics(reference, batch, columns, label, cfg)
-    report = Report(metrics, include_tests=True, metadata=metadata, tags=[metadata["site"]])
-    snapshot = report.run(
-        Dataset.from_pandas(batch, data_definition=definition),
-        Dataset.from_pandas(reference[batch.columns], data_definition=definition),
-    )
+    with _evidently(f"on batch {metadata['batch_id'][:12]} of {metadata['model']}/{metadata['site']}"):
+        report = Report(metrics, include_tests=True, metadata=metadata, tags=[metadata["site"]])
+        snapshot = report.run(
+            Dataset.from_pandas(batch, data_definition=definition),
+            Dataset.from_pandas(reference[batch.columns], data_definition=definition),
+        )
     return snapshot, _column_verdicts(snapshot, methods)
 
 
@@ -285,14 +298,12 @@ def check_drift(
     label = [LABEL_COLUMN] if LABEL_COLUMN in current.columns else []
     batch = current[columns + label].reset_index(drop=True)
     metadata = {"model": model, "site": site, "batch_id": batch_id, "report_id": report_id}
-    try:
-        with _quiet_constant_columns():
-            snapshot, verdicts = _run_report(reference, batch, columns, metadata, cfg)
-            mmd = _mmd(reference, batch, ref.embedding_columns, cfg)
-            # The page is ~4.5 MB (Evidently inlines its JS bundle): callers that only need the verdict skip it.
+    with _quiet_constant_columns():
+        snapshot, verdicts = _run_report(reference, batch, columns, metadata, cfg)
+        mmd = _mmd(reference, batch, ref.embedding_columns, cfg)
+        # The page is ~4.5 MB (Evidently inlines its JS bundle): callers that only need the verdict skip it.
+        with _evidently("rendering the report page"):
             html = snapshot.get_html_str(as_iframe=False) if render else ""
-    except _EVIDENTLY_ERRORS as e:
-        raise DriftCheckFailed(f"Evidently failed on batch {batch_id[:12]} of {model}/{site}: {e}") from e
     column_drifts = [verdicts[c] for c in columns]
     label_drift = verdicts.get(LABEL_COLUMN)
     feature_drift = any(c.drifted for c in column_drifts)

@@ -40,7 +40,8 @@ def stack_env(stack: Stack, cheap_search: bool = True, **settings: str) -> dict[
     """A role process joining the test stack: its Redis, home, Serve port and training settings, and the cheap
     search of the tests (or the product's default search)."""
     defaults = {"serve__port": str(stack.settings.serve.port), "train__epochs": str(stack.settings.train.epochs),
-                **(cheap.ENV if cheap_search else {})}
+                # the stack's webhook delivery settings: a role's dispatcher must not refuse the tests' receivers
+                "webhook": stack.settings.webhook.model_dump_json(), **(cheap.ENV if cheap_search else {})}
     return role_env(stack.store, stack.settings.home, **{**defaults, **settings})
 
 

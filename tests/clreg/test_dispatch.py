@@ -44,7 +44,7 @@ def _dispatcher(stack: Stack, **cfg: object) -> Dispatcher:
     return Dispatcher(RedisRegistry(stack.store), WebhookConfig(**{**base, **cfg}))
 
 
-def _run_until(dispatcher: Dispatcher, done: object, timeout_s: float = 20.0) -> None:
+def _run_until(dispatcher: Dispatcher, done: object, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not done() and time.monotonic() < deadline:  # type: ignore[operator]
         dispatcher.run()

@@ -85,3 +85,14 @@ def test_the_cli_names_a_bad_variable_in_one_line(name: str, value: str, line: s
     assert done.returncode == 2
     assert done.stdout.startswith(line) and done.stdout.count("\n") == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_cli_reports_a_redis_that_does_not_answer_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLREG_")} | {
+        "CLREG_REDIS__URL": "redis://127.0.0.1:1/0", "CLREG_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", "from clreg.cli import main; main()", "daemon"], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 3, done.stdout + done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and "Redis is unreachable" in lines[0] and "CLREG_REDIS__URL" in lines[0], done.stdout
+    assert "Traceback" not in done.stderr

@@ -220,3 +220,26 @@ def _widgets(widgets: list) -> list:
         out.append(w)
         out.extend(_widgets(list(w.widgets) + [t.widget for t in w.tabs]))
     return out
+
+
+def test_only_what_evidently_raises_becomes_a_failed_check(reference: Reference,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evidently refusing its input is DriftCheckFailed (the pipeline records drift.failed and goes on); the same
+    exception type from clreg's own code is a bug and must surface as itself."""
+    from evidently.legacy.calculations.stattests import get_stattest
+    from evidently.legacy.core import ColumnType
+
+    from monitor import drift
+
+    column = pd.Series(np.arange(50.0), name="img_mean")
+    with pytest.raises(DriftCheckFailed, match="Evidently failed choosing"):
+        with drift._evidently("choosing a test"):
+            get_stattest(column, column, ColumnType.Numerical, "no-such-test")
+
+    def broken(*_: object) -> None:
+        raise KeyError("a bug in clreg")
+
+    monkeypatch.setattr(drift, "_column_verdicts", broken)
+    rng = np.random.default_rng(5)
+    with pytest.raises(KeyError, match="a bug in clreg"):
+        check(reference, batch_features(embed, reference, images(rng, 200), labels(rng, 200)))
