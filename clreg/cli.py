@@ -35,9 +35,9 @@ from clreg.errors import ClregError
 from clreg.settings import Settings
 from clreg.webhook_cli import webhooks_app
 from registry.connection import StoreConfig
+from registry.dicom import dicom_study
 from registry.errors import RegistryError, StoreUnavailable
 from registry.store import RedisRegistry
-from registry.dicom import dicom_study
 from serving import deploy
 
 app = typer.Typer(help="clreg: continual-learning model registry daemon", no_args_is_help=True)
