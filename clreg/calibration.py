@@ -5,20 +5,22 @@ from __future__ import annotations
 import numpy as np
 
 from clreg.context import Context
+from learner.answer import Answerer
 from learner.calibration import CalibrationFit, calibrate_sites
 from learner.evaluate import predict_logits
-from learner.sitebn import Bank, site_model
+from learner.models import to_tensor
+from learner.sitebn import Bank
 from registry.records import Calibration, Model, SiteCalibration
 
 
 def calibrate_version(ctx: Context, model: Model, weights_sha: str, bank: Bank | None,
                       batch_ids: list[str]) -> Calibration:
     """Per-site temperatures of a trained network, each site's logits taken as /v1/predict computes them."""
-    net = ctx.module(model, weights_sha)
+    answerer = Answerer.of(ctx.module(model, weights_sha), bank)
     scored = {}
     for site, (x, y) in ctx.split_by_site(model, batch_ids, "heldout").items():
-        site_net = site_model(net, bank, site).eval() if bank and site in bank else net
-        scored[site] = (predict_logits(site_net, x), y)
+        net, _, _ = answerer.pick(site, to_tensor(x))
+        scored[site] = (predict_logits(net, x), y)
     pooled, sites = calibrate_sites(scored, seed=ctx.train.seed)
     return Calibration(model=model.name, pooled=_record(pooled),
                        sites={s: _record(fit, scored[s][1]) for s, fit in sites.items()})

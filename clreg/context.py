@@ -11,12 +11,13 @@ import numpy as np
 from torch import nn
 
 from clreg.settings import GateConfig, RetentionSettings, SearchConfig, Settings, TriggerConfig, WatchConfig
+from learner.answer import Answerer
 from learner.models import build_model, load_weights
 from learner.sitebn import Bank, bank_from_bytes
 from learner.train import TrainConfig
 from monitor.drift import DriftConfig
 from monitor.features import FeatureConfig
-from registry.artifacts import ArtifactStore
+from registry.artifacts import ArtifactStore, version_calibration
 from registry.batches import load_arrays
 from registry.events import EventLog
 from registry.records import Batch, Model, ModelVersion
@@ -64,6 +65,11 @@ class Context:
         net = build_model(model.factory, model.factory_kwargs, spec.channels, spec.height, spec.width, spec.classes)
         load_weights(net, self.artifacts.get(weights_sha))
         return net.eval()
+
+    def answerer(self, model: Model, version: ModelVersion) -> Answerer:
+        """How the version answers each site, as a serving replica builds it (BatchNorm bank, temperatures)."""
+        return Answerer.of(self.module(model, version.artifacts["weights"]), self.bank(version),
+                           version_calibration(self.artifacts, version))
 
     def bank(self, version: ModelVersion) -> Bank | None:
         """The version's per-site BatchNorm bank (None under the other BatchNorm policies)."""

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from torch import nn
 
 from clreg.context import Context
+from learner.answer import Answerer
 from learner.evaluate import site_metrics
 from learner.models import to_tensor
-from learner.sitebn import Bank, route
 from registry.gates import GateRules, judge
 from registry.records import GateReport, Model, ModelVersion
 
@@ -16,10 +15,10 @@ from registry.records import GateReport, Model, ModelVersion
 def gate(ctx: Context, model: Model, candidate: ModelVersion, production: ModelVersion | None) -> GateReport:
     """The GateReport of `candidate` against `production` (stored; the caller acts on `passed`)."""
     heldout = ctx.split_by_site(model, ctx.learnt_batches(candidate), "heldout")
-    cand = _outcomes(ctx.module(model, candidate.artifacts["weights"]), ctx.bank(candidate), heldout)
+    cand = _outcomes(ctx.answerer(model, candidate), heldout)
     prod: dict[str, np.ndarray] | None = None
     if production is not None:
-        prod = _outcomes(ctx.module(model, production.artifacts["weights"]), ctx.bank(production), heldout)
+        prod = _outcomes(ctx.answerer(model, production), heldout)
     earlier = set(production.lineage.sites) if production else set()
     rules = GateRules(tolerance=ctx.gate.tolerance, site_tolerance=ctx.gate.site_tolerance,
                       confidence=ctx.gate.confidence, budget=ctx.gate.forgetting_budget)
@@ -48,17 +47,11 @@ def best_since_learnt(ctx: Context, production: ModelVersion | None) -> dict[str
     return best
 
 
-def _outcomes(net: nn.Module, bank: Bank | None,
-              heldout: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per-sample correctness per site, each site scored as serving would answer it.
-
-    With a per-site BatchNorm bank a known site uses its own entry; a site the version never learnt is
-    routed by MAP to the entry that explains its images best, exactly as /v1/predict does.
-    """
+def _outcomes(answerer: Answerer, heldout: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-sample correctness per site, each site's held-out set answered as one /v1/predict request naming the
+    site would be (a site the version never learnt is routed to the BatchNorm that explains its images best)."""
     out = {}
     for site, (x, y) in heldout.items():
-        site_bn = None
-        if bank:
-            site_bn = bank[site if site in bank else route(net, bank, to_tensor(x))]
-        out[site] = site_metrics(net, x, y, site_bn=site_bn).correct
+        net, _, _ = answerer.pick(site, to_tensor(x))
+        out[site] = site_metrics(net, x, y).correct  # temperature scaling never changes a label
     return out

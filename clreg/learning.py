@@ -1,34 +1,42 @@
-"""Learn: search candidates from production on the new batches (Ray tasks in parallel), build the chosen one."""
+"""Learn: search candidates from production on the new batches (Ray tasks in parallel); assemble the chosen one
+into a version (artifacts, drift reference, calibration) for the pipeline to register."""
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from clreg import __version__, search
 from clreg.calibration import calibrate_version
 from clreg.context import Context
-from learner.models import embed
-from learner.replay import memory_to_bytes
+from clreg.reference import build_reference
+from learner.replay import Memory, memory_to_bytes
 from learner.sitebn import bank_from_bytes
 from learner.train import TrainConfig
-from monitor.features import Reference, fit_reference
 from registry.records import Batch, Calibration, Lineage, Model, ModelVersion
 
 Progress = Callable[[int, str, dict[str, float]], None]  # (candidate, site, curve row) as each epoch finishes
 
 
+@dataclass(frozen=True)
+class Learnt:
+    """What an update's training produced, before it is a version: the search and the replay memory after it."""
+
+    batches: list[Batch]
+    found: search.Search
+    memory: Memory
+    seed: int
+    train_s: float
+
+
 def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: list[Batch],
           progress: Progress | None = None, train: TrainConfig | None = None,
-          stop: threading.Event | None = None) -> ModelVersion:
-    """Search the configured candidates from production on the batches' train splits and build the chosen one
-    into a version to register (its artifacts stored; its number is assigned by `register_version`).
+          stop: threading.Event | None = None) -> Learnt:
+    """Search the configured candidates from production on the batches' train splits (Ray tasks in parallel).
 
     `train` overrides the configured settings for this update (a retry with a stronger penalty); `stop`
     cancels the running training tasks (TrainingInterrupted).
@@ -42,27 +50,34 @@ def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: 
     data = search.update_data(ctx, new, memory, cfg.seed)
     whole = search.update_data(ctx, new, memory, cfg.seed, carved=False) if ctx.search.refit else None
     found = search.run(ctx, model, production, data, cfg, parent, progress, stop, refit=whole)  # type: ignore[arg-type]
-    result = found.chosen.result
     for site, (x, y) in new.items():  # remembered for later updates: all its training samples, where allowed
         if site in data.replayable:
             memory.add(site, x, y, ctx.search.replay_capacity, cfg.seed)
     memory.sites = {s: m for s, m in memory.sites.items() if s in new or search.allows_replay(ctx, s)}
+    return Learnt(batches=batches, found=found, memory=memory, seed=cfg.seed, train_s=time.perf_counter() - started)
+
+
+def assemble(ctx: Context, model: Model, production: ModelVersion | None, learnt: Learnt) -> ModelVersion:
+    """The chosen candidate as a version to register: its artifacts stored, its drift reference built, its
+    per-site calibration fitted; the store assigns its number when it is registered."""
     trained = time.perf_counter()
+    found, memory, batches = learnt.found, learnt.memory, learnt.batches
+    result, new_ids = found.chosen.result, [b.id for b in batches]
     earlier_sites = production.lineage.sites if production else []
     sites = earlier_sites + sorted({b.site for b in batches} - set(earlier_sites))
     weights_sha = ctx.artifacts.put(result.weights)
-    learnt = ctx.learnt_batches(production) + new_ids
-    reference = build_reference(ctx, model, weights_sha, learnt)
+    every_batch = ctx.learnt_batches(production) + new_ids  # what the version has learnt, parents included
+    reference = build_reference(ctx, model, weights_sha, every_batch)
     referenced = time.perf_counter()
     bank = result.bn_bank
-    calibration = calibrate_version(ctx, model, weights_sha, bank_from_bytes(bank) if bank else None, learnt)
+    calibration = calibrate_version(ctx, model, weights_sha, bank_from_bytes(bank) if bank else None, every_batch)
     version = ModelVersion(
         model=model.name,
         number=1,  # a placeholder: the store assigns the real number
         lineage=Lineage(parent=production.number if production else None, batch_ids=new_ids, sites=sites,
-                        train_settings={**found.settings.model_dump(), "device": result.device}, seed=cfg.seed,
+                        train_settings={**found.settings.model_dump(), "device": result.device}, seed=learnt.seed,
                         code_version=__version__, search=found.lines,
-                        timings={"train_s": round(trained - started, 3),
+                        timings={"train_s": round(learnt.train_s, 3),
                                  "fisher_s": round(found.chosen.fisher_seconds, 3), "candidates": len(found.lines),
                                  "reference_s": round(referenced - trained, 3),
                                  "calibration_s": round(time.perf_counter() - referenced, 3)}),
@@ -87,32 +102,3 @@ def _site_mean(calibration: Calibration, figure: str) -> float:
 def _artifact(ctx: Context, version: ModelVersion | None, name: str) -> bytes | None:
     digest = version.artifacts.get(name) if version else None
     return ctx.artifacts.get(digest) if digest else None
-
-
-def build_reference(ctx: Context, model: Model, weights_sha: str, batch_ids: list[str]) -> bytes:
-    """The drift reference of a version: features of (a sample of) the data it learnt, as npz bytes."""
-    per_site = ctx.split_by_site(model, batch_ids, "train")
-    x = np.concatenate([xy[0] for xy in per_site.values()])
-    y = np.concatenate([xy[1] for xy in per_site.values()])
-    rng = np.random.default_rng(ctx.train.seed)
-    keep = rng.permutation(len(y))[: ctx.trigger.reference_samples]
-    net = ctx.module(model, weights_sha)
-    ref = fit_reference(embed_fn(net), x[keep], y[keep], ctx.features)
-    buf = io.BytesIO()
-    arrays: dict[str, Any] = ref.to_arrays()  # numpy's stub would match a value against allow_pickle
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def load_reference(ctx: Context, version: ModelVersion) -> Reference:
-    with np.load(io.BytesIO(ctx.artifacts.get(version.artifacts["reference"])), allow_pickle=False) as npz:
-        return Reference.from_arrays({k: npz[k] for k in npz.files})
-
-
-def embed_fn(net: torch.nn.Module):  # noqa: ANN201 - monitor.features.EmbedFn
-    """The monitor's embedding function: penultimate activations of `net` as numpy."""
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return embed(net, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
-
-    return run

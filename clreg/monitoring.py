@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from clreg.context import Context
-from clreg.learning import embed_fn, load_reference
+from clreg.reference import embed_fn, load_reference
 from monitor.alerts import alert_payload
 from monitor.drift import DriftCheck, check_drift, save_snapshot
 from monitor.errors import MonitorError

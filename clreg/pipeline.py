@@ -17,11 +17,12 @@ from enum import Enum
 from clreg import faults, recovery
 from clreg.context import Context
 from clreg.gating import gate
-from clreg.learning import learn
+from clreg.learning import Learnt, assemble, learn
 from clreg.monitoring import check_batch
 from learner.errors import LearnerError, TrainingInterrupted
 from learner.train import TrainConfig
 from monitor.errors import MonitorError
+from registry import promotion
 from registry.errors import StoreUnavailable
 from registry.leases import Lease, tool
 from registry.records import (
@@ -164,7 +165,7 @@ def _candidate(ctx: Context, worker: Worker, lease: Lease, model: Model, product
     None when training failed (reported, batches given up)."""
     if prior is not None and prior.gate_report_id and prior.status is not VersionStatus.CANDIDATE:
         return prior.version, ctx.registry.get_gate_report(prior.gate_report_id)
-    candidate = prior.version if prior is not None else _learn(ctx, worker, lease, model, production, batches, train)
+    candidate = prior.version if prior is not None else _new(ctx, worker, lease, model, production, batches, train)
     if candidate is None:
         return None
     report = gate(ctx, model, candidate, production)
@@ -172,14 +173,23 @@ def _candidate(ctx: Context, worker: Worker, lease: Lease, model: Model, product
     return candidate, report
 
 
-def _learn(ctx: Context, worker: Worker, lease: Lease, model: Model, production: ModelVersion | None,
-           batches: list[Batch], train: TrainConfig) -> ModelVersion | None:
-    """Train and register a candidate; None when training failed (reported, batches given up)."""
+def _new(ctx: Context, worker: Worker, lease: Lease, model: Model, production: ModelVersion | None,
+         batches: list[Batch], train: TrainConfig) -> ModelVersion | None:
+    """A new candidate: learn, assemble, register; None when training failed (reported, batches given up)."""
+    learnt = _learn(ctx, worker, model, production, batches, train)
+    if learnt is None:
+        return None
+    return _register(ctx, lease, assemble(ctx, model, production, learnt))
+
+
+def _learn(ctx: Context, worker: Worker, model: Model, production: ModelVersion | None,
+           batches: list[Batch], train: TrainConfig) -> Learnt | None:
+    """The candidate search as Ray tasks, its progress in the batches' state; None when training failed."""
     ids = [b.id for b in batches]
     _set_states(ctx, ids, BatchStatus.TRAINING)
     try:
-        version = learn(ctx, model, production, batches, progress=functools.partial(_progress, ctx, ids),
-                        train=train, stop=worker.stop)
+        return learn(ctx, model, production, batches, progress=functools.partial(_progress, ctx, ids),
+                     train=train, stop=worker.stop)
     except TrainingInterrupted:
         _set_states(ctx, ids, BatchStatus.TRAINING, detail="stopped with the daemon; its next start resumes it")
         raise
@@ -188,9 +198,13 @@ def _learn(ctx: Context, worker: Worker, lease: Lease, model: Model, production:
         _set_states(ctx, ids, BatchStatus.FAILED, detail=str(e))
         ctx.registry.clear_pending(model.name, ids)
         return None
+
+
+def _register(ctx: Context, lease: Lease, version: ModelVersion) -> ModelVersion:
+    """Number and store the version, fenced by the update lease (a process that lost it writes nothing)."""
     lease.check()
     candidate = ctx.registry.register_version(version, fence=lease.fence())
-    ctx.events.append(model.name, "update.finished", version=candidate.number, seconds=candidate.lineage.timings)
+    ctx.events.append(version.model, "update.finished", version=candidate.number, seconds=candidate.lineage.timings)
     faults.reach("after_register")
     return candidate
 
@@ -218,8 +232,8 @@ def _promote(ctx: Context, lease: Lease, model: Model, candidate: ModelVersion, 
         ctx.registry.set_status(model.name, candidate.number, VersionStatus.BLESSED, report.id)
         ctx.events.append(model.name, "gate.passed", version=candidate.number, report=report.id)
     faults.reach("after_gate")
-    ctx.registry.promote(model.name, candidate.number, who="daemon", reason=f"passed gate {report.id}",
-                         fence=lease.fence(), audit=ctx.events.alias_moved)
+    promotion.promote(ctx.registry, ctx.events, model.name, candidate.number, who="daemon",
+                      reason=f"passed gate {report.id}", fence=lease.fence())
     faults.reach("after_promotion")
     _set_states(ctx, ids, BatchStatus.PROMOTED, version=candidate.number)
     ctx.registry.clear_pending(model.name, ids)

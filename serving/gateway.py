@@ -8,7 +8,6 @@ the app inside each replica (`__serve_build_asgi_app__`).
 """
 
 
-import functools
 import gzip
 import secrets
 from typing import Annotated, Any, Literal
@@ -22,13 +21,13 @@ from ray import serve
 
 from learner.models import build_model, check_factory
 from learner.operating import operating_point, threshold_for_sensitivity
+from registry import promotion
 from registry.artifacts import ArtifactStore, version_calibration
 from registry.batches import token_sha256
-from registry.errors import Conflict, NotFound, RegistryError
+from registry.errors import NotFound, RegistryError
 from registry.events import EventLog, IngestQueue
 from registry.records import (
     NAME_PATTERN,
-    SERVABLE,
     BatchId,
     InputSpec,
     Model,
@@ -207,13 +206,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
 
     @app.post("/v1/models/{name}/aliases/production")
     def move_production(name: Name, body: AliasMove, who: Admin) -> dict:
-        reg.get_model(name)
-        status = reg.status(name, body.version)
-        if status not in SERVABLE and not body.force:
-            raise Conflict(f"version {body.version} is {status.value}: it has not passed the gates "
-                           "(send \"force\": true to promote a candidate anyway)")
-        change = reg.promote(name, body.version, who=who, reason=body.reason,
-                             audit=functools.partial(events.alias_moved, forced=body.force))
+        change = promotion.promote(reg, events, name, body.version, who=who, reason=body.reason, force=body.force)
         return change.model_dump()
 
     @app.get("/v1/sites")

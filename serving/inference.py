@@ -7,43 +7,24 @@ Requests that share a network are concatenated into one forward pass, then split
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from learner.sitebn import Bank, route
-from registry.records import Calibration, InputSpec
+from learner.answer import Answerer
+from registry.records import InputSpec
 
 
 @dataclass(frozen=True)
 class Loaded:
-    """What answers a request: swapped as one reference so version and weights never disagree."""
+    """What answers a request: swapped as one reference so version and weights never disagree. How the version
+    answers a site (its BatchNorm, its temperature) is the Answerer's, the same one the gate scored."""
 
     version: int
-    module: torch.nn.Module
+    answerer: Answerer
     spec: InputSpec
-    bank: Bank | None = None
-    sites: dict[str, torch.nn.Module] = field(default_factory=dict)  # one copy per site's BatchNorm
-    calibration: Calibration | None = None
     device: str = "cpu"
-
-    def pick(self, site: str | None, x: torch.Tensor) -> tuple[torch.nn.Module, str | None, bool]:
-        """The network for these inputs: the named site's BatchNorm, else the MAP-routed site's."""
-        if not self.sites:
-            return self.module, None, False
-        if site in self.sites:
-            return self.sites[site], site, False
-        chosen = route(self.module, self.bank or {}, x)
-        return self.sites[chosen], chosen, True
-
-    def temperature(self, site: str | None) -> tuple[str | None, float]:
-        """The site whose temperature scales these logits (None: the pooled one) and the temperature."""
-        if self.calibration is None:
-            return None, 1.0
-        if site in self.calibration.sites:
-            return site, self.calibration.sites[site].temperature
-        return None, self.calibration.pooled.temperature
 
 
 @dataclass(frozen=True)
@@ -70,7 +51,7 @@ class Scores:
 def infer(jobs: list[Job]) -> list[Scores]:
     """Scores for every job, in order; one forward pass per distinct network among them."""
     xs = [job.x.to(job.loaded.device) for job in jobs]
-    picks = [job.loaded.pick(job.site, x) for job, x in zip(jobs, xs, strict=True)]
+    picks = [job.loaded.answerer.pick(job.site, x) for job, x in zip(jobs, xs, strict=True)]
     groups: dict[int, list[int]] = {}
     for i, (net, _, _) in enumerate(picks):
         groups.setdefault(id(net), []).append(i)
@@ -81,6 +62,6 @@ def infer(jobs: list[Job]) -> list[Scores]:
             logits[i] = part
     scores = []
     for i, (job, (_, bn_site, routed)) in enumerate(zip(jobs, picks, strict=True)):
-        scaled_by, t = job.loaded.temperature(bn_site or job.site)
+        scaled_by, t = job.loaded.answerer.temperature(bn_site or job.site)
         scores.append(Scores(torch.softmax(logits[i] / t, dim=1).cpu().numpy(), bn_site, routed, scaled_by, t))
     return scores

@@ -26,9 +26,10 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from learner.answer import Answerer
 from learner.errors import LearnerError
 from learner.models import build_model, check_factory, load_weights, to_tensor
-from learner.sitebn import bank_from_bytes, site_model
+from learner.sitebn import bank_from_bytes
 from registry.artifacts import ArtifactStore, version_calibration
 from registry.errors import NotFound, RegistryError
 from registry.events import EventLog
@@ -112,13 +113,11 @@ class ModelServer:
         module = module.to(self.device).eval()
         bank = bank_from_bytes(self.artifacts.get(version.artifacts["bn_bank"])) \
             if "bn_bank" in version.artifacts else None
-        sites = {s: site_model(module, bank, s).eval() for s in bank} if bank else {}
-        calibration = version_calibration(self.artifacts, version)
+        answerer = Answerer.of(module, bank, version_calibration(self.artifacts, version))
         with torch.no_grad():  # warm-up, so the first real request does not pay for it
-            for net in [module, *sites.values()]:
+            for net in answerer.networks():
                 net(torch.zeros(1, spec.channels, spec.height, spec.width, device=self.device))
-        return Loaded(version=version.number, module=module, spec=spec, bank=bank, sites=sites,
-                      calibration=calibration, device=str(self.device))
+        return Loaded(version=version.number, answerer=answerer, spec=spec, device=str(self.device))
 
     async def __call__(self, request: Request) -> Response:
         try:

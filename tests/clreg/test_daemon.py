@@ -10,7 +10,7 @@ import pytest
 from clreg import context
 from clreg.client import npz_bytes
 from clreg.daemon import Daemon
-from clreg.learning import learn
+from clreg.learning import assemble, learn
 from clreg.settings import DaemonConfig, RedisSettings, Settings
 from learner.streams import digits_sites, to_uint8
 from learner.train import TrainConfig
@@ -63,7 +63,8 @@ def test_learn_relays_each_epoch_while_the_task_runs(registry: RedisRegistry, st
     batch, _ = ingest(registry, ctx.artifacts, queue, ctx.events, "m", "base",
                       npz_bytes(to_uint8(site.x[:90]), site.y[:90]), Limits())
     rows: list[tuple[int, str, int]] = []
-    version = learn(ctx, model, None, [batch], progress=lambda c, s, row: rows.append((c, s, int(row["epoch"]))))
+    learnt = learn(ctx, model, None, [batch], progress=lambda c, s, row: rows.append((c, s, int(row["epoch"]))))
+    version = assemble(ctx, model, None, learnt)
     candidates = len(ctx.search.candidates)
     assert sorted(set(rows)) == sorted((c, "base", e) for c in range(candidates)
                                        for e in range(1, ctx.search.candidates[c].get("epochs", 3) + 1))

@@ -71,6 +71,7 @@ def test_batches_flow_to_served_versions(running: tuple[Client, context.Context]
         _check_gate(client, ctx, state["version"], [s.name for s in sites[: i + 1]])
         assert _served(client, site.x[:2], expected_production) == expected_production
         _check_calibration(client, ctx, expected_production, sites[0].name, site.x[:3])
+        _check_gate_is_what_predict_answers(client, ctx, expected_production)
     assert expected_production is not None
     drift = client.get(f"/v1/drift/{state['drift_report_id']}")
     assert drift["drift"] is True and drift["reference_version"] is not None
@@ -91,6 +92,19 @@ def _check_calibration(client: Client, ctx: context.Context, number: int, site: 
     net = site_model(ctx.module(ctx.registry.get_model(MODEL), version.artifacts["weights"]), ctx.bank(version) or {},
                      site)
     np.testing.assert_allclose(answer["probabilities"], scaled_proba(predict_logits(net, x), t), atol=1e-5)
+
+
+def _check_gate_is_what_predict_answers(client: Client, ctx: context.Context, number: int) -> None:
+    """The gate's verdict is only valid if it scored what serving answers: each site's held-out samples, sent
+    to /v1/predict naming the site, get exactly the accuracy the served version's gate report holds."""
+    report = client.get(f"/v1/models/{MODEL}/versions/{number}")["gate_report"]
+    model = ctx.registry.get_model(MODEL)
+    heldout = ctx.split_by_site(model, ctx.learnt_batches(ctx.registry.get_version(MODEL, number)), "heldout")
+    for line in report["sites"]:
+        x, y = heldout[line["site"]]
+        answer, served = client.predict(x, MODEL, site=line["site"])
+        assert served == number and answer["normalisation"]["site"] == line["site"]
+        assert float(np.mean(np.array(answer["labels"]) == y)) == line["candidate_accuracy"], line["site"]
 
 
 def _check_gate(client: Client, ctx: context.Context, number: int, learnt_sites: list[str]) -> None:

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from clreg import learning, monitoring
+from clreg import monitoring
 from clreg.client import npz_bytes
 from clreg.context import Context
 from clreg.dispatch import Dispatcher
+from clreg.reference import build_reference
 from clreg.settings import GateConfig, TriggerConfig
 from learner.models import build_model, weights_to_bytes
 from learner.streams import digits_sites, to_uint8
@@ -50,7 +51,7 @@ def ctx(registry: RedisRegistry, tmp_path: Path, hook: Hook) -> Context:
     torch.manual_seed(0)
     net = build_model(model.factory, {}, 1, 16, 16, 10)
     weights = ctx.artifacts.put(weights_to_bytes(net))
-    reference = ctx.artifacts.put(learning.build_reference(ctx, model, weights, [base.id]))
+    reference = ctx.artifacts.put(build_reference(ctx, model, weights, [base.id]))
     version = registry.register_version(ModelVersion(model=MODEL, number=1, lineage=Lineage(batch_ids=[base.id]),
                                                      artifacts={"weights": weights, "reference": reference}))
     registry.promote(MODEL, version.number, who="test", reason="fixture")
@@ -97,5 +98,6 @@ def test_prevalence_change_alone_raises_a_label_shift_alert(ctx: Context, hook: 
     event = body["event"]
     assert event["kind"] == "drift.alert" and event["model"] == MODEL and event["data"]["site"] == "base"
     assert event["data"]["batch_id"] == report.batch_id and event["data"]["verdict"] == "drift"
-    assert event["data"]["signals"] == ["label"] and event["id"] == alert.id
+    [recorded] = [e for e in ctx.events.read(MODEL) if e.kind == "drift.alert"]  # the audit trail's entry
+    assert event["data"]["signals"] == ["label"] and event["id"] == recorded.id
     assert ctx.events.alerts(MODEL, site="other") == [] and ctx.events.alerts(MODEL, kind="gate.failed") == []

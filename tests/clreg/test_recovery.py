@@ -12,7 +12,7 @@ import pytest
 
 from clreg import context, pipeline
 from clreg.client import npz_bytes
-from clreg.learning import learn
+from clreg.learning import assemble, learn
 from clreg.settings import RedisSettings, Settings
 from learner.streams import digits_sites, to_uint8
 from learner.train import TrainConfig
@@ -60,7 +60,9 @@ def test_a_stray_candidate_is_abandoned_and_its_batches_learnt_with_the_new_ones
     dead = _dead("crashed")
     Daemons(registry).beat(dead)
     assert Lease(registry, "m", dead, lease_s=900).acquire()
-    stray = registry.register_version(learn(ctx, model, ctx.production("m"), [registry.get_batch(b1)]))
+    production = ctx.production("m")
+    stray = registry.register_version(assemble(ctx, model, production, learn(ctx, model, production,
+                                                                             [registry.get_batch(b1)])))
 
     # Another batch arrives; the next daemon takes the dead one's lease at once and learns both together.
     b2 = push("contrast", contrast.x[150:300], contrast.y[150:300])

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from learner.answer import Answerer
 from learner.models import small_cnn
 from registry.connection import StoreConfig
 from registry.records import Calibration, InputSpec, SiteCalibration
@@ -28,8 +29,8 @@ def _cal(temperature: float) -> SiteCalibration:
 def test_a_mixed_batch_answers_each_request_as_alone() -> None:
     a, b = _net(1), _net(2)
     calibration = Calibration(model="m", sites={"a": _cal(0.5), "b": _cal(2.0)}, pooled=_cal(1.5))
-    loaded = Loaded(version=3, module=a, spec=SPEC, sites={"a": a, "b": b}, calibration=calibration)
-    old = Loaded(version=2, module=b, spec=SPEC)  # admitted before a swap: no calibration, temperature 1
+    loaded = Loaded(version=3, answerer=Answerer(module=a, sites={"a": a, "b": b}, calibration=calibration), spec=SPEC)
+    old = Loaded(version=2, answerer=Answerer(module=b), spec=SPEC)  # admitted before a swap: temperature 1
     gen = torch.Generator().manual_seed(0)
     jobs = [Job(loaded, torch.rand(n, 1, 16, 16, generator=gen), site)
             for n, site in ((3, "a"), (1, "b"), (2, "a"), (4, "b"))]
@@ -47,8 +48,8 @@ def test_a_mixed_batch_answers_each_request_as_alone() -> None:
 
 def test_an_unknown_site_without_a_bank_gets_the_pooled_temperature() -> None:
     net = _net(3)
-    loaded = Loaded(version=1, module=net, spec=SPEC,
-                    calibration=Calibration(model="m", sites={"a": _cal(0.5)}, pooled=_cal(1.5)))
+    calibration = Calibration(model="m", sites={"a": _cal(0.5)}, pooled=_cal(1.5))
+    loaded = Loaded(version=1, answerer=Answerer(module=net, calibration=calibration), spec=SPEC)
     x = torch.rand(2, 1, 16, 16)
     named, unknown = infer([Job(loaded, x, "a"), Job(loaded, x, "zz")])
     assert (named.temperature_site, named.temperature) == ("a", 0.5)

@@ -1,0 +1,46 @@
+"""A version's drift reference: features of (a sample of) the data it learnt, the embedding they come from.
+
+Built when a version is assembled (clreg.learning) and read by every drift check against it (clreg.monitoring).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import torch
+
+from clreg.context import Context
+from learner.models import embed
+from monitor.features import Reference, fit_reference
+from registry.records import Model, ModelVersion
+
+
+def build_reference(ctx: Context, model: Model, weights_sha: str, batch_ids: list[str]) -> bytes:
+    """The drift reference of a version: features of (a sample of) the data it learnt, as npz bytes."""
+    per_site = ctx.split_by_site(model, batch_ids, "train")
+    x = np.concatenate([xy[0] for xy in per_site.values()])
+    y = np.concatenate([xy[1] for xy in per_site.values()])
+    rng = np.random.default_rng(ctx.train.seed)
+    keep = rng.permutation(len(y))[: ctx.trigger.reference_samples]
+    net = ctx.module(model, weights_sha)
+    ref = fit_reference(embed_fn(net), x[keep], y[keep], ctx.features)
+    buf = io.BytesIO()
+    arrays: dict[str, Any] = ref.to_arrays()  # numpy's stub would match a value against allow_pickle
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def load_reference(ctx: Context, version: ModelVersion) -> Reference:
+    with np.load(io.BytesIO(ctx.artifacts.get(version.artifacts["reference"])), allow_pickle=False) as npz:
+        return Reference.from_arrays({k: npz[k] for k in npz.files})
+
+
+def embed_fn(net: torch.nn.Module):  # noqa: ANN201 - monitor.features.EmbedFn
+    """The monitor's embedding function: penultimate activations of `net` as numpy."""
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return embed(net, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    return run

@@ -1,0 +1,62 @@
+"""The one promote(): gates respected unless forced, never-served versions refused, a lost lease writes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from registry.errors import Conflict, LeaseLost, NotFound
+from registry.events import EventLog
+from registry.leases import Lease
+from registry.promotion import promote
+from registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
+from registry.store import RedisRegistry
+
+
+@pytest.fixture
+def two(registry: RedisRegistry) -> RedisRegistry:
+    """Model m with version 1 blessed and version 2 a candidate."""
+    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+                                input=InputSpec(channels=1, height=8, width=8, classes=3)))
+    for _ in range(2):
+        registry.register_version(ModelVersion(model="m", number=1, lineage=Lineage()))
+    registry.set_status("m", 1, VersionStatus.BLESSED)
+    return registry
+
+
+def moves(registry: RedisRegistry) -> list[tuple[int, bool]]:
+    return [(e.data["to"], e.data["forced"]) for e in EventLog(registry).read("m") if e.kind == "alias.moved"]
+
+
+def test_a_blessed_version_moves_production_with_its_event(two: RedisRegistry) -> None:
+    change = promote(two, EventLog(two), "m", 1, who="ops", reason="first")
+    assert (change.from_version, change.to_version, change.who) == (None, 1, "ops")
+    assert two.resolve("m") == 1 and moves(two) == [(1, False)]
+
+
+def test_a_candidate_needs_force_and_the_event_says_so(two: RedisRegistry) -> None:
+    with pytest.raises(Conflict, match="version 2 is candidate: it has not passed the gates"):
+        promote(two, EventLog(two), "m", 2, who="ops", reason="skip the gate")
+    assert two.resolve("m") is None and moves(two) == [] and two.alias_history("m") == []
+    promote(two, EventLog(two), "m", 2, who="ops", reason="hotfix", force=True)
+    assert two.resolve("m") == 2 and moves(two) == [(2, True)]
+
+
+def test_never_served_and_unknown_versions_are_refused(two: RedisRegistry) -> None:
+    two.set_status("m", 2, VersionStatus.REJECTED)
+    with pytest.raises(Conflict, match="can never be served"):
+        promote(two, EventLog(two), "m", 2, who="ops", reason="x", force=True)
+    with pytest.raises(NotFound):
+        promote(two, EventLog(two), "m", 9, who="ops", reason="x")
+    with pytest.raises(NotFound):
+        promote(two, EventLog(two), "nobody", 1, who="ops", reason="x")
+    assert moves(two) == []
+
+
+def test_a_lost_lease_writes_nothing(two: RedisRegistry) -> None:
+    lease = Lease(two, "m")
+    assert lease.acquire()
+    fence = lease.fence()
+    two.r.set(fence[0], "someone else")
+    with pytest.raises(LeaseLost):
+        promote(two, EventLog(two), "m", 1, who="daemon", reason="gate", fence=fence)
+    assert two.resolve("m") is None and moves(two) == []
