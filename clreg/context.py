@@ -12,12 +12,12 @@ from torch import nn
 
 from clreg.settings import GateConfig, RetentionSettings, SearchConfig, Settings, TriggerConfig, WatchConfig
 from learner.answer import Answerer
-from learner.models import build_model, load_weights
+from learner.models import load_weights, network_for
 from learner.sitebn import Bank, bank_from_bytes
 from learner.train import TrainConfig
 from monitor.drift import DriftConfig
 from monitor.features import FeatureConfig
-from registry.artifacts import ArtifactStore, version_calibration
+from registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
 from registry.batches import load_arrays
 from registry.events import EventLog
 from registry.records import Batch, Model, ModelVersion
@@ -61,20 +61,20 @@ class Context:
 
     def module(self, model: Model, weights_sha: str) -> nn.Module:
         """The model's network with the verified weights of that digest, in eval mode."""
-        spec = model.input
-        net = build_model(model.factory, model.factory_kwargs, spec.channels, spec.height, spec.width, spec.classes)
+        net = network_for(model)
         load_weights(net, self.artifacts.get(weights_sha))
         return net.eval()
 
     def answerer(self, model: Model, version: ModelVersion) -> Answerer:
         """How the version answers each site, as a serving replica builds it (BatchNorm bank, temperatures)."""
-        return Answerer.of(self.module(model, version.artifacts["weights"]), self.bank(version),
-                           version_calibration(self.artifacts, version))
+        stored = VersionArtifacts(self.artifacts, version)
+        return Answerer.of(self.module(model, version.artifacts[Artifact.WEIGHTS]), self.bank(version),
+                           stored.calibration())
 
     def bank(self, version: ModelVersion) -> Bank | None:
         """The version's per-site BatchNorm bank (None under the other BatchNorm policies)."""
-        digest = version.artifacts.get("bn_bank")
-        return bank_from_bytes(self.artifacts.get(digest)) if digest else None
+        raw = VersionArtifacts(self.artifacts, version).optional(Artifact.BN_BANK)
+        return bank_from_bytes(raw) if raw is not None else None
 
     def production(self, model: str) -> ModelVersion | None:
         number = self.registry.resolve(model)

@@ -17,6 +17,7 @@ from clreg.reference import build_reference
 from learner.replay import Memory, memory_to_bytes
 from learner.sitebn import bank_from_bytes
 from learner.train import TrainConfig
+from registry.artifacts import Artifact, VersionArtifacts
 from registry.records import Batch, Calibration, Lineage, Model, ModelVersion
 
 Progress = Callable[[int, str, dict[str, float]], None]  # (candidate, site, curve row) as each epoch finishes
@@ -43,7 +44,8 @@ def learn(ctx: Context, model: Model, production: ModelVersion | None, batches: 
     """
     cfg = train or ctx.train
     started = time.perf_counter()
-    parent = tuple(_artifact(ctx, production, name) for name in ("weights", "ewc", "bn_bank"))
+    stored = VersionArtifacts(ctx.artifacts, production) if production else None
+    parent = tuple(stored.optional(a) if stored else None for a in (Artifact.WEIGHTS, Artifact.EWC, Artifact.BN_BANK))
     new_ids = [b.id for b in batches]
     new = ctx.split_by_site(model, new_ids, "train")
     memory = search.memory_of(ctx, production)
@@ -81,11 +83,11 @@ def assemble(ctx: Context, model: Model, production: ModelVersion | None, learnt
                                  "fisher_s": round(found.chosen.fisher_seconds, 3), "candidates": len(found.lines),
                                  "reference_s": round(referenced - trained, 3),
                                  "calibration_s": round(time.perf_counter() - referenced, 3)}),
-        artifacts={"weights": weights_sha, "ewc": ctx.artifacts.put(result.ewc_state),
-                   "reference": ctx.artifacts.put(reference),
-                   "calibration": ctx.artifacts.put(calibration.model_dump_json().encode()),
-                   **({"bn_bank": ctx.artifacts.put(bank)} if bank is not None else {}),
-                   **({"replay": ctx.artifacts.put(memory_to_bytes(memory))} if memory.sites else {})},
+        artifacts={Artifact.WEIGHTS: weights_sha, Artifact.EWC: ctx.artifacts.put(result.ewc_state),
+                   Artifact.REFERENCE: ctx.artifacts.put(reference),
+                   Artifact.CALIBRATION: ctx.artifacts.put(calibration.model_dump_json().encode()),
+                   **({Artifact.BN_BANK: ctx.artifacts.put(bank)} if bank is not None else {}),
+                   **({Artifact.REPLAY: ctx.artifacts.put(memory_to_bytes(memory))} if memory.sites else {})},
         metrics={"final_loss": float(found.chosen.curve[-1]["loss"]) if found.chosen.curve else float("nan"),
                  "validation_accuracy": next(line["score"] for line in found.lines if line["chosen"]),
                  "heldout_ece": _site_mean(calibration, "ece"),
@@ -97,8 +99,3 @@ def assemble(ctx: Context, model: Model, production: ModelVersion | None, learnt
 def _site_mean(calibration: Calibration, figure: str) -> float:
     """Mean over learnt sites of one calibration figure (ECE before, or cross-fitted after, scaling)."""
     return float(np.mean([getattr(s, figure) for s in calibration.sites.values()]))
-
-
-def _artifact(ctx: Context, version: ModelVersion | None, name: str) -> bytes | None:
-    digest = version.artifacts.get(name) if version else None
-    return ctx.artifacts.get(digest) if digest else None

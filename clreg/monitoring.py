@@ -15,6 +15,7 @@ from monitor.alerts import alert_payload
 from monitor.drift import DriftCheck, check_drift, save_snapshot
 from monitor.errors import MonitorError
 from monitor.features import Reference, batch_features
+from registry.artifacts import Artifact
 from registry.records import Batch, DriftReport, Model, ModelVersion
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def check_batch(ctx: Context, model: Model, batch: Batch, production: ModelVersion | None) -> DriftReport | None:
     """Store a DriftReport (+ Evidently HTML) and raise an alert on drift; None before any production model."""
-    if production is None or "reference" not in production.artifacts:
+    if production is None or Artifact.REFERENCE not in production.artifacts:
         return None
     x, y = ctx.arrays(model, batch)
     reference, current = features(ctx, model, production, x, y)
@@ -35,7 +36,7 @@ def features(ctx: Context, model: Model, production: ModelVersion, x: np.ndarray
              y: np.ndarray | None) -> tuple[Reference, pd.DataFrame]:
     """The production reference and the feature table of `x` (and labels, when known) against it."""
     reference = load_reference(ctx, production)
-    net = ctx.module(model, production.artifacts["weights"])
+    net = ctx.module(model, production.artifacts[Artifact.WEIGHTS])
     return reference, batch_features(embed_fn(net), reference, x, y)
 
 

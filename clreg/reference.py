@@ -14,6 +14,7 @@ import torch
 from clreg.context import Context
 from learner.models import embed
 from monitor.features import Reference, fit_reference
+from registry.artifacts import Artifact, VersionArtifacts
 from registry.records import Model, ModelVersion
 
 
@@ -33,7 +34,8 @@ def build_reference(ctx: Context, model: Model, weights_sha: str, batch_ids: lis
 
 
 def load_reference(ctx: Context, version: ModelVersion) -> Reference:
-    with np.load(io.BytesIO(ctx.artifacts.get(version.artifacts["reference"])), allow_pickle=False) as npz:
+    raw = VersionArtifacts(ctx.artifacts, version).get(Artifact.REFERENCE)
+    with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
         return Reference.from_arrays({k: npz[k] for k in npz.files})
 
 

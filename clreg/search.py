@@ -19,6 +19,7 @@ from learner.remote import search_on_ray
 from learner.replay import Memory, memory_from_bytes
 from learner.train import TrainConfig
 from learner.update import UpdateData, UpdateResult
+from registry.artifacts import Artifact
 from registry.errors import NotFound
 from registry.records import Model, ModelVersion
 
@@ -55,7 +56,7 @@ def allows_replay(ctx: Context, site: str) -> bool:
 
 
 def memory_of(ctx: Context, version: ModelVersion | None) -> Memory:
-    digest = version.artifacts.get("replay") if version else None
+    digest = version.artifacts.get(Artifact.REPLAY) if version else None
     return memory_from_bytes(ctx.artifacts.get(digest)) if digest else Memory()
 
 

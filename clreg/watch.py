@@ -14,6 +14,7 @@ from clreg import monitoring
 from clreg.context import Context
 from monitor.drift import check_drift
 from monitor.errors import MonitorError
+from registry.artifacts import Artifact
 from registry.errors import RegistryError
 from registry.inputs import InputLog
 from registry.records import DriftReport
@@ -25,7 +26,7 @@ SITE = "serving"
 def check_model(ctx: Context, inputs: InputLog, name: str) -> DriftReport | None:
     """One model's window of recent inputs against its production reference; None when there is nothing to check."""
     production = ctx.production(name)
-    if production is None or "reference" not in production.artifacts:
+    if production is None or Artifact.REFERENCE not in production.artifacts:
         return None
     model = ctx.registry.get_model(name)
     x = inputs.recent(name, ctx.watch.max_samples)

@@ -16,6 +16,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from learner.errors import DataError, ModelFactoryError, WeightsError
+from registry.records import Model
 
 DEFAULT_FACTORY = "learner.models:small_cnn"
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -121,6 +122,12 @@ def check_factory(factory: str, allowed: tuple[str, ...]) -> None:
     if not any(module == prefix or module.startswith(prefix + ".") for prefix in allowed):
         raise ModelFactoryError(f"factory {factory!r} is not from an allowed module ({', '.join(allowed)}); "
                                 "extend CLREG_SERVE__FACTORY_PREFIXES to allow it")
+
+
+def network_for(model: Model) -> nn.Module:
+    """A fresh network for a registered model: its factory with its input spec (weights not loaded)."""
+    spec = model.input
+    return build_model(model.factory, model.factory_kwargs, spec.channels, spec.height, spec.width, spec.classes)
 
 
 def build_model(

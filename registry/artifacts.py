@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from enum import Enum
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -86,7 +87,43 @@ def _check_digest(digest: str) -> None:
         raise ArtifactCorrupt(f"invalid artifact digest {digest!r}")
 
 
+class Artifact(str, Enum):
+    """The names under which a version keeps its artifacts (ModelVersion.artifacts: name -> sha256)."""
+
+    WEIGHTS = "weights"  # safetensors state dict
+    EWC = "ewc"  # safetensors: Fisher diagonals and anchors
+    BN_BANK = "bn_bank"  # safetensors: each learnt site's BatchNorm state
+    REFERENCE = "reference"  # npz: the drift reference's features
+    CALIBRATION = "calibration"  # JSON: per-site temperatures (a Calibration record)
+    REPLAY = "replay"  # safetensors: the rehearsal memory of sites that allow replay
+
+
+class VersionArtifacts:
+    """The one reader of a version's artifacts: verified bytes by name, None where the version has none."""
+
+    def __init__(self, store: ArtifactStore, version: ModelVersion) -> None:
+        self._store = store
+        self.version = version
+
+    def has(self, name: Artifact) -> bool:
+        return name.value in self.version.artifacts
+
+    def get(self, name: Artifact) -> bytes:
+        """The artifact's bytes (sha256 checked); ArtifactCorrupt when the version has no such artifact."""
+        digest = self.version.artifacts.get(name.value)
+        if digest is None:
+            raise ArtifactCorrupt(f"version {self.version.number} of {self.version.model} has no {name.value} artifact")
+        return self._store.get(digest)
+
+    def optional(self, name: Artifact) -> bytes | None:
+        return self.get(name) if self.has(name) else None
+
+    def calibration(self) -> Calibration | None:
+        """Per-site temperatures; None for versions without them."""
+        raw = self.optional(Artifact.CALIBRATION)
+        return parse(Calibration, raw) if raw is not None else None
+
+
 def version_calibration(store: ArtifactStore, version: ModelVersion) -> Calibration | None:
     """A version's per-site temperatures (its verified `calibration` artifact); None for versions without one."""
-    digest = version.artifacts.get("calibration")
-    return parse(Calibration, store.get(digest)) if digest else None
+    return VersionArtifacts(store, version).calibration()

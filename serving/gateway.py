@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from ray import serve
 
-from learner.models import build_model, check_factory
+from learner.models import check_factory, network_for
 from learner.operating import operating_point, threshold_for_sensitivity
 from registry import promotion
 from registry.artifacts import ArtifactStore, version_calibration
@@ -173,8 +173,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         """Register a model; its factory must come from an allowed module and build, or nothing is stored."""
         model = Model(name=body.name, factory=body.factory, factory_kwargs=body.factory_kwargs, input=body.input)
         check_factory(model.factory, cfg.factory_prefixes)
-        spec = model.input
-        build_model(model.factory, model.factory_kwargs, spec.channels, spec.height, spec.width, spec.classes)
+        network_for(model)  # it must build with its input spec before anything is stored
         reg.create_model(model)
         return model.model_dump()
 

@@ -28,9 +28,9 @@ from starlette.responses import JSONResponse, Response
 
 from learner.answer import Answerer
 from learner.errors import LearnerError
-from learner.models import build_model, check_factory, load_weights, to_tensor
+from learner.models import check_factory, load_weights, network_for, to_tensor
 from learner.sitebn import bank_from_bytes
-from registry.artifacts import ArtifactStore, version_calibration
+from registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
 from registry.errors import NotFound, RegistryError
 from registry.events import EventLog
 from registry.inputs import InputLog
@@ -107,13 +107,13 @@ class ModelServer:
         """Build, verify (the artifact store checks every sha256) and warm up one version on this replica's device."""
         spec = model.input
         check_factory(model.factory, self.cfg.factory_prefixes)  # a record rewritten behind the API runs nothing
-        module = build_model(model.factory, model.factory_kwargs, spec.channels, spec.height, spec.width,
-                             spec.classes)
-        load_weights(module, self.artifacts.get(version.artifacts["weights"]))
+        stored = VersionArtifacts(self.artifacts, version)
+        module = network_for(model)
+        load_weights(module, stored.get(Artifact.WEIGHTS))
         module = module.to(self.device).eval()
-        bank = bank_from_bytes(self.artifacts.get(version.artifacts["bn_bank"])) \
-            if "bn_bank" in version.artifacts else None
-        answerer = Answerer.of(module, bank, version_calibration(self.artifacts, version))
+        raw_bank = stored.optional(Artifact.BN_BANK)
+        answerer = Answerer.of(module, bank_from_bytes(raw_bank) if raw_bank is not None else None,
+                               stored.calibration())
         with torch.no_grad():  # warm-up, so the first real request does not pay for it
             for net in answerer.networks():
                 net(torch.zeros(1, spec.channels, spec.height, spec.width, device=self.device))

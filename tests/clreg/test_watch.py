@@ -85,7 +85,8 @@ def test_shifted_prediction_inputs_raise_an_alert_and_unshifted_do_not(stack: St
     assert data["site"] == "serving" and data["verdict"] == "drift" and data["link"].endswith("?format=html")
     auth = {"Authorization": f"Bearer {stack.ops_token}"}
     metrics = httpx.get(f"{stack.url}/metrics", headers=auth).text
-    assert f'clreg_alert_events_total{{kind="drift.alert",model="{MODEL}",site="serving"}} 1.0' in metrics
+    assert f'clreg_alert_events_total{{kind="drift.alert",model="{MODEL}",site="serving"}} 1.0' in metrics, \
+        [line for line in metrics.splitlines() if "alert" in line or "redis_up" in line]
     page = httpx.get(f"{stack.url}/v1/drift/{shifted.id}", params={"format": "html"}, headers=auth)
     assert page.headers["content-encoding"] == "gzip" and page.text.lstrip().startswith("<!DOCTYPE html>")
     assert page.headers["x-content-type-options"] == "nosniff"  # and the page may fetch nothing from elsewhere

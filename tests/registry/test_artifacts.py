@@ -42,3 +42,21 @@ def test_no_temporary_files_left(tmp_path: Path) -> None:
     store = ArtifactStore(str(tmp_path))
     store.put(b"abc")
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+
+
+def test_a_version_reads_its_artifacts_by_name_only(tmp_path: Path) -> None:
+    from registry.artifacts import Artifact, VersionArtifacts
+    from registry.records import Calibration, Lineage, ModelVersion, SiteCalibration
+
+    store = ArtifactStore(str(tmp_path))
+    fit = SiteCalibration(temperature=1.5, samples=10, ece=0.1, ece_calibrated=0.05, nll=0.5, nll_calibrated=0.4)
+    calibration = Calibration(model="m", sites={"a": fit}, pooled=fit)
+    artifacts = {Artifact.WEIGHTS: store.put(b"weights"),
+                 Artifact.CALIBRATION: store.put(calibration.model_dump_json().encode())}
+    version = ModelVersion(model="m", number=3, lineage=Lineage(), artifacts=artifacts)
+    assert version.model_dump()["artifacts"].keys() == {"weights", "calibration"}  # stored under the plain names
+    stored = VersionArtifacts(store, version)
+    assert stored.get(Artifact.WEIGHTS) == b"weights" and stored.calibration() == calibration
+    assert stored.optional(Artifact.BN_BANK) is None and not stored.has(Artifact.REPLAY)
+    with pytest.raises(ArtifactCorrupt, match="version 3 of m has no reference artifact"):
+        stored.get(Artifact.REFERENCE)
