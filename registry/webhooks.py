@@ -320,7 +320,9 @@ class WebhookStore:
         excess = int(self.r.zcard(self._log)) - keep
         if excess <= 0:
             return 0
-        old = [i for i in self.r.zrange(self._log, 0, excess - 1) if self.r.zscore(self._due, i) is None]
+        oldest = self.r.zrange(self._log, 0, excess - 1)
+        queued = self.r.zmscore(self._due, oldest)
+        old = [i for i, score in zip(oldest, queued, strict=True) if score is None]
         if old:
             with self.r.pipeline(transaction=True) as pipe:
                 pipe.zrem(self._log, *old)

@@ -34,6 +34,7 @@ class RegistryCollector(Collector):
         self._reg = registry
         self._stuck = stuck
         self._events = EventLog(registry)
+        self._webhooks_store = WebhookStore(registry)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("clreg_redis_up", "1 when the gateway could read Redis at this scrape, else 0")
@@ -85,7 +86,7 @@ class RegistryCollector(Collector):
         return [alerts, _alerts_by_kind(found)]
 
     def _webhooks(self) -> list[Metric]:
-        outcomes = WebhookStore(self._reg).outcomes()
+        outcomes = self._webhooks_store.outcomes()
         ended = CounterMetricFamily("clreg_webhook_deliveries", "Webhook deliveries finished, by outcome",
                                     labels=["outcome"])
         for outcome in ("delivered", "failed"):
