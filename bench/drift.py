@@ -71,7 +71,7 @@ class Plan:
     timing_repeats: int
 
 
-FULL = Plan(false_alarm_trials=40, shift_trials=20, raw_false_alarm_trials=40, raw_shift_trials=5, epochs=3,
+FULL = Plan(false_alarm_trials=40, shift_trials=20, raw_false_alarm_trials=40, raw_shift_trials=20, epochs=3,
             timing_repeats=3)
 QUICK = Plan(false_alarm_trials=4, shift_trials=2, raw_false_alarm_trials=2, raw_shift_trials=1, epochs=1,
              timing_repeats=1)

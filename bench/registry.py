@@ -34,6 +34,7 @@ from registry.records import InputSpec, Lineage, Model, ModelVersion  # noqa: E4
 from registry.store import RedisRegistry, StoreConfig  # noqa: E402
 
 OPS = ("register", "promote", "resolve-alias", "resolve+record", "list", "list-cold")
+HEADLINE = "resolve+record"  # the like-for-like row: both sides return the version record
 Samples = dict[str, list[float]]
 
 
@@ -151,8 +152,10 @@ def main() -> None:
     figures = {name: {op: summary(s[op]) for op in OPS} for name, s in (("clreg", clreg), ("mlflow", mlflow))}
     ratios = {op: figures["mlflow"][op]["p50_ms"] / figures["clreg"][op]["p50_ms"] for op in OPS}
     console.print(render(figures, n_versions))
-    verdict = "meets" if ratios["resolve-alias"] >= 10 else "MISSES"
-    console.print(f"resolve-alias: clreg is {ratios['resolve-alias']:.1f}x faster than MLflow's "
+    # The headline is like for like: MLflow's alias lookup returns the whole version record, so clreg's
+    # row is resolve + read the record (resolve-alias alone returns an int); list-cold: no memo on either side.
+    verdict = "meets" if ratios[HEADLINE] >= 10 else "MISSES"
+    console.print(f"{HEADLINE}: clreg is {ratios[HEADLINE]:.1f}x faster than MLflow's "
                   f"get_model_version_by_alias at p50 ({verdict} the 10x target)")
     path = write_result("registry", {
         "machine": machine_info(),
@@ -164,7 +167,8 @@ def main() -> None:
                      "note": "register is timed over every version created; MLflow runs fewer iterations of "
                              "its slower calls; resolve+record for MLflow is the same call as resolve-alias; list-cold "
                              "empties clreg's memo of parsed immutable records before each call"},
-        "figures": figures, "ratio_p50": ratios, "resolve_alias_target_10x": ratios["resolve-alias"] >= 10,
+        "figures": figures, "ratio_p50": ratios, "headline": {"operation": HEADLINE, "ratio_p50": ratios[HEADLINE],
+                                                             "target_10x": ratios[HEADLINE] >= 10},
         "seconds": round(time.perf_counter() - started, 1),
     })
     console.print(f"wrote {path}")
