@@ -77,10 +77,10 @@ def split(site: SiteData, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], tup
 def served_accuracy(ctx: context.Context, tests: list[tuple[str, tuple[np.ndarray, np.ndarray]]]) -> list[float]:
     """Accuracy of the production version on each site's test images, each site answered with its own
     BatchNorm when the version has learnt it (MAP routing otherwise), as /v1/predict answers a named site."""
-    version = ctx.production("m")
+    version = ctx.stores.production("m")
     if version is None:
         return [0.1] * len(tests)  # nothing served yet: chance
-    net, bank = ctx.module(ctx.registry.get_model("m"), version.artifacts["weights"]), ctx.bank(version)
+    net, bank = ctx.stores.module(ctx.registry.get_model("m"), version.artifacts["weights"]), ctx.stores.bank(version)
     out = []
     for site, (x, y) in tests:
         site_bn = None

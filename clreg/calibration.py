@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clreg.context import Context
+from clreg.context import Stores
 from learner.answer import Answerer
 from learner.calibration import CalibrationFit, calibrate_sites
 from learner.evaluate import predict_logits
@@ -13,15 +13,15 @@ from learner.sitebn import Bank
 from registry.records import Calibration, Model, SiteCalibration
 
 
-def calibrate_version(ctx: Context, model: Model, weights_sha: str, bank: Bank | None,
-                      batch_ids: list[str]) -> Calibration:
+def calibrate_version(stores: Stores, model: Model, weights_sha: str, bank: Bank | None, batch_ids: list[str],
+                      seed: int) -> Calibration:
     """Per-site temperatures of a trained network, each site's logits taken as /v1/predict computes them."""
-    answerer = Answerer.of(ctx.module(model, weights_sha), bank)
+    answerer = Answerer.of(stores.module(model, weights_sha), bank)
     scored = {}
-    for site, (x, y) in ctx.split_by_site(model, batch_ids, "heldout").items():
+    for site, (x, y) in stores.split_by_site(model, batch_ids, "heldout").items():
         net, _, _ = answerer.pick(site, to_tensor(x))
         scored[site] = (predict_logits(net, x), y)
-    pooled, sites = calibrate_sites(scored, seed=ctx.train.seed)
+    pooled, sites = calibrate_sites(scored, seed=seed)
     return Calibration(model=model.name, pooled=_record(pooled),
                        sites={s: _record(fit, scored[s][1]) for s, fit in sites.items()})
 

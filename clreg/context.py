@@ -1,4 +1,5 @@
-"""What every pipeline step needs: the stores and each step's own config, plus shared data access."""
+"""The stores every pipeline step reads (with the reads they share), and the daemon's context: the stores plus
+each step's own settings, which the pipeline hands to each step."""
 
 from __future__ import annotations
 
@@ -26,21 +27,13 @@ from registry.webhooks import WebhookConfig
 
 
 @dataclass(frozen=True)
-class Context:
+class Stores:
+    """The registry, the artifact store and the event log, with the reads steps share: a batch cache, a
+    version's network and per-site answers, its lineage."""
+
     registry: RedisRegistry
     artifacts: ArtifactStore
     events: EventLog
-    train: TrainConfig
-    features: FeatureConfig
-    drift: DriftConfig
-    gate: GateConfig
-    trigger: TriggerConfig
-    webhook: WebhookConfig
-    workspace: Path
-    public_url: str = "http://127.0.0.1:8000"
-    retention: RetentionSettings = RetentionSettings()
-    watch: WatchConfig = WatchConfig()
-    search: SearchConfig = SearchConfig()
     cache_batches: int = 256
     _arrays: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=OrderedDict, compare=False)
     _arrays_lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
@@ -100,10 +93,41 @@ class Context:
                 for site, cs in chunks.items()}
 
 
+@dataclass(frozen=True)
+class Context:
+    """What the daemon holds: the stores and every step's settings. Steps take only their part."""
+
+    stores: Stores
+    train: TrainConfig
+    features: FeatureConfig
+    drift: DriftConfig
+    gate: GateConfig
+    trigger: TriggerConfig
+    webhook: WebhookConfig
+    workspace: Path  # Evidently's workspace, for `evidently ui`
+    public_url: str = "http://127.0.0.1:8000"
+    retention: RetentionSettings = RetentionSettings()
+    watch: WatchConfig = WatchConfig()
+    search: SearchConfig = SearchConfig()
+
+    @property
+    def registry(self) -> RedisRegistry:
+        return self.stores.registry
+
+    @property
+    def events(self) -> EventLog:
+        return self.stores.events
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        return self.stores.artifacts
+
+
 def build(settings: Settings, store: StoreConfig, public_url: str) -> Context:
     """The pipeline context for a running stack: each step gets its own sub-config."""
     registry = RedisRegistry(store)
-    return Context(registry=registry, artifacts=ArtifactStore(settings.artifacts()), events=EventLog(registry),
-                   train=settings.train, features=settings.features, drift=settings.drift, gate=settings.gate,
-                   trigger=settings.trigger, webhook=settings.webhook, workspace=settings.home / "workspace",
-                   public_url=public_url, retention=settings.retention, watch=settings.watch, search=settings.search)
+    stores = Stores(registry=registry, artifacts=ArtifactStore(settings.artifacts()), events=EventLog(registry))
+    return Context(stores=stores, train=settings.train, features=settings.features, drift=settings.drift,
+                   gate=settings.gate, trigger=settings.trigger, webhook=settings.webhook,
+                   workspace=settings.home / "workspace", public_url=public_url, retention=settings.retention,
+                   watch=settings.watch, search=settings.search)

@@ -4,46 +4,49 @@ from __future__ import annotations
 
 import numpy as np
 
-from clreg.context import Context
+from clreg.context import Stores
+from clreg.settings import GateConfig
 from learner.answer import Answerer
 from learner.evaluate import site_metrics
 from learner.models import to_tensor
 from registry.gates import GateRules, judge
 from registry.records import GateReport, Model, ModelVersion
+from registry.store import RedisRegistry
 
 
-def gate(ctx: Context, model: Model, candidate: ModelVersion, production: ModelVersion | None) -> GateReport:
+def gate(stores: Stores, cfg: GateConfig, model: Model, candidate: ModelVersion,
+         production: ModelVersion | None) -> GateReport:
     """The GateReport of `candidate` against `production` (stored; the caller acts on `passed`)."""
-    heldout = ctx.split_by_site(model, ctx.learnt_batches(candidate), "heldout")
-    cand = _outcomes(ctx.answerer(model, candidate), heldout)
+    heldout = stores.split_by_site(model, stores.learnt_batches(candidate), "heldout")
+    cand = _outcomes(stores.answerer(model, candidate), heldout)
     prod: dict[str, np.ndarray] | None = None
     if production is not None:
-        prod = _outcomes(ctx.answerer(model, production), heldout)
+        prod = _outcomes(stores.answerer(model, production), heldout)
     earlier = set(production.lineage.sites) if production else set()
-    rules = GateRules(tolerance=ctx.gate.tolerance, site_tolerance=ctx.gate.site_tolerance,
-                      confidence=ctx.gate.confidence, budget=ctx.gate.forgetting_budget)
-    verdict = judge(cand, prod, set(heldout) - earlier, rules, best=best_since_learnt(ctx, production))
+    rules = GateRules(tolerance=cfg.tolerance, site_tolerance=cfg.site_tolerance,
+                      confidence=cfg.confidence, budget=cfg.forgetting_budget)
+    verdict = judge(cand, prod, set(heldout) - earlier, rules, best=best_since_learnt(stores.registry, production))
     report = GateReport(id=f"g-{model.name}-{candidate.number}", model=model.name, candidate=candidate.number,
                         production=production.number if production else None, tolerance=rules.tolerance,
                         confidence=rules.confidence, sites=verdict.lines, passed=not verdict.reasons,
                         reasons=verdict.reasons, site_tolerance=rules.site_tolerance, budget=rules.budget,
                         pooled_delta=verdict.pooled_delta, pooled_lower_bound=verdict.pooled_lower_bound)
-    ctx.registry.put_gate_report(report)
+    stores.registry.put_gate_report(report)
     return report
 
 
-def best_since_learnt(ctx: Context, production: ModelVersion | None) -> dict[str, float]:
+def best_since_learnt(registry: RedisRegistry, production: ModelVersion | None) -> dict[str, float]:
     """Per site, the best held-out accuracy any version in production's line has had (from their gate reports)."""
     best: dict[str, float] = {}
     if production is None:
         return best
-    reports = {v.version.number: v.gate_report_id for v in ctx.registry.list_versions(production.model)}
+    reports = {v.version.number: v.gate_report_id for v in registry.list_versions(production.model)}
     number: int | None = production.number
     while number is not None:
         if reports.get(number):
-            for line in ctx.registry.get_gate_report(reports[number]).sites:  # type: ignore[arg-type]
+            for line in registry.get_gate_report(reports[number]).sites:  # type: ignore[arg-type]
                 best[line.site] = max(best.get(line.site, 0.0), line.candidate_accuracy)
-        number = ctx.registry.get_version(production.model, number).lineage.parent
+        number = registry.get_version(production.model, number).lineage.parent
     return best
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import gzip
 import logging
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from clreg.context import Context
+from clreg.context import Stores
 from clreg.reference import embed_fn, load_reference
 from monitor.alerts import alert_payload
-from monitor.drift import DriftCheck, check_drift, save_snapshot
+from monitor.drift import DriftCheck, DriftConfig, check_drift, save_snapshot
 from monitor.errors import MonitorError
 from monitor.features import Reference, batch_features
 from registry.artifacts import Artifact
@@ -21,22 +23,32 @@ from registry.records import Batch, DriftReport, Model, ModelVersion
 log = logging.getLogger(__name__)
 
 
-def check_batch(ctx: Context, model: Model, batch: Batch, production: ModelVersion | None) -> DriftReport | None:
+@dataclass(frozen=True)
+class DriftStep:
+    """The drift step's settings: Evidently's tests, where workspace snapshots go, the URL alerts link to."""
+
+    cfg: DriftConfig
+    workspace: Path
+    public_url: str
+
+
+def check_batch(stores: Stores, step: DriftStep, model: Model, batch: Batch,
+                production: ModelVersion | None) -> DriftReport | None:
     """Store a DriftReport (+ Evidently HTML) and raise an alert on drift; None before any production model."""
     if production is None or Artifact.REFERENCE not in production.artifacts:
         return None
-    x, y = ctx.arrays(model, batch)
-    reference, current = features(ctx, model, production, x, y)
+    x, y = stores.arrays(model, batch)
+    reference, current = features(stores, model, production, x, y)
     check = check_drift(reference, current, report_id=batch_report_id(batch, production), model=model.name,
-                        site=batch.site, batch_id=batch.id, reference_version=production.number, cfg=ctx.drift)
-    return record(ctx, check)
+                        site=batch.site, batch_id=batch.id, reference_version=production.number, cfg=step.cfg)
+    return record(stores, step, check)
 
 
-def features(ctx: Context, model: Model, production: ModelVersion, x: np.ndarray,
+def features(stores: Stores, model: Model, production: ModelVersion, x: np.ndarray,
              y: np.ndarray | None) -> tuple[Reference, pd.DataFrame]:
     """The production reference and the feature table of `x` (and labels, when known) against it."""
-    reference = load_reference(ctx, production)
-    net = ctx.module(model, production.artifacts[Artifact.WEIGHTS])
+    reference = load_reference(stores.artifacts, production)
+    net = stores.module(model, production.artifacts[Artifact.WEIGHTS])
     return reference, batch_features(embed_fn(net), reference, x, y)
 
 
@@ -49,26 +61,26 @@ def batch_report_id(batch: Batch, reference: ModelVersion) -> str:
     return f"d-{batch.id[:16]}-v{reference.number}"
 
 
-def record(ctx: Context, check: DriftCheck) -> DriftReport:
+def record(stores: Stores, step: DriftStep, check: DriftCheck) -> DriftReport:
     """Store a check (record, gzip-compressed HTML page, workspace snapshot), log it, and alert on drift (the
     alert event reaches webhook subscribers through the daemon's dispatcher)."""
     # Evidently's page inlines its JS bundle (~4.5 MB); gzip keeps ~1/4 of it. The gateway sends it as is.
     html = gzip.compress(check.html.encode(), compresslevel=6, mtime=0)
-    report = check.report.model_copy(update={"html_artifact": ctx.artifacts.put(html)})
-    ctx.registry.put_drift_report(report)
-    _snapshot(ctx, report, check.snapshot)
-    ctx.events.append(report.model, "drift.checked", batch=report.batch_id, site=report.site, report=report.id,
+    report = check.report.model_copy(update={"html_artifact": stores.artifacts.put(html)})
+    stores.registry.put_drift_report(report)
+    _snapshot(step.workspace, report, check.snapshot)
+    stores.events.append(report.model, "drift.checked", batch=report.batch_id, site=report.site, report=report.id,
                       drift=report.drift, drifted_share=report.drifted_share)
     if report.drift:
-        payload = alert_payload(report, f"{ctx.public_url}/v1/drift/{report.id}?format=html")
-        ctx.events.append(report.model, "drift.alert",
+        payload = alert_payload(report, f"{step.public_url}/v1/drift/{report.id}?format=html")
+        stores.events.append(report.model, "drift.alert",
                           **{k: v for k, v in payload.items() if k not in ("model", "kind")})
     return report
 
 
-def _snapshot(ctx: Context, report: DriftReport, snapshot: object) -> None:
+def _snapshot(workspace: Path, report: DriftReport, snapshot: object) -> None:
     """Best effort: the workspace is for `evidently ui`; the report of record is already stored."""
     try:
-        save_snapshot(ctx.workspace, report.model, report.site, snapshot)
+        save_snapshot(workspace, report.model, report.site, snapshot)
     except MonitorError as e:
         log.warning("evidently workspace snapshot not saved: %s", e)

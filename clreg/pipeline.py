@@ -18,9 +18,8 @@ from clreg import faults, recovery
 from clreg.context import Context
 from clreg.gating import gate
 from clreg.learning import Learnt, assemble, learn
-from clreg.monitoring import check_batch
+from clreg.monitoring import DriftStep, check_batch
 from learner.errors import LearnerError, TrainingInterrupted
-from learner.train import TrainConfig
 from monitor.errors import MonitorError
 from registry import promotion
 from registry.errors import StoreUnavailable
@@ -77,7 +76,8 @@ def process(ctx: Context, worker: Worker, batch_id: str) -> Outcome:
 
 def _drift(ctx: Context, model: Model, batch: Batch) -> DriftReport | None:
     try:
-        return check_batch(ctx, model, batch, ctx.production(model.name))
+        step = DriftStep(cfg=ctx.drift, workspace=ctx.workspace, public_url=ctx.public_url)
+        return check_batch(ctx.stores, step, model, batch, ctx.stores.production(model.name))
     except MonitorError as e:  # a failed check must not block learning; ops see the failure
         ctx.events.append(model.name, "drift.failed", batch=batch.id, error=str(e))
         return None
@@ -85,7 +85,7 @@ def _drift(ctx: Context, model: Model, batch: Batch) -> DriftReport | None:
 
 def _triggers(ctx: Context, model: Model, batch: Batch, report_id: str | None) -> bool:
     """A new site, detected drift, or enough samples waiting."""
-    production = ctx.production(model.name)
+    production = ctx.stores.production(model.name)
     if production is None:
         return True
     if ctx.trigger.on_new_site and batch.site not in production.lineage.sites:
@@ -123,7 +123,7 @@ def update(ctx: Context, worker: Worker, model: Model) -> Outcome:
 def _update(ctx: Context, worker: Worker, lease: Lease, model: Model) -> None:
     """Learn, gate, promote; a candidate rejected for forgetting an earlier site is retried with a stronger
     EWC penalty (lambda x retry factor, up to `forgetting_retries` times) before the batches are given up."""
-    production = ctx.production(model.name)
+    production = ctx.stores.production(model.name)
     batches = recovery.settle(ctx, model.name, production)
     if not batches:
         return
@@ -134,7 +134,7 @@ def _update(ctx: Context, worker: Worker, lease: Lease, model: Model) -> None:
                       parent=production.number if production else None, candidates=[v.version.number for v in made])
     for attempt in range(ctx.gate.forgetting_retries + 1):
         prior = made[attempt] if attempt < len(made) else None
-        outcome = _candidate(ctx, worker, lease, model, production, batches, _train(ctx, attempt), prior)
+        outcome = _candidate(ctx, worker, lease, model, production, batches, _scale(ctx, attempt), prior)
         if outcome is None:
             return
         candidate, report = outcome
@@ -148,48 +148,48 @@ def _update(ctx: Context, worker: Worker, lease: Lease, model: Model) -> None:
             return
         if attempt + 1 >= len(made):
             ctx.events.append(model.name, "update.retrying", rejected=candidate.number, batches=ids,
-                              ewc_lambda=_train(ctx, attempt + 1).ewc_lambda)
+                              ewc_lambda=ctx.train.ewc_lambda * _scale(ctx, attempt + 1))
 
 
-def _train(ctx: Context, attempt: int) -> TrainConfig:
-    """Training settings of the n-th attempt: lambda x retry factor per earlier rejection for forgetting."""
-    lam = ctx.train.ewc_lambda * ctx.gate.retry_lambda_factor ** attempt
-    return ctx.train.model_copy(update={"ewc_lambda": lam}) if attempt else ctx.train
+def _scale(ctx: Context, attempt: int) -> float:
+    """How much the n-th attempt raises the protection of earlier sites: x retry factor per rejection."""
+    return float(ctx.gate.retry_lambda_factor ** attempt)
 
 
 def _candidate(ctx: Context, worker: Worker, lease: Lease, model: Model, production: ModelVersion | None,
-               batches: list[Batch], train: TrainConfig,
+               batches: list[Batch], scale: float,
                prior: VersionView | None) -> tuple[ModelVersion, GateReport] | None:
     """One gated candidate: the one an earlier process made (with its verdict, if it reached one) or a new one.
 
     None when training failed (reported, batches given up)."""
     if prior is not None and prior.gate_report_id and prior.status is not VersionStatus.CANDIDATE:
         return prior.version, ctx.registry.get_gate_report(prior.gate_report_id)
-    candidate = prior.version if prior is not None else _new(ctx, worker, lease, model, production, batches, train)
+    candidate = prior.version if prior is not None else _new(ctx, worker, lease, model, production, batches, scale)
     if candidate is None:
         return None
-    report = gate(ctx, model, candidate, production)
+    report = gate(ctx.stores, ctx.gate, model, candidate, production)
     _set_states(ctx, [b.id for b in batches], BatchStatus.GATED, version=candidate.number)
     return candidate, report
 
 
 def _new(ctx: Context, worker: Worker, lease: Lease, model: Model, production: ModelVersion | None,
-         batches: list[Batch], train: TrainConfig) -> ModelVersion | None:
+         batches: list[Batch], scale: float) -> ModelVersion | None:
     """A new candidate: learn, assemble, register; None when training failed (reported, batches given up)."""
-    learnt = _learn(ctx, worker, model, production, batches, train)
+    learnt = _learn(ctx, worker, model, production, batches, scale)
     if learnt is None:
         return None
-    return _register(ctx, lease, assemble(ctx, model, production, learnt))
+    version = assemble(ctx.stores, ctx.features, ctx.trigger.reference_samples, model, production, learnt)
+    return _register(ctx, lease, version)
 
 
 def _learn(ctx: Context, worker: Worker, model: Model, production: ModelVersion | None,
-           batches: list[Batch], train: TrainConfig) -> Learnt | None:
+           batches: list[Batch], scale: float) -> Learnt | None:
     """The candidate search as Ray tasks, its progress in the batches' state; None when training failed."""
     ids = [b.id for b in batches]
     _set_states(ctx, ids, BatchStatus.TRAINING)
     try:
-        return learn(ctx, model, production, batches, progress=functools.partial(_progress, ctx, ids),
-                     train=train, stop=worker.stop)
+        return learn(ctx.stores, ctx.train, ctx.search, model, production, batches, scale=scale,
+                     progress=functools.partial(_progress, ctx, ids), stop=worker.stop)
     except TrainingInterrupted:
         _set_states(ctx, ids, BatchStatus.TRAINING, detail="stopped with the daemon; its next start resumes it")
         raise

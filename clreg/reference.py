@@ -11,30 +11,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from clreg.context import Context
+from clreg.context import Stores
 from learner.models import embed
-from monitor.features import Reference, fit_reference
-from registry.artifacts import Artifact, VersionArtifacts
+from monitor.features import FeatureConfig, Reference, fit_reference
+from registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
 from registry.records import Model, ModelVersion
 
 
-def build_reference(ctx: Context, model: Model, weights_sha: str, batch_ids: list[str]) -> bytes:
-    """The drift reference of a version: features of (a sample of) the data it learnt, as npz bytes."""
-    per_site = ctx.split_by_site(model, batch_ids, "train")
+def build_reference(stores: Stores, cfg: FeatureConfig, samples: int, seed: int, model: Model, weights_sha: str,
+                    batch_ids: list[str]) -> bytes:
+    """The drift reference of a version: features of a seeded sample of `samples` of the data it learnt, as npz."""
+    per_site = stores.split_by_site(model, batch_ids, "train")
     x = np.concatenate([xy[0] for xy in per_site.values()])
     y = np.concatenate([xy[1] for xy in per_site.values()])
-    rng = np.random.default_rng(ctx.train.seed)
-    keep = rng.permutation(len(y))[: ctx.trigger.reference_samples]
-    net = ctx.module(model, weights_sha)
-    ref = fit_reference(embed_fn(net), x[keep], y[keep], ctx.features)
+    keep = np.random.default_rng(seed).permutation(len(y))[:samples]
+    net = stores.module(model, weights_sha)
+    ref = fit_reference(embed_fn(net), x[keep], y[keep], cfg)
     buf = io.BytesIO()
     arrays: dict[str, Any] = ref.to_arrays()  # numpy's stub would match a value against allow_pickle
     np.savez(buf, **arrays)
     return buf.getvalue()
 
 
-def load_reference(ctx: Context, version: ModelVersion) -> Reference:
-    raw = VersionArtifacts(ctx.artifacts, version).get(Artifact.REFERENCE)
+def load_reference(artifacts: ArtifactStore, version: ModelVersion) -> Reference:
+    raw = VersionArtifacts(artifacts, version).get(Artifact.REFERENCE)
     with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
         return Reference.from_arrays({k: npz[k] for k in npz.files})
 

@@ -13,15 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clreg.context import Context
+from clreg.settings import SearchConfig
 from learner.errors import TrainingFailed
 from learner.remote import search_on_ray
 from learner.replay import Memory, memory_from_bytes
 from learner.train import TrainConfig
 from learner.update import UpdateData, UpdateResult
-from registry.artifacts import Artifact
+from registry.artifacts import Artifact, ArtifactStore
 from registry.errors import NotFound
 from registry.records import Model, ModelVersion
+from registry.store import RedisRegistry
 
 Arrays = tuple[np.ndarray, np.ndarray]
 Progress = Callable[[int, str, dict], None]
@@ -47,30 +48,30 @@ def carve(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[Arr
     return (x[~val], y[~val]), (x[val], y[val])
 
 
-def allows_replay(ctx: Context, site: str) -> bool:
+def allows_replay(registry: RedisRegistry, site: str) -> bool:
     """A site's data policy (set when it is added); a site without a record keeps the default (allowed)."""
     try:
-        return ctx.registry.get_site(site).replay
+        return registry.get_site(site).replay
     except NotFound:
         return True
 
 
-def memory_of(ctx: Context, version: ModelVersion | None) -> Memory:
+def memory_of(artifacts: ArtifactStore, version: ModelVersion | None) -> Memory:
     digest = version.artifacts.get(Artifact.REPLAY) if version else None
-    return memory_from_bytes(ctx.artifacts.get(digest)) if digest else Memory()
+    return memory_from_bytes(artifacts.get(digest)) if digest else Memory()
 
 
-def update_data(ctx: Context, new: dict[str, Arrays], memory: Memory, seed: int, carved: bool = True) -> UpdateData:
+def update_data(registry: RedisRegistry, new: dict[str, Arrays], memory: Memory, fraction: float, seed: int,
+                carved: bool = True) -> UpdateData:
     """The new sites and every remembered site that still allows replay, split into fit and validation parts
-    (`carved`), or whole (the chosen candidate's refit)."""
-    fraction = ctx.search.val_fraction
-    data = UpdateData(sites=[], replayable=frozenset(s for s in new if allows_replay(ctx, s)))
+    (`carved`, a per-class `fraction` for validation), or whole (the chosen candidate's refit)."""
+    data = UpdateData(sites=[], replayable=frozenset(s for s in new if allows_replay(registry, s)))
     for site, (x, y) in new.items():
         fit, val = carve(x, y, fraction, _seed(seed, site)) if carved else ((x, y), (x[:0], y[:0]))
         data.sites.append((site, *fit))
         data.val[site] = val
     for site in memory.sites:
-        if site in new or not allows_replay(ctx, site):
+        if site in new or not allows_replay(registry, site):
             continue
         arrays = memory.arrays(site)
         fit, val = carve(*arrays, fraction, _seed(seed, site)) if carved else (arrays, (arrays[0][:0], arrays[1][:0]))
@@ -78,24 +79,25 @@ def update_data(ctx: Context, new: dict[str, Arrays], memory: Memory, seed: int,
     return data
 
 
-def run(ctx: Context, model: Model, production: ModelVersion | None, data: UpdateData, base: TrainConfig,
+def run(cfg: SearchConfig, model: Model, data: UpdateData, base: TrainConfig, scale: float,
         artifacts: tuple[bytes | None, bytes | None, bytes | None], progress: Progress | None = None,
         stop: object = None, refit: UpdateData | None = None) -> Search:
-    """Train every configured candidate from `base` and choose the best mean validation accuracy; with `refit`
-    (the same data, whole), train the chosen settings once more on it: the validation samples teach too.
+    """Train every configured candidate from `base` (its protection of earlier sites x `scale`) and choose the
+    best mean validation accuracy; with `refit` (the same data, whole), train the chosen settings once more on
+    it: the validation samples teach too.
 
     Raises:
         TrainingFailed: every candidate failed, or the refit did (the reasons are in the message).
     """
-    overrides = ctx.search.candidates or [{}]
-    settings = [base.model_copy(update=_scaled(o, base, ctx.train)) for o in overrides]
+    overrides = cfg.candidates or [{}]
+    settings = [base.model_copy(update=_scaled(o, base, scale)) for o in overrides]
     spec = model.input
     shape = (spec.channels, spec.height, spec.width, spec.classes)
 
     def train(on: UpdateData, candidates: list[TrainConfig], report: Progress | None) -> list:
         """Every candidate as its own Ray task, from the production version's artifacts."""
         return search_on_ray(model.factory, model.factory_kwargs, shape, *artifacts, on, candidates,
-                             progress=report, timeout_s=ctx.search.timeout_s, stop=stop)  # type: ignore[arg-type]
+                             progress=report, timeout_s=cfg.timeout_s, stop=stop)  # type: ignore[arg-type]
 
     outcomes = train(data, settings, progress)
     ok = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, UpdateResult)]
@@ -111,12 +113,11 @@ def run(ctx: Context, model: Model, production: ModelVersion | None, data: Updat
     return Search(chosen=chosen, settings=settings[best], lines=lines)
 
 
-def _scaled(override: dict, base: TrainConfig, configured: TrainConfig) -> dict:
-    """A candidate's overrides with its protection of earlier sites scaled like the base's: a retry after
-    forgetting raises the EWC penalty and the weight of rehearsal by the retry factor."""
-    scale = base.ewc_lambda / configured.ewc_lambda if configured.ewc_lambda else 1.0
-    return {**override, "ewc_lambda": override.get("ewc_lambda", configured.ewc_lambda) * scale,
-            "replay_weight": override.get("replay_weight", configured.replay_weight) * scale}
+def _scaled(override: dict, base: TrainConfig, scale: float) -> dict:
+    """A candidate's overrides with its protection of earlier sites x `scale`: a retry after forgetting
+    raises the EWC penalty and the weight of rehearsal by the retry factor."""
+    return {**override, "ewc_lambda": override.get("ewc_lambda", base.ewc_lambda) * scale,
+            "replay_weight": override.get("replay_weight", base.replay_weight) * scale}
 
 
 def _effective(override: dict, settings: TrainConfig) -> dict:

@@ -25,7 +25,7 @@ SITE = "serving"
 
 def check_model(ctx: Context, inputs: InputLog, name: str) -> DriftReport | None:
     """One model's window of recent inputs against its production reference; None when there is nothing to check."""
-    production = ctx.production(name)
+    production = ctx.stores.production(name)
     if production is None or Artifact.REFERENCE not in production.artifacts:
         return None
     model = ctx.registry.get_model(name)
@@ -36,10 +36,10 @@ def check_model(ctx: Context, inputs: InputLog, name: str) -> DriftReport | None
     window = inputs.window_id(x)
     if inputs.seen(name, window):
         return None
-    reference, current = monitoring.features(ctx, model, production, x, None)
+    reference, current = monitoring.features(ctx.stores, model, production, x, None)
     check = check_drift(reference, current, report_id=monitoring.new_report_id(), model=name, site=SITE,
                         batch_id=window, reference_version=production.number, cfg=ctx.drift)
-    return monitoring.record(ctx, check)
+    return monitoring.record(ctx.stores, monitoring.DriftStep(ctx.drift, ctx.workspace, ctx.public_url), check)
 
 
 def run(ctx: Context) -> list[DriftReport]:

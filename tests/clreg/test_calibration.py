@@ -39,8 +39,9 @@ def test_calibrates_each_site_and_keeps_binary_scores(registry: RedisRegistry, s
         ids.append(batch.id)
     torch.manual_seed(0)
     net = small_cnn(1, 16, 16, classes).eval()
-    calibration = calibrate_version(ctx, model, ctx.artifacts.put(weights_to_bytes(net)), None, ids)
-    heldout = ctx.split_by_site(model, ids, "heldout")
+    calibration = calibrate_version(ctx.stores, model, ctx.artifacts.put(weights_to_bytes(net)), None, ids,
+                                    ctx.train.seed)
+    heldout = ctx.stores.split_by_site(model, ids, "heldout")
     # what the scores must be: out-of-fold calibrated probabilities (temperatures fitted on the other half)
     oof = out_of_fold_proba({s: (predict_logits(net, x), y) for s, (x, y) in heldout.items()}, 2,
                             ctx.train.seed)["per_site"]

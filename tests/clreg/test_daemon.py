@@ -63,8 +63,9 @@ def test_learn_relays_each_epoch_while_the_task_runs(registry: RedisRegistry, st
     batch, _ = ingest(registry, ctx.artifacts, queue, ctx.events, "m", "base",
                       npz_bytes(to_uint8(site.x[:90]), site.y[:90]), Limits())
     rows: list[tuple[int, str, int]] = []
-    learnt = learn(ctx, model, None, [batch], progress=lambda c, s, row: rows.append((c, s, int(row["epoch"]))))
-    version = assemble(ctx, model, None, learnt)
+    learnt = learn(ctx.stores, ctx.train, ctx.search, model, None, [batch],
+                   progress=lambda c, s, row: rows.append((c, s, int(row["epoch"]))))
+    version = assemble(ctx.stores, ctx.features, ctx.trigger.reference_samples, model, None, learnt)
     candidates = len(ctx.search.candidates)
     assert sorted(set(rows)) == sorted((c, "base", e) for c in range(candidates)
                                        for e in range(1, ctx.search.candidates[c].get("epochs", 3) + 1))

@@ -89,8 +89,9 @@ def _check_calibration(client: Client, ctx: context.Context, number: int, site: 
     answer, served = client.predict(x, MODEL, site=site)
     assert served == number
     assert answer["calibration"]["site"] == site and answer["calibration"]["temperature"] == pytest.approx(t, abs=1e-6)
-    net = site_model(ctx.module(ctx.registry.get_model(MODEL), version.artifacts["weights"]), ctx.bank(version) or {},
-                     site)
+    stores = ctx.stores
+    net = site_model(stores.module(ctx.registry.get_model(MODEL), version.artifacts["weights"]),
+                     stores.bank(version) or {}, site)
     np.testing.assert_allclose(answer["probabilities"], scaled_proba(predict_logits(net, x), t), atol=1e-5)
 
 
@@ -99,7 +100,8 @@ def _check_gate_is_what_predict_answers(client: Client, ctx: context.Context, nu
     to /v1/predict naming the site, get exactly the accuracy the served version's gate report holds."""
     report = client.get(f"/v1/models/{MODEL}/versions/{number}")["gate_report"]
     model = ctx.registry.get_model(MODEL)
-    heldout = ctx.split_by_site(model, ctx.learnt_batches(ctx.registry.get_version(MODEL, number)), "heldout")
+    learnt = ctx.stores.learnt_batches(ctx.registry.get_version(MODEL, number))
+    heldout = ctx.stores.split_by_site(model, learnt, "heldout")
     for line in report["sites"]:
         x, y = heldout[line["site"]]
         answer, served = client.predict(x, MODEL, site=line["site"])
@@ -114,9 +116,9 @@ def _check_gate(client: Client, ctx: context.Context, number: int, learnt_sites:
     assert [line["site"] for line in report["sites"]] == sorted(learnt_sites)
     model = ctx.registry.get_model(MODEL)
     version = ctx.registry.get_version(MODEL, number)
-    net, bank = ctx.module(model, version.artifacts["weights"]), ctx.bank(version)
+    net, bank = ctx.stores.module(model, version.artifacts["weights"]), ctx.stores.bank(version)
     assert bank is not None and sorted(bank) == sorted(learnt_sites)  # per-site BatchNorm, the default
-    heldout = ctx.split_by_site(model, ctx.learnt_batches(version), "heldout")
+    heldout = ctx.stores.split_by_site(model, ctx.stores.learnt_batches(version), "heldout")
     for line in report["sites"]:
         x, y = heldout[line["site"]]
         assert line["samples"] == len(y)

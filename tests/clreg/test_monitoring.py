@@ -16,7 +16,7 @@ import torch
 
 from clreg import monitoring
 from clreg.client import npz_bytes
-from clreg.context import Context
+from clreg.context import Context, Stores
 from clreg.dispatch import Dispatcher
 from clreg.reference import build_reference
 from clreg.settings import GateConfig, TriggerConfig
@@ -39,8 +39,8 @@ MODEL = "cnn"
 @pytest.fixture
 def ctx(registry: RedisRegistry, tmp_path: Path, hook: Hook) -> Context:
     """A context whose production version 1 learnt 500 base digits; its drift alerts are subscribed to by the hook."""
-    ctx = Context(registry=registry, artifacts=ArtifactStore(str(tmp_path / "artifacts")), events=EventLog(registry),
-                  train=TrainConfig(), features=FeatureConfig(), drift=DriftConfig(), gate=GateConfig(),
+    stores = Stores(registry=registry, artifacts=ArtifactStore(str(tmp_path / "artifacts")), events=EventLog(registry))
+    ctx = Context(stores=stores, train=TrainConfig(), features=FeatureConfig(), drift=DriftConfig(), gate=GateConfig(),
                   trigger=TriggerConfig(), webhook=WebhookConfig(allow=("127.0.0.1",), backoff_s=0.0),
                   workspace=tmp_path / "workspace", public_url="http://clreg.test")
     model = Model(name=MODEL, factory="learner.models:small_cnn", input=InputSpec(channels=1, height=16, width=16,
@@ -51,7 +51,8 @@ def ctx(registry: RedisRegistry, tmp_path: Path, hook: Hook) -> Context:
     torch.manual_seed(0)
     net = build_model(model.factory, {}, 1, 16, 16, 10)
     weights = ctx.artifacts.put(weights_to_bytes(net))
-    reference = ctx.artifacts.put(build_reference(ctx, model, weights, [base.id]))
+    reference = ctx.artifacts.put(build_reference(stores, ctx.features, ctx.trigger.reference_samples, 0, model,
+                                                  weights, [base.id]))
     version = registry.register_version(ModelVersion(model=MODEL, number=1, lineage=Lineage(batch_ids=[base.id]),
                                                      artifacts={"weights": weights, "reference": reference}))
     registry.promote(MODEL, version.number, who="test", reason="fixture")
@@ -70,7 +71,8 @@ def push(ctx: Context, rows: np.ndarray, y: np.ndarray | None = None) -> Batch:
 def check(ctx: Context, batch: Batch):  # noqa: ANN201 - DriftReport
     """Check a batch, then run the daemon's webhook job once so that any alert reaches the hook."""
     model = ctx.registry.get_model(MODEL)
-    report = monitoring.check_batch(ctx, model, batch, ctx.production(MODEL))
+    step = monitoring.DriftStep(cfg=ctx.drift, workspace=ctx.workspace, public_url=ctx.public_url)
+    report = monitoring.check_batch(ctx.stores, step, model, batch, ctx.stores.production(MODEL))
     Dispatcher(ctx.registry, ctx.webhook).run()
     return report
 

@@ -60,9 +60,10 @@ def test_a_stray_candidate_is_abandoned_and_its_batches_learnt_with_the_new_ones
     dead = _dead("crashed")
     Daemons(registry).beat(dead)
     assert Lease(registry, "m", dead, lease_s=900).acquire()
-    production = ctx.production("m")
-    stray = registry.register_version(assemble(ctx, model, production, learn(ctx, model, production,
-                                                                             [registry.get_batch(b1)])))
+    production = ctx.stores.production("m")
+    learnt = learn(ctx.stores, ctx.train, ctx.search, model, production, [registry.get_batch(b1)])
+    stray = registry.register_version(assemble(ctx.stores, ctx.features, ctx.trigger.reference_samples, model,
+                                               production, learnt))
 
     # Another batch arrives; the next daemon takes the dead one's lease at once and learns both together.
     b2 = push("contrast", contrast.x[150:300], contrast.y[150:300])

@@ -1,0 +1,312 @@
+"""The README's benchmark tables, rendered from bench/results/*.json so that no figure is copied by hand.
+
+    python bench/tables.py          # rewrite every table in README.md from the results
+    python bench/tables.py --check  # exit 1, naming the tables, when README.md differs from the results
+
+A table sits between `<!-- table:NAME -->` and `<!-- /table:NAME -->`; below it a line names the result
+file, its commit and the CPU it ran on. The prose around the tables is written by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+Json = dict[str, Any]
+
+
+def num(x: float, digits: int = 3) -> str:
+    """x with `digits` significant digits in plain notation (0.048, 2.41, 196; 1234 stays whole)."""
+    return f"{x:.0f}" if abs(x) >= 10**digits else f"{x:.{digits}g}"
+
+
+def lam(x: float) -> str:
+    """An EWC lambda as the README writes it: 300, 3e3, 1e4."""
+    return f"{x:.0f}" if x < 1000 else f"{x:.0e}".replace("e+0", "e").replace("e+", "e")
+
+
+def pct(x: float) -> str:
+    return f"{round(100 * x)}%"
+
+
+def signed_points(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def source(name: str, result: Json) -> str:
+    """Which file, which commit, which CPU: what a reader needs to trust or redo a table."""
+    commit = result.get("commit")
+    short = commit[:7] + ("+dirty" if commit.endswith("+dirty") else "") if commit else "not recorded"
+    cpu = result.get("cpu_model") or result.get("machine", {}).get("cpu_model", "CPU not recorded")
+    cores = result.get("machine", {}).get("cpus")
+    return f"`bench/results/{name}.json`: commit {short}, {cpu}{f', {cores} cores' if cores else ''}"
+
+
+# --- registry --------------------------------------------------------------------------------------------
+
+REGISTRY_ROWS = {
+    "register": "register",
+    "promote": "promote (alias move + history)",
+    "resolve+record": "resolve alias + read the version (the serving path; MLflow's call returns both)",
+    "resolve-alias": "resolve alias only (clreg returns a number)",
+    "list-cold": "list every version with aliases, nothing cached",
+    "list": "list every version, clreg's memo of parsed records warm",
+}
+
+
+def registry(r: Json) -> str:
+    headline = r.get("headline", {}).get("operation")
+    rows = []
+    for op, label in REGISTRY_ROWS.items():
+        c, m = r["figures"]["clreg"][op], r["figures"]["mlflow"][op]
+        ratio = f"{m['p50_ms'] / c['p50_ms']:.1f}x"
+        rows.append([label, num(c["p50_ms"]), num(c["p99_ms"]), num(m["p50_ms"]), num(m["p99_ms"]),
+                     f"**{ratio}**" if op == headline else ratio])
+    return table(["operation", "clreg p50", "clreg p99", "MLflow p50", "MLflow p99", "MLflow / clreg (p50)"], rows)
+
+
+# --- EWC -------------------------------------------------------------------------------------------------
+
+EWC_ROWS = ("joint", "ewc-online/exact/per_site", "ewc-separate/exact/per_site", "ewc-online/mb-sq/per_site",
+            "ewc-online/exact/freeze", "ewc-online/mb-sq/freeze", "ewc-online/exact/update", "naive/update")
+BN_LABELS = {"per_site": "per-site BatchNorm", "freeze": "shared BatchNorm frozen",
+             "update": "shared BatchNorm updated"}
+
+
+def ewc_label(key: str) -> str:
+    if key == "joint":
+        return "joint training (upper bound)"
+    if key.startswith("naive"):
+        return "naive fine-tuning"
+    mode, estimator, bn = key.split("/")
+    fisher = "exact Fisher" if estimator == "exact" else "minibatch-squared Fisher"
+    return f"EWC {mode.removeprefix('ewc-')}, {fisher}, {BN_LABELS[bn]}"
+
+
+def ewc(r: Json, stream: str = "digits") -> str:
+    results = r["results"][stream]
+    best = max((k for k in EWC_ROWS if k.startswith("ewc")), key=lambda k: results[k]["ACC"]["mean"])
+    rows = []
+    for key in EWC_ROWS:
+        row = results[key]
+        acc = f"{row['ACC']['mean']:.3f} ± {row['ACC']['sd']:.3f}"
+        joint = key == "joint"  # one model on all sites at once: nothing to forget
+        rows.append([ewc_label(key), lam(row["lambda"]) if row.get("lambda") else "-",
+                     f"**{acc}**" if key == best else acc, "-" if joint else f"{row['BWT']['mean']:+.3f}",
+                     "-" if joint else f"{row['forgetting']['mean']:.3f}"])
+    return table(["method", "lambda", "ACC", "BWT", "forgetting"], rows)
+
+
+PAIRED_COLUMNS = {"ewc-separate/per_site": "per-site BatchNorm, separate", "ewc-online/per_site": "per-site, online",
+                  "ewc-online/freeze": "frozen shared, online", "ewc-online/update": "updated shared, online"}
+
+
+def paired_cell(p: Json | None) -> str:
+    if p is None:
+        return "-"
+    lo, hi = p["ci95"]
+    cell = f"{signed_points(p['mean'])} [{signed_points(lo)}, {signed_points(hi)}]"
+    return f"**{cell}**" if lo > 0 or hi < 0 else cell  # bold: the interval excludes 0
+
+
+def ewc_paired(r: Json, ten_seeds: Json) -> str:
+    rows = []
+    for stream, label in (("digits", "digits, 5 seeds"), ("permuted", "permuted pixels, 5 seeds")):
+        paired = r["paired_exact_minus_minibatch_squared"][stream]
+        rows.append([label] + [paired_cell(paired.get(k)) for k in PAIRED_COLUMNS])
+    paired = ten_seeds["paired_exact_minus_minibatch_squared"]["digits"]
+    rows.append(["digits, 10 seeds"] + [paired_cell(paired.get(k)) for k in PAIRED_COLUMNS])
+    return table(["stream"] + list(PAIRED_COLUMNS.values()), rows)
+
+
+# --- continual learning ----------------------------------------------------------------------------------
+
+CONTINUAL_METHODS = {"joint": "joint training (bar)", "product": "**clreg default**", "ewc": "EWC 3e3 (old default)",
+                     "replay": "replay only", "naive": "naive"}
+STREAMS = {"digits": "digits", "permuted": "permuted pixels", "harsh": "harsh (chained shifts)"}
+
+
+def continual(r: Json) -> str:
+    rows = []
+    for stream, stream_label in STREAMS.items():
+        for method, label in CONTINUAL_METHODS.items():
+            row = r["results"][stream][method]
+            acc = f"{row['ACC']['mean']:.3f} ± {row['ACC']['sd']:.3f}"
+            if method == "joint":
+                rows.append([stream_label, label, acc] + ["-"] * 6)
+                continue
+            bars = row["bars"]
+            rows.append([stream_label, label, f"**{acc}**" if method == "product" else acc,
+                         f"{row['BWT']['mean']:+.3f}", f"{bars['ACC_vs_joint']:.2f}",
+                         f"{bars['worst_site_vs_joint']:.2f}", str(row["candidates"]),
+                         f"{row['train_seconds_mean']:.1f}", f"{row['update_seconds_mean']:.1f}"])
+    return table(["stream", "method", "ACC", "BWT", "ACC / joint", "worst site / its joint", "K", "search s",
+                  "s / update"], rows)
+
+
+# --- Fisher, calibration, drift ---------------------------------------------------------------------------
+
+def fisher(r: Json) -> str:
+    rows = [[f["estimator"], num(f["seconds"], 2), f"{f['x_minibatch']:.2f}x", f"{f['rel_error']:.1e}",
+             f"{f['cosine']:.3f}", f"{f['mass_ratio']:.2f}"] for f in r["figures"]]
+    return table(["estimator", "seconds", "/ minibatch-squared", "relative error vs the loop", "cosine",
+                  "mass / exact"], rows)
+
+
+CALIBRATION_SITES = ("base", "contrast", "blur-noise", "speckle", "inverted", "mean")
+
+
+def calibration(r: Json) -> str:
+    s = r["summary"]
+    rows = []
+    for site in CALIBRATION_SITES:
+        ece = [f"{s[m][site]['ECE']:.3f} ± {s[m][site]['ECE_sd']:.3f}" for m in ("none", "pooled", "per_site")]
+        nll = [f"{s[m][site]['NLL']:.3f}" for m in ("none", "pooled", "per_site")]
+        if site == "mean":
+            ece[2], nll[2] = f"**{ece[2]}**", f"**{nll[2]}**"
+        rows.append([f"**{site}**" if site == "mean" else site, f"{s['per_site'][site]['accuracy']:.3f}", *ece, *nll,
+                     f"{s['per_site'][site]['temperature']:.2f}"])
+    return table(["site", "accuracy", "ECE none", "ECE pooled", "ECE per site", "NLL none", "NLL pooled",
+                  "NLL per site", "T per site"], rows)
+
+
+def detection(d: Json) -> str:
+    rates = [d[n] for n in sorted(d, key=int)]
+    return " / ".join(str(round(100 * x)) for x in rates) + "%"
+
+
+def drift(r: Json) -> str:
+    ours, raw = r["results"]["clreg"], r["results"]["evidently raw pixels"]
+    sizes = " / ".join(sorted(ours["detection"]["contrast"], key=int))
+    rows = [[f"false alarms, unshifted batches of 200 ({ours['false_alarm_trials']} / {raw['false_alarm_trials']} "
+             "trials)", pct(ours["false_alarm_rate_200"]), pct(raw["false_alarm_rate_200"])]]
+    for shift in ours["detection"]:
+        rows.append([f"{shift} at {sizes} ({ours['shift_trials']} / {raw['shift_trials']} trials)",
+                     detection(ours["detection"][shift]), detection(raw["detection"][shift])])
+    rows.append(["one check at 1,000 samples", f"{ours['check_seconds_1000']:.2f} s",
+                 f"{raw['check_seconds_1000']:.2f} s"])
+    return table(["", "clreg features", "Evidently, raw pixels"], rows)
+
+
+# --- serving, pipeline ------------------------------------------------------------------------------------
+
+def model_label(name: str, spec: Sequence[int]) -> str:
+    size, width = spec
+    return f"{'small CNN' if width == 1 else f'{width}x wider CNN'}, 1x{size}x{size}"
+
+
+def serving(r: Json) -> str:
+    cells = {(c["model"], c["clients"], c["batching"]): c for c in r["summary"]}
+    rows = []
+    for model, spec in r["settings"]["models"].items():
+        for clients in r["settings"]["clients"]:
+            off, on, wait = (cells[(model, clients, b)] for b in ("off", "on", "wait-2ms"))
+            rows.append([model_label(model, spec), str(clients), f"{off['rps']:.0f}", f"{on['rps']:.0f}",
+                         f"{wait['rps']:.0f}", f"{num(off['p50_ms'])} / {num(off['p99_ms'])}",
+                         f"{num(on['p50_ms'])} / {num(on['p99_ms'])}",
+                         str(off["errors"] + on["errors"] + wait["errors"])])
+    return table(["model", "clients", "req/s off", "req/s on", "req/s on, wait 2 ms", "p50 / p99 ms off",
+                  "p50 / p99 ms on", "failed"], rows)
+
+
+PIPELINE_STEPS = {
+    "ingest": "ingest (HTTP push to 202, on disk)",
+    "pickup": "pickup (202 until the daemon starts on it)",
+    "drift": "drift (Evidently, against the production reference)",
+    "train": "train (Ray task, 5 epochs on 700 samples)",
+    "fisher": "Fisher diagonal of the new site",
+    "reference_calibration": "drift reference + per-site calibration",
+    "register": "register",
+    "gate": "gate (every learnt site's held-out set)",
+    "swap": "swap (alias move until every answer comes from the new version)",
+    "push_to_verdict": "**push to verdict**",
+    "death_to_takeover": "a daemon killed mid-training: kill until the survivor takes over",
+    "death_to_verdict": "**kill until the survivor's verdict**",
+}
+
+
+def pipeline(r: Json) -> str:
+    rows = []
+    for step, label in PIPELINE_STEPS.items():
+        runs = r["daemon_death"] if step.startswith("death") else r["push_to_verdict"]
+        values = [run[step] for run in runs]
+        median = num(r["median_s"][step], 2)
+        rows.append([label, f"**{median}**" if label.startswith("**") else median, num(min(values), 2),
+                     num(max(values), 2)])
+    return table(["step", "median", "min", "max"], rows)
+
+
+# --- README ------------------------------------------------------------------------------------------------
+
+def load(name: str) -> Json:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+RENDERERS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {  # block: (result files, its table)
+    "registry": (("registry",), lambda: registry(load("registry"))),
+    "ewc": (("ewc",), lambda: ewc(load("ewc"))),
+    "ewc-paired": (("ewc", "ewc-freeze-10seeds"), lambda: ewc_paired(load("ewc"), load("ewc-freeze-10seeds"))),
+    "continual": (("continual", "continual-selection"), lambda: continual(load("continual"))),
+    "fisher": (("fisher",), lambda: fisher(load("fisher"))),
+    "calibration": (("calibration",), lambda: calibration(load("calibration"))),
+    "drift": (("drift",), lambda: drift(load("drift"))),
+    "serving": (("serving",), lambda: serving(load("serving"))),
+    "pipeline": (("pipeline",), lambda: pipeline(load("pipeline"))),
+}
+BLOCK = re.compile(r"<!-- table:(?P<name>[\w-]+) -->\n.*?<!-- /table:(?P=name) -->", re.S)
+
+
+def render(name: str) -> str:
+    results, body = RENDERERS[name]
+    sources = "; ".join(source(result, load(result)) for result in results)
+    return f"<!-- table:{name} -->\n{body()}\n\n<sub>{sources}</sub>\n<!-- /table:{name} -->"
+
+
+def regenerate(text: str) -> tuple[str, list[str]]:
+    """text with every table block rendered afresh, and the names of the blocks that changed."""
+    changed: list[str] = []
+
+    def one(match: re.Match[str]) -> str:
+        fresh = render(match["name"])
+        if fresh != match[0]:
+            changed.append(match["name"])
+        return fresh
+
+    return BLOCK.sub(one, text), changed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a table is stale")
+    args = parser.parse_args()
+    text = README.read_text()
+    fresh, changed = regenerate(text)
+    missing = sorted(set(RENDERERS) - {m["name"] for m in BLOCK.finditer(text)})
+    if missing:
+        print(f"README.md has no block for: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    if args.check:
+        if changed:
+            print(f"stale tables in README.md: {', '.join(changed)} (run python bench/tables.py)", file=sys.stderr)
+        return 1 if changed else 0
+    README.write_text(fresh)
+    print(f"rewrote {', '.join(changed) or 'nothing'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
