@@ -83,7 +83,7 @@ def steps(events: list[Event], batch_id: str, state: dict, reg: RedisRegistry, m
     """Seconds per step of one update, from its events and its version's own timings."""
     at = {e.kind: e.at for e in events}
     version = reg.get_version(model, state["version"])
-    drift_s = reg.get_drift_report(state["drift_report_id"]).seconds
+    drift_s = reg.reports.get_drift(state["drift_report_id"]).seconds
     t = version.lineage.timings
     learn_s = at["update.finished"] - at["update.started"]
     verdict = at.get("gate.passed", at.get("gate.failed", at["update.finished"]))

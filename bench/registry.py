@@ -71,8 +71,7 @@ def bench_clreg(url: str, n_versions: int, iters: dict[str, int]) -> Samples:
     out["promote"] = timed(lambda i: reg.promote("bench", rng.randint(1, n_versions), who="bench", reason="bench"),
                            iters["promote"])
     out["resolve-alias"] = timed(lambda i: reg.resolve("bench"), iters["resolve"], warmup=50)
-    out["resolve+record"] = timed(lambda i: reg.get_version("bench", reg.resolve("bench")), iters["resolve"],
-                                  warmup=50)
+    out["resolve+record"] = timed(lambda i: reg.version_by_alias("bench"), iters["resolve"], warmup=50)
     listed = reg.list_versions("bench")
     if len(listed) != n_versions or sum(1 for v in listed if v.aliases) != 1:
         raise RuntimeError(f"clreg listed {len(listed)} versions, expected {n_versions} with one alias")

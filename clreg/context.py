@@ -69,8 +69,7 @@ class Stores:
         return bank_from_bytes(raw) if raw is not None else None
 
     def production(self, model: str) -> ModelVersion | None:
-        number = self.registry.resolve(model)
-        return None if number is None else self.registry.get_version(model, number)
+        return self.registry.version_by_alias(model)
 
     def learnt_batches(self, version: ModelVersion | None) -> list[str]:
         """Every batch id a version has learnt, following its parents back to the first version."""

@@ -31,7 +31,7 @@ def gate(stores: Stores, cfg: GateConfig, model: Model, candidate: ModelVersion,
                         confidence=rules.confidence, sites=verdict.lines, passed=not verdict.reasons,
                         reasons=verdict.reasons, site_tolerance=rules.site_tolerance, budget=rules.budget,
                         pooled_delta=verdict.pooled_delta, pooled_lower_bound=verdict.pooled_lower_bound)
-    stores.registry.put_gate_report(report)
+    stores.registry.reports.put_gate(report)
     return report
 
 
@@ -44,7 +44,7 @@ def best_since_learnt(registry: RedisRegistry, production: ModelVersion | None) 
     number: int | None = production.number
     while number is not None:
         if reports.get(number):
-            for line in registry.get_gate_report(reports[number]).sites:  # type: ignore[arg-type]
+            for line in registry.reports.get_gate(reports[number]).sites:  # type: ignore[arg-type]
                 best[line.site] = max(best.get(line.site, 0.0), line.candidate_accuracy)
         number = registry.get_version(production.model, number).lineage.parent
     return best

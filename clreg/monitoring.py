@@ -67,7 +67,7 @@ def record(stores: Stores, step: DriftStep, check: DriftCheck) -> DriftReport:
     # Evidently's page inlines its JS bundle (~4.5 MB); gzip keeps ~1/4 of it. The gateway sends it as is.
     html = gzip.compress(check.html.encode(), compresslevel=6, mtime=0)
     report = check.report.model_copy(update={"html_artifact": stores.artifacts.put(html)})
-    stores.registry.put_drift_report(report)
+    stores.registry.reports.put_drift(report)
     _snapshot(step.workspace, report, check.snapshot)
     stores.events.append(report.model, "drift.checked", batch=report.batch_id, site=report.site, report=report.id,
                       drift=report.drift, drifted_share=report.drifted_share)

@@ -90,7 +90,7 @@ def _triggers(ctx: Context, model: Model, batch: Batch, report_id: str | None) -
         return True
     if ctx.trigger.on_new_site and batch.site not in production.lineage.sites:
         return True
-    report: DriftReport | None = ctx.registry.get_drift_report(report_id) if report_id else None
+    report: DriftReport | None = ctx.registry.reports.get_drift(report_id) if report_id else None
     if ctx.trigger.on_drift and report is not None and report.drift:
         return True
     waiting = sum(ctx.registry.get_batch(b).samples for b in ctx.registry.pending(model.name))
@@ -163,7 +163,7 @@ def _candidate(ctx: Context, worker: Worker, lease: Lease, model: Model, product
 
     None when training failed (reported, batches given up)."""
     if prior is not None and prior.gate_report_id and prior.status is not VersionStatus.CANDIDATE:
-        return prior.version, ctx.registry.get_gate_report(prior.gate_report_id)
+        return prior.version, ctx.registry.reports.get_gate(prior.gate_report_id)
     candidate = prior.version if prior is not None else _new(ctx, worker, lease, model, production, batches, scale)
     if candidate is None:
         return None

@@ -125,7 +125,7 @@ class Retention:
                 (archived if view.status in CLOSED else kept).update(view.version.artifacts.values())
             for batch in self.registry.model_batches(model):
                 kept.update(d for d in (batch.artifact, batch.source_artifact) if d)
-            kept.update(r.html_artifact for r in self.registry.drift_reports(model, limit=1_000_000) if r.html_artifact)
+            kept.update(r.html_artifact for r in self.registry.reports.drift(model, limit=1_000_000) if r.html_artifact)
         pruned = [digest for digest in sorted(archived - kept) if self.artifacts.exists(digest)]
         for digest in pruned:
             self.artifacts.delete(digest)

@@ -13,13 +13,12 @@ Key schema (every key under `cfg.prefix`, so deployments can share one Redis):
     {p}:model:{m}:batches           zset  batch id -> created_at
     {p}:model:{m}:site:{s}:counts   hash  "batches", "samples", class k -> labelled samples pushed
     {p}:model:{m}:pending           set   batch ids drift-checked and waiting for the next update
-    {p}:model:{m}:drift             zset  drift report id -> created_at
     {p}:sites                       zset  site name -> created_at
     {p}:site:{s}                    JSON  Site
     {p}:site:{s}:usage              hash  "bytes" stored, "day:YYYY-MM-DD" -> batches stored that day
     {p}:batch:{id}                  JSON  Batch          {p}:batch:{id}:state  JSON BatchState
     {p}:batches:active              zset  batch id -> time of its last state change, while not final
-    {p}:report:drift:{id}           JSON  DriftReport    {p}:report:gate:{id}  JSON GateReport
+    {p}:report:...                  drift and gate reports: registry/reports.py (RedisRegistry.reports)
 """
 
 from __future__ import annotations
@@ -40,8 +39,6 @@ from registry.records import (
     Batch,
     BatchState,
     BatchStatus,
-    DriftReport,
-    GateReport,
     Model,
     ModelVersion,
     Site,
@@ -54,6 +51,7 @@ from registry.records import (
     now,
     parse,
 )
+from registry.reports import Reports
 
 # Number and write a version in one step: no gaps, no duplicates, whatever the number of writers; with a
 # fence (KEYS[5] must still hold ARGV[3], the writer's lease), nothing at all once the lease was lost.
@@ -68,6 +66,14 @@ return n
 """
 
 
+# An alias and the version record it points at, in one round trip (MLflow's get_model_version_by_alias).
+_BY_ALIAS = """
+local n = redis.call('HGET', KEYS[1], ARGV[1])
+if not n then return false end
+return redis.call('GET', KEYS[2] .. n)
+"""
+
+
 class RedisRegistry:
     """The system of record; every method is one or a few atomic Redis operations."""
 
@@ -75,7 +81,9 @@ class RedisRegistry:
         self.cfg = cfg
         self.r = client if client is not None else connect(cfg)
         self._register = self.r.register_script(_REGISTER)
+        self._by_alias = self.r.register_script(_BY_ALIAS)
         self.durability = Durability(self.r, cfg)
+        self.reports = Reports(self.r, self.key)
 
     def key(self, *parts: str | int) -> str:
         return ":".join([self.cfg.prefix, *map(str, parts)])
@@ -196,6 +204,13 @@ class RedisRegistry:
         """The version an alias points at (the call on the serving path: one HGET)."""
         raw = self.r.hget(self.key("model", model, "aliases"), alias)
         return None if raw is None else int(raw)
+
+    @translated
+    def version_by_alias(self, model: str, alias: str = "production") -> ModelVersion | None:
+        """The version record an alias points at, in one round trip; None while the alias is unset."""
+        raw = self._by_alias(keys=[self.key("model", check_name(model), "aliases"),
+                                   self.key("model", model, "v", "")], args=[alias])
+        return None if raw is None else _version_from(raw)
 
     @translated
     def promote(self, model: str, number: int, who: str, reason: str, alias: str = "production", *,
@@ -381,39 +396,6 @@ class RedisRegistry:
     def clear_pending(self, model: str, batch_ids: list[str]) -> None:
         if batch_ids:
             self.r.srem(self.key("model", model, "pending"), *batch_ids)
-
-    # -- reports --------------------------------------------------------------------------------
-    @translated
-    def put_drift_report(self, report: DriftReport) -> None:
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(self.key("report", "drift", report.id), report.model_dump_json())
-        pipe.zadd(self.key("model", report.model, "drift"), {report.id: report.created_at})
-        pipe.execute()
-
-    @translated
-    def drift_reports(self, model: str, limit: int = 100) -> list[DriftReport]:
-        """The newest `limit` drift reports of a model, oldest first."""
-        ids = self.r.zrange(self.key("model", check_name(model), "drift"), -limit, -1)
-        raws = self.r.mget([self.key("report", "drift", i) for i in ids]) if ids else []
-        return [parse(DriftReport, raw) for raw in raws if raw is not None]
-
-    @translated
-    def get_drift_report(self, report_id: str) -> DriftReport:
-        raw = self.r.get(self.key("report", "drift", check_name(report_id)))
-        if raw is None:
-            raise NotFound(f"drift report {report_id!r} does not exist")
-        return parse(DriftReport, raw)
-
-    @translated
-    def put_gate_report(self, report: GateReport) -> None:
-        self.r.set(self.key("report", "gate", report.id), report.model_dump_json())
-
-    @translated
-    def get_gate_report(self, report_id: str) -> GateReport:
-        raw = self.r.get(self.key("report", "gate", check_name(report_id)))
-        if raw is None:
-            raise NotFound(f"gate report {report_id!r} does not exist")
-        return parse(GateReport, raw)
 
 
 def _day(at: float) -> str:

@@ -192,7 +192,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         if view is None:
             reg.get_version(name, number)  # raises NotFound with the right message
             raise NotFound(f"model {name!r} has no version {number}")
-        gate = reg.get_gate_report(view.gate_report_id).model_dump() if view.gate_report_id else None
+        gate = reg.reports.get_gate(view.gate_report_id).model_dump() if view.gate_report_id else None
         calibration = version_calibration(artifacts, view.version)
         return {**view.model_dump(mode="json"), "gate_report": gate,
                 "calibration": calibration.model_dump() if calibration else None}
@@ -246,10 +246,10 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         """
         record = reg.get_site(site)
         reg.get_model(model)  # 404 for a model that does not exist
-        number = reg.resolve(model)
-        if number is None:
+        version = reg.version_by_alias(model)
+        if version is None:
             raise NotReady(f"model {model!r} has no production version")
-        version = reg.get_version(model, number)
+        number = version.number
         cal = _site_calibration(artifacts, version, site)
         if threshold is None and sensitivity is not None:
             threshold = threshold_for_sensitivity(np.array(cal.scores), np.array(cal.labels), sensitivity)
@@ -274,7 +274,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     @app.get("/v1/drift/{report_id}", response_model=None)
     def drift_report(request: Request, report_id: Annotated[str, Path(pattern=NAME_PATTERN.pattern)], _: Reader,
                      format: Literal["json", "html"] = "json") -> dict | Response:
-        report = reg.get_drift_report(report_id)
+        report = reg.reports.get_drift(report_id)
         if format == "html" and report.html_artifact:
             return _html_page(artifacts.get(report.html_artifact), request.headers.get("accept-encoding", ""))
         return report.model_dump()

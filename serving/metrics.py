@@ -69,7 +69,7 @@ class RegistryCollector(Collector):
             counts = collections.Counter(view.status.value for view in self._reg.list_versions(model))
             for status, n in counts.items():
                 versions.add_metric([model, status], n)
-            latest = {r.site: r for r in self._reg.drift_reports(model, limit=200)}
+            latest = {r.site: r for r in self._reg.reports.drift(model, limit=200)}
             for site, report in latest.items():
                 drift.add_metric([model, site], report.drifted_share)
                 drifted.add_metric([model, site], float(report.drift))

@@ -44,7 +44,7 @@ def _write(reg: RedisRegistry) -> None:
         reg.register_version(ModelVersion(model="m", number=1, lineage=Lineage(parent=n - 1 or None, sites=["s1"],
                                                                               batch_ids=[batch.id], seed=n),
                                           artifacts={"weights": f"{n:064x}"}, metrics={"acc": n / 100}))
-    reg.put_gate_report(GateReport(id="g-m-3", model="m", candidate=3, production=None, tolerance=0.05,
+    reg.reports.put_gate(GateReport(id="g-m-3", model="m", candidate=3, production=None, tolerance=0.05,
                                    confidence=0.95, sites=[], passed=True))
     reg.set_status("m", 3, VersionStatus.BLESSED, gate_report_id="g-m-3")
     reg.set_status("m", 4, VersionStatus.REJECTED)
@@ -65,7 +65,7 @@ def _read(reg: RedisRegistry) -> dict[str, Any]:
         "shadow": reg.alias_history("m", "shadow"),
         "batches": reg.model_batches("m"),
         "batch_state": reg.batch_state("b" * 64),
-        "gate": reg.get_gate_report("g-m-3"),
+        "gate": reg.reports.get_gate("g-m-3"),
         "events": EventLog(reg).read("m"),
     }
 

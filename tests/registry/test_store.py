@@ -59,6 +59,21 @@ def test_promote_moves_alias_and_records_history(registry: RedisRegistry) -> Non
     assert [v.aliases for v in views] == [[], ["production"]]
 
 
+def test_version_by_alias_reads_the_record_the_alias_points_at(registry: RedisRegistry) -> None:
+    _model(registry)
+    assert registry.version_by_alias("m") is None  # no alias yet
+    v1, v2 = _version(registry), _version(registry, parent=1)
+    registry.promote("m", v1.number, who="daemon", reason="first")
+    assert registry.version_by_alias("m") == v1
+    registry.promote("m", v2.number, who="daemon", reason="second")
+    registry.promote("m", v1.number, who="ops", reason="canary", alias="canary")
+    assert registry.version_by_alias("m") == registry.get_version("m", 2) == v2
+    assert registry.version_by_alias("m", "canary") == v1
+    assert registry.version_by_alias("m", "nightly") is None
+    with pytest.raises(ValueError):
+        registry.version_by_alias("../m")
+
+
 def test_rejected_or_archived_version_is_never_promoted(registry: RedisRegistry) -> None:
     _model(registry)
     v1, v2 = _version(registry), _version(registry)

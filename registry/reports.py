@@ -1,0 +1,55 @@
+"""Drift and gate reports: written once by the pipeline, read by the API, the metrics and retention.
+
+Keys (under the registry's prefix): report:drift:{id} and report:gate:{id} hold the JSON record;
+model:{m}:drift is a zset of a model's drift report ids by creation time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import redis
+
+from registry.connection import translated
+from registry.errors import NotFound
+from registry.records import DriftReport, GateReport, check_name, parse
+
+
+class Reports:
+    """The reports part of the registry (RedisRegistry.reports)."""
+
+    def __init__(self, r: redis.Redis, key: Callable[..., str]) -> None:
+        self.r = r
+        self._key = key
+
+    @translated
+    def put_drift(self, report: DriftReport) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self._key("report", "drift", report.id), report.model_dump_json())
+        pipe.zadd(self._key("model", report.model, "drift"), {report.id: report.created_at})
+        pipe.execute()
+
+    @translated
+    def drift(self, model: str, limit: int = 100) -> list[DriftReport]:
+        """The newest `limit` drift reports of a model, oldest first."""
+        ids = self.r.zrange(self._key("model", check_name(model), "drift"), -limit, -1)
+        raws = self.r.mget([self._key("report", "drift", i) for i in ids]) if ids else []
+        return [parse(DriftReport, raw) for raw in raws if raw is not None]
+
+    @translated
+    def get_drift(self, report_id: str) -> DriftReport:
+        raw = self.r.get(self._key("report", "drift", check_name(report_id)))
+        if raw is None:
+            raise NotFound(f"drift report {report_id!r} does not exist")
+        return parse(DriftReport, raw)
+
+    @translated
+    def put_gate(self, report: GateReport) -> None:
+        self.r.set(self._key("report", "gate", report.id), report.model_dump_json())
+
+    @translated
+    def get_gate(self, report_id: str) -> GateReport:
+        raw = self.r.get(self._key("report", "gate", check_name(report_id)))
+        if raw is None:
+            raise NotFound(f"gate report {report_id!r} does not exist")
+        return parse(GateReport, raw)
