@@ -6,10 +6,11 @@ import numpy as np
 
 from clreg.context import Stores
 from learner.answer import Answerer
-from learner.calibration import CalibrationFit, calibrate_sites
+from learner.calibration import CalibrationFit, calibrate_sites, scaled_proba
 from learner.evaluate import predict_logits
 from learner.models import to_tensor
 from learner.sitebn import Bank
+from learner.validation import site_figures
 from registry.records import Calibration, Model, SiteCalibration
 
 
@@ -23,12 +24,21 @@ def calibrate_version(stores: Stores, model: Model, weights_sha: str, bank: Bank
         scored[site] = (predict_logits(net, x), y)
     pooled, sites = calibrate_sites(scored, seed=seed)
     return Calibration(model=model.name, pooled=_record(pooled),
-                       sites={s: _record(fit, scored[s][1]) for s, fit in sites.items()})
+                       sites={s: _record(fit, *scored[s], seed=seed) for s, fit in sites.items()})
 
 
-def _record(fit: CalibrationFit, labels: np.ndarray | None = None) -> SiteCalibration:
-    binary = labels is not None and fit.out_of_fold.shape[1] == 2
-    return SiteCalibration(temperature=fit.temperature, samples=fit.samples, ece=fit.ece,
-                           ece_calibrated=fit.ece_calibrated, nll=fit.nll, nll_calibrated=fit.nll_calibrated,
-                           scores=fit.out_of_fold[:, 1].round(6).tolist() if binary else None,
-                           labels=labels.astype(int).tolist() if binary and labels is not None else None)
+def _record(fit: CalibrationFit, logits: np.ndarray | None = None, labels: np.ndarray | None = None,
+            seed: int = 0) -> SiteCalibration:
+    """A site's calibration with its validation figures (the pooled record, without labels, has none)."""
+    record = SiteCalibration(temperature=fit.temperature, samples=fit.samples, ece=fit.ece,
+                             ece_calibrated=fit.ece_calibrated, nll=fit.nll, nll_calibrated=fit.nll_calibrated)
+    if logits is None or labels is None:
+        return record
+    figures = site_figures(labels, scaled_proba(logits, 1.0), fit.out_of_fold, seed=seed)
+    binary = fit.out_of_fold.shape[1] == 2
+    return record.model_copy(update={
+        "scores": fit.out_of_fold[:, 1].round(6).tolist() if binary else None,
+        "labels": labels.astype(int).tolist() if binary else None,
+        "accuracy": figures.accuracy, "accuracy_interval": figures.accuracy_interval,
+        "sensitivity": figures.sensitivity, "reliability_before": figures.reliability_before,
+        "reliability_after": figures.reliability_after})

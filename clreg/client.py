@@ -47,6 +47,10 @@ class Client:
     def get(self, path: str, **params: Any) -> Any:
         return self._call("GET", path, self.token, params={k: v for k, v in params.items() if v is not None}).json()
 
+    def text(self, path: str, **params: Any) -> str:
+        """A read that answers a page (an HTML report) rather than JSON."""
+        return self._call("GET", path, self.token, params={k: v for k, v in params.items() if v is not None}).text
+
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -58,9 +62,12 @@ class Client:
                     raise
                 time.sleep(0.25)
 
-    def create_model(self, name: str, factory: str, spec: tuple[int, int, int], classes: int) -> dict:
+    def create_model(self, name: str, factory: str, spec: tuple[int, int, int], classes: int,
+                     readiness: dict[str, Any] | None = None) -> dict:
+        """Register a model; `readiness` (accuracy_floor, ece_limit, policy) decides where it is validated."""
         body = {"name": name, "factory": factory, "input": dict(zip(("channels", "height", "width"), spec, strict=True),
-                                                                   classes=classes)}
+                                                                   classes=classes),
+                **({"readiness": readiness} if readiness else {})}
         return self._call("POST", "/v1/models", self.admin_token, json=body).json()
 
     def add_site(self, name: str, threshold: float | None = None, models: list[str] | None = None,

@@ -84,7 +84,22 @@ def _drive(client: Client, console: Console, seed: int) -> bool:
                   f"production = v{production}.")
     console.print(f"POST /v1/predict answered by v{served} (X-Model-Version): labels {answer['labels']} "
                   f"for true labels {sites[0].y[:4].tolist()}")
+    _print_readiness(client, console, [s.name for s in sites])
     return promoted >= 3 and drift_alerts >= 1 and served == production
+
+
+def _print_readiness(client: Client, console: Console, sites: list[str]) -> None:
+    """Where the production version may be trusted: each site's validation (clreg sites report SITE)."""
+    table = Table(title="readiness of the production version per site", title_justify="left")
+    for column in ("site", "validated", "accuracy", "95% interval", "ECE after", "why not"):
+        table.add_column(column)
+    for site in sites:
+        r = client.get(f"/v1/sites/{site}/validation", model=MODEL)
+        held = r["heldout"] or {}
+        low, high = held.get("accuracy_interval") or (float("nan"), float("nan"))
+        table.add_row(site, "[green]yes[/]" if r["validated"] else "[red]no[/]", f"{held.get('accuracy', 0):.3f}",
+                      f"{low:.3f} - {high:.3f}", f"{held.get('ece_calibrated', 0):.3f}", "; ".join(r["reasons"]))
+    console.print(table)
 
 
 def _as_dicom_study(x: np.ndarray, y: np.ndarray) -> bytes:

@@ -233,7 +233,7 @@ def _promote(ctx: Context, lease: Lease, model: Model, candidate: ModelVersion, 
         ctx.events.append(model.name, "gate.passed", version=candidate.number, report=report.id)
     faults.reach("after_gate")
     promotion.promote(ctx.registry, ctx.events, model.name, candidate.number, who="daemon",
-                      reason=f"passed gate {report.id}", fence=lease.fence())
+                      reason=f"passed gate {report.id}", fence=lease.fence(), artifacts=ctx.artifacts)
     faults.reach("after_promotion")
     _set_states(ctx, ids, BatchStatus.PROMOTED, version=candidate.number)
     ctx.registry.clear_pending(model.name, ids)

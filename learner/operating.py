@@ -72,3 +72,49 @@ def threshold_for_sensitivity(scores: np.ndarray, labels: np.ndarray, target: fl
     # flagging the k highest-scoring positives needs threshold <= the k-th score
     needed = int(np.ceil(target * len(positives) - 1e-9))
     return float(positives[needed - 1])
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What each kind of error costs at a site, in any one unit (a missed case is usually dearer)."""
+
+    false_positive: float
+    false_negative: float
+
+    def __post_init__(self) -> None:
+        if self.false_positive < 0 or self.false_negative < 0 or self.false_positive + self.false_negative == 0:
+            raise DataError(f"costs must be >= 0 and not both 0, got fp={self.false_positive} "
+                            f"fn={self.false_negative}")
+
+
+def expected_cost(point: OperatingPoint, costs: Costs, prevalence: float | None = None) -> float:
+    """Expected cost per case of a threshold at a prevalence (the held-out one by default):
+    fp cost x (1 - specificity) x (1 - prevalence) + fn cost x (1 - sensitivity) x prevalence.
+
+    Sensitivity and specificity do not depend on prevalence, so one held-out set prices every prevalence.
+    """
+    p = point.prevalence if prevalence is None else prevalence
+    if not 0 <= p <= 1:
+        raise DataError(f"prevalence must lie in [0, 1], got {p}")
+    miss = 0.0 if point.sensitivity is None else 1 - point.sensitivity
+    alarm = 0.0 if point.specificity is None else 1 - point.specificity
+    return costs.false_positive * alarm * (1 - p) + costs.false_negative * miss * p
+
+
+def threshold_for_cost(scores: np.ndarray, labels: np.ndarray, costs: Costs,
+                       prevalence: float | None = None) -> float:
+    """The threshold with the lowest expected cost at `prevalence` (the held-out one by default) among every
+    distinct score and "flag nothing"; ties go to the highest threshold (fewest flagged).
+
+    Raises:
+        DataError: labels of one class only (one error rate cannot be measured).
+    """
+    scores, labels = _check(scores, labels)
+    if labels.min() == labels.max():
+        raise DataError("need positive and negative held-out samples to price both kinds of error")
+    nothing = min(float(np.nextafter(scores.max(), 2.0)), 1.0)  # flags nothing (a threshold stays in [0, 1])
+    candidates = np.append(np.unique(scores), nothing)
+    # rounded so that costs equal but for float noise tie, and the tie rule decides
+    priced = [(round(expected_cost(operating_point(scores, labels, float(t)), costs, prevalence), 12), -float(t))
+              for t in candidates]
+    return -min(priced)[1]

@@ -154,6 +154,32 @@ def permuted_pixels_stream(n_sites: int, seed: int) -> list[SiteData]:
     return sites
 
 
+# The binary stream: "is the digit 5 or more" (about half of the digits), each site at its own prevalence,
+# as hospitals see the same finding at different rates (a screening site low, a referral centre high).
+BINARY_PREVALENCE: dict[str, float] = {"base": 0.5, "contrast": 0.3, "blur-noise": 0.15, "speckle": 0.4,
+                                       "inverted": 0.1}
+
+
+def binary_sites(seed: int = 0, prevalences: dict[str, float] | None = None) -> list[SiteData]:
+    """The digits sites with binary labels (digit >= 5), each subsampled to its prevalence: every sample of the
+    scarcer class is kept and the other drawn (seeded) to match, so a site keeps as many images as it can."""
+    wanted = BINARY_PREVALENCE if prevalences is None else prevalences
+    out = []
+    for i, site in enumerate(digits_sites(seed, tuple(wanted))):
+        p = wanted[site.name]
+        if not 0 < p < 1:
+            raise DataError(f"prevalence of {site.name!r} must lie in (0, 1), got {p}")
+        y = (site.y >= 5).astype(np.int64)
+        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+        total = int(min(len(pos) / p, len(neg) / (1 - p)))
+        n_pos = int(round(total * p))
+        rng = np.random.default_rng(seed * 1000 + 500 + i)
+        keep = np.sort(np.concatenate([rng.choice(pos, n_pos, replace=False),
+                                       rng.choice(neg, total - n_pos, replace=False)]))
+        out.append(SiteData(site.name, site.x[keep], y[keep]))
+    return out
+
+
 def site_batch(site: SiteData, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A random sample of n of the site's images and labels, without replacement."""
     if not 1 <= n <= len(site.y):

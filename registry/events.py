@@ -25,9 +25,10 @@ EVENT_KINDS = frozenset({
     "batch.received", "drift.checked", "drift.alert", "drift.failed",
     "update.started", "update.resumed", "update.retrying", "update.taken_over", "update.finished",
     "update.failed", "update.abandoned", "gate.passed", "gate.failed", "alias.moved",
-    "serving.swapped", "serving.failed", "retention.archived",
+    "serving.swapped", "serving.failed", "retention.archived", "site.readiness",
 })
-ALERT_KINDS = frozenset({"drift.alert", "gate.failed", "update.failed", "serving.failed", "update.abandoned"})
+ALERT_KINDS = frozenset({"drift.alert", "gate.failed", "update.failed", "serving.failed", "update.abandoned",
+                         "site.readiness"})
 
 
 class EventLog:

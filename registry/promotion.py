@@ -4,24 +4,52 @@ CLI's promote and rollback (which call the API) all come here.
 A version that has not passed its gates (a candidate) moves production only with `force`; a rejected or
 archived version never does. The alias change, its history line and its alias.moved event are written in
 one transaction; a `fence` (the daemon's update lease) makes the move conditional on still holding it.
+Given the artifact store, the same transaction records a `site.readiness` alert for every site whose
+readiness the move changes (validated before and not now, or the reverse, or a site served for the first time).
 """
 
 from __future__ import annotations
 
+from registry.artifacts import ArtifactStore, version_calibration
+from registry.connection import StreamEntry
 from registry.errors import Conflict
 from registry.events import EventLog
-from registry.records import SERVABLE, AliasChange
+from registry.readiness import SiteReadiness, assess_sites
+from registry.records import SERVABLE, AliasChange, Model
 from registry.store import RedisRegistry
 
 
 def promote(registry: RedisRegistry, events: EventLog, model: str, version: int, *, who: str, reason: str,
-            force: bool = False, fence: tuple[str, str] | None = None) -> AliasChange:
+            force: bool = False, fence: tuple[str, str] | None = None,
+            artifacts: ArtifactStore | None = None) -> AliasChange:
     """Point production at `version`; NotFound for an unknown model or version, Conflict for one that may not
     serve (or has not passed its gates, without `force`), LeaseLost when the fence no longer holds."""
-    registry.get_model(model)
+    record = registry.get_model(model)
     status = registry.status(model, version)
     if status not in SERVABLE and not force:
         raise Conflict(f"version {version} is {status.value}: it has not passed the gates "
                        "(send \"force\": true to promote a candidate anyway)")
-    return registry.promote(model, version, who=who, reason=reason, fence=fence,
-                            audit=lambda change: events.alias_moved(change, forced=force))
+    previous = registry.resolve(model)
+    before, after = {}, {}
+    if artifacts is not None:
+        before, after = (_readiness(registry, artifacts, record, n) for n in (previous, version))
+
+    def audit(change: AliasChange) -> list[StreamEntry]:
+        entries = events.alias_moved(change, forced=force)
+        if change.from_version == previous:  # else another move came between: its figures are not ours
+            for site, now_ in after.items():
+                then = before.get(site)
+                if then is None or then.validated != now_.validated:
+                    entries += events.entries(model, "site.readiness", site=site, version=version,
+                                              validated=now_.validated, reasons=now_.reasons,
+                                              was=None if then is None else then.validated)
+        return entries
+
+    return registry.promote(model, version, who=who, reason=reason, fence=fence, audit=audit)
+
+
+def _readiness(registry: RedisRegistry, artifacts: ArtifactStore, model: Model,
+               number: int | None) -> dict[str, SiteReadiness]:
+    if number is None:
+        return {}
+    return assess_sites(version_calibration(artifacts, registry.get_version(model.name, number)), model.readiness)

@@ -89,11 +89,20 @@ class InputSpec(Record):
     classes: int = Field(ge=2, le=1000)
 
 
+class Readiness(Record):
+    """When a version counts as validated at a site, and what serving does with requests for one that is not."""
+
+    accuracy_floor: float = Field(default=0.8, ge=0, le=1)  # the 95% interval's lower end must reach it
+    ece_limit: float = Field(default=0.1, gt=0, le=1)  # calibrated (cross-fitted) ECE at most this
+    policy: Literal["warn", "refuse"] = "warn"  # warn: answer with "validated": false; refuse: 409
+
+
 class Model(Record):
     name: Name
     factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
     input: InputSpec
+    readiness: Readiness = Readiness()
     created_at: float = Field(default_factory=now)
 
 
@@ -305,6 +314,14 @@ class SiteCalibration(Record):
     # its label, so any threshold's sensitivity, specificity, PPV and NPV at this site can be read off.
     scores: list[float] | None = None
     labels: list[int] | None = None
+    # Site validation (None in versions made before it): accuracy with its 95% bootstrap interval, each
+    # class's sensitivity as (share found, low, high), and the reliability diagram as (mean confidence,
+    # accuracy, count) per confidence bin before and after calibration.
+    accuracy: float | None = None
+    accuracy_interval: tuple[float, float] | None = None
+    sensitivity: dict[str, tuple[float, float, float]] | None = None
+    reliability_before: list[tuple[float, float, int]] | None = None
+    reliability_after: list[tuple[float, float, int]] | None = None
 
 
 class Calibration(Record):

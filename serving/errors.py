@@ -57,6 +57,13 @@ class LengthRequired(ServingError):
     code = "length_required"
 
 
+class SiteNotValidated(ServingError):
+    """The model's readiness policy is `refuse` and the request is for a site the version is not validated at."""
+
+    status = 409
+    code = "site_not_validated"
+
+
 class PayloadTooLarge(ServingError):
     status = 413
     code = "payload_too_large"

@@ -20,12 +20,13 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from learner.models import check_factory, network_for
-from learner.operating import operating_point, threshold_for_sensitivity
+from learner.operating import Costs, expected_cost, operating_point, threshold_for_cost, threshold_for_sensitivity
 from registry import promotion
 from registry.artifacts import ArtifactStore, version_calibration
 from registry.batches import token_sha256
 from registry.errors import NotFound, RegistryError
 from registry.events import EventLog, IngestQueue
+from registry.readiness import assess
 from registry.records import (
     NAME_PATTERN,
     BatchId,
@@ -33,6 +34,7 @@ from registry.records import (
     Model,
     ModelVersion,
     Name,
+    Readiness,
     Site,
     SiteCalibration,
     VersionStatus,
@@ -40,7 +42,7 @@ from registry.records import (
 from registry.status import pipeline_status
 from registry.store import RedisRegistry
 from registry.webhooks import WebhookStore
-from serving import boundary, metrics, webhooks
+from serving import boundary, metrics, validation, webhooks
 from serving.auth import Tokens, bearer, matches
 from serving.config import ServingConfig
 from serving.errors import (
@@ -63,6 +65,7 @@ class NewModel(BaseModel):
     factory: str = "learner.models:small_cnn"
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
     input: InputSpec
+    readiness: Readiness = Readiness()  # when a site counts as validated, and the policy for one that is not
 
 
 class NewSite(BaseModel):
@@ -140,6 +143,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     Admin = Annotated[str, Depends(admin)]
     Reader = Annotated[str, Depends(reader)]
     app.include_router(webhooks.router(WebhookStore(reg), cfg.webhooks, admin, reader))
+    app.include_router(validation.router(reg, artifacts, reader))
 
     @app.post("/v1/sites/{site}/batches", status_code=202)
     async def push_batch(request: Request, site_rec: Annotated[Site, Depends(site_token)],
@@ -171,7 +175,8 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     @app.post("/v1/models", status_code=201)
     def create_model(body: NewModel, _: Admin) -> dict:
         """Register a model; its factory must come from an allowed module and build, or nothing is stored."""
-        model = Model(name=body.name, factory=body.factory, factory_kwargs=body.factory_kwargs, input=body.input)
+        model = Model(name=body.name, factory=body.factory, factory_kwargs=body.factory_kwargs, input=body.input,
+                      readiness=body.readiness)
         check_factory(model.factory, cfg.factory_prefixes)
         network_for(model)  # it must build with its input spec before anything is stored
         reg.create_model(model)
@@ -205,17 +210,29 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
 
     @app.post("/v1/models/{name}/aliases/production")
     def move_production(name: Name, body: AliasMove, who: Admin) -> dict:
-        change = promotion.promote(reg, events, name, body.version, who=who, reason=body.reason, force=body.force)
+        change = promotion.promote(reg, events, name, body.version, who=who, reason=body.reason, force=body.force,
+                                   artifacts=artifacts)
         return change.model_dump()
 
     @app.get("/v1/sites")
     def list_sites(_: Reader) -> list[dict]:
-        """Sites with what each pushed per model: batches, samples, class counts and prevalence."""
+        """Sites with what each pushed per model: batches, samples, class counts, prevalence, and whether the
+        production version is validated there (`clreg sites report` says why)."""
         sites = reg.sites()
         names = [s.name for s in sites]
-        counts = {m: reg.site_counts(m, names) for m in reg.list_models()}
+        models = reg.list_models()
+        counts = {m: reg.site_counts(m, names) for m in models}
+        production = {m: (reg.get_model(m), reg.version_by_alias(m)) for m in models}
+        ready = {m: (record.readiness, version_calibration(artifacts, v) if v else None)
+                 for m, (record, v) in production.items()}
+
+        def validated(model: str, site: str) -> bool | None:
+            rules, calibration = ready[model]
+            return assess(site, calibration, rules).validated if production[model][1] else None
+
         return [{**s.model_dump(exclude={"token_sha256"}),
-                 "models": {m: {**c[s.name].model_dump(), "prevalence": c[s.name].prevalence}
+                 "models": {m: {**c[s.name].model_dump(), "prevalence": c[s.name].prevalence,
+                                "validated": validated(m, s.name)}
                             for m, c in counts.items() if s.name in c}} for s in sites]
 
     @app.post("/v1/sites", status_code=201)
@@ -239,10 +256,15 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     @app.get("/v1/sites/{site}/operating-point")
     def site_operating_point(site: Name, model: Name, _: Reader,
                              threshold: Annotated[float | None, Query(ge=0, le=1)] = None,
-                             sensitivity: Annotated[float | None, Query(gt=0, le=1)] = None) -> dict:
+                             sensitivity: Annotated[float | None, Query(gt=0, le=1)] = None,
+                             cost_fp: Annotated[float | None, Query(ge=0)] = None,
+                             cost_fn: Annotated[float | None, Query(ge=0)] = None,
+                             prevalence: Annotated[float | None, Query(ge=0, le=1)] = None) -> dict:
         """Sensitivity, specificity, PPV and NPV at a threshold on the site's held-out set (production version).
 
-        The threshold is the one given, else the one reaching the given sensitivity, else the site's own.
+        The threshold is the one given, else the one reaching the given sensitivity, else the one with the
+        lowest expected cost for the given error costs, else the site's own. With costs, the expected cost per
+        case at that threshold and at 0.5; prevalence is the held-out one unless given.
         """
         record = reg.get_site(site)
         reg.get_model(model)  # 404 for a model that does not exist
@@ -251,14 +273,26 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
             raise NotReady(f"model {model!r} has no production version")
         number = version.number
         cal = _site_calibration(artifacts, version, site)
+        scores, labels = np.array(cal.scores), np.array(cal.labels)
+        if (cost_fp is None) != (cost_fn is None):
+            raise BadRequest("give both cost_fp and cost_fn, or neither")
+        costs = Costs(false_positive=cost_fp, false_negative=cost_fn) \
+            if cost_fp is not None and cost_fn is not None else None
         if threshold is None and sensitivity is not None:
-            threshold = threshold_for_sensitivity(np.array(cal.scores), np.array(cal.labels), sensitivity)
+            threshold = threshold_for_sensitivity(scores, labels, sensitivity)
+        if threshold is None and costs is not None:
+            threshold = threshold_for_cost(scores, labels, costs, prevalence)
         threshold = threshold if threshold is not None else record.threshold
         if threshold is None:
-            raise BadRequest(f"site {site!r} has no threshold: give ?threshold= or ?sensitivity=")
-        point = operating_point(np.array(cal.scores), np.array(cal.labels), threshold)
+            raise BadRequest(f"site {site!r} has no threshold: give ?threshold=, ?sensitivity= or the costs")
+        point = operating_point(scores, labels, threshold)
+        priced = {} if costs is None else {
+            "costs": {"false_positive": costs.false_positive, "false_negative": costs.false_negative},
+            "priced_at_prevalence": point.prevalence if prevalence is None else prevalence,
+            "expected_cost": expected_cost(point, costs, prevalence),
+            "expected_cost_at_half": expected_cost(operating_point(scores, labels, 0.5), costs, prevalence)}
         return {"model": model, "version": number, "site": site, "site_threshold": record.threshold,
-                "target_sensitivity": sensitivity, **point.as_dict()}
+                "target_sensitivity": sensitivity, **point.as_dict(), **priced}
 
     @app.get("/v1/alerts")
     def alerts(_: Reader, model: Name | None = None, since: Time = 0.0, site: Name | None = None,

@@ -7,13 +7,14 @@ Requests that share a network are concatenated into one forward pass, then split
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from learner.answer import Answerer
-from registry.records import InputSpec
+from registry.readiness import SiteReadiness
+from registry.records import InputSpec, Readiness
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,13 @@ class Loaded:
     answerer: Answerer
     spec: InputSpec
     device: str = "cpu"
+    rules: Readiness = Readiness()
+    readiness: dict[str, SiteReadiness] = field(default_factory=dict)  # per learnt site, under these rules
+
+    def readiness_of(self, site: str) -> SiteReadiness:
+        """Whether this version is validated at `site` (a site it never learnt is not)."""
+        return self.readiness.get(site) or SiteReadiness(site, False, [f"version {self.version} never learnt "
+                                                                      f"site {site!r}: no held-out data there"])
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,12 @@ from registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
 from registry.errors import NotFound, RegistryError
 from registry.events import EventLog
 from registry.inputs import InputLog
+from registry.readiness import assess_sites
 from registry.records import Model, ModelVersion, check_name
 from registry.store import RedisRegistry
 from serving.auth import Tokens
 from serving.config import ServingConfig
-from serving.errors import BadRequest, MethodNotAllowed, ModelNotFound, NotReady
+from serving.errors import BadRequest, MethodNotAllowed, ModelNotFound, NotReady, SiteNotValidated
 from serving.guard import check_host, read_body
 from serving.inference import Job, Loaded, Scores, infer
 from serving.inputs import parse_inputs
@@ -117,7 +118,8 @@ class ModelServer:
         with torch.no_grad():  # warm-up, so the first real request does not pay for it
             for net in answerer.networks():
                 net(torch.zeros(1, spec.channels, spec.height, spec.width, device=self.device))
-        return Loaded(version=version.number, answerer=answerer, spec=spec, device=str(self.device))
+        return Loaded(version=version.number, answerer=answerer, spec=spec, device=str(self.device),
+                      rules=model.readiness, readiness=assess_sites(answerer.calibration, model.readiness))
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -144,9 +146,9 @@ class ModelServer:
         job = Job(loaded, inputs, site)
         scores = await self._batched(job) if self.cfg.batch_max_requests > 1 else infer([job])[0]
         probs = scores.probabilities
+        answer: dict = {"model": name, "version": loaded.version, **self._validation(loaded, site or scores.bn_site)}
         self._record(name, x, loaded.version)
-        answer: dict = {"model": name, "version": loaded.version, "probabilities": probs.round(6).tolist(),
-                        "labels": probs.argmax(axis=1).tolist()}
+        answer.update({"probabilities": probs.round(6).tolist(), "labels": probs.argmax(axis=1).tolist()})
         if scores.bn_site is not None:  # which site's BatchNorm answered, and whether MAP routing chose it
             answer["normalisation"] = {"site": scores.bn_site, "routed": scores.routed}
         answer["calibration"] = {"site": scores.temperature_site, "temperature": round(scores.temperature, 6)}
@@ -155,6 +157,19 @@ class ModelServer:
             answer["threshold"] = threshold
             answer["decisions"] = (probs[:, 1] >= threshold).astype(int).tolist()
         return JSONResponse(answer, headers={"X-Model-Version": str(loaded.version)})
+
+    @staticmethod
+    def _validation(loaded: Loaded, site: str | None) -> dict:
+        """Whether the version is validated at the site the request names (or, naming none, was routed to);
+        under the `refuse` policy a site that is not is answered 409 with the reasons."""
+        if site is None:
+            return {}
+        ready = loaded.readiness_of(site)
+        if not ready.validated and loaded.rules.policy == "refuse":
+            raise SiteNotValidated(f"model version {loaded.version} is not validated at site {site!r}: "
+                                   + "; ".join(ready.reasons))
+        answer = {"site": site, "validated": ready.validated}
+        return {**answer, "not_validated": ready.reasons} if ready.reasons else answer
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _batched(self, jobs: list[Job]) -> list[Scores]:

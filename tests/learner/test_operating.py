@@ -1,4 +1,5 @@
-"""Operating points on a hand-counted case; the threshold for a target sensitivity is the most specific one."""
+"""Operating points on a hand-counted case; the threshold for a target sensitivity is the most specific one, the
+expected-cost threshold the cheapest at a prevalence."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from learner.errors import DataError
-from learner.operating import operating_point, threshold_for_sensitivity
+from learner.operating import Costs, expected_cost, operating_point, threshold_for_cost, threshold_for_sensitivity
 
 SCORES = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1, 0.05])
 LABELS = np.array([1, 1, 0, 1, 0, 1, 0, 0, 0, 0])  # 4 positives among 10
@@ -40,3 +41,37 @@ def test_bad_inputs_are_refused() -> None:
         threshold_for_sensitivity(SCORES, np.zeros(10), 0.9)
     with pytest.raises(DataError, match="one score per label"):
         operating_point(SCORES[:3], LABELS, 0.5)
+
+
+def test_expected_cost_on_the_hand_case() -> None:
+    costs = Costs(false_positive=1.0, false_negative=10.0)
+    # t=0.6: 2 of 6 negatives flagged, 1 of 4 positives missed, at the held-out prevalence 0.4
+    point = operating_point(SCORES, LABELS, 0.6)
+    assert expected_cost(point, costs) == pytest.approx(1 * 2 / 6 * 0.6 + 10 * 0.25 * 0.4)
+    # the same threshold priced at another prevalence: sensitivity and specificity carry over
+    assert expected_cost(point, costs, 0.1) == pytest.approx(2 / 6 * 0.9 + 2.5 * 0.1)
+
+
+@pytest.mark.parametrize(("fp", "fn", "prevalence", "expected"), [
+    (1.0, 10.0, None, 0.4),  # a miss costs 10 false alarms: flag down to the last positive (cost 0.2)
+    (1.0, 1.0, None, 0.9),  # 0.4, 0.7 and 0.9 all cost 0.2: the highest (fewest flagged) wins the tie
+    (10.0, 1.0, None, 0.9),  # false alarms dear: only flag what no negative reaches
+])
+def test_threshold_for_cost_is_the_cheapest(fp: float, fn: float, prevalence: float | None, expected: float) -> None:
+    costs = Costs(false_positive=fp, false_negative=fn)
+    t = threshold_for_cost(SCORES, LABELS, costs, prevalence)
+    assert t == expected
+    best = expected_cost(operating_point(SCORES, LABELS, t), costs, prevalence)
+    assert all(best <= expected_cost(operating_point(SCORES, LABELS, s), costs, prevalence) + 1e-12 for s in SCORES)
+
+
+def test_where_nobody_is_ill_the_cheapest_rule_flags_nobody() -> None:
+    t = threshold_for_cost(SCORES, LABELS, Costs(false_positive=1.0, false_negative=10.0), prevalence=0.0)
+    assert operating_point(SCORES, LABELS, t).flagged == 0.0 and t <= 1.0
+
+
+def test_costs_and_one_class_labels_are_refused() -> None:
+    with pytest.raises(DataError, match="costs"):
+        Costs(false_positive=-1.0, false_negative=1.0)
+    with pytest.raises(DataError, match="positive and negative"):
+        threshold_for_cost(SCORES, np.ones(10), Costs(false_positive=1.0, false_negative=1.0))

@@ -7,7 +7,9 @@ import pytest
 
 from learner.errors import DataError
 from learner.streams import (
+    BINARY_PREVALENCE,
     SITE_NAMES,
+    binary_sites,
     digits_sites,
     permuted_pixels_stream,
     shift,
@@ -79,3 +81,16 @@ def test_permuted_stream_permutes_pixels() -> None:
 def test_to_uint8_rounds_and_clips() -> None:
     out = to_uint8(np.array([0.0, 0.5, 1.0, 1.2, -0.1]))
     assert out.dtype == np.uint8 and out.tolist() == [0, 128, 255, 255, 0]
+
+
+def test_binary_sites_reach_each_site_prevalence() -> None:
+    sites = binary_sites(seed=1)
+    assert [s.name for s in sites] == list(BINARY_PREVALENCE)
+    for site in sites:
+        assert set(np.unique(site.y)) == {0, 1}
+        assert abs(site.y.mean() - BINARY_PREVALENCE[site.name]) <= 1 / len(site.y)
+        assert len(site.y) >= 150  # the scarcer class is kept whole
+    again = binary_sites(seed=1)
+    assert all(np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y) for a, b in zip(sites, again, strict=True))
+    with pytest.raises(DataError, match="prevalence"):
+        binary_sites(prevalences={"base": 1.0})

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from registry.artifacts import ArtifactStore
 from registry.errors import Conflict, LeaseLost, NotFound
 from registry.events import EventLog
 from registry.leases import Lease
 from registry.promotion import promote
-from registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
+from registry.records import Calibration, InputSpec, Lineage, Model, ModelVersion, SiteCalibration, VersionStatus
 from registry.store import RedisRegistry
 
 
@@ -60,3 +61,31 @@ def test_a_lost_lease_writes_nothing(two: RedisRegistry) -> None:
     with pytest.raises(LeaseLost):
         promote(two, EventLog(two), "m", 1, who="daemon", reason="gate", fence=fence)
     assert two.resolve("m") is None and moves(two) == []
+
+
+def _fit(low: float) -> SiteCalibration:
+    return SiteCalibration(temperature=1.0, samples=100, ece=0.1, ece_calibrated=0.04, nll=0.3, nll_calibrated=0.3,
+                           accuracy=low + 0.05, accuracy_interval=(low, low + 0.1))
+
+
+def test_a_move_that_changes_a_site_readiness_raises_its_alert(registry: RedisRegistry, tmp_path) -> None:  # noqa: ANN001
+    store = ArtifactStore(str(tmp_path))
+    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+                                input=InputSpec(channels=1, height=8, width=8, classes=3)))
+    for sites in ({"a": 0.9, "b": 0.6}, {"a": 0.9, "b": 0.85, "c": 0.5}):
+        cal = Calibration(model="m", sites={s: _fit(low) for s, low in sites.items()}, pooled=_fit(0.9))
+        stored = {"calibration": store.put(cal.model_dump_json().encode())}
+        v = registry.register_version(ModelVersion(model="m", number=1, lineage=Lineage(sites=list(sites)),
+                                                   artifacts=stored))
+        registry.set_status("m", v.number, VersionStatus.BLESSED)
+    events = EventLog(registry)
+
+    def readiness() -> list[tuple[str, bool, bool | None]]:
+        found = [e for e in events.read("m") if e.kind == "site.readiness"]
+        return sorted((e.data["site"], e.data["validated"], e.data["was"]) for e in found)
+
+    promote(registry, events, "m", 1, who="ops", reason="first", artifacts=store)
+    assert readiness() == [("a", True, None), ("b", False, None)]  # first served: each site's state is news
+    promote(registry, events, "m", 2, who="ops", reason="better at b", artifacts=store)
+    assert readiness()[2:] == [("b", True, False), ("c", False, None)]  # a unchanged: no alert
+    assert {e.kind for e in events.alerts()} >= {"site.readiness"}

@@ -158,6 +158,14 @@ def test_operating_points_and_site_thresholds(stack: Stack, client: Client, toke
     assert (point["sensitivity"], point["specificity"], point["ppv"], point["npv"]) == \
         pytest.approx((3 / 4, 4 / 6, 3 / 5, 4 / 5))
     assert client.get("/v1/sites/gw-site/operating-point", model="bin", sensitivity=1.0)["threshold"] == 0.4
+    priced = client.get("/v1/sites/gw-site/operating-point", model="bin", cost_fp=1, cost_fn=10)
+    assert (priced["threshold"], priced["priced_at_prevalence"]) == (0.4, 0.4)  # a miss costs 10 false alarms
+    assert (priced["expected_cost"], priced["expected_cost_at_half"]) == pytest.approx((0.2, 1.2))
+    rare = client.get("/v1/sites/gw-site/operating-point", model="bin", cost_fp=1, cost_fn=10, prevalence=0.01)
+    assert rare["threshold"] > 0.4 and rare["expected_cost"] < rare["expected_cost_at_half"] + 1e-12
+    with pytest.raises(ApiError) as err:
+        client.get("/v1/sites/gw-site/operating-point", model="bin", cost_fp=1)
+    assert err.value.status == 400 and "cost_fn" in err.value.detail
     with pytest.raises(ApiError) as err:  # no threshold given and none set for the site
         client.get("/v1/sites/gw-site/operating-point", model="bin")
     assert err.value.status == 400 and "threshold" in err.value.detail
@@ -171,6 +179,10 @@ def test_operating_points_and_site_thresholds(stack: Stack, client: Client, toke
     assert json.loads(out.output)["threshold"] == 0.7
     assert next(s for s in client.get("/v1/sites") if s["name"] == "gw-site")["threshold"] == 0.7
     assert client.get("/v1/sites/gw-site/operating-point", model="bin")["sensitivity"] == 0.75  # the site's own
+    out = CliRunner().invoke(app, ["sites", "threshold", "gw-site", "--model", "bin", "--cost-fp", "1", "--cost-fn",
+                                   "10", "--json"], env=env)
+    assert out.exit_code == 0, out.output
+    assert (json.loads(out.output)["threshold"], json.loads(out.output)["expected_cost"]) == (0.4, pytest.approx(0.2))
     for model, status in (("tri", 422), ("nobody-serves-this", 404)):
         if model == "tri":
             _serve_version(stack, "tri", 3, binary_scores=False)

@@ -1,0 +1,34 @@
+"""Accuracy without labels: what calibrated probabilities say a model's accuracy is on unlabelled traffic.
+
+With calibrated probabilities, the chance that an answer is right is the probability of the class it
+names, so the mean of those is an unbiased estimate of accuracy on the same traffic (NannyML's CBPE).
+It holds only while calibration holds: under a shift the estimate says how sure the model is, not how
+right, which is why it is compared with the labelled accuracy whenever labels arrive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from learner.errors import DataError
+
+
+def expected_accuracy(proba: np.ndarray, threshold: float | None = None) -> float:
+    """Mean probability that each answer is right: of the argmax class, or for a binary model with a decision
+    threshold, of the side of the threshold the positive score falls on."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or len(proba) == 0 or proba.shape[1] < 2:
+        raise DataError(f"need class probabilities [N, C>=2] with N >= 1, got shape {proba.shape}")
+    if threshold is None:
+        return float(proba.max(axis=1).mean())
+    if proba.shape[1] != 2:
+        raise DataError("a decision threshold applies to binary models only")
+    positive = proba[:, 1]
+    return float(np.where(positive >= threshold, positive, 1.0 - positive).mean())
+
+
+def correct_share(proba: np.ndarray, y: np.ndarray, threshold: float | None = None) -> float:
+    """The realised accuracy of the same decision rule, for comparison when labels are known."""
+    proba, y = np.asarray(proba, dtype=np.float64), np.asarray(y)
+    pred = proba.argmax(axis=1) if threshold is None else (proba[:, 1] >= threshold).astype(int)
+    return float((pred == y).mean())

@@ -1,0 +1,128 @@
+"""A site's validation report under a model's production version, as JSON or as one HTML page.
+
+No `from __future__ import annotations` here: FastAPI must see the real dependency types of the routes.
+
+What ops need to decide whether a model may be used at a site: what the site pushed, its latest drift
+check, held-out accuracy and per-class sensitivity with 95% intervals, calibration before and after
+(reliability diagram), the readiness verdict with its reasons and, for binary models, what the site's
+threshold means at its own prevalence and at others (PPV and NPV move with prevalence, sensitivity does not).
+"""
+
+import html
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends
+from starlette.responses import HTMLResponse
+
+from learner.operating import operating_point
+from registry.artifacts import ArtifactStore, version_calibration
+from registry.readiness import assess
+from registry.records import Name, SiteCalibration
+from registry.store import RedisRegistry
+from serving.errors import NotReady
+
+PREVALENCES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def ppv_npv(sensitivity: float, specificity: float, prevalence: float) -> tuple[float | None, float | None]:
+    """PPV and NPV of a rule at a prevalence, by Bayes' rule from its sensitivity and specificity."""
+    flagged = sensitivity * prevalence + (1 - specificity) * (1 - prevalence)
+    cleared = (1 - sensitivity) * prevalence + specificity * (1 - prevalence)
+    ppv = sensitivity * prevalence / flagged if flagged else None
+    npv = specificity * (1 - prevalence) / cleared if cleared else None
+    return ppv, npv
+
+
+def _binary(fit: SiteCalibration, threshold: float | None, site_prevalence: float | None) -> dict[str, Any]:
+    """The site's threshold (0.5 when it has none) on its held-out scores, and PPV/NPV across prevalences."""
+    if fit.scores is None or fit.labels is None:
+        return {}
+    used = 0.5 if threshold is None else threshold
+    point = operating_point(np.array(fit.scores), np.array(fit.labels), used)
+    curve = []
+    if point.sensitivity is not None and point.specificity is not None:
+        for p in sorted({*PREVALENCES, *([site_prevalence] if site_prevalence else [])}):
+            ppv, npv = ppv_npv(point.sensitivity, point.specificity, p)
+            curve.append({"prevalence": p, "ppv": ppv, "npv": npv})
+    return {"threshold": {"value": used, "site_threshold": threshold, **point.as_dict()}, "ppv_npv_curve": curve}
+
+
+def report(reg: RedisRegistry, artifacts: ArtifactStore, model: str, site: str) -> dict[str, Any]:
+    """The validation report of `site` under `model`'s production version."""
+    record, rules = reg.get_site(site), reg.get_model(model).readiness
+    version = reg.version_by_alias(model)
+    if version is None:
+        raise NotReady(f"model {model!r} has no production version")
+    calibration = version_calibration(artifacts, version)
+    ready = assess(site, calibration, rules)
+    counts = reg.site_counts(model, [site]).get(site)
+    drift = [r for r in reg.reports.drift(model, limit=200) if r.site == site]
+    fit = calibration.sites.get(site) if calibration else None
+    out: dict[str, Any] = {
+        "model": model, "version": version.number, "site": site, "validated": ready.validated,
+        "reasons": ready.reasons, "rules": rules.model_dump(),
+        "data": {**counts.model_dump(), "prevalence": counts.prevalence} if counts else None,
+        "drift": {"report": drift[-1].id, "drift": drift[-1].drift, "drifted_share": drift[-1].drifted_share,
+                  "reference_version": drift[-1].reference_version, "at": drift[-1].created_at} if drift else None,
+        "heldout": fit.model_dump(exclude={"scores", "labels"}) if fit else None,
+    }
+    if fit is not None:
+        prevalence = counts.prevalence[1] if counts and len(counts.prevalence) == 2 else None
+        out.update(_binary(fit, record.threshold, prevalence))
+    return out
+
+
+def _rows(pairs: list[tuple[str, Any]]) -> str:
+    return "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in pairs)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else "-" if v is None else str(v)
+
+
+def render_html(r: dict[str, Any]) -> str:
+    """The report as one self-contained page (no script, no external asset)."""
+    held = r["heldout"] or {}
+    verdict = "validated" if r["validated"] else "NOT validated: " + "; ".join(r["reasons"])
+    parts = [f"<h1>{html.escape(r['site'])} under {html.escape(r['model'])} v{r['version']}</h1>",
+             f"<p><b>{html.escape(verdict)}</b> (rules: {html.escape(str(r['rules']))})</p>",
+             "<h2>Held-out figures</h2><table>" + _rows([
+                 ("samples", held.get("samples")), ("accuracy", _fmt(held.get("accuracy"))),
+                 ("95% interval", held.get("accuracy_interval")), ("temperature", _fmt(held.get("temperature"))),
+                 ("ECE before / after", f"{_fmt(held.get('ece'))} / {_fmt(held.get('ece_calibrated'))}")]) + "</table>"]
+    if held.get("sensitivity"):
+        parts.append("<h2>Sensitivity per class</h2>" + _table(
+            ["class", "found", "95% low", "95% high"], [[k, *v] for k, v in held["sensitivity"].items()]))
+    for name in ("reliability_before", "reliability_after"):
+        if held.get(name):
+            parts.append(f"<h2>Reliability, {name.split('_')[1]} calibration</h2>"
+                         + _table(["mean confidence", "accuracy", "samples"], held[name]))
+    if r.get("ppv_npv_curve"):
+        parts.append(f"<h2>Threshold {r['threshold']['value']:g}: PPV and NPV by prevalence</h2>"
+                     + _table(["prevalence", "PPV", "NPV"], [[c["prevalence"], c["ppv"], c["npv"]]
+                                                              for c in r["ppv_npv_curve"]]))
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>clreg site validation</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}</style>"
+            "</head><body>" + "".join(parts) + "</body></html>")
+
+
+def router(reg: RedisRegistry, artifacts: ArtifactStore, reader: Callable[..., str]) -> APIRouter:
+    api = APIRouter()
+    Reader = Annotated[str, Depends(reader)]  # noqa: N806
+
+    @api.get("/v1/sites/{site}/validation", response_model=None)
+    def site_validation(site: Name, model: Name, _: Reader,
+                        format: Literal["json", "html"] = "json") -> dict | HTMLResponse:  # noqa: A002
+        """Whether the production version is fit for use at the site, and the figures that say so."""
+        out = report(reg, artifacts, model, site)
+        return HTMLResponse(render_html(out)) if format == "html" else out
+
+    return api
