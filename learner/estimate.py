@@ -13,18 +13,23 @@ import numpy as np
 from learner.errors import DataError
 
 
-def expected_accuracy(proba: np.ndarray, threshold: float | None = None) -> float:
-    """Mean probability that each answer is right: of the argmax class, or for a binary model with a decision
+def expected_correct(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Each answer's probability of being right: of the argmax class, or for a binary model with a decision
     threshold, of the side of the threshold the positive score falls on."""
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or len(proba) == 0 or proba.shape[1] < 2:
         raise DataError(f"need class probabilities [N, C>=2] with N >= 1, got shape {proba.shape}")
     if threshold is None:
-        return float(proba.max(axis=1).mean())
+        return proba.max(axis=1)
     if proba.shape[1] != 2:
         raise DataError("a decision threshold applies to binary models only")
     positive = proba[:, 1]
-    return float(np.where(positive >= threshold, positive, 1.0 - positive).mean())
+    return np.where(positive >= threshold, positive, 1.0 - positive)
+
+
+def expected_accuracy(proba: np.ndarray, threshold: float | None = None) -> float:
+    """The estimated accuracy: the mean of `expected_correct`."""
+    return float(expected_correct(proba, threshold).mean())
 
 
 def correct_share(proba: np.ndarray, y: np.ndarray, threshold: float | None = None) -> float:

@@ -2,6 +2,8 @@
 
     {p}:inputs:{m}        stream  one image per entry: {"x": raw float32 bytes, "shape": "C,H,W", "version": n}
     {p}:inputs:{m}:seen   string  digest of the last window the watch checked (so an idle model is not re-checked)
+    {p}:inputs:{m}:sites  set     sites whose answers' confidences are kept
+    {p}:inputs:{m}:confidence:{s}  list  the calibrated probability that each recent answer at site s is right
 
 Images are stored as raw little-endian float32 bytes plus their shape, never pickled, and read back with
 np.frombuffer. The stream is trimmed to about `cap` entries on every write (Redis' approximate MAXLEN).
@@ -70,6 +72,32 @@ class InputLog:
             pipe.xadd(key, fields, maxlen=self.cfg.cap, approximate=True)
         pipe.execute()
         return len(images)
+
+    @translated
+    def record_confidence(self, model: str, site: str, confidence: np.ndarray) -> None:
+        """Keep the newest `cap` answers' probabilities of being right at a site (the label-free estimate's input)."""
+        if len(confidence) == 0:
+            return
+        key = self._key(model, "confidence", check_name(site))
+        pipe = self._r.pipeline(transaction=False)
+        pipe.rpush(key, *(f"{float(c):.6f}" for c in confidence))
+        pipe.ltrim(key, -self.cfg.cap, -1)
+        pipe.sadd(self._key(model, "sites"), site)
+        pipe.execute()
+
+    @translated
+    def estimates(self, model: str) -> dict[str, tuple[float, int]]:
+        """Per site: the mean probability that its recent answers are right (estimated accuracy), and how many."""
+        sites = sorted(s.decode() for s in self._r.smembers(self._key(model, "sites")))
+        pipe = self._r.pipeline(transaction=False)
+        for site in sites:
+            pipe.lrange(self._key(model, "confidence", site), 0, -1)
+        out = {}
+        for site, raw in zip(sites, pipe.execute(), strict=True):
+            values = np.array([float(v) for v in raw])
+            if len(values):
+                out[site] = (float(values.mean()), len(values))
+        return out
 
     @translated
     def recent(self, model: str, n: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from registry.artifacts import ArtifactStore, version_calibration
 from registry.batches import token_sha256
 from registry.errors import NotFound, RegistryError
 from registry.events import EventLog, IngestQueue
+from registry.inputs import InputLog
 from registry.readiness import assess
 from registry.records import (
     NAME_PATTERN,
@@ -120,7 +121,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     artifacts = ArtifactStore(cfg.artifacts_url)
     events, queue = EventLog(reg), IngestQueue(reg)
     queue.ensure_group()
-    metric_registry, batch_counter = metrics.build(reg, cfg.stuck)
+    metric_registry, batch_counter = metrics.build(reg, cfg.stuck, InputLog(cfg.store, cfg.inputs), artifacts)
     pushes = Ingest(cfg, reg, artifacts, events, queue)
     tokens = Tokens(cfg.admin_token_sha256, cfg.ops_token_sha256)
 

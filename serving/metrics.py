@@ -17,8 +17,10 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from registry.artifacts import ArtifactStore, version_calibration
 from registry.errors import StoreUnavailable
 from registry.events import EventLog
+from registry.inputs import InputLog
 from registry.records import Event
 from registry.status import PipelineStatus, StuckRule, pipeline_status
 from registry.store import RedisRegistry
@@ -30,17 +32,19 @@ log = logging.getLogger(__name__)
 class RegistryCollector(Collector):
     """Models (production, versions, drift, gate failures, last promotion), the pipeline, alerts, webhooks."""
 
-    def __init__(self, registry: RedisRegistry, stuck: StuckRule) -> None:
+    def __init__(self, registry: RedisRegistry, stuck: StuckRule, inputs: InputLog, artifacts: ArtifactStore) -> None:
         self._reg = registry
         self._stuck = stuck
+        self._inputs = inputs
+        self._artifacts = artifacts
         self._events = EventLog(registry)
         self._webhooks_store = WebhookStore(registry)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("clreg_redis_up", "1 when the gateway could read Redis at this scrape, else 0")
         try:  # read everything first: a scrape reports all of it or, with Redis away, only that
-            found = [*self._models(), *_pipeline(pipeline_status(self._reg, self._stuck)), *self._alerts(),
-                     *self._webhooks()]
+            found = [*self._models(), *self._sites(), *_pipeline(pipeline_status(self._reg, self._stuck)),
+                     *self._alerts(), *self._webhooks()]
         except StoreUnavailable as e:
             log.warning("metrics: Redis unreadable: %s", e)
             up.add_metric([], 0.0)
@@ -78,6 +82,27 @@ class RegistryCollector(Collector):
             if history:
                 promoted.add_metric([model], history[-1].at)
         return [production, versions, drift, drifted, failures, promoted]
+
+    def _sites(self) -> list[Metric]:
+        """Per model and site: accuracy estimated from served answers' calibrated confidences (no labels needed)
+        beside the production version's held-out accuracy there; a gap says the site is served worse than
+        validated (or, under a shift that fools the model's confidence, nothing: see the drift checks)."""
+        estimated = GaugeMetricFamily("clreg_site_estimated_accuracy", "Mean calibrated probability that recent "
+                                      "answers at a site are right", labels=["model", "site"])
+        answers = GaugeMetricFamily("clreg_site_estimate_answers", "Recent answers the estimate rests on",
+                                    labels=["model", "site"])
+        heldout = GaugeMetricFamily("clreg_site_heldout_accuracy", "Production version's held-out accuracy at a site",
+                                    labels=["model", "site"])
+        for model in self._reg.list_models():
+            for site, (mean, n) in self._inputs.estimates(model).items():
+                estimated.add_metric([model, site], mean)
+                answers.add_metric([model, site], n)
+            version = self._reg.version_by_alias(model)
+            calibration = version_calibration(self._artifacts, version) if version else None
+            for site, figures in (calibration.sites.items() if calibration else ()):
+                if figures.accuracy is not None:
+                    heldout.add_metric([model, site], figures.accuracy)
+        return [estimated, answers, heldout]
 
     def _alerts(self) -> list[Metric]:
         found = self._events.alerts(count=100_000)
@@ -134,9 +159,10 @@ def _alerts_by_kind(alerts: list[Event]) -> CounterMetricFamily:
     return family
 
 
-def build(registry: RedisRegistry, stuck: StuckRule) -> tuple[CollectorRegistry, Counter]:
+def build(registry: RedisRegistry, stuck: StuckRule, inputs: InputLog,
+          artifacts: ArtifactStore) -> tuple[CollectorRegistry, Counter]:
     """A private metrics registry with the collector and the gateway's own request counter."""
     metrics = CollectorRegistry()
-    metrics.register(RegistryCollector(registry, stuck))
+    metrics.register(RegistryCollector(registry, stuck, inputs, artifacts))
     batches = Counter("clreg_batches", "Batches pushed, by outcome", ["outcome"], registry=metrics)
     return metrics, batches

@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 
 from learner.answer import Answerer
 from learner.errors import LearnerError
+from learner.estimate import expected_correct
 from learner.models import check_factory, load_weights, network_for, to_tensor
 from learner.sitebn import bank_from_bytes
 from registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
@@ -145,15 +146,15 @@ class ModelServer:
         inputs = to_tensor(x)
         job = Job(loaded, inputs, site)
         scores = await self._batched(job) if self.cfg.batch_max_requests > 1 else infer([job])[0]
-        probs = scores.probabilities
-        answer: dict = {"model": name, "version": loaded.version, **self._validation(loaded, site or scores.bn_site)}
-        self._record(name, x, loaded.version)
+        probs, answered_site = scores.probabilities, site or scores.bn_site
+        answer: dict = {"model": name, "version": loaded.version, **self._validation(loaded, answered_site)}
+        threshold = self.thresholds.get(site) if site and loaded.spec.classes == 2 else None
+        self._record(name, x, loaded.version, answered_site, expected_correct(probs, threshold))
         answer.update({"probabilities": probs.round(6).tolist(), "labels": probs.argmax(axis=1).tolist()})
         if scores.bn_site is not None:  # which site's BatchNorm answered, and whether MAP routing chose it
             answer["normalisation"] = {"site": scores.bn_site, "routed": scores.routed}
         answer["calibration"] = {"site": scores.temperature_site, "temperature": round(scores.temperature, 6)}
-        threshold = self.thresholds.get(site) if site else None
-        if threshold is not None and loaded.spec.classes == 2:
+        if threshold is not None:
             answer["threshold"] = threshold
             answer["decisions"] = (probs[:, 1] >= threshold).astype(int).tolist()
         return JSONResponse(answer, headers={"X-Model-Version": str(loaded.version)})
@@ -176,18 +177,21 @@ class ModelServer:
         """Concurrent requests share forward passes (sizes set from the config in __init__)."""
         return infer(jobs)
 
-    def _record(self, name: str, x: np.ndarray, version: int) -> None:
-        """Queue a sample of the inputs for the drift watch; a failure is logged, never the request's."""
+    def _record(self, name: str, x: np.ndarray, version: int, site: str | None, correct: np.ndarray) -> None:
+        """Queue a sample of the inputs for the drift watch, and each answer's probability of being right at its
+        site for the label-free accuracy estimate; a failure is logged, never the request's."""
         sampled = self.inputs.sample(x)
-        if len(sampled):
-            try:
-                self._recorder.submit(self._write_inputs, name, sampled, version)
-            except RuntimeError as e:  # the executor is shut down while the replica stops
-                log.warning("prediction inputs of %s not recorded: %s", name, e)
-
-    def _write_inputs(self, name: str, x: np.ndarray, version: int) -> None:
         try:
-            self.inputs.record(name, x, version)
+            self._recorder.submit(self._write_inputs, name, sampled, version, site, correct)
+        except RuntimeError as e:  # the executor is shut down while the replica stops
+            log.warning("prediction inputs of %s not recorded: %s", name, e)
+
+    def _write_inputs(self, name: str, x: np.ndarray, version: int, site: str | None, correct: np.ndarray) -> None:
+        try:
+            if len(x):
+                self.inputs.record(name, x, version)
+            if site is not None:
+                self.inputs.record_confidence(name, site, correct)
         except (RegistryError, ValueError) as e:
             log.warning("prediction inputs of %s not recorded: %s", name, e)
 

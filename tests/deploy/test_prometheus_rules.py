@@ -16,6 +16,8 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
+from registry.artifacts import ArtifactStore
+from registry.inputs import InputLog, InputLogConfig
 from registry.status import StuckRule
 from registry.store import RedisRegistry
 from serving import metrics
@@ -48,8 +50,9 @@ def test_every_alert_has_a_unit_test() -> None:
     assert len(alerts) >= 9 and alerts == fired
 
 
-def test_rules_name_only_metrics_clreg_exports(registry: RedisRegistry) -> None:
-    collected, _ = metrics.build(registry, StuckRule())
+def test_rules_name_only_metrics_clreg_exports(registry: RedisRegistry, tmp_path: Path) -> None:
+    collected, _ = metrics.build(registry, StuckRule(), InputLog(registry.cfg, InputLogConfig()),
+                                 ArtifactStore(str(tmp_path)))
     text = generate_latest(collected).decode()
     exported = set(re.findall(r"^# TYPE (\w+) (\w+)", text, re.M))
     names = {name for name, _ in exported} | {f"{name}_total" for name, kind in exported if kind == "counter"}

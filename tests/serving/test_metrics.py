@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from registry.artifacts import ArtifactStore
 from registry.connection import StoreConfig
 from registry.events import EventLog
-from registry.records import Event, InputSpec, Lineage, Model, ModelVersion
+from registry.inputs import InputLog, InputLogConfig
+from registry.records import Calibration, Event, InputSpec, Lineage, Model, ModelVersion, SiteCalibration
 from registry.status import StuckRule
 from registry.store import RedisRegistry
 from registry.webhooks import Delivery, DeliveryStatus, WebhookStore, new_subscription
 from serving import metrics
 from serving.metrics import gate_failures_in_a_row
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-def samples(registry: RedisRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    collected, _ = metrics.build(registry, StuckRule())
+
+def samples(registry: RedisRegistry, artifacts: ArtifactStore) -> Samples:
+    collected, _ = metrics.build(registry, StuckRule(), InputLog(registry.cfg, InputLogConfig()),
+                                 artifacts)
     text = generate_latest(collected).decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def test_alert_rule_inputs_are_exported(registry: RedisRegistry) -> None:
+def test_alert_rule_inputs_are_exported(registry: RedisRegistry, tmp_path: Path) -> None:
     registry.create_model(Model(name="cnn", factory="learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=8, width=8, classes=3)))
     events = EventLog(registry)
@@ -37,7 +45,7 @@ def test_alert_rule_inputs_are_exported(registry: RedisRegistry) -> None:
     store.fan_out("cnn", event.id, [Delivery(id="d1", subscription=sub.id, url=sub.url, event=event),
                                     Delivery(id="d2", subscription=sub.id, url=sub.url, event=event)])
     store.save(Delivery(id="d1", subscription=sub.id, url=sub.url, event=event, status=DeliveryStatus.FAILED), None)
-    found = samples(registry)
+    found = samples(registry, ArtifactStore(str(tmp_path)))
     assert found[("clreg_redis_up", ())] == 1.0
     assert found[("clreg_gate_failures_in_a_row", (("model", "cnn"),))] == 2.0
     assert found[("clreg_last_promotion_timestamp_seconds", (("model", "cnn"),))] == change.at
@@ -46,6 +54,28 @@ def test_alert_rule_inputs_are_exported(registry: RedisRegistry) -> None:
     assert found[("clreg_webhook_deliveries_total", (("outcome", "delivered"),))] == 0.0
     assert found[("clreg_webhook_deliveries_pending", ())] == 1.0
     assert found[("clreg_alert_events_total", (("kind", "gate.failed"), ("model", "cnn"), ("site", "")))] == 3.0
+
+
+def test_site_accuracy_is_estimated_from_served_answers_beside_its_validation(registry: RedisRegistry,
+                                                                             tmp_path: Path) -> None:
+    store = ArtifactStore(str(tmp_path))
+    registry.create_model(Model(name="cnn", factory="learner.models:small_cnn",
+                                input=InputSpec(channels=1, height=8, width=8, classes=3)))
+    fit = SiteCalibration(temperature=1.0, samples=80, ece=0.1, ece_calibrated=0.05, nll=0.3, nll_calibrated=0.3,
+                          accuracy=0.9, accuracy_interval=(0.83, 0.96))
+    cal = Calibration(model="cnn", sites={"a": fit}, pooled=fit)
+    version = registry.register_version(ModelVersion(model="cnn", number=1, lineage=Lineage(sites=["a"]), artifacts={
+        "calibration": store.put(cal.model_dump_json().encode())}))
+    registry.promote("cnn", version.number, who="test", reason="first")
+    inputs = InputLog(registry.cfg, InputLogConfig(cap=10))
+    inputs.record_confidence("cnn", "a", np.array([0.9, 0.7]))
+    inputs.record_confidence("cnn", "b", np.full(14, 0.5))  # a site the version never learnt: no validation
+    found = samples(registry, store)
+    assert found[("clreg_site_estimated_accuracy", (("model", "cnn"), ("site", "a")))] == 0.8
+    assert found[("clreg_site_estimate_answers", (("model", "cnn"), ("site", "a")))] == 2
+    assert found[("clreg_site_estimate_answers", (("model", "cnn"), ("site", "b")))] == 10  # capped to the newest
+    assert found[("clreg_site_heldout_accuracy", (("model", "cnn"), ("site", "a")))] == 0.9
+    assert ("clreg_site_heldout_accuracy", (("model", "cnn"), ("site", "b"))) not in found
 
 
 def test_gate_failures_count_back_to_the_last_pass() -> None:
@@ -59,7 +89,7 @@ def test_gate_failures_count_back_to_the_last_pass() -> None:
     assert gate_failures_in_a_row(kinds("gate.failed", "gate.failed", "gate.failed")) == 3
 
 
-def test_redis_away_is_a_metric_not_a_failed_scrape() -> None:
+def test_redis_away_is_a_metric_not_a_failed_scrape(tmp_path: Path) -> None:
     away = RedisRegistry(StoreConfig(url="redis://127.0.0.1:1/0", socket_timeout_s=0.2))
-    found = samples(away)
+    found = samples(away, ArtifactStore(str(tmp_path)))
     assert found == {("clreg_redis_up", ()): 0.0}
