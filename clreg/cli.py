@@ -199,6 +199,8 @@ def _wait_with_progress(client: Client, batch_id: str) -> dict:
             if found:
                 progress.update(task, description=f"training {found['site']}", completed=int(found["epoch"]),
                                 total=int(found["total"]))
+            elif state["status"] == "promoted" and not state.get("served"):
+                progress.update(task, description="promoted; waiting for every replica to serve it")
             else:
                 progress.update(task, description=state["status"].replace("_", " "))
 

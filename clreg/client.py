@@ -88,15 +88,17 @@ class Client:
                           headers={"Content-Type": content_type}).json()
 
     def wait_batch(self, batch_id: str, timeout_s: float = 300.0,
-                   on_state: Callable[[dict], None] | None = None) -> dict:
-        """Poll a batch until it reaches a final state (promoted, rejected, failed) or the time is up;
-        on_state sees every state polled (the CLI draws its progress bar from them)."""
+                   on_state: Callable[[dict], None] | None = None, served: bool = True) -> dict:
+        """Poll a batch until it reaches a final state (rejected, failed, or promoted and, with `served`, answered
+        by every live replica) or the time is up; on_state sees every state polled (the CLI's progress bar)."""
         deadline = time.monotonic() + timeout_s
         while True:
             state = self.get(f"/v1/batches/{batch_id}")
             if on_state is not None:
                 on_state(state)
-            if state["status"] in FINAL_STATES or time.monotonic() > deadline:
+            done = state["status"] in FINAL_STATES and (state["status"] != "promoted" or not served
+                                                        or state.get("served"))
+            if done or time.monotonic() > deadline:
                 return state
             time.sleep(0.2)
 

@@ -21,6 +21,7 @@ class ServingConfig(BaseModel):
     # Serve's default of 5 collapses throughput beyond 5 clients per replica (measured): keep it high.
     max_ongoing_requests: int = Field(default=64, ge=1)
     poll_interval_s: float = Field(default=0.1, gt=0)
+    beat_interval_s: float = Field(default=1.0, gt=0)  # replicas say what they serve (a batch is then "served")
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_samples: int = Field(default=10_000, ge=1)
     max_unzipped_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # a DICOM zip, inflated

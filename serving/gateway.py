@@ -31,6 +31,7 @@ from registry.readiness import assess
 from registry.records import (
     NAME_PATTERN,
     BatchId,
+    BatchStatus,
     InputSpec,
     Model,
     ModelVersion,
@@ -40,6 +41,7 @@ from registry.records import (
     SiteCalibration,
     VersionStatus,
 )
+from registry.replicas import Replicas
 from registry.status import pipeline_status
 from registry.store import RedisRegistry
 from registry.webhooks import WebhookStore
@@ -113,6 +115,12 @@ def _site_calibration(artifacts: ArtifactStore, version: ModelVersion, site: str
     return cal
 
 
+def _served(replicas: Replicas, model: str, version: int | None) -> dict:
+    """Whether every live replica answers with `version` (after "promoted", the swap may still be under way)."""
+    serving, live = replicas.serving(model, version) if version is not None else (0, 0)
+    return {"served": live > 0 and serving == live, "replicas": {"live": live, "serving": serving}}
+
+
 def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a small closure over the app's state)
     """The gateway's routes over one registry connection."""
     app = FastAPI(title="clreg", version="0.1.0", description="Continual-learning model registry")
@@ -124,6 +132,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     metric_registry, batch_counter = metrics.build(reg, cfg.stuck, InputLog(cfg.store, cfg.inputs), artifacts)
     pushes = Ingest(cfg, reg, artifacts, events, queue)
     tokens = Tokens(cfg.admin_token_sha256, cfg.ops_token_sha256)
+    replicas = Replicas(reg, cfg.beat_interval_s)
 
     def admin(authorization: Annotated[str | None, Header()] = None) -> str:
         return tokens.require_admin(authorization)
@@ -166,8 +175,9 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         if role is None and not matches(bearer(authorization), reg.get_site(batch.site).token_sha256):
             raise Forbidden("this batch can be read with the ops or admin token, or its site's token")
         state = reg.batch_state(batch_id)
+        served = _served(replicas, batch.model, state.version) if state.status is BatchStatus.PROMOTED else {}
         return {"batch_id": batch.id, "model": batch.model, "site": batch.site, "samples": batch.samples,
-                **state.model_dump()}
+                **state.model_dump(), **served}
 
     @app.get("/v1/models")
     def list_models(_: Reader) -> list[dict]:
@@ -201,7 +211,8 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         gate = reg.reports.get_gate(view.gate_report_id).model_dump() if view.gate_report_id else None
         calibration = version_calibration(artifacts, view.version)
         return {**view.model_dump(mode="json"), "gate_report": gate,
-                "calibration": calibration.model_dump() if calibration else None}
+                "calibration": calibration.model_dump() if calibration else None,
+                **_served(replicas, name, number)}
 
     @app.get("/v1/models/{name}/aliases")
     def aliases(name: Name, _: Reader) -> dict:

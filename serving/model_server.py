@@ -15,8 +15,11 @@ threshold applies to probabilities calibrated on that site's own held-out data. 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,6 +40,7 @@ from registry.events import EventLog
 from registry.inputs import InputLog
 from registry.readiness import assess_sites
 from registry.records import Model, ModelVersion, check_name
+from registry.replicas import Replicas
 from registry.store import RedisRegistry
 from serving.auth import Tokens
 from serving.config import ServingConfig
@@ -64,6 +68,9 @@ class ModelServer:
         self.tokens = Tokens(self.cfg.admin_token_sha256, self.cfg.ops_token_sha256)
         # One background writer: recording inputs never adds a Redis round trip to a request.
         self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clreg-inputs")
+        self.replicas = Replicas(self.registry, self.cfg.beat_interval_s)
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._beaten = 0.0
         self.loaded: dict[str, Loaded] = {}
         self.thresholds: dict[str, float] = {}
         self._failed: dict[str, int] = {}
@@ -72,26 +79,36 @@ class ModelServer:
         batched.set_max_batch_size(self.cfg.batch_max_requests)
         batched.set_batch_wait_timeout_s(self.cfg.batch_wait_s)
         self.sync()
+        self._beat()
         threading.Thread(target=self._watch, name="clreg-swap", daemon=True).start()
 
     def _watch(self) -> None:
         while not self._stop.wait(self.cfg.poll_interval_s):
             try:
-                self.sync()
+                swapped = self.sync()
+                if swapped or time.monotonic() - self._beaten >= self.cfg.beat_interval_s:
+                    self._beat()
             except RegistryError as e:  # Redis away: keep serving what is loaded
                 log.warning("registry poll failed: %s", e)
 
-    def sync(self) -> None:
-        """Load every model whose production alias moved since the last poll."""
+    def _beat(self) -> None:
+        """Say which version of each model this replica answers with (a swap beats at once)."""
+        self.replicas.beat(self.replica_id, {name: loaded.version for name, loaded in self.loaded.items()})
+        self._beaten = time.monotonic()
+
+    def sync(self) -> bool:
+        """Load every model whose production alias moved since the last poll; whether any version changed."""
+        swapped = False
         for name in self.registry.list_models():
             target = self.registry.resolve(name)
             current = self.loaded.get(name)
             if target is None or (current and current.version == target) or self._failed.get(name) == target:
                 continue
-            self._swap(self.registry.get_model(name), target, current)
+            swapped = self._swap(self.registry.get_model(name), target, current) or swapped
         self.thresholds = {s.name: s.threshold for s in self.registry.sites() if s.threshold is not None}
+        return swapped
 
-    def _swap(self, model: Model, number: int, current: Loaded | None) -> None:
+    def _swap(self, model: Model, number: int, current: Loaded | None) -> bool:
         started = time.perf_counter()
         try:
             loaded = self._load(model, self.registry.get_version(model.name, number))
@@ -99,11 +116,12 @@ class ModelServer:
             self._failed[model.name] = number
             self.events.append(model.name, "serving.failed", version=number, error=str(e))
             log.error("version %s of %s not loaded: %s", number, model.name, e)
-            return
+            return False
         self.loaded[model.name] = loaded
         self.events.append(model.name, "serving.swapped", version=number,
                            previous=current.version if current else None, device=str(self.device),
                            seconds=round(time.perf_counter() - started, 4))
+        return True
 
     def _load(self, model: Model, version: ModelVersion) -> Loaded:
         """Build, verify (the artifact store checks every sha256) and warm up one version on this replica's device."""
@@ -181,6 +199,8 @@ class ModelServer:
         """Queue a sample of the inputs for the drift watch, and each answer's probability of being right at its
         site for the label-free accuracy estimate; a failure is logged, never the request's."""
         sampled = self.inputs.sample(x)
+        if not len(sampled) and site is None:
+            return
         try:
             self._recorder.submit(self._write_inputs, name, sampled, version, site, correct)
         except RuntimeError as e:  # the executor is shut down while the replica stops
@@ -213,6 +233,10 @@ class ModelServer:
         """Stop polling and recording (Serve drops the replica; tests and tools call it themselves)."""
         self._stop.set()
         self._recorder.shutdown(wait=False)
+        try:
+            self.replicas.forget(self.replica_id)
+        except RegistryError as e:  # its beat ages out instead
+            log.warning("replica %s not removed from the live list: %s", self.replica_id, e)
 
     def check_health(self) -> None:
         self.registry.ping()

@@ -50,6 +50,13 @@ def test_calibrates_each_site_and_keeps_binary_scores(registry: RedisRegistry, s
     for site, (_, y) in heldout.items():
         fit = calibration.sites[site]
         assert fit.samples == len(y) and fit.temperature > 0
+        # validation figures: the accuracy /v1/predict would score, inside its interval; counts add up
+        logits = predict_logits(net, heldout[site][0])
+        assert fit.accuracy == pytest.approx(float((logits.argmax(1) == y).mean()))
+        low, high = fit.accuracy_interval or (2.0, -1.0)
+        assert low <= fit.accuracy <= high
+        assert fit.sensitivity is not None and set(fit.sensitivity) == {str(k) for k in np.unique(y)}
+        assert sum(n for _, _, n in fit.reliability_after or []) == len(y)
         if classes == 10:
             assert fit.scores is None and fit.labels is None
             continue

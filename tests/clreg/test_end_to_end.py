@@ -66,6 +66,9 @@ def test_batches_flow_to_served_versions(running: tuple[Client, context.Context]
         assert state["version"] == i + 1
         if state["status"] == "promoted":
             expected_production = state["version"]
+            # "served": every live replica answers with it, so predicting now never meets the old version
+            assert state["served"] is True and state["replicas"]["serving"] == state["replicas"]["live"] >= 1
+            assert client.predict(site.x[:1], MODEL)[1] == expected_production
         # drift is checked against the production reference from the second site on
         assert (state["drift_report_id"] is None) == (i == 0)
         _check_gate(client, ctx, state["version"], [s.name for s in sites[: i + 1]])

@@ -60,6 +60,11 @@ def test_refuse_policy_answers_409_for_a_site_that_is_not_validated(stack: Stack
     version = _serve(stack, client, "strict", "refuse")
     answer = _predict(client, "strict", "good")
     assert (answer["version"], answer["site"], answer["validated"]) == (version, "good", True)
+    deadline = time.monotonic() + 10  # every replica swaps on its next poll and says so at once
+    while not (record := client.get(f"/v1/models/strict/versions/{version}"))["served"]:
+        assert time.monotonic() < deadline, record["replicas"]
+        time.sleep(0.1)
+    assert record["replicas"]["serving"] == record["replicas"]["live"] >= 1
     for site, reason in (("weak", "0.710"), ("elsewhere", "never learnt")):
         with pytest.raises(ApiError) as err:
             _predict(client, "strict", site)

@@ -1,0 +1,53 @@
+"""Which versions the live Serve replicas answer with: "promoted" says the alias moved, "served" that every
+live replica has swapped to it.
+
+    {p}:serving:replicas   hash   replica id -> ReplicaBeat JSON (the version of each model it serves, when)
+
+Each replica beats every `beat_interval_s` from its poll loop; a replica whose last beat is older than three
+intervals is not live (stopped, killed, or cut off from Redis) and is dropped from the hash by the next reader.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from registry.connection import translated
+from registry.records import Record, now, parse
+from registry.store import RedisRegistry
+
+
+class ReplicaBeat(Record):
+    replica: str = Field(min_length=1, max_length=200)
+    served: dict[str, int]  # model -> the version this replica answers with
+    at: float = Field(default_factory=now)
+
+
+class Replicas:
+    def __init__(self, registry: RedisRegistry, beat_interval_s: float = 1.0) -> None:
+        self._reg = registry
+        self._key = registry.key("serving", "replicas")
+        self.max_age_s = 3 * beat_interval_s
+
+    @translated
+    def beat(self, replica: str, served: dict[str, int]) -> None:
+        self._reg.r.hset(self._key, replica, ReplicaBeat(replica=replica, served=served).model_dump_json())
+
+    @translated
+    def forget(self, replica: str) -> None:
+        """A replica shutting down leaves the live list at once."""
+        self._reg.r.hdel(self._key, replica)
+
+    @translated
+    def live(self) -> list[ReplicaBeat]:
+        """The replicas that beat within the last three intervals; older beats are removed."""
+        beats = [parse(ReplicaBeat, raw) for raw in self._reg.r.hvals(self._key)]
+        oldest = now() - self.max_age_s
+        stale = [b.replica for b in beats if b.at < oldest]
+        if stale:
+            self._reg.r.hdel(self._key, *stale)
+        return sorted((b for b in beats if b.at >= oldest), key=lambda b: b.replica)
+
+    def serving(self, model: str, version: int) -> tuple[int, int]:
+        """(live replicas answering `model` with `version`, live replicas)."""
+        live = self.live()
+        return sum(b.served.get(model) == version for b in live), len(live)
