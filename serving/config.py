@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from registry.connection import StoreConfig
 from registry.inputs import InputLogConfig
 from registry.status import StuckRule
 from registry.webhooks import WebhookConfig
 from serving.guard import LOOPBACK_HOSTS
+
+
+class Autoscaling(BaseModel):
+    """Ray Serve's autoscaling of the ModelServer replicas (replaces the fixed `replicas` when set)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=4, ge=1)
+    target_ongoing_requests: float = Field(default=8.0, gt=0)  # per replica; Serve adds replicas above it
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} is above max_replicas {self.max_replicas}")
+        return self
 
 
 class ServingConfig(BaseModel):
@@ -18,6 +35,7 @@ class ServingConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     replicas: int = Field(default=1, ge=1)
+    autoscaling: Autoscaling | None = None  # CLREG_SERVE__AUTOSCALING__MAX_REPLICAS=4 etc.; None: fixed `replicas`
     # Serve's default of 5 collapses throughput beyond 5 clients per replica (measured): keep it high.
     max_ongoing_requests: int = Field(default=64, ge=1)
     poll_interval_s: float = Field(default=0.1, gt=0)

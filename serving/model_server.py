@@ -243,7 +243,10 @@ class ModelServer:
 
 
 def deployment(cfg: ServingConfig) -> serve.Deployment:
-    """The ModelServer deployment with this configuration's replicas and concurrency."""
-    return serve.deployment(name="ModelServer", num_replicas=cfg.replicas,
-                            max_ongoing_requests=cfg.max_ongoing_requests,
-                            ray_actor_options={"num_cpus": 0, "num_gpus": cfg.replica_gpus})(ModelServer)
+    """The ModelServer deployment with this configuration's replicas (fixed, or autoscaled by Serve between
+    bounds on ongoing requests per replica) and concurrency."""
+    scaling: dict[str, Any] = {"num_replicas": cfg.replicas}
+    if cfg.autoscaling is not None:
+        scaling = {"autoscaling_config": cfg.autoscaling.model_dump()}
+    return serve.deployment(name="ModelServer", max_ongoing_requests=cfg.max_ongoing_requests,
+                            ray_actor_options={"num_cpus": 0, "num_gpus": cfg.replica_gpus}, **scaling)(ModelServer)

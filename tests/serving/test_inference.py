@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from learner.answer import Answerer
@@ -71,3 +72,18 @@ def test_gpu_replicas_ask_ray_for_a_gpu_and_fall_back_to_cpu_without_one(store_c
         assert server.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     finally:
         server.close()
+
+
+def test_autoscaling_settings_reach_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clreg.settings import Settings
+    from serving.model_server import deployment
+
+    assert deployment(Settings().serve).num_replicas == 1  # fixed by default
+    monkeypatch.setenv("CLREG_SERVE__AUTOSCALING__MAX_REPLICAS", "3")
+    monkeypatch.setenv("CLREG_SERVE__AUTOSCALING__TARGET_ONGOING_REQUESTS", "2")
+    scaled = deployment(Settings().serve)
+    config = scaled._deployment_config.autoscaling_config  # what Serve will scale by
+    assert (config.min_replicas, config.max_replicas, config.target_ongoing_requests) == (1, 3, 2.0)
+    monkeypatch.setenv("CLREG_SERVE__AUTOSCALING__MIN_REPLICAS", "5")
+    with pytest.raises(ValueError, match="min_replicas 5 is above max_replicas 3"):
+        Settings()
