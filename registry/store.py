@@ -19,6 +19,8 @@ Key schema (every key under `cfg.prefix`, so deployments can share one Redis):
     {p}:batch:{id}                  JSON  Batch          {p}:batch:{id}:state  JSON BatchState
     {p}:batches:active              zset  batch id -> time of its last state change, while not final
     {p}:report:...                  drift and gate reports: registry/reports.py (RedisRegistry.reports)
+    {p}:serving:generation          int   bumped by every alias move and site change: what replicas poll
+    {p}:serving:replicas            hash  what each live replica serves (registry/replicas.py)
 """
 
 from __future__ import annotations
@@ -200,6 +202,20 @@ class RedisRegistry:
 
     # -- aliases --------------------------------------------------------------------------------
     @translated
+    def generation(self) -> int:
+        """A counter every alias move and site change bumps: a replica reads it alone while nothing changed."""
+        return int(self.r.get(self.key("serving", "generation")) or 0)
+
+    @translated
+    def resolve_all(self, alias: str = "production") -> dict[str, int]:
+        """Every model's version under `alias` (models without it left out), in one pipelined round trip."""
+        models = self.list_models()
+        pipe = self.r.pipeline(transaction=False)
+        for model in models:
+            pipe.hget(self.key("model", model, "aliases"), alias)
+        return {m: int(n) for m, n in zip(models, pipe.execute(), strict=True) if n is not None}
+
+    @translated
     def resolve(self, model: str, alias: str = "production") -> int | None:
         """The version an alias points at (the call on the serving path: one HGET)."""
         raw = self.r.hget(self.key("model", model, "aliases"), alias)
@@ -243,6 +259,7 @@ class RedisRegistry:
                     pipe.hset(status_key, previous, VersionStatus.BLESSED.value)
                 pipe.hset(status_key, number, VersionStatus.PRODUCTION.value)
             pipe.rpush(self.key("model", model, "alias", alias, "history"), rec.model_dump_json())
+            pipe.incr(self.key("serving", "generation"))
             for entry in audit(rec) if audit else ():
                 entry.add_to(pipe)
             change[:] = [rec]
@@ -275,6 +292,7 @@ class RedisRegistry:
         if not self.r.set(self.key("site", site.name), site.model_dump_json(), nx=True):
             raise Conflict(f"site {site.name!r} already exists")
         self.r.zadd(self.key("sites"), {site.name: site.created_at})
+        self.r.incr(self.key("serving", "generation"))
 
     @translated
     def get_site(self, name: str) -> Site:
@@ -287,6 +305,7 @@ class RedisRegistry:
     def update_site(self, site: Site) -> None:
         if not self.r.set(self.key("site", site.name), site.model_dump_json(), xx=True):
             raise NotFound(f"site {site.name!r} does not exist")
+        self.r.incr(self.key("serving", "generation"))
 
     @translated
     def list_sites(self) -> list[str]:

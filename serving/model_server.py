@@ -1,9 +1,13 @@
 """ModelServer: answers /v1/predict and swaps itself to each new production version in place.
 
-Each replica polls the production alias in Redis. On a change it loads the weights (the artifact store
-verifies their sha256), warms the model up, and then replaces one reference holding (version, model):
+Each replica polls the store's serving generation (one GET, bumped by every alias move and site change);
+when it moved, every model's production alias is read in one pipelined round trip. For a new version it
+loads the weights (the artifact store verifies their sha256), warms the model up, and then replaces one
+reference holding (version, model):
 requests in flight finish on the old model, the next ones use the new one, no replica restarts.
-A version that fails to load is never served; the replica keeps the previous one and says so in an event.
+A version whose artifacts are corrupt or whose weights do not load is never served; the replica keeps the
+previous one and says so in an event. A store that is away for a moment is retried at the next poll.
+Every replica beats which versions it serves (registry/replicas.py), so clients learn when a version is served.
 Under the per-site BatchNorm policy a replica keeps one copy of the network per site: a request naming a
 learnt site uses that site's BatchNorm, any other request is routed to the site whose BatchNorm
 statistics explain its images best (MAP), and the answer says which. Probabilities are temperature-
@@ -35,7 +39,7 @@ from learner.estimate import expected_correct
 from learner.models import check_factory, load_weights, network_for, to_tensor
 from learner.sitebn import bank_from_bytes
 from registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
-from registry.errors import NotFound, RegistryError
+from registry.errors import NotFound, RegistryError, StoreUnavailable
 from registry.events import EventLog
 from registry.inputs import InputLog
 from registry.readiness import assess_sites
@@ -71,6 +75,8 @@ class ModelServer:
         self.replicas = Replicas(self.registry, self.cfg.beat_interval_s)
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._beaten = 0.0
+        self._generation: int | None = None  # the serving generation last synced to
+        self._retry = False  # a swap failed for a transient reason: sync again at the next poll
         self.loaded: dict[str, Loaded] = {}
         self.thresholds: dict[str, float] = {}
         self._failed: dict[str, int] = {}
@@ -97,22 +103,31 @@ class ModelServer:
         self._beaten = time.monotonic()
 
     def sync(self) -> bool:
-        """Load every model whose production alias moved since the last poll; whether any version changed."""
-        swapped = False
-        for name in self.registry.list_models():
-            target = self.registry.resolve(name)
+        """Load every model whose production alias moved; whether any version changed. While nothing moved
+        (the store's serving generation is unchanged and no swap waits for a retry) a poll is one GET,
+        whatever the number of models."""
+        generation = self.registry.generation()  # read first: a move during this sync bumps it again
+        if generation == self._generation and not self._retry:
+            return False
+        self._retry, swapped = False, False
+        for name, target in self.registry.resolve_all().items():
             current = self.loaded.get(name)
-            if target is None or (current and current.version == target) or self._failed.get(name) == target:
+            if (current and current.version == target) or self._failed.get(name) == target:
                 continue
             swapped = self._swap(self.registry.get_model(name), target, current) or swapped
         self.thresholds = {s.name: s.threshold for s in self.registry.sites() if s.threshold is not None}
+        self._generation = generation
         return swapped
 
     def _swap(self, model: Model, number: int, current: Loaded | None) -> bool:
         started = time.perf_counter()
         try:
             loaded = self._load(model, self.registry.get_version(model.name, number))
-        except (RegistryError, LearnerError, KeyError, RuntimeError) as e:
+        except StoreUnavailable as e:  # Redis or the artifact store away for a moment: try again next poll
+            self._retry = True
+            log.warning("version %s of %s not loaded yet: %s", number, model.name, e)
+            return False
+        except (RegistryError, LearnerError, KeyError, RuntimeError) as e:  # corrupt or unloadable: never served
             self._failed[model.name] = number
             self.events.append(model.name, "serving.failed", version=number, error=str(e))
             log.error("version %s of %s not loaded: %s", number, model.name, e)
