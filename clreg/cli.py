@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from clreg import context, demo, embedded, faults, terminal
+from clreg import context, demo, doctor, embedded, faults, terminal
 from clreg.client import ApiError, Client
 from clreg.daemon import Daemon
 from clreg.errors import ClregError
@@ -226,6 +226,7 @@ def sites_list(as_json: JsonOpt = False) -> None:
 
 
 sites_app.command("report")(site_report)
+app.command("doctor")(doctor.command)
 
 
 @sites_app.command("threshold")

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
 import redis
 
 from registry.connection import Durability, StoreConfig, StreamEntry, connect, translated
-from registry.errors import Conflict, LeaseLost, NotFound
+from registry.errors import Conflict, LeaseLost, NotFound, StoreRefused
 from registry.records import (
     FINAL_BATCH,
     NEVER_SERVED,
@@ -93,6 +94,15 @@ class RedisRegistry:
     @translated
     def ping(self) -> bool:
         return bool(self.r.ping())
+
+    @translated
+    def check_writable(self) -> None:
+        """Write, read back and delete a key under the prefix (`clreg doctor`); raises what a write would."""
+        key = self.key("doctor", uuid.uuid4().hex)
+        self.r.set(key, "ok", ex=60)
+        if self.r.get(key) != "ok":
+            raise StoreRefused(f"Redis did not read back {key!r}")
+        self.r.delete(key)
 
     # -- models ---------------------------------------------------------------------------------
     @translated
