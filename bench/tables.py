@@ -202,6 +202,20 @@ def drift(r: Json) -> str:
     return table(["", "clreg features", "Evidently, raw pixels"], rows)
 
 
+def sites(r: Json) -> str:
+    rows = []
+    for site, f in r["summary"].items():
+        rows.append([site, f"{f['prevalence']:.2f}", f"{f['ece_uncalibrated']:.3f}", f"{f['ece_calibrated']:.3f}",
+                     f"{f['threshold']:.2f}", f"{f['cost_chosen']:.3f}", f"{f['cost_half']:.3f}",
+                     f"{f['accuracy']:.3f} / {f['estimate']:.3f}",
+                     f"{f['casemix_accuracy']:.3f} / {f['casemix_estimate']:.3f}" + (" **alert**" if f["casemix_alert"]
+                                                                                   else ""),
+                     f"{f['noise_accuracy']:.3f} / {f['noise_estimate']:.3f}" + (" **alert**" if f["noise_alert"]
+                                                                                 else "")])
+    return table(["site", "prevalence", "ECE before", "ECE after", "cost threshold", "cost there", "cost at 0.5",
+                  "accuracy / estimate", "harder cases: acc. / est.", "pixel noise: acc. / est."], rows)
+
+
 # --- serving, pipeline ------------------------------------------------------------------------------------
 
 def model_label(name: str, spec: Sequence[int]) -> str:
@@ -265,6 +279,7 @@ RENDERERS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {  # block: (r
     "calibration": (("calibration",), lambda: calibration(load("calibration"))),
     "drift": (("drift",), lambda: drift(load("drift"))),
     "serving": (("serving",), lambda: serving(load("serving"))),
+    "sites": (("sites",), lambda: sites(load("sites"))),
     "pipeline": (("pipeline",), lambda: pipeline(load("pipeline"))),
 }
 BLOCK = re.compile(r"<!-- table:(?P<name>[\w-]+) -->\n.*?<!-- /table:(?P=name) -->", re.S)

@@ -9,6 +9,8 @@ intervals is not live (stopped, killed, or cut off from Redis) and is dropped fr
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field
 
 from registry.connection import translated
@@ -30,7 +32,10 @@ class Replicas:
 
     @translated
     def beat(self, replica: str, served: dict[str, int]) -> None:
-        self._reg.r.hset(self._key, replica, ReplicaBeat(replica=replica, served=served).model_dump_json())
+        pipe = self._reg.r.pipeline(transaction=False)
+        pipe.hset(self._key, replica, ReplicaBeat(replica=replica, served=served).model_dump_json())
+        pipe.expire(self._key, math.ceil(2 * self.max_age_s))  # gone with the last replica, like a heartbeat
+        pipe.execute()
 
     @translated
     def forget(self, replica: str) -> None:

@@ -86,7 +86,8 @@ def test_duplicate_push_answers_200_with_the_same_id(client: Client, token: str)
     site = next(s for s in client.get("/v1/sites") if s["name"] == "gw-site")
     assert "token_sha256" not in site
     assert site["models"] == {"gw": {"batches": 1, "samples": 6, "class_counts": [2, 2, 2],
-                                     "prevalence": pytest.approx([1 / 3] * 3)}}
+                                     "prevalence": pytest.approx([1 / 3] * 3),
+                                     "validated": None}}  # no production version yet: no verdict
 
 
 def test_predict_refuses_until_a_version_is_served(stack: Stack, client: Client) -> None:
