@@ -61,7 +61,7 @@ def source(name: str, result: Json) -> str:
 REGISTRY_ROWS = {
     "register": "register",
     "promote": "promote (alias move + history)",
-    "resolve+record": "resolve alias + read the version (the serving path; MLflow's call returns both)",
+    "resolve+record": "alias to its version record (clreg `version_by_alias`, MLflow `get_model_version_by_alias`)",
     "resolve-alias": "resolve alias only (clreg returns a number)",
     "list-cold": "list every version with aliases, nothing cached",
     "list": "list every version, clreg's memo of parsed records warm",
