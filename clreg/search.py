@@ -97,7 +97,8 @@ def run(cfg: SearchConfig, model: Model, data: UpdateData, base: TrainConfig, sc
     def train(on: UpdateData, candidates: list[TrainConfig], report: Progress | None) -> list:
         """Every candidate as its own Ray task, from the production version's artifacts."""
         return search_on_ray(model.factory, model.factory_kwargs, shape, *artifacts, on, candidates,
-                             progress=report, timeout_s=cfg.timeout_s, stop=stop)  # type: ignore[arg-type]
+                             progress=report, timeout_s=cfg.timeout_s, stop=stop,  # type: ignore[arg-type]
+                             resource=cfg.resource)
 
     outcomes = train(data, settings, progress)
     ok = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, UpdateResult)]

@@ -76,6 +76,9 @@ class SearchConfig(BaseModel):
     refit: bool = True  # the chosen settings are trained once more on all the training data, validation included
     replay_capacity: int = Field(default=300, ge=0)  # samples remembered per site that allows replay
     timeout_s: float = Field(default=1800.0, gt=0)  # all candidates of one update together
+    # A custom Ray resource training tasks are pinned to (`ray start --resources='{"trainer": 4}'` on the nodes
+    # that should train); unset: any node. A GPU, when the cluster has one, is asked for instead.
+    resource: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
     @field_validator("candidates")
     @classmethod

@@ -28,11 +28,26 @@ from learner.update import UpdateData, UpdateResult, train_update
 Progress = Callable[[int, str, dict], None]  # (candidate index, site, curve row)
 
 
-def resource_request(cluster_resources: dict[str, float] | None = None) -> dict[str, Any]:
-    """Task options: one GPU when the cluster reports one, else one CPU; one retry if a worker dies."""
+PIN = 0.01  # of a custom resource per task: it pins tasks to the nodes that offer it, their CPUs bound how many
+
+
+def resource_request(cluster_resources: dict[str, float] | None = None, resource: str | None = None) -> dict[str, Any]:
+    """Task options: one GPU when the cluster reports one; else one CPU, on a node offering `resource` when
+    one is named (operators pin training to chosen nodes); one retry if a worker dies.
+
+    Raises:
+        TrainingFailed: `resource` is named but no node of the cluster offers it (the tasks would wait forever).
+    """
     resources = ray.cluster_resources() if cluster_resources is None else cluster_resources
-    gpus = 1 if resources.get("GPU", 0) >= 1 else 0
-    return {"num_cpus": 1, "num_gpus": gpus, "max_retries": 1}
+    if resources.get("GPU", 0) >= 1:
+        return {"num_cpus": 1, "num_gpus": 1, "max_retries": 1}
+    options: dict[str, Any] = {"num_cpus": 1, "num_gpus": 0, "max_retries": 1}
+    if resource:
+        if resources.get(resource, 0) < PIN:
+            raise TrainingFailed(f"no node of the Ray cluster offers the resource {resource!r} that training "
+                                 "is pinned to (CLREG_SEARCH__RESOURCE)")
+        options["resources"] = {resource: PIN}
+    return options
 
 
 class _Relay:
@@ -115,7 +130,8 @@ def _outcome(ref: Any) -> UpdateResult | TrainingFailed:
 def search_on_ray(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, int, int, int],
                   weights: bytes | None, ewc_state: bytes | None, bn_bank: bytes | None, data: UpdateData,
                   candidates: list[TrainConfig], progress: Progress | None = None, timeout_s: float = 1800,
-                  poll_s: float = 0.5, stop: threading.Event | None = None) -> list[UpdateResult | TrainingFailed]:
+                  poll_s: float = 0.5, stop: threading.Event | None = None,
+                  resource: str | None = None) -> list[UpdateResult | TrainingFailed]:
     """Train every candidate setting as its own Ray task, all submitted at once; one outcome per candidate.
 
     Raises:
@@ -126,7 +142,7 @@ def search_on_ray(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int,
     try:
         relay = ProgressRelay.remote() if progress is not None else None
         shared = ray.put(data)  # the arrays go to the object store once, not once per candidate
-        options = resource_request()
+        options = resource_request(resource=resource)
         refs = [_remote_update.options(**options).remote(factory, factory_kwargs, spec, weights, ewc_state, bn_bank,
                                                          shared, cfg, relay, i) for i, cfg in enumerate(candidates)]
         _wait_all(refs, relay, progress, timeout_s, poll_s, stop)

@@ -23,6 +23,11 @@ def test_resource_request_picks_gpu_only_when_the_cluster_has_one() -> None:
     assert resource_request({"CPU": 8.0, "GPU": 1.0}) == {"num_cpus": 1, "num_gpus": 1, "max_retries": 1}
     assert resource_request({"CPU": 8.0, "GPU": 0.5})["num_gpus"] == 0
     assert resource_request({"CPU": 2.0})["num_gpus"] == 0
+    pinned = resource_request({"CPU": 2.0, "trainer": 1.0}, resource="trainer")
+    assert pinned["resources"] == {"trainer": 0.01} and pinned["num_gpus"] == 0  # pinned, not serialised
+    assert "resources" not in resource_request({"CPU": 2.0, "GPU": 1.0, "trainer": 1.0}, resource="trainer")
+    with pytest.raises(TrainingFailed, match="no node of the Ray cluster offers the resource 'trainer'"):
+        resource_request({"CPU": 2.0}, resource="trainer")
 
 
 def _data() -> tuple[np.ndarray, np.ndarray]:
