@@ -28,12 +28,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from clreg import context, demo, doctor, embedded, faults, terminal
+from clreg import context, demo, doctor, embedded, faults, site_cli, terminal
 from clreg.client import ApiError, Client
 from clreg.daemon import Daemon
 from clreg.errors import ClregError
 from clreg.settings import Settings
-from clreg.site_cli import report as site_report
 from clreg.webhook_cli import webhooks_app
 from registry.connection import StoreConfig
 from registry.dicom import dicom_study
@@ -207,53 +206,10 @@ def _wait_with_progress(client: Client, batch_id: str) -> dict:
         return client.wait_batch(batch_id, on_state=show)
 
 
-@sites_app.command("list")
-def sites_list(as_json: JsonOpt = False) -> None:
-    """Sites, their thresholds, and per model what they pushed: samples and label prevalence."""
-    sites = _client().get("/v1/sites")
-    table = Table("site", "replay", "threshold", "model", "validated", "batches", "samples",
-                  "prevalence (class: share)")
-    marks = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}
-    for s in sites:
-        rows = s["models"].items() or [("-", None)]
-        for model, c in rows:
-            shares = " ".join(f"{k}:{p:.2f}" for k, p in enumerate(c["prevalence"])) if c else "-"
-            table.add_row(s["name"], "yes" if s.get("replay", True) else "no",
-                          "-" if s["threshold"] is None else f"{s['threshold']:g}", model,
-                          marks[c.get("validated")] if c else "-",
-                          str(c["batches"]) if c else "-", str(c["samples"]) if c else "-", shares)
-    _emit(sites, as_json, table)
-
-
-sites_app.command("report")(site_report)
+sites_app.command("list")(site_cli.list_sites)
+sites_app.command("report")(site_cli.report)
+sites_app.command("threshold")(site_cli.operating_point)
 app.command("doctor")(doctor.command)
-
-
-@sites_app.command("threshold")
-def sites_threshold(site: str, model: Annotated[str, typer.Option(help="a binary model")] = "digits",
-                    threshold: Annotated[float | None, typer.Option(help="score at or above it: positive")] = None,
-                    sensitivity: Annotated[float | None, typer.Option(help="pick the threshold reaching it")] = None,
-                    cost_fp: Annotated[float | None, typer.Option(help="cost of a false alarm")] = None,
-                    cost_fn: Annotated[float | None, typer.Option(help="cost of a missed case")] = None,
-                    prevalence: Annotated[float | None, typer.Option(help="price at it (default: held-out)")] = None,
-                    set_it: Annotated[bool, typer.Option("--set", help="make it the site's threshold")] = False,
-                    as_json: JsonOpt = False) -> None:
-    """What a threshold means at a site: sensitivity, specificity, PPV, NPV on its held-out set; with the
-    costs of both errors, the threshold of lowest expected cost at the site's prevalence."""
-    point = _client().get(f"/v1/sites/{site}/operating-point", model=model, threshold=threshold,
-                          sensitivity=sensitivity, cost_fp=cost_fp, cost_fn=cost_fn, prevalence=prevalence)
-    if set_it:
-        _client(admin=True).set_threshold(site, point["threshold"])
-    figures = ("prevalence", "sensitivity", "specificity", "ppv", "npv", "flagged")
-    priced = ("expected_cost", "expected_cost_at_half") if "expected_cost" in point else ()
-    table = Table("site", "version", "threshold", *(k.replace("_", " ") for k in figures + priced))
-    table.add_row(site, f"v{point['version']}", f"{point['threshold']:.4f}" + (" (set)" if set_it else ""),
-                  *(_share(point[k]) for k in figures + priced))
-    _emit({**point, "set": set_it}, as_json, table)
-
-
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""`clreg sites report`: whether a model is fit for use at a site, and the held-out figures that say so."""
+"""`clreg sites list | report | threshold`: what sites pushed, whether a model is fit for use at each, and what a
+threshold means there."""
 
 from __future__ import annotations
 
@@ -43,3 +44,42 @@ def report(site: str, model: Annotated[str, typer.Option(help="the model served 
         console.print(per_class)
     if html is not None:
         console.print(f"HTML report written to {html}")
+
+
+def list_sites(as_json: JsonOpt = False) -> None:
+    """Sites, their thresholds, and per model what they pushed: samples and label prevalence."""
+    sites = terminal.client().get("/v1/sites")
+    table = Table("site", "replay", "threshold", "model", "validated", "batches", "samples",
+                  "prevalence (class: share)")
+    marks = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}
+    for s in sites:
+        rows = s["models"].items() or [("-", None)]
+        for model, c in rows:
+            shares = " ".join(f"{k}:{p:.2f}" for k, p in enumerate(c["prevalence"])) if c else "-"
+            table.add_row(s["name"], "yes" if s.get("replay", True) else "no",
+                          "-" if s["threshold"] is None else f"{s['threshold']:g}", model,
+                          marks[c.get("validated")] if c else "-",
+                          str(c["batches"]) if c else "-", str(c["samples"]) if c else "-", shares)
+    terminal.emit(sites, as_json, table)
+
+
+def operating_point(site: str, model: Annotated[str, typer.Option(help="a binary model")] = "digits",
+                    threshold: Annotated[float | None, typer.Option(help="score at or above it: positive")] = None,
+                    sensitivity: Annotated[float | None, typer.Option(help="pick the threshold reaching it")] = None,
+                    cost_fp: Annotated[float | None, typer.Option(help="cost of a false alarm")] = None,
+                    cost_fn: Annotated[float | None, typer.Option(help="cost of a missed case")] = None,
+                    prevalence: Annotated[float | None, typer.Option(help="price at it (default: held-out)")] = None,
+                    set_it: Annotated[bool, typer.Option("--set", help="make it the site's threshold")] = False,
+                    as_json: JsonOpt = False) -> None:
+    """What a threshold means at a site: sensitivity, specificity, PPV, NPV on its held-out set; with the
+    costs of both errors, the threshold of lowest expected cost at the site's prevalence."""
+    point = terminal.client().get(f"/v1/sites/{site}/operating-point", model=model, threshold=threshold,
+                    sensitivity=sensitivity, cost_fp=cost_fp, cost_fn=cost_fn, prevalence=prevalence)
+    if set_it:
+        terminal.client(admin=True).set_threshold(site, point["threshold"])
+    figures = ("prevalence", "sensitivity", "specificity", "ppv", "npv", "flagged")
+    priced = ("expected_cost", "expected_cost_at_half") if "expected_cost" in point else ()
+    table = Table("site", "version", "threshold", *(k.replace("_", " ") for k in figures + priced))
+    table.add_row(site, f"v{point['version']}", f"{point['threshold']:.4f}" + (" (set)" if set_it else ""),
+                  *(_share(point[k]) for k in figures + priced))
+    terminal.emit({**point, "set": set_it}, as_json, table)
