@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from learner.answer import Answerer
-from registry.readiness import SiteReadiness
+from registry.readiness import SiteReadiness, assess
 from registry.records import InputSpec, Readiness
 
 
@@ -30,9 +30,8 @@ class Loaded:
     readiness: dict[str, SiteReadiness] = field(default_factory=dict)  # per learnt site, under these rules
 
     def readiness_of(self, site: str) -> SiteReadiness:
-        """Whether this version is validated at `site` (a site it never learnt is not)."""
-        return self.readiness.get(site) or SiteReadiness(site, False, [f"version {self.version} never learnt "
-                                                                      f"site {site!r}: no held-out data there"])
+        """Whether this version is validated at `site` (a site it never learnt is not: `assess` says why)."""
+        return self.readiness.get(site) or assess(site, self.answerer.calibration, self.rules)
 
 
 @dataclass(frozen=True)
