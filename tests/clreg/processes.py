@@ -48,11 +48,14 @@ def stack_env(stack: Stack, cheap_search: bool = True, **settings: str) -> dict[
 class Child:
     """One clreg process, its log in a file; `kill()` sends SIGKILL, as the OOM killer would."""
 
+    live: set[Child] = set()  # started and not yet waited for: `reap()` kills them after each test
+
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._out = open(log, "ab")  # noqa: SIM115 - closed in wait()
         self.proc = subprocess.Popen([CLREG, *args], env=env, stdout=self._out, stderr=subprocess.STDOUT)
         self.started = time.monotonic()
+        Child.live.add(self)
 
     @property
     def pid(self) -> int:
@@ -71,9 +74,19 @@ class Child:
             return self.proc.wait(timeout_s)
         finally:
             self._out.close()
+            Child.live.discard(self)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def reap() -> int:
+    """SIGKILL every child a test left running (it failed before stopping them), so that a leftover daemon
+    cannot take the next test's batches; how many there were."""
+    left = list(Child.live)
+    for child in left:
+        child.kill()
+    return len(left)
 
 
 def daemon(stack: Stack, name: str, log: Path, pause_at: str | None = None, signals: Path | None = None,

@@ -69,7 +69,7 @@ def _served(client: Client, model: str, x: np.ndarray, version: int, timeout_s: 
     return served
 
 
-def _final(stack: Stack, batch_id: str, timeout_s: float) -> dict:
+def _final(stack: Stack, batch_id: str, timeout_s: float, daemon: processes.Child | None = None) -> dict:
     deadline, state = time.monotonic() + timeout_s, {}
     client = Client(stack.url, token=stack.ops_token)
     while time.monotonic() < deadline:
@@ -77,7 +77,8 @@ def _final(stack: Stack, batch_id: str, timeout_s: float) -> dict:
         if state["status"] in FINAL:
             return state
         time.sleep(0.2)
-    raise AssertionError(f"batch still {state.get('status')} ({state.get('detail')}) after {timeout_s} s")
+    log = daemon.output()[-6000:] if daemon is not None else ""
+    raise AssertionError(f"batch still {state.get('status')} ({state.get('detail')}) after {timeout_s:.0f} s\n{log}")
 
 
 def _check_registry(registry: RedisRegistry, model: str, batch_id: str, state: dict) -> None:
@@ -107,7 +108,7 @@ def test_a_daemon_killed_at_any_step_is_resumed_by_its_restart(stack: Stack, sit
         processes.wait_for(tmp_path / point, first, timeout_s=120)
         first.kill()
         restarted = processes.daemon(stack, model, tmp_path / "second.log")
-        state = _final(stack, batch_id, timeout_s=60 - (time.monotonic() - restarted.started))
+        state = _final(stack, batch_id, timeout_s=60 - (time.monotonic() - restarted.started), daemon=restarted)
         if state["status"] == "promoted":
             reader = Client(stack.url, token=stack.ops_token)
             assert _served(reader, model, sites[0].x[:1], state["version"]) == state["version"]
@@ -134,7 +135,7 @@ def test_a_survivor_claims_and_finishes_what_a_killed_daemon_held(stack: Stack, 
         assert registry.batch_state(batch_id).status is BatchStatus.TRAINING
         doomed.kill()
         killed = time.monotonic()
-        state = _final(stack, batch_id, timeout_s=60)
+        state = _final(stack, batch_id, timeout_s=60, daemon=survivor)
         took_s = time.monotonic() - killed
         status = Client(stack.url, token=stack.ops_token).get("/v1/status")
         metrics = httpx.get(f"{stack.url}/metrics", headers={"Authorization": f"Bearer {stack.ops_token}"}).text
@@ -165,7 +166,7 @@ def test_sigterm_mid_training_exits_in_time_and_the_next_start_resumes(stack: St
     assert code == 0 and took_s < 30, (code, took_s, first.output()[-2000:])
     assert stopped["status"] == "training" and "next start resumes it" in stopped["detail"]
     restarted = processes.daemon(stack, model, tmp_path / "second.log")
-    state = _final(stack, batch_id, timeout_s=60)
+    state = _final(stack, batch_id, timeout_s=60, daemon=restarted)
     assert restarted.terminate() == 0
     assert "restarted: its earlier start" not in restarted.output()  # it stopped cleanly: no crash to report
     _check_registry(context.build(stack.settings, stack.store, stack.url).registry, model, batch_id, state)
