@@ -206,14 +206,19 @@ def sites(r: Json) -> str:
     rows = []
     for site, f in r["summary"].items():
         rows.append([site, f"{f['prevalence']:.2f}", f"{f['ece_uncalibrated']:.3f}", f"{f['ece_calibrated']:.3f}",
+                     f"{f['ece_floor']:.3f}", f"{f['calibration_error']:.3f}",
                      f"{f['threshold']:.2f}", f"{f['cost_chosen']:.3f}", f"{f['cost_half']:.3f}",
-                     f"{f['accuracy']:.3f} / {f['estimate']:.3f}",
-                     f"{f['casemix_accuracy']:.3f} / {f['casemix_estimate']:.3f}" + (" **alert**" if f["casemix_alert"]
-                                                                                   else ""),
-                     f"{f['noise_accuracy']:.3f} / {f['noise_estimate']:.3f}" + (" **alert**" if f["noise_alert"]
-                                                                                 else "")])
-    return table(["site", "prevalence", "ECE before", "ECE after", "cost threshold", "cost there", "cost at 0.5",
-                  "accuracy / estimate", "harder cases: acc. / est.", "pixel noise: acc. / est."], rows)
+                     f"{f['accuracy']:.3f} / {f['estimate']:.3f}", _shifted(f, "casemix"), _shifted(f, "noise")])
+    return table(["site", "prevalence", "ECE before", "ECE after", "ECE floor", "calibration error", "cost threshold",
+                  "cost there", "cost at 0.5", "accuracy / estimate", "harder cases: acc. / est. (drift)",
+                  "pixel noise: acc. / est. (drift)"], rows)
+
+
+def _shifted(f: Json, kind: str) -> str:
+    """Accuracy and estimate under a shift, whether the estimate's alert fires, and how often the input watch's
+    drift check flags the shifted traffic."""
+    alert = " **alert**" if f[f"{kind}_alert"] else ""
+    return f"{f[f'{kind}_accuracy']:.3f} / {f[f'{kind}_estimate']:.3f}{alert} ({f[f'{kind}_drift']:.0%})"
 
 
 # --- serving, pipeline ------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ def _record(fit: CalibrationFit, logits: np.ndarray | None = None, labels: np.nd
             seed: int = 0) -> SiteCalibration:
     """A site's calibration with its validation figures (the pooled record, without labels, has none)."""
     record = SiteCalibration(temperature=fit.temperature, samples=fit.samples, ece=fit.ece,
-                             ece_calibrated=fit.ece_calibrated, nll=fit.nll, nll_calibrated=fit.nll_calibrated)
+                             ece_calibrated=fit.ece_calibrated, nll=fit.nll, nll_calibrated=fit.nll_calibrated,
+                             error_calibrated=fit.error_calibrated, ece_floor=fit.ece_floor)
     if logits is None or labels is None:
         return record
     figures = site_figures(labels, scaled_proba(logits, 1.0), fit.out_of_fold, seed=seed)

@@ -10,6 +10,7 @@ import logging
 import re
 import signal
 import sys
+import webbrowser
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -306,6 +307,16 @@ def rollback(name: str, reason: str = "rollback by ops") -> None:
         raise typer.BadParameter(f"{name} has no earlier production version to roll back to")
     change = client.promote(name, history[-1]["from_version"], reason)
     console.print(f"{name}: production v{change['from_version']} -> v{change['to_version']}")
+
+
+@app.command()
+def ui(open_browser: Annotated[bool, typer.Option("--open/--no-open", help="open it in a browser")] = True) -> None:
+    """The ops console's address (sign in with the ops or admin token), opened in the default browser."""
+    url = f"{_public_url(_settings())}/ui"
+    console.print(f"ops console: {url}; sign in with the ops token (reads) or the admin token (acts) from "
+                  "$CLREG_HOME/tokens.json")
+    if open_browser:
+        webbrowser.open(url)
 
 
 @app.command()

@@ -16,7 +16,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from learner.errors import DataError
-from learner.evaluate import expected_calibration_error
+from learner.evaluate import calibration_error, ece_floor, expected_calibration_error
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 MIN_SAMPLES = 10  # fewer held-out samples than this: keep the prior (or 1) rather than fit noise
@@ -33,6 +33,8 @@ class CalibrationFit:
     ece_calibrated: float
     nll: float
     nll_calibrated: float
+    error_calibrated: float  # debiased RMS calibration error after (see learner.evaluate.calibration_error)
+    ece_floor: float  # the ECE a perfectly calibrated model would show on these samples: ECE's noise
     out_of_fold: np.ndarray = field(repr=False, compare=False)  # [N, K] the calibrated probabilities scored
 
 
@@ -112,7 +114,8 @@ def out_of_fold_proba(scored: Scored, folds: int = 2, seed: int = 0) -> dict[str
 def _fit(temperature: float, y: np.ndarray, raw: np.ndarray, after: np.ndarray) -> CalibrationFit:
     return CalibrationFit(temperature=temperature, samples=len(y), ece=expected_calibration_error(y, raw),
                           ece_calibrated=expected_calibration_error(y, after), nll=proba_nll(raw, y),
-                          nll_calibrated=proba_nll(after, y), out_of_fold=after)
+                          nll_calibrated=proba_nll(after, y), error_calibrated=calibration_error(y, after),
+                          ece_floor=ece_floor(after), out_of_fold=after)
 
 
 def proba_nll(proba: np.ndarray, y: np.ndarray) -> float:

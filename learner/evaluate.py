@@ -77,6 +77,56 @@ def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = ECE
     return float(ece)
 
 
+def _bins(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """Index of each confidence's equal-width bin (lo, hi], as `expected_calibration_error` bins them."""
+    return np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+
+
+def ece_floor(proba: np.ndarray, bins: int = ECE_BINS, draws: int = 500, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated model answering with these confidences would show on this many samples:
+    the mean ECE when each answer is right with exactly its stated confidence (simulated, seeded).
+
+    ECE is an absolute value of a noisy mean per bin, so it is positive even then; on 100 samples at 90%
+    accuracy this floor is several points, which a measured ECE cannot go below except by luck.
+    """
+    confidence = np.asarray(proba, dtype=np.float64).max(axis=1)
+    if len(confidence) == 0:
+        raise DataError("need at least one sample")
+    where = np.eye(bins)[_bins(confidence, bins)]  # [N, bins] one-hot
+    rng = np.random.default_rng(seed)
+    right = (rng.random((draws, len(confidence))) < confidence).astype(np.float64)
+    gaps = np.abs(right @ where - confidence @ where)  # per draw and bin: |correct - confidence| summed
+    return float(gaps.sum(axis=1).mean() / len(confidence))
+
+
+def squared_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> float:
+    """Debiased squared calibration error (Kumar, Liang and Ma 2019): over equal-mass confidence bins, the squared
+    gap between accuracy and confidence minus its sampling variance, weighted by bin share.
+
+    An unbiased estimate, so it can come out below zero on a well calibrated sample; averaged over seeds or
+    sites it converges to the truth, where the binned ECE converges to the truth plus its noise floor.
+    Bins with a single sample carry no variance estimate and are left out.
+    """
+    y = np.asarray(y).astype(np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    if len(y) == 0 or len(y) != len(proba):
+        raise DataError(f"need N labels and [N, K] probabilities, got {len(y)} and {proba.shape}")
+    confidence, correct = proba.max(axis=1), (proba.argmax(axis=1) == y).astype(np.float64)
+    total = 0.0
+    for part in np.array_split(np.argsort(confidence, kind="stable"), min(bins, len(y))):
+        if len(part) < 2:
+            continue
+        acc, conf = correct[part].mean(), confidence[part].mean()
+        total += len(part) / len(y) * ((acc - conf) ** 2 - acc * (1 - acc) / (len(part) - 1))
+    return float(total)
+
+
+def calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> float:
+    """Root of `squared_calibration_error` (0 where that is negative): a root mean square gap, so at least the
+    mean absolute gap on the same bins; a site within a limit on this is within it on that too."""
+    return float(np.sqrt(max(squared_calibration_error(y, proba, bins), 0.0)))
+
+
 def site_metrics(
     model: nn.Module, x: np.ndarray, y: np.ndarray, site_bn: Mapping[str, torch.Tensor] | None = None
 ) -> SiteMetrics:

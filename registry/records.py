@@ -93,8 +93,13 @@ class Readiness(Record):
     """When a version counts as validated at a site, and what serving does with requests for one that is not."""
 
     accuracy_floor: float = Field(default=0.8, ge=0, le=1)  # the 95% interval's lower end must reach it
-    ece_limit: float = Field(default=0.1, gt=0, le=1)  # calibrated (cross-fitted) ECE at most this
+    # calibrated (cross-fitted) calibration error at most this: the debiased RMS error where the version has
+    # it, else ECE
+    ece_limit: float = Field(default=0.1, gt=0, le=1)
     policy: Literal["warn", "refuse"] = "warn"  # warn: answer with "validated": false; refuse: 409
+    # the label-free accuracy estimate on served answers this far under the held-out accuracy raises the
+    # ClregSiteServedBelowValidation alert (exported as clreg_model_estimate_drop_limit)
+    estimate_drop: float = Field(default=0.05, gt=0, le=1)
 
 
 class Model(Record):
@@ -310,6 +315,11 @@ class SiteCalibration(Record):
     ece_calibrated: float
     nll: float
     nll_calibrated: float
+    # The calibrated probabilities' debiased RMS calibration error over 10 equal-mass bins (not inflated by
+    # small bins as ECE is; readiness uses it), and the ECE a perfectly calibrated model would show on this
+    # many samples. None in versions made before them.
+    error_calibrated: float | None = None
+    ece_floor: float | None = None
     # Binary models: each held-out sample's calibrated P(class 1), cross-fitted like the figures above, and
     # its label, so any threshold's sensitivity, specificity, PPV and NPV at this site can be read off.
     scores: list[float] | None = None

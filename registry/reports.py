@@ -53,3 +53,10 @@ class Reports:
         if raw is None:
             raise NotFound(f"gate report {report_id!r} does not exist")
         return parse(GateReport, raw)
+
+    @translated
+    def gates(self, report_ids: list[str]) -> dict[str, GateReport]:
+        """Several gate reports in one round trip, by id; ids without a report are left out."""
+        ids = [check_name(i) for i in report_ids]
+        raws = self.r.mget([self._key("report", "gate", i) for i in ids]) if ids else []
+        return {i: parse(GateReport, raw) for i, raw in zip(ids, raws, strict=True) if raw is not None}

@@ -19,6 +19,9 @@ from serving.responses import error_response
 # Evidently's report pages inline their scripts and styles; nothing may be fetched from elsewhere.
 HTML_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
                "font-src data:; frame-ancestors 'none'")
+# The console's own pages also fetch fragments of themselves and post forms to themselves.
+CONSOLE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
+                  "font-src data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'")
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request"}
 
 
@@ -35,7 +38,8 @@ def install(app: FastAPI, allowed_hosts: tuple[str, ...]) -> None:
             response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
         if response.headers.get("content-type", "").startswith("text/html"):
-            response.headers["Content-Security-Policy"] = HTML_POLICY
+            console = request.url.path.startswith("/ui")
+            response.headers["Content-Security-Policy"] = CONSOLE_POLICY if console else HTML_POLICY
         return response
 
     @app.exception_handler(RequestValidationError)

@@ -67,3 +67,5 @@ class ServingConfig(BaseModel):
     inputs: InputLogConfig = InputLogConfig()  # prediction inputs kept for the scheduled drift check
     webhooks: WebhookConfig = WebhookConfig()  # the allow-list new subscriptions are checked against
     stuck: StuckRule = StuckRule()  # when GET /v1/status and /metrics report a batch as stuck
+    # Where the console links to `evidently ui` on the home's workspace (README: Ops console); "" hides the link
+    evidently_ui_url: str = "http://127.0.0.1:8001"

@@ -8,13 +8,12 @@ the app inside each replica (`__serve_build_asgi_app__`).
 """
 
 
-import gzip
 import secrets
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from ray import serve
@@ -45,7 +44,7 @@ from registry.replicas import Replicas
 from registry.status import pipeline_status
 from registry.store import RedisRegistry
 from registry.webhooks import WebhookStore
-from serving import boundary, metrics, validation, webhooks
+from serving import boundary, console, metrics, validation, webhooks
 from serving.auth import Tokens, bearer, matches
 from serving.config import ServingConfig
 from serving.errors import (
@@ -57,8 +56,8 @@ from serving.errors import (
     Unprocessable,
 )
 from serving.ingest import Ingest
+from serving.responses import stored_html
 
-GZIP_MAGIC = b"\x1f\x8b"
 # Epoch seconds in a query: finite, not before 1970, not past the year 5138.
 Time = Annotated[float, Query(ge=0, le=1e11, allow_inf_nan=False)]
 
@@ -93,15 +92,6 @@ class AliasMove(BaseModel):
     version: int = Field(ge=1)
     reason: str = Field(min_length=1, max_length=500)
     force: bool = False
-
-
-def _html_page(stored: bytes, accept_encoding: str) -> Response:
-    """A stored report page: gzip bytes go out as they are where the client takes gzip (pages before gzip: plain)."""
-    if stored[:2] != GZIP_MAGIC:
-        return HTMLResponse(stored.decode())
-    if "gzip" in accept_encoding.lower():
-        return Response(stored, media_type="text/html; charset=utf-8", headers={"Content-Encoding": "gzip"})
-    return HTMLResponse(gzip.decompress(stored).decode())
 
 
 def _site_calibration(artifacts: ArtifactStore, version: ModelVersion, site: str) -> SiteCalibration:
@@ -154,6 +144,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     Reader = Annotated[str, Depends(reader)]
     app.include_router(webhooks.router(WebhookStore(reg), cfg.webhooks, admin, reader))
     app.include_router(validation.router(reg, artifacts, reader))
+    app.include_router(console.router(reg, artifacts, events, tokens, cfg.evidently_ui_url))
 
     @app.post("/v1/sites/{site}/batches", status_code=202)
     async def push_batch(request: Request, site_rec: Annotated[Site, Depends(site_token)],
@@ -322,7 +313,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
                      format: Literal["json", "html"] = "json") -> dict | Response:
         report = reg.reports.get_drift(report_id)
         if format == "html" and report.html_artifact:
-            return _html_page(artifacts.get(report.html_artifact), request.headers.get("accept-encoding", ""))
+            return stored_html(artifacts.get(report.html_artifact), request.headers.get("accept-encoding", ""))
         return report.model_dump()
 
     @app.post("/v1/predict", responses={200: {"description": "probabilities, labels, the version that answered"}})

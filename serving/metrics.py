@@ -93,7 +93,11 @@ class RegistryCollector(Collector):
                                     labels=["model", "site"])
         heldout = GaugeMetricFamily("clreg_site_heldout_accuracy", "Production version's held-out accuracy at a site",
                                     labels=["model", "site"])
+        limit = GaugeMetricFamily("clreg_model_estimate_drop_limit", "How far the estimate may fall under the "
+                                  "held-out accuracy before the alert (the model's readiness.estimate_drop)",
+                                  labels=["model"])
         for model in self._reg.list_models():
+            limit.add_metric([model], self._reg.get_model(model).readiness.estimate_drop)
             for site, (mean, n) in self._inputs.estimates(model).items():
                 estimated.add_metric([model, site], mean)
                 answers.add_metric([model, site], n)
@@ -102,7 +106,7 @@ class RegistryCollector(Collector):
             for site, figures in (calibration.sites.items() if calibration else ()):
                 if figures.accuracy is not None:
                     heldout.add_metric([model, site], figures.accuracy)
-        return [estimated, answers, heldout]
+        return [estimated, answers, heldout, limit]
 
     def _alerts(self) -> list[Metric]:
         found = self._events.alerts(count=100_000)

@@ -7,10 +7,11 @@ request id, and the client gets `{"error": "internal", "request_id": ...}` with 
 
 from __future__ import annotations
 
+import gzip
 import logging
 import uuid
 
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from learner.errors import LearnerError
 from registry.errors import (
@@ -71,3 +72,15 @@ def _classify(exc: Exception) -> tuple[int, str, str]:
     if isinstance(exc, ValueError):  # pydantic and name-pattern validation
         return 422, "invalid", str(exc)
     return 500, "internal", str(exc)
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def stored_html(stored: bytes, accept_encoding: str) -> Response:
+    """A stored report page: gzip bytes go out as they are where the client takes gzip (pages before gzip: plain)."""
+    if stored[:2] != GZIP_MAGIC:
+        return HTMLResponse(stored.decode())
+    if "gzip" in accept_encoding.lower():
+        return Response(stored, media_type="text/html; charset=utf-8", headers={"Content-Encoding": "gzip"})
+    return HTMLResponse(gzip.decompress(stored).decode())

@@ -13,14 +13,15 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from starlette.responses import HTMLResponse
 
-from learner.operating import operating_point
+from learner.operating import Costs, expected_cost, operating_point
 from registry.artifacts import ArtifactStore, version_calibration
 from registry.readiness import assess
 from registry.records import Name, SiteCalibration
 from registry.store import RedisRegistry
+from serving.charts import line_chart
 from serving.errors import NotReady
 
 PREVALENCES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
@@ -35,8 +36,10 @@ def ppv_npv(sensitivity: float, specificity: float, prevalence: float) -> tuple[
     return ppv, npv
 
 
-def _binary(fit: SiteCalibration, threshold: float | None, site_prevalence: float | None) -> dict[str, Any]:
-    """The site's threshold (0.5 when it has none) on its held-out scores, and PPV/NPV across prevalences."""
+def _binary(fit: SiteCalibration, threshold: float | None, site_prevalence: float | None,
+            costs: Costs) -> dict[str, Any]:
+    """The site's threshold (0.5 when it has none) on its held-out scores, its expected cost per case at the
+    site's prevalence, and PPV, NPV and expected cost across prevalences."""
     if fit.scores is None or fit.labels is None:
         return {}
     used = 0.5 if threshold is None else threshold
@@ -45,12 +48,17 @@ def _binary(fit: SiteCalibration, threshold: float | None, site_prevalence: floa
     if point.sensitivity is not None and point.specificity is not None:
         for p in sorted({*PREVALENCES, *([site_prevalence] if site_prevalence else [])}):
             ppv, npv = ppv_npv(point.sensitivity, point.specificity, p)
-            curve.append({"prevalence": p, "ppv": ppv, "npv": npv})
-    return {"threshold": {"value": used, "site_threshold": threshold, **point.as_dict()}, "ppv_npv_curve": curve}
+            curve.append({"prevalence": p, "ppv": ppv, "npv": npv, "expected_cost": expected_cost(point, costs, p)})
+    cost = expected_cost(point, costs, site_prevalence)
+    return {"threshold": {"value": used, "site_threshold": threshold, **point.as_dict(), "expected_cost": cost,
+                          "costs": {"false_positive": costs.false_positive, "false_negative": costs.false_negative}},
+            "ppv_npv_curve": curve}
 
 
-def report(reg: RedisRegistry, artifacts: ArtifactStore, model: str, site: str) -> dict[str, Any]:
-    """The validation report of `site` under `model`'s production version."""
+def report(reg: RedisRegistry, artifacts: ArtifactStore, model: str, site: str,
+           costs: Costs | None = None) -> dict[str, Any]:
+    """The validation report of `site` under `model`'s production version (binary models: the threshold priced
+    at `costs`, 1 and 1 by default)."""
     record, rules = reg.get_site(site), reg.get_model(model).readiness
     version = reg.version_by_alias(model)
     if version is None:
@@ -70,7 +78,7 @@ def report(reg: RedisRegistry, artifacts: ArtifactStore, model: str, site: str) 
     }
     if fit is not None:
         prevalence = counts.prevalence[1] if counts and len(counts.prevalence) == 2 else None
-        out.update(_binary(fit, record.threshold, prevalence))
+        out.update(_binary(fit, record.threshold, prevalence, costs or Costs(false_positive=1.0, false_negative=1.0)))
     return out
 
 
@@ -88,6 +96,36 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else "-" if v is None else str(v)
 
 
+def _reliability(held: dict[str, Any]) -> list[str]:
+    """The reliability diagram (accuracy against mean confidence per bin; on the diagonal is calibrated) and its
+    bins as a table."""
+    series = {f"{name.split('_')[1]} calibration": [(c, a) for c, a, _ in held[name]]
+              for name in ("reliability_before", "reliability_after") if held.get(name)}
+    if not series:
+        return []
+    out = ["<h2>Reliability</h2>", line_chart("accuracy against confidence per bin", "mean confidence",
+                                              "accuracy", series, diagonal=True, dots=True)]
+    for name in ("reliability_before", "reliability_after"):
+        if held.get(name):
+            out.append(f"<h3>{name.split('_')[1]} calibration</h3>"
+                       + _table(["mean confidence", "accuracy", "samples"], held[name]))
+    return out
+
+
+def _threshold(point: dict[str, Any], curve: list[dict[str, Any]]) -> list[str]:
+    costs = point["costs"]
+    return [f"<h2>Threshold {point['value']:g}</h2><table>" + _rows([
+                ("sensitivity", _fmt(point.get("sensitivity"))), ("specificity", _fmt(point.get("specificity"))),
+                ("expected cost per case at the site's prevalence", _fmt(point.get("expected_cost"))),
+                ("costs (false positive, false negative)", f"{costs['false_positive']:g}, {costs['false_negative']:g}"),
+            ]) + "</table>",
+            line_chart("PPV and NPV by prevalence", "prevalence", "predictive value",
+                       {"PPV": [(c["prevalence"], c["ppv"]) for c in curve if c["ppv"] is not None],
+                        "NPV": [(c["prevalence"], c["npv"]) for c in curve if c["npv"] is not None]}),
+            _table(["prevalence", "PPV", "NPV", "expected cost"],
+                   [[c["prevalence"], c["ppv"], c["npv"], c["expected_cost"]] for c in curve])]
+
+
 def render_html(r: dict[str, Any]) -> str:
     """The report as one self-contained page (no script, no external asset)."""
     held = r["heldout"] or {}
@@ -97,18 +135,15 @@ def render_html(r: dict[str, Any]) -> str:
              "<h2>Held-out figures</h2><table>" + _rows([
                  ("samples", held.get("samples")), ("accuracy", _fmt(held.get("accuracy"))),
                  ("95% interval", held.get("accuracy_interval")), ("temperature", _fmt(held.get("temperature"))),
-                 ("ECE before / after", f"{_fmt(held.get('ece'))} / {_fmt(held.get('ece_calibrated'))}")]) + "</table>"]
+                 ("ECE before / after", f"{_fmt(held.get('ece'))} / {_fmt(held.get('ece_calibrated'))}"),
+                 ("ECE of a perfectly calibrated model on these samples", _fmt(held.get("ece_floor"))),
+                 ("calibration error after (debiased)", _fmt(held.get("error_calibrated")))]) + "</table>"]
     if held.get("sensitivity"):
         parts.append("<h2>Sensitivity per class</h2>" + _table(
             ["class", "found", "95% low", "95% high"], [[k, *v] for k, v in held["sensitivity"].items()]))
-    for name in ("reliability_before", "reliability_after"):
-        if held.get(name):
-            parts.append(f"<h2>Reliability, {name.split('_')[1]} calibration</h2>"
-                         + _table(["mean confidence", "accuracy", "samples"], held[name]))
+    parts += _reliability(held)
     if r.get("ppv_npv_curve"):
-        parts.append(f"<h2>Threshold {r['threshold']['value']:g}: PPV and NPV by prevalence</h2>"
-                     + _table(["prevalence", "PPV", "NPV"], [[c["prevalence"], c["ppv"], c["npv"]]
-                                                              for c in r["ppv_npv_curve"]]))
+        parts += _threshold(r["threshold"], r["ppv_npv_curve"])
     return ("<!doctype html><html><head><meta charset='utf-8'><title>clreg site validation</title>"
             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}</style>"
             "</head><body>" + "".join(parts) + "</body></html>")
@@ -119,10 +154,12 @@ def router(reg: RedisRegistry, artifacts: ArtifactStore, reader: Callable[..., s
     Reader = Annotated[str, Depends(reader)]  # noqa: N806
 
     @api.get("/v1/sites/{site}/validation", response_model=None)
-    def site_validation(site: Name, model: Name, _: Reader,
-                        format: Literal["json", "html"] = "json") -> dict | HTMLResponse:  # noqa: A002
-        """Whether the production version is fit for use at the site, and the figures that say so."""
-        out = report(reg, artifacts, model, site)
+    def site_validation(site: Name, model: Name, _: Reader, format: Literal["json", "html"] = "json",  # noqa: A002
+                        cost_fp: Annotated[float, Query(gt=0, le=1e6)] = 1.0,
+                        cost_fn: Annotated[float, Query(gt=0, le=1e6)] = 1.0) -> dict | HTMLResponse:
+        """Whether the production version is fit for use at the site, and the figures that say so; binary models
+        price the site's threshold at the given costs of a false positive and a false negative."""
+        out = report(reg, artifacts, model, site, Costs(false_positive=cost_fp, false_negative=cost_fn))
         return HTMLResponse(render_html(out)) if format == "html" else out
 
     return api

@@ -30,3 +30,12 @@ def test_a_site_never_learnt_is_not_validated_and_rules_are_per_model() -> None:
     assert not assess("elsewhere", CAL, Readiness()).validated
     assert "never learnt" in assess("elsewhere", None, Readiness()).reasons[0]
     assert assess("weak", CAL, Readiness(accuracy_floor=0.75)).validated  # a lower floor for this model
+
+
+def test_the_debiased_calibration_error_decides_where_a_version_has_it() -> None:
+    noisy_but_calibrated = _site(0.93, 0.88, 0.12).model_copy(update={"error_calibrated": 0.02, "ece_floor": 0.09})
+    miscalibrated = _site(0.93, 0.88, 0.04).model_copy(update={"error_calibrated": 0.15})
+    cal = Calibration(model="m", pooled=_site(None, 0, 0.05), sites={"a": noisy_but_calibrated, "b": miscalibrated})
+    ready = assess_sites(cal, Readiness(ece_limit=0.1))
+    assert ready["a"].validated and not ready["b"].validated
+    assert "calibration error 0.150" in ready["b"].reasons[0] and "ECE 0.040" in ready["b"].reasons[0]

@@ -76,6 +76,7 @@ def test_site_accuracy_is_estimated_from_served_answers_beside_its_validation(re
     assert found[("clreg_site_estimate_answers", (("model", "cnn"), ("site", "b")))] == 10  # capped to the newest
     assert found[("clreg_site_heldout_accuracy", (("model", "cnn"), ("site", "a")))] == 0.9
     assert ("clreg_site_heldout_accuracy", (("model", "cnn"), ("site", "b"))) not in found
+    assert found[("clreg_model_estimate_drop_limit", (("model", "cnn"),))] == 0.05  # the readiness default
 
 
 def test_gate_failures_count_back_to_the_last_pass() -> None:

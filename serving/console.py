@@ -1,0 +1,188 @@
+"""The ops console at /ui: server-rendered pages (Jinja2, inline SVG charts, a few lines of plain JS that
+refresh the batch queue and the alerts), signed in with the ops or admin token.
+
+No `from __future__ import annotations` here: FastAPI must see the real dependency types of the routes.
+
+Reading needs a session (serving/session.py: a signed HttpOnly, SameSite=Strict cookie); the actions
+(promote, roll back, set a threshold) need the admin's session and the form's CSRF token, and promotions
+and rollbacks go through a confirmation page and the same promote() as the API.
+"""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, quote
+
+from fastapi import APIRouter, Cookie, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from registry import promotion
+from registry.artifacts import ArtifactStore
+from registry.errors import RegistryError
+from registry.events import EventLog
+from registry.records import Name, check_name
+from registry.store import RedisRegistry
+from serving import console_data, session, validation
+from serving.auth import Tokens
+from serving.errors import BadRequest, ServingError, Unauthorized
+from serving.responses import error_response, stored_html
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+TEMPLATES.env.globals.update(quote=quote, when=console_data.when)
+Session = Annotated[str | None, Cookie(alias=session.COOKIE)]
+KIND = r"^[a-z]{1,20}\.[a-z]{1,20}$"
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An urlencoded form body as single values (the console's forms send no files)."""
+    body = (await request.body())[:65536].decode("utf-8", errors="replace")
+    return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+
+
+def router(reg: RedisRegistry, artifacts: ArtifactStore, events: EventLog, tokens: Tokens,  # noqa: C901
+           evidently_ui: str) -> APIRouter:
+    """The console's routes (each a small closure over the console's state, as the gateway's are)."""
+    ui = APIRouter(prefix="/ui", include_in_schema=False)
+
+    def page(request: Request, cookie: str | None, template: str, **context: Any) -> Response:
+        """A page for a signed-in reader, or the sign-in page for anyone else."""
+        try:
+            role = session.role_of(tokens, cookie)
+        except Unauthorized:
+            return RedirectResponse("/ui/login", status_code=303)
+        context.update(role=role, csrf=session.csrf_token(tokens, cookie or ""), evidently_ui=evidently_ui)
+        return TEMPLATES.TemplateResponse(request, template, context)
+
+    def failed(request: Request, e: Exception, back: str) -> Response:
+        """The refusal as a page, with the status and message the JSON API gives for it."""
+        answer = error_response(e)
+        body = json.loads(bytes(answer.body))
+        return TEMPLATES.TemplateResponse(request, "error.html", {"error": body, "back": back, "role": None},
+                                          status_code=answer.status_code)
+
+    @ui.get("")
+    def home() -> Response:
+        return RedirectResponse("/ui/models", status_code=303)
+
+    @ui.get("/login")
+    def login_form(request: Request) -> Response:
+        return TEMPLATES.TemplateResponse(request, "login.html", {"role": None, "error": None})
+
+    @ui.post("/login")
+    async def login(request: Request) -> Response:
+        try:
+            role, cookie = session.issue(tokens, (await _form(request)).get("token", "").strip())
+        except Unauthorized as e:
+            return TEMPLATES.TemplateResponse(request, "login.html", {"role": None, "error": str(e)},
+                                              status_code=401)
+        out = RedirectResponse("/ui/models", status_code=303)
+        out.set_cookie(session.COOKIE, cookie, max_age=session.LIFETIME_S, httponly=True, samesite="strict",
+                       path="/ui", secure=request.url.scheme == "https")
+        return out
+
+    @ui.post("/logout")
+    def logout() -> Response:
+        out = RedirectResponse("/ui/login", status_code=303)
+        out.delete_cookie(session.COOKIE, path="/ui")
+        return out
+
+    @ui.get("/models")
+    def models(request: Request, cookie: Session = None) -> Response:
+        return page(request, cookie, "models.html", models=console_data.models(reg, events))
+
+    @ui.get("/models/{name}")
+    def model(request: Request, name: Name, cookie: Session = None) -> Response:
+        return page(request, cookie, "model.html", **console_data.model(reg, name))
+
+    @ui.get("/models/{name}/queue")
+    def model_queue(request: Request, name: Name, cookie: Session = None) -> Response:
+        reg.get_model(name)
+        return page(request, cookie, "queue.html", queue=console_data.queue(reg, name))
+
+    @ui.get("/sites")
+    def sites(request: Request, cookie: Session = None) -> Response:
+        return page(request, cookie, "sites.html", rows=console_data.sites(reg, artifacts))
+
+    @ui.get("/alerts")
+    def alerts(request: Request, cookie: Session = None, model: Name | None = None, site: Name | None = None,
+               kind: Annotated[str | None, Query(pattern=KIND)] = None, rows_only: bool = False) -> Response:
+        found = console_data.alerts(events, model, site, kind)
+        return page(request, cookie, "alert_rows.html" if rows_only else "alerts.html", alerts=found,
+                    filters={"model": model or "", "site": site or "", "kind": kind or ""})
+
+    @ui.get("/drift/{report_id}")
+    def drift_page(request: Request, report_id: Name, cookie: Session = None) -> Response:
+        """A drift check's Evidently page, for a signed-in reader."""
+        try:
+            session.role_of(tokens, cookie)
+        except Unauthorized:
+            return RedirectResponse("/ui/login", status_code=303)
+        report = reg.reports.get_drift(report_id)
+        if not report.html_artifact:
+            raise BadRequest(f"drift report {report_id!r} was stored without its page")
+        return stored_html(artifacts.get(report.html_artifact), request.headers.get("accept-encoding", ""))
+
+    @ui.get("/sites/{site}/validation")
+    def site_validation(request: Request, site: Name, model: Name, cookie: Session = None) -> Response:
+        """The site's validation report page (as GET /v1/sites/{site}/validation?format=html)."""
+        try:
+            session.role_of(tokens, cookie)
+        except Unauthorized:
+            return RedirectResponse("/ui/login", status_code=303)
+        return HTMLResponse(validation.render_html(validation.report(reg, artifacts, model, site)))
+
+    @ui.post("/models/{name}/production")
+    async def move(request: Request, name: Name, cookie: Session = None) -> Response:
+        """Promote or roll back: the first post shows what will change, the confirmed one moves the alias."""
+        back = f"/ui/models/{quote(name)}"
+        form = await _form(request)
+        try:
+            session.check_action(tokens, cookie, form.get("csrf"))
+            version, reason = _version(form.get("version")), form.get("reason", "").strip()
+            if not reason:
+                raise BadRequest("give a reason: it is kept in the alias history")
+            current = reg.resolve(name)
+            force = form.get("force") == "yes"  # a version that did not pass its gates, knowingly
+            if form.get("confirmed") != "yes":
+                return page(request, cookie, "confirm.html", name=name, version=version, reason=reason,
+                            current=current, force=force, status=reg.status(name, version).value)
+            promotion.promote(reg, events, name, version, who="admin (console)", reason=reason, force=force,
+                              artifacts=artifacts)
+        except (ServingError, RegistryError, ValueError) as e:
+            return failed(request, e, back)
+        return RedirectResponse(back, status_code=303)
+
+    @ui.post("/sites/threshold")
+    async def threshold(request: Request, cookie: Session = None) -> Response:
+        """Set or clear (empty) a site's threshold, as PUT /v1/sites/{site}/threshold does."""
+        form = await _form(request)
+        try:
+            session.check_action(tokens, cookie, form.get("csrf"))
+            value = _threshold(form.get("threshold", ""))
+            reg.update_site(reg.get_site(check_name(form.get("site", ""))).model_copy(update={"threshold": value}))
+        except (ServingError, RegistryError, ValueError) as e:
+            return failed(request, e, "/ui/sites")
+        return RedirectResponse("/ui/sites", status_code=303)
+
+    return ui
+
+
+def _version(raw: str | None) -> int:
+    if not raw or not raw.isdigit() or not 1 <= int(raw) <= 2**53:
+        raise BadRequest(f"version must be a whole number from 1, got {raw!r}")
+    return int(raw)
+
+
+def _threshold(raw: str) -> float | None:
+    """A threshold in [0, 1], or None for an empty field (clear it)."""
+    if not raw.strip():
+        return None
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise BadRequest(f"threshold must be a number in [0, 1], got {raw!r}") from e
+    if not 0.0 <= value <= 1.0:
+        raise BadRequest(f"threshold must lie in [0, 1], got {value}")
+    return value
+

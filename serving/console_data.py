@@ -1,0 +1,134 @@
+"""What the console pages show, read from the registry in as few round trips as the page allows.
+
+Each function returns plain dicts for one page's template; the figures are the ones the JSON API gives
+(the browser tests compare them), only arranged for reading.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from registry.artifacts import ArtifactStore, version_calibration
+from registry.events import EventLog
+from registry.readiness import assess
+from registry.records import BatchStatus, GateReport, VersionView
+from registry.store import RedisRegistry
+from serving.charts import heatmap, line_chart
+
+DAY_S = 86400.0
+QUEUE_DONE = 10  # finished batches shown under the active ones
+
+
+def when(at: float | None) -> str:
+    """A time as ops read it in a table (UTC)."""
+    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+
+
+def models(reg: RedisRegistry, events: EventLog) -> list[dict[str, Any]]:
+    """Per model: production version, last promotion, alerts in the last day, batches waiting and in flight."""
+    recent = Counter(a.model for a in events.alerts(since=time.time() - DAY_S, count=100_000))
+    ids = {i for i, _ in reg.active_batches()}
+    out = []
+    for name in reg.list_models():
+        history = reg.alias_history(name)
+        active = sum(b.id in ids for b in reg.model_batches(name)) if ids else 0
+        out.append({"name": name, "production": reg.resolve(name), "last": history[-1] if history else None,
+                    "alerts": recent[name], "pending": len(reg.pending(name)), "active": active})
+    return out
+
+
+def _matrix(views: list[VersionView], gates: dict[str, GateReport]) -> tuple[str, dict[tuple[str, str], float]]:
+    """The accuracy matrix (version x site) from the gate reports, as a heatmap and as numbers."""
+    values: dict[tuple[str, str], float] = {}
+    sites: list[str] = []
+    rows = []
+    for view in views:
+        gate = gates.get(view.gate_report_id or "")
+        if gate is None:
+            continue
+        rows.append(f"v{view.version.number}")
+        for line in gate.sites:
+            values[(rows[-1], line.site)] = line.candidate_accuracy
+            if line.site not in sites:
+                sites.append(line.site)
+    return heatmap("held-out accuracy of each version (row) at each site (column), from its gate report",
+                   rows, sites, values), values
+
+
+def _drift_chart(reports: list[Any]) -> str:
+    """Each site's drifted share of feature columns over time (x: first to last check)."""
+    if not reports:
+        return ""
+    first, last = reports[0].created_at, reports[-1].created_at
+    span = max(last - first, 1e-9)
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in reports:
+        series.setdefault(r.site, []).append(((r.created_at - first) / span, r.drifted_share))
+    return line_chart(f"drifted share of feature columns, {when(first)} to {when(last)}", "time", "drifted share",
+                      series, dots=len(reports) < 3)
+
+
+def model(reg: RedisRegistry, name: str) -> dict[str, Any]:
+    """One model: versions (newest first) with gate verdicts, alias history, accuracy matrix, drift, queue."""
+    record = reg.get_model(name)
+    views = reg.list_versions(name)
+    gates = reg.reports.gates([v.gate_report_id for v in views if v.gate_report_id])
+    chart, matrix = _matrix(views, gates)
+    drift = reg.reports.drift(name, limit=200)
+    versions = [{"number": v.version.number, "status": v.status.value, "aliases": v.aliases,
+                 "created": when(v.version.created_at), "sites": v.version.lineage.sites,
+                 "gate": gates.get(v.gate_report_id or "")} for v in reversed(views)]
+    return {"model": record, "production": reg.resolve(name), "versions": versions,
+            "history": list(reversed(reg.alias_history(name))), "matrix_svg": chart, "matrix": matrix,
+            "drift_svg": _drift_chart(drift), "drift": list(reversed(drift))[:50], "queue": queue(reg, name)}
+
+
+def queue(reg: RedisRegistry, name: str) -> list[dict[str, Any]]:
+    """The model's batches still in the pipeline, then the last few that reached a verdict, newest first."""
+    batches = sorted(reg.model_batches(name), key=lambda b: b.created_at, reverse=True)
+    active = dict(reg.active_batches())
+    shown = [b for b in batches if b.id in active] + [b for b in batches if b.id not in active][:QUEUE_DONE]
+    out = []
+    for b in shown:
+        state = active.get(b.id) or reg.batch_state(b.id)
+        out.append({"id": b.id, "site": b.site, "samples": b.samples, "status": state.status.value,
+                    "detail": state.detail, "version": state.version, "updated": when(state.updated_at),
+                    "done": state.status in (BatchStatus.PROMOTED, BatchStatus.REJECTED, BatchStatus.FAILED)})
+    return out
+
+
+def sites(reg: RedisRegistry, artifacts: ArtifactStore) -> list[dict[str, Any]]:
+    """Per site and model: prevalence, calibration under the production version, threshold, readiness."""
+    records = reg.sites()
+    names = [s.name for s in records]
+    rows = []
+    for m in reg.list_models():
+        counts, rules = reg.site_counts(m, names), reg.get_model(m).readiness
+        version = reg.version_by_alias(m)
+        calibration = version_calibration(artifacts, version) if version else None
+        for site in records:
+            fit = calibration.sites.get(site.name) if calibration else None
+            if site.name not in counts and fit is None:
+                continue
+            c = counts.get(site.name)
+            rows.append({"site": site.name, "model": m, "version": version.number if version else None,
+                         "prevalence": c.prevalence if c else None, "samples": c.samples if c else None,
+                         "threshold": site.threshold, "fit": fit,
+                         "validated": assess(site.name, calibration, rules).validated if version else None})
+    return rows
+
+
+def alerts(events: EventLog, model: str | None, site: str | None, kind: str | None,
+           limit: int = 200) -> list[dict[str, Any]]:
+    """The newest alerts first, filtered as /v1/alerts filters them."""
+    found = events.alerts(model, 0.0, count=100_000, site=site, kind=kind)[-limit:]
+    return [{"at": when(a.at), "model": a.model, "kind": a.kind, "site": a.data.get("site", ""),
+             "summary": a.data.get("reason") or a.data.get("message") or _summary(a.data), "id": a.id}
+            for a in reversed(found)]
+
+
+def _summary(data: dict[str, Any]) -> str:
+    keep = {k: v for k, v in data.items() if k not in ("site",) and not isinstance(v, (list, dict))}
+    return ", ".join(f"{k}={v}" for k, v in list(keep.items())[:5])
