@@ -269,6 +269,12 @@ def pipeline(r: Json) -> str:
     return table(["step", "median", "min", "max"], rows)
 
 
+def console(r: Json) -> str:
+    rows = [[f"`{c['path']}`", f"{c['p50_ms']:.0f}", f"{c['p95_ms']:.0f}", f"{c['bytes'] / 1024:.0f}",
+             f"`{c['api_path']}`", f"{c['api_p50_ms']:.0f}"] for c in r["summary"]]
+    return table(["page", "p50 ms", "p95 ms", "KiB", "JSON route with the same figures", "its p50 ms"], rows)
+
+
 # --- README ------------------------------------------------------------------------------------------------
 
 def load(name: str) -> Json:
@@ -286,6 +292,7 @@ RENDERERS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {  # block: (r
     "serving": (("serving",), lambda: serving(load("serving"))),
     "sites": (("sites",), lambda: sites(load("sites"))),
     "pipeline": (("pipeline",), lambda: pipeline(load("pipeline"))),
+    "console": (("console",), lambda: console(load("console"))),
 }
 BLOCK = re.compile(r"<!-- table:(?P<name>[\w-]+) -->\n.*?<!-- /table:(?P=name) -->", re.S)
 

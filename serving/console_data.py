@@ -10,10 +10,13 @@ import time
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
+from learner.operating import OperatingPoint, operating_point
 from registry.artifacts import ArtifactStore, version_calibration
 from registry.events import EventLog
 from registry.readiness import assess
-from registry.records import BatchStatus, GateReport, VersionView
+from registry.records import BatchStatus, GateReport, SiteCalibration, VersionView
 from registry.store import RedisRegistry
 from serving.charts import heatmap, line_chart
 
@@ -114,10 +117,24 @@ def sites(reg: RedisRegistry, artifacts: ArtifactStore) -> list[dict[str, Any]]:
                 continue
             c = counts.get(site.name)
             rows.append({"site": site.name, "model": m, "version": version.number if version else None,
-                         "prevalence": c.prevalence if c else None, "samples": c.samples if c else None,
-                         "threshold": site.threshold, "fit": fit,
+                         "prevalence": _prevalence(c.prevalence) if c else "", "samples": c.samples if c else None,
+                         "threshold": site.threshold, "fit": fit, "point": _point(fit, site.threshold),
                          "validated": assess(site.name, calibration, rules).validated if version else None})
     return rows
+
+
+def _prevalence(shares: list[float]) -> str:
+    """A binary site's positive share; for more classes, the largest class's share."""
+    if len(shares) == 2:
+        return f"{shares[1]:.3f}"
+    return f"{len(shares)} classes, largest {max(shares):.3f}" if shares else ""
+
+
+def _point(fit: SiteCalibration | None, threshold: float | None) -> OperatingPoint | None:
+    """A binary site's operating point at its threshold (0.5 when unset) on its calibrated held-out scores."""
+    if fit is None or fit.scores is None or fit.labels is None:
+        return None
+    return operating_point(np.array(fit.scores), np.array(fit.labels), 0.5 if threshold is None else threshold)
 
 
 def alerts(events: EventLog, model: str | None, site: str | None, kind: str | None,

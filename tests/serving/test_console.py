@@ -131,8 +131,11 @@ def test_every_page_shows_what_the_api_says(stack: Stack, learnt: dict, browser:
 
     page.goto(f"{stack.url}/ui/sites")
     v = api.get(f"/v1/models/{MODEL}/versions/{production}")["calibration"]["sites"]
+    listed = {s["name"]: s["models"][MODEL] for s in api.get("/v1/sites") if MODEL in s["models"]}
     for site, fit in v.items():
         row = page.locator(f"tr[data-site='{site}'][data-model={MODEL}]")
+        shares = listed[site]["prevalence"]
+        assert row.locator(".prevalence").inner_text() == f"{len(shares)} classes, largest {max(shares):.3f}"
         assert row.locator(".temperature").inner_text() == f"{fit['temperature']:.3f}"
         assert row.locator(".ece-after").inner_text() == f"{fit['ece_calibrated']:.3f}"
     _shot(page, "sites")
