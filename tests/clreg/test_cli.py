@@ -31,3 +31,15 @@ def test_training_detail_carries_epoch_and_total(registry: RedisRegistry, store_
     found = EPOCH.search(state.detail)
     assert state.status is BatchStatus.TRAINING and found is not None
     assert (found["site"], found["epoch"], found["total"]) == ("base", "3", "7")
+
+
+def test_ui_prints_the_console_address_of_the_configured_port(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from typer.testing import CliRunner
+
+    from clreg.cli import app
+
+    monkeypatch.setenv("CLREG_HOME", str(tmp_path))
+    monkeypatch.setenv("CLREG_SERVE__PORT", "8123")
+    result = CliRunner().invoke(app, ["ui", "--no-open"])
+    assert result.exit_code == 0, result.output
+    assert "http://127.0.0.1:8123/ui" in result.output

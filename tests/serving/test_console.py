@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from clreg import context, pipeline
@@ -142,6 +147,8 @@ def test_every_page_shows_what_the_api_says(stack: Stack, learnt: dict, browser:
 
     page.goto(f"{stack.url}/ui/alerts?kind=drift.alert&model={MODEL}")
     assert page.locator("#alerts-table tr[data-alert]").count() == len(drift)
+    page.wait_for_selector("#alerts[data-refreshed]", state="attached", timeout=10_000)  # refreshes itself
+    assert page.locator("#alerts-table tr[data-alert]").count() == len(drift)
     assert set(_cells(page, "#alerts-table .kind")) == {"drift.alert"}
     _shot(page, "alerts")
 
@@ -175,3 +182,35 @@ def test_a_rollback_through_the_console_moves_the_alias_and_only_the_admin_may(s
     assert page.locator("#production").inner_text() == "v1"
     assert _cells(page, "#history .reason")[0] == "console rollback test"
     _shot(page, "model-after-rollback")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_evidently_ui_opens_the_workspace_clreg_fills(stack: Stack, learnt: dict) -> None:
+    """The README's `evidently ui` command shows one project per model with a snapshot per drift check."""
+    port = _free_port()
+    evidently = Path(sys.executable).parent / "evidently"
+    workspace = stack.settings.home / "workspace"
+    proc = subprocess.Popen([str(evidently), "ui", "--workspace", str(workspace), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, projects = time.monotonic() + 60, None
+        while projects is None and time.monotonic() < deadline:
+            try:
+                projects = httpx.get(f"http://127.0.0.1:{port}/api/projects", timeout=2).json()
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert projects is not None, "evidently ui did not answer"
+        project = next(p for p in projects if p["name"] == MODEL)
+        snapshots = httpx.get(f"http://127.0.0.1:{port}/api/projects/{project['id']}/snapshots", timeout=10).json()
+        alerts = Client(stack.url, stack.ops_token).get("/v1/alerts", model=MODEL)
+        alerted = {a["data"]["report_id"] for a in alerts if a["kind"] == "drift.alert"}
+        assert alerted and alerted <= {s["metadata"]["report_id"] for s in snapshots}
+        assert {s["metadata"]["site"] for s in snapshots} == {f"{MODEL}-{s}" for s in SITES[1:]}
+    finally:
+        proc.terminate()
+        proc.wait(10)
