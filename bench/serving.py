@@ -1,7 +1,10 @@
-"""/v1/predict throughput and latency with Serve request batching off and on, through the real stack.
+"""/v1/predict throughput and latency with Serve request batching off and on, through the real stack, beside a
+bare Ray Serve deployment of the same networks.
 
-One embedded stack (Valkey, local Ray, Ray Serve) with one ModelServer application per batching setting,
-side by side on the same proxy (/bench-<setting>), so every setting sees the same machine noise: cells
+One embedded stack (Valkey, local Ray, Ray Serve) with one ModelServer application per batching setting and
+one bare deployment (the same weights; it parses the JSON, runs the network and answers the probabilities,
+nothing else), side by side on the same proxy (/bench-<setting>), all with one replica, one torch thread and
+the same max_ongoing_requests, so every side sees the same machine noise: cells
 (model x clients x setting) run in a shuffled order, repeated over rounds, and each figure is the median
 over rounds. In a cell K closed-loop clients (threads, one httpx connection each) send one-image JSON
 requests naming a site for a fixed time. Two models: the default small CNN (1x16x16) and a 4x wider one
@@ -26,13 +29,15 @@ import torch
 from ray import serve
 from rich.console import Console
 from rich.table import Table
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
 from clreg import embedded  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
-from learner.models import small_cnn, weights_to_bytes  # noqa: E402
+from learner.models import load_weights, small_cnn, weights_to_bytes  # noqa: E402
 from learner.sitebn import bank_to_bytes, extract_site_bn  # noqa: E402
 from registry.artifacts import ArtifactStore  # noqa: E402
 from registry.records import Calibration, InputSpec, Lineage, Model, ModelVersion, SiteCalibration  # noqa: E402
@@ -42,12 +47,13 @@ from serving.config import ServingConfig  # noqa: E402
 
 MODELS = {"small": (16, 1), "wide": (64, 4)}  # name -> (image side, width multiplier)
 SETTINGS = {"off": (1, 0.0), "on": (16, 0.0), "wait-2ms": (16, 0.002)}  # -> (max requests per batch, wait s)
+BARE = "bare"  # the baseline: a bare Serve deployment of the same networks
 CLIENTS = (1, 4, 16)
 SITES = ("a", "b", "c")
 
 
-def register(reg: RedisRegistry, store: ArtifactStore, name: str, side: int, mult: int) -> None:
-    """A production version with weights, a 3-site BatchNorm bank and per-site temperatures."""
+def register(reg: RedisRegistry, store: ArtifactStore, name: str, side: int, mult: int) -> bytes:
+    """A production version with weights, a 3-site BatchNorm bank and per-site temperatures; its weights."""
     spec = InputSpec(channels=1, height=side, width=side, classes=10)
     reg.create_model(Model(name=name, factory="learner.models:small_cnn", factory_kwargs={"width_mult": mult},
                            input=spec))
@@ -61,6 +67,27 @@ def register(reg: RedisRegistry, store: ArtifactStore, name: str, side: int, mul
     number = reg.register_version(ModelVersion(model=name, number=1, lineage=Lineage(sites=list(SITES)),
                                                artifacts=artifacts)).number
     reg.promote(name, number, who="bench", reason="serving benchmark")
+    return weights_to_bytes(net)
+
+
+class Bare:
+    """The same networks behind Ray Serve with nothing else: parse the JSON, run the network, answer."""
+
+    def __init__(self, weights: dict[str, tuple[int, int, bytes]]) -> None:
+        torch.set_num_threads(1)  # as a ModelServer replica (ServingConfig.torch_threads)
+        self.nets = {}
+        for name, (side, mult, raw) in weights.items():
+            net = small_cnn(1, side, side, 10, width_mult=mult)
+            load_weights(net, raw)
+            self.nets[name] = (net.eval(), side)
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        net, side = self.nets[request.query_params["model"]]
+        body = await request.json()
+        x = torch.tensor(body["inputs"], dtype=torch.float32).reshape(-1, 1, side, side)
+        with torch.no_grad():
+            probs = torch.softmax(net(x), dim=1)
+        return JSONResponse({"probabilities": probs.tolist(), "labels": probs.argmax(dim=1).tolist()})
 
 
 def load(url: str, model: str, side: int, clients: int, seconds: float) -> dict[str, Any]:
@@ -71,12 +98,15 @@ def load(url: str, model: str, side: int, clients: int, seconds: float) -> dict[
     deadline = time.perf_counter() + seconds
 
     def client(i: int) -> None:
-        with httpx.Client(base_url=url, timeout=30) as http:
+        with httpx.Client(base_url=url, timeout=10) as http:
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                r = http.post("", params={"model": model}, json=body)
+                try:
+                    ok = http.post("", params={"model": model}, json=body).status_code == 200
+                except httpx.HTTPError:  # refused, reset, timed out: a failure like a non-200
+                    ok = False
                 latencies[i].append(time.perf_counter() - t0)
-                errors[i] += r.status_code != 200
+                errors[i] += not ok
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     started = time.perf_counter()
@@ -102,9 +132,15 @@ def warm(url: str, model: str, side: int) -> None:
         httpx.post(url, params={"model": model}, json=body, timeout=30)
 
 
-def deploy_settings(stack: embedded.Stack) -> dict[str, str]:
-    """One ModelServer application per batching setting beside the stack's own; setting -> its URL."""
+def deploy_settings(stack: embedded.Stack, weights: dict[str, tuple[int, int, bytes]]) -> dict[str, str]:
+    """One ModelServer application per batching setting beside the stack's own, and the bare deployment;
+    setting -> its URL."""
     urls = {}
+    cfg = stack.serving()
+    bare = serve.deployment(name="Bare", max_ongoing_requests=cfg.max_ongoing_requests,
+                            ray_actor_options={"num_cpus": 0})(Bare)
+    serve.run(bare.bind(weights), name=f"bench-{BARE}", route_prefix=f"/bench-{BARE}", blocking=False)
+    urls[BARE] = f"{stack.url}/bench-{BARE}"
     for setting, (max_requests, wait) in SETTINGS.items():
         cfg = stack.serving().model_copy(update={"batch_max_requests": max_requests, "batch_wait_s": wait})
         serve.run(model_server.deployment(cfg).bind(cfg.model_dump(mode="json")), name=f"bench-{setting}",
@@ -122,16 +158,16 @@ def run(seconds: float, rounds: int) -> list[dict[str, Any]]:
                                         serve=ServingConfig(port=8791)))
         try:
             reg, store = RedisRegistry(stack.store), ArtifactStore(stack.settings.artifacts())
-            for name, (side, mult) in MODELS.items():
-                register(reg, store, name, side, mult)
-            urls = deploy_settings(stack)
+            weights = {name: (side, mult, register(reg, store, name, side, mult))
+                        for name, (side, mult) in MODELS.items()}
+            urls = deploy_settings(stack, weights)
             for url in urls.values():
                 for name, (side, _) in MODELS.items():
                     warm(url, name, side)
             for r in range(rounds):
                 for name, (side, _) in MODELS.items():
                     for clients in CLIENTS:
-                        for setting in rng.permutation(list(SETTINGS)):
+                        for setting in rng.permutation([*SETTINGS, BARE]):
                             rows.append({"round": r, "model": name, "batching": str(setting), "clients": clients,
                                          **load(urls[setting], name, side, clients, seconds)})
                             print(rows[-1], file=sys.stderr)
@@ -145,7 +181,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for name in MODELS:
         for clients in CLIENTS:
-            for setting in SETTINGS:
+            for setting in [*SETTINGS, BARE]:
                 cell = [r for r in rows if (r["model"], r["clients"], r["batching"]) == (name, clients, setting)]
                 out.append({"model": name, "clients": clients, "batching": setting,
                             **{k: float(np.median([c[k] for c in cell])) for k in ("rps", "p50_ms", "p99_ms")},
@@ -154,17 +190,27 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
+    sides = [*SETTINGS, BARE]
     table = Table(title="/v1/predict, one image per request, closed loop, median over rounds")
-    for col in ("model", "clients", *(f"req/s {s}" for s in SETTINGS), *(f"p50 / p99 ms {s}" for s in SETTINGS),
-                "errors"):
+    for col in ("model", "clients", *(f"req/s {s}" for s in sides), "off / bare",
+                *(f"p50 / p99 ms {s}" for s in sides), "failed"):
         table.add_column(col)
     for name in MODELS:
         for clients in CLIENTS:
             cell = {r["batching"]: r for r in rows if r["model"] == name and r["clients"] == clients}
-            table.add_row(name, str(clients), *(f"{cell[s]['rps']:.0f}" for s in SETTINGS),
-                          *(f"{cell[s]['p50_ms']:.1f} / {cell[s]['p99_ms']:.1f}" for s in SETTINGS),
+            table.add_row(name, str(clients), *(f"{cell[s]['rps']:.0f}" for s in sides),
+                          f"{cell['off']['rps'] / cell[BARE]['rps']:.2f}",
+                          *(f"{cell[s]['p50_ms']:.1f} / {cell[s]['p99_ms']:.1f}" for s in sides),
                           str(sum(c["errors"] for c in cell.values())))
-    Console(width=170).print(table)
+    Console(width=200).print(table)
+
+
+def verdicts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """clreg's default (batching off) against the bare deployment, at every model and client count."""
+    cell = {(r["model"], r["clients"], r["batching"]): r for r in rows}
+    ratios = {f"{m}@{c}": cell[(m, c, "off")]["rps"] / cell[(m, c, BARE)]["rps"] for m in MODELS for c in CLIENTS}
+    return {"off_over_bare": ratios, "clreg>=0.9x_bare_everywhere": all(v >= 0.9 for v in ratios.values()),
+            "failed_requests": sum(r["errors"] for r in rows)}
 
 
 def main() -> None:
@@ -176,12 +222,15 @@ def main() -> None:
     rows = run(args.seconds, args.rounds)
     summary = summarise(rows)
     print_table(summary)
+    checks = verdicts(summary)
+    Console().print(checks)
     settings = {"seconds_per_cell": args.seconds, "rounds": args.rounds, "models": MODELS, "batching": SETTINGS,
                 "clients": CLIENTS,
                 "request": "JSON, 1 image, site named (per-site BatchNorm and temperature)", "replicas": 1,
-                "max_ongoing_requests": ServingConfig().max_ongoing_requests}
+                "max_ongoing_requests": ServingConfig().max_ongoing_requests,
+                "baseline": "bare Serve deployment of the same networks (JSON in, softmax out), same replica options"}
     path = write_result("serving", {"machine": machine_info(), "versions": versions("ray", "torch", "httpx"),
-                                    "settings": settings, "summary": summary, "rows": rows,
+                                    "settings": settings, "summary": summary, "verdicts": checks, "rows": rows,
                                     "seconds": time.perf_counter() - started})
     Console().print(f"wrote {path}")
 

@@ -84,13 +84,13 @@ def nodes(store: StoreConfig, artifacts_url: str, timeout_s: float = 30.0) -> li
     """The storage checks from a task pinned to every alive node of the connected Ray cluster."""
     out = []
     for node in (n for n in ray.nodes() if n["Alive"]):
-        where = f"node {node['NodeManagerAddress']}"
+        where = f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]})"  # nodes may share an address
         pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
         ref = _on_node.options(scheduling_strategy=pinned).remote(store, artifacts_url)
         ready, _ = ray.wait([ref], timeout=timeout_s)
         if not ready:
             ray.cancel(ref, force=True)
-            out.append(Check(where, "node", False, f"no answer within {timeout_s:g} s (node {node['NodeID'][:12]})"))
+            out.append(Check(where, "node", False, f"no answer within {timeout_s:g} s: the node cannot run a task"))
             continue
         try:
             _, checks = ray.get(ref)

@@ -82,7 +82,8 @@ def assemble(stores: Stores, features: FeatureConfig, reference_samples: int, mo
         model=model.name,
         number=1,  # a placeholder: the store assigns the real number
         lineage=Lineage(parent=production.number if production else None, batch_ids=new_ids, sites=sites,
-                        train_settings={**found.settings.model_dump(), "device": result.device}, seed=learnt.seed,
+                        train_settings={**found.settings.model_dump(), "device": result.device,
+                                        "node": result.node}, seed=learnt.seed,
                         code_version=__version__, search=found.lines,
                         timings={"train_s": round(learnt.train_s, 3),
                                  "fisher_s": round(found.chosen.fisher_seconds, 3), "candidates": len(found.lines),

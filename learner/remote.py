@@ -9,6 +9,7 @@ small `ProgressRelay` actor that the caller polls while it waits. A task whose w
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -84,7 +85,8 @@ def _update_task(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, 
     result = train_update(model, data, ewc, cfg, bn_bank, progress=push)
     if relay is not None:
         ray.get(relay.flush.remote())
-    return result
+    where = dataclasses.replace(result.result, node=ray.get_runtime_context().get_node_id())
+    return dataclasses.replace(result, result=where)
 
 
 _remote_update = ray.remote(max_retries=1)(_update_task)

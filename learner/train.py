@@ -100,6 +100,7 @@ class TrainResult:
     bn_bank: bytes | None = None  # site -> BatchNorm state (learner.sitebn), under bn_policy "per_site" only
     best_epoch: int | None = None  # the epoch whose weights were kept, with early stopping
     fisher_seconds: float = 0.0  # of `seconds`, the Fisher diagonal of the new site
+    node: str | None = None  # the Ray node that trained it (learner.remote); None when trained in-process
 
 
 def _device() -> torch.device:

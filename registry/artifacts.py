@@ -1,7 +1,8 @@
 """Content-addressed artifacts: put bytes, get them back by sha256, verified on every read.
 
-Any fsspec URL works ("file:///srv/clreg", "memory://x", a bare local path). Writes go to a temporary
-name and are renamed into place, so a reader never sees half an artifact.
+Any fsspec URL works ("file:///srv/clreg", "memory://x", a bare local path, "s3://bucket/prefix" with s3fs
+and credentials from the environment). On a filesystem, writes go to a temporary name and are renamed into
+place, so a reader never sees half an artifact; on an object store one PUT is already all or nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from fsspec.core import url_to_fs
 from registry.errors import ArtifactCorrupt, StoreUnavailable
 from registry.records import Calibration, ModelVersion, parse
 
+OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs"}  # flat namespaces where a PUT is atomic
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -26,11 +33,21 @@ class ArtifactStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        fs, root = url_to_fs(url)
+        try:
+            fs, root = url_to_fs(url)
+        except (ImportError, ValueError) as e:  # e.g. s3:// without s3fs installed
+            raise StoreUnavailable(f"artifact store {url!r} cannot be opened: {e}") from e
         self._fs: fsspec.AbstractFileSystem = fs
         self._root = root.rstrip("/")
+        self._object_store = bool(set(_protocols(fs)) & OBJECT_STORES)
         try:
-            self._fs.makedirs(self._root, exist_ok=True)
+            if self._object_store:  # no folders to make; a missing bucket is a wrong URL, never created here
+                bucket = self._root.split("/", 1)[0]
+                if not self._fs.exists(bucket):
+                    raise StoreUnavailable(f"artifact store {url!r}: bucket {bucket!r} does not exist or is not "
+                                           "readable with these credentials")
+            else:
+                self._fs.makedirs(self._root, exist_ok=True)
         except OSError as e:
             raise StoreUnavailable(f"artifact root {url!r} cannot be created: {e}") from e
 
@@ -44,6 +61,9 @@ class ArtifactStore:
         final = self.path(digest)
         try:
             if self._fs.exists(final):
+                return digest
+            if self._object_store:  # one PUT is all or nothing: a reader never sees part of an object
+                self._fs.pipe_file(final, data)
                 return digest
             self._fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
             tmp = f"{final}.tmp-{uuid.uuid4().hex}"

@@ -86,6 +86,27 @@ class InputLog:
         pipe.execute()
 
     @translated
+    def write(self, images: dict[str, list[tuple[np.ndarray, int | None]]],
+              confidences: dict[tuple[str, str], list[float]]) -> None:
+        """What a replica gathered since its last write, in one round trip: per model, its images ([N, C, H, W]
+        with the version that answered them; the newest `cap` at most), and per (model, site) the answers'
+        probabilities of being right."""
+        pipe = self._r.pipeline(transaction=False)
+        for model, parts in images.items():
+            key = self._key(model)
+            entries = [(image, version) for x, version in parts for image in np.ascontiguousarray(x, dtype=DTYPE)]
+            for image, version in entries[-self.cfg.cap:]:  # older ones would be trimmed at once
+                fields = {"x": image.tobytes(), "shape": ",".join(map(str, image.shape)),
+                          "version": "" if version is None else str(version)}
+                pipe.xadd(key, fields, maxlen=self.cfg.cap, approximate=True)
+        for (model, site), values in confidences.items():
+            key = self._key(model, "confidence", check_name(site))
+            pipe.rpush(key, *(f"{float(c):.6f}" for c in values[-self.cfg.cap:]))
+            pipe.ltrim(key, -self.cfg.cap, -1)
+            pipe.sadd(self._key(model, "sites"), site)
+        pipe.execute()
+
+    @translated
     def estimates(self, model: str) -> dict[str, tuple[float, int]]:
         """Per site: the mean probability that its recent answers are right (estimated accuracy), and how many."""
         sites = sorted(s.decode() for s in self._r.smembers(self._key(model, "sites")))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from registry.connection import StoreConfig
@@ -34,6 +36,10 @@ class ServingConfig(BaseModel):
     artifacts_url: str = ".clreg/artifacts"
     host: str = "127.0.0.1"
     port: int = 8000
+    # Where Serve runs its HTTP proxy: on every node (Serve's default; a load balancer in front spreads the
+    # clients) or the head node only (one address; also what several nodes on one host need, as they
+    # cannot all bind the same port).
+    proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
     replicas: int = Field(default=1, ge=1)
     autoscaling: Autoscaling | None = None  # CLREG_SERVE__AUTOSCALING__MAX_REPLICAS=4 etc.; None: fixed `replicas`
     # Serve's default of 5 collapses throughput beyond 5 clients per replica (measured): keep it high.
@@ -65,6 +71,7 @@ class ServingConfig(BaseModel):
     batch_wait_s: float = Field(default=0.0, ge=0, le=1)
     replica_gpus: float = Field(default=0.0, ge=0)  # GPUs Ray reserves per ModelServer replica (fractions share one)
     inputs: InputLogConfig = InputLogConfig()  # prediction inputs kept for the scheduled drift check
+    record_interval_s: float = Field(default=0.5, gt=0, le=60)  # replicas write what they kept this often
     webhooks: WebhookConfig = WebhookConfig()  # the allow-list new subscriptions are checked against
     stuck: StuckRule = StuckRule()  # when GET /v1/status and /metrics report a batch as stuck
     # Where the console links to `evidently ui` on the home's workspace (README: Ops console); "" hides the link

@@ -16,7 +16,8 @@ def start(cfg: ServingConfig) -> None:
     Serve routes by longest prefix, so the ModelServer takes /v1/predict itself (one replica hop per
     prediction) and the gateway takes everything else.
     """
-    serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config={"log_level": "WARNING"})
+    serve.start(http_options={"host": cfg.host, "port": cfg.port}, proxy_location=cfg.proxy_location,
+                logging_config={"log_level": "WARNING"})
     payload = cfg.model_dump(mode="json")
     serve.run(model_server.deployment(cfg).bind(payload), name=PREDICT_APP, route_prefix="/v1/predict",
               blocking=False)

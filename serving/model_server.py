@@ -24,7 +24,6 @@ import socket
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -52,6 +51,7 @@ from serving.errors import BadRequest, MethodNotAllowed, ModelNotFound, NotReady
 from serving.guard import check_host, read_body
 from serving.inference import Job, Loaded, Scores, infer
 from serving.inputs import parse_inputs
+from serving.recorder import Recorder
 from serving.responses import error_response
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ class ModelServer:
         self.events = EventLog(self.registry)
         self.inputs = InputLog(self.cfg.store, self.cfg.inputs)
         self.tokens = Tokens(self.cfg.admin_token_sha256, self.cfg.ops_token_sha256)
-        # One background writer: recording inputs never adds a Redis round trip to a request.
-        self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clreg-inputs")
+        # Gathered in memory and written every interval in one round trip, never on a request's path.
+        self._recorder = Recorder(self.inputs, self.cfg.record_interval_s)
         self.replicas = Replicas(self.registry, self.cfg.beat_interval_s)
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._beaten = 0.0
@@ -213,22 +213,7 @@ class ModelServer:
     def _record(self, name: str, x: np.ndarray, version: int, site: str | None, correct: np.ndarray) -> None:
         """Queue a sample of the inputs for the drift watch, and each answer's probability of being right at its
         site for the label-free accuracy estimate; a failure is logged, never the request's."""
-        sampled = self.inputs.sample(x)
-        if not len(sampled) and site is None:
-            return
-        try:
-            self._recorder.submit(self._write_inputs, name, sampled, version, site, correct)
-        except RuntimeError as e:  # the executor is shut down while the replica stops
-            log.warning("prediction inputs of %s not recorded: %s", name, e)
-
-    def _write_inputs(self, name: str, x: np.ndarray, version: int, site: str | None, correct: np.ndarray) -> None:
-        try:
-            if len(x):
-                self.inputs.record(name, x, version)
-            if site is not None:
-                self.inputs.record_confidence(name, site, correct)
-        except (RegistryError, ValueError) as e:
-            log.warning("prediction inputs of %s not recorded: %s", name, e)
+        self._recorder.add(name, self.inputs.sample(x), version, site, correct)
 
     def _known(self, name: str) -> None:
         """404 for a model the registry does not know (503 stays for one that is not loaded yet)."""
@@ -247,7 +232,7 @@ class ModelServer:
     def close(self) -> None:
         """Stop polling and recording (Serve drops the replica; tests and tools call it themselves)."""
         self._stop.set()
-        self._recorder.shutdown(wait=False)
+        self._recorder.close()
         try:
             self.replicas.forget(self.replica_id)
         except RegistryError as e:  # its beat ages out instead

@@ -169,6 +169,10 @@ def test_a_rollback_through_the_console_moves_the_alias_and_only_the_admin_may(s
     assert api.get(f"/v1/models/{MODEL}/aliases") == before  # nothing moved
 
     page.goto(f"{stack.url}/ui/models/{MODEL}")
+    csrf = page.locator("#move input[name=csrf]").get_attribute("value")
+    no_reason = page.context.request.post(f"{stack.url}/ui/models/{MODEL}/production",
+                                          form={"version": "1", "reason": " ", "confirmed": "yes", "csrf": csrf})
+    assert no_reason.status == 400 and "reason" in no_reason.text()
     page.select_option("#move select[name=version]", "1")
     page.fill("#move input[name=reason]", "console rollback test")
     page.click("#move button")
@@ -214,3 +218,21 @@ def test_evidently_ui_opens_the_workspace_clreg_fills(stack: Stack, learnt: dict
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_admin_sets_a_site_threshold_from_the_sites_page(stack: Stack, learnt: dict, browser: Browser) -> None:
+    api = Client(stack.url, stack.ops_token)
+    site = f"{MODEL}-contrast"
+    page = _signed_in(browser, stack.url, stack.admin_token)
+    page.goto(f"{stack.url}/ui/sites")
+    page.fill("#threshold input[name=site]", site)
+    page.fill("#threshold input[name=threshold]", "0.35")
+    page.click("#threshold button")
+    page.wait_for_url("**/ui/sites")
+    assert next(s["threshold"] for s in api.get("/v1/sites") if s["name"] == site) == 0.35
+    assert page.locator(f"tr[data-site='{site}'] .threshold").first.inner_text() == "0.35"
+    page.fill("#threshold input[name=site]", site)
+    page.fill("#threshold input[name=threshold]", "1.5")
+    page.click("#threshold button")
+    assert "[0, 1]" in page.locator("#error").inner_text()  # refused with the reason, nothing changed
+    assert next(s["threshold"] for s in api.get("/v1/sites") if s["name"] == site) == 0.35

@@ -1,0 +1,57 @@
+"""What replicas keep for the drift watch and the label-free estimate, gathered in memory and written every
+interval in one round trip: a request never waits on Redis, and a replica's writes do not grow with its
+request rate (one pipeline per interval, whatever the traffic)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+
+from registry.errors import RegistryError
+from registry.inputs import InputLog
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    def __init__(self, inputs: InputLog, interval_s: float) -> None:
+        self._inputs = inputs
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._images: dict[str, list[tuple[np.ndarray, int | None]]] = {}
+        self._confidences: dict[tuple[str, str], list[float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="clreg-inputs", daemon=True)
+        self._thread.start()
+
+    def add(self, model: str, x: np.ndarray, version: int, site: str | None, correct: np.ndarray) -> None:
+        """Keep a request's sampled images and, for a site, each answer's probability of being right."""
+        with self._lock:
+            if len(x):
+                self._images.setdefault(model, []).append((x, version))
+            if site is not None and len(correct):
+                self._confidences.setdefault((model, site), []).extend(float(c) for c in correct)
+
+    def flush(self) -> None:
+        """Write what was gathered; on a store error it is dropped (the watch and estimate use recent data)."""
+        with self._lock:
+            images, self._images = self._images, {}
+            confidences, self._confidences = self._confidences, {}
+        if not images and not confidences:
+            return
+        try:
+            self._inputs.write(images, confidences)
+        except (RegistryError, ValueError) as e:
+            log.warning("prediction inputs not recorded: %s", e)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.flush()
+
+    def close(self) -> None:
+        """Stop the writer after one last flush."""
+        self._stop.set()
+        self._thread.join(self._interval_s + 5)
+        self.flush()
