@@ -233,13 +233,14 @@ def serving(r: Json) -> str:
     rows = []
     for model, spec in r["settings"]["models"].items():
         for clients in r["settings"]["clients"]:
-            off, on, wait = (cells[(model, clients, b)] for b in ("off", "on", "wait-2ms"))
-            rows.append([model_label(model, spec), str(clients), f"{off['rps']:.0f}", f"{on['rps']:.0f}",
-                         f"{wait['rps']:.0f}", f"{num(off['p50_ms'])} / {num(off['p99_ms'])}",
-                         f"{num(on['p50_ms'])} / {num(on['p99_ms'])}",
-                         str(off["errors"] + on["errors"] + wait["errors"])])
-    return table(["model", "clients", "req/s off", "req/s on", "req/s on, wait 2 ms", "p50 / p99 ms off",
-                  "p50 / p99 ms on", "failed"], rows)
+            off, on, wait, bare = (cells[(model, clients, b)] for b in ("off", "on", "wait-2ms", "bare"))
+            rows.append([model_label(model, spec), str(clients), f"{bare['rps']:.0f}", f"{off['rps']:.0f}",
+                         f"**{off['rps'] / bare['rps']:.2f}**", f"{on['rps']:.0f}", f"{wait['rps']:.0f}",
+                         *(f"{num(c['p50_ms'])} / {num(c['p99_ms'])}" for c in (bare, off, on)),
+                         str(sum(c["errors"] for c in (off, on, wait, bare)))])
+    return table(["model", "clients", "req/s bare Serve", "req/s clreg", "clreg / bare", "req/s clreg batching on",
+                  "req/s on, wait 2 ms", "p50 / p99 ms bare", "p50 / p99 ms clreg", "p50 / p99 ms on", "failed"],
+                 rows)
 
 
 PIPELINE_STEPS = {
