@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
 from clreg.client import Client, npz_bytes
 from learner.streams import digits_sites, to_uint8
@@ -108,12 +109,20 @@ def cluster(bucket: tuple[str, object]) -> Iterator[Cluster]:
                 pass
 
 
+@pytest.fixture(scope="module")
+def external_redis(redis_url: str) -> str:
+    """The tests' Redis, on a database of its own (emptied first: an earlier run may have left keys there)."""
+    url = re.sub(r"/\d+$", "/13", redis_url)
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 def _env(cluster: Cluster, endpoint: str, redis_url: str, home: Path, port: int, **extra: str) -> dict[str, str]:
     """`clreg up`'s environment: the recipe's variables and nothing else of the tests' stack."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLREG_", "AWS_"))}
     env.update(s3server.environment(endpoint))
     env.update({"CLREG_HOME": str(home), "CLREG_RAY__ADDRESS": cluster.address,
-                "CLREG_REDIS__URL": re.sub(r"/\d+$", "/13", redis_url), "CLREG_REDIS__PREFIX": "cluster",
+                "CLREG_REDIS__URL": redis_url, "CLREG_REDIS__PREFIX": "cluster",
                 "CLREG_ARTIFACTS_URL": f"s3://{BUCKET}/artifacts", "CLREG_SEARCH__RESOURCE": "trainer",
                 "CLREG_SERVE__PORT": str(port), "CLREG_SERVE__PROXY_LOCATION": "HeadOnly",
                 "CLREG_TRAIN__EPOCHS": "4", "CLREG_WATCH__ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0",
@@ -122,13 +131,15 @@ def _env(cluster: Cluster, endpoint: str, redis_url: str, home: Path, port: int,
     return env
 
 
+@pytest.mark.parametrize("joined_as", ["driver", "ray-client"])
 def test_two_sites_through_clreg_up_train_on_the_trainer_node_and_store_only_in_the_bucket(
-        cluster: Cluster, bucket: tuple[str, object], redis_url: str, tmp_path: Path) -> None:
+        cluster: Cluster, bucket: tuple[str, object], external_redis: str, tmp_path: Path, joined_as: str) -> None:
     endpoint, s3 = bucket
     port = s3server.free_port()
-    env = _env(cluster, endpoint, redis_url, tmp_path / "home", port)
+    env = _env(cluster, endpoint, external_redis, tmp_path / "home", port, CLREG_REDIS__PREFIX=f"cluster-{joined_as}",
+               CLREG_ARTIFACTS_URL=f"s3://{BUCKET}/{joined_as}",
+               CLREG_RAY__ADDRESS=cluster.address if joined_as == "driver" else cluster.client)
     up = processes.Child(["up"], env, tmp_path / "up.log")
-    admin = None
     try:
         deadline = time.monotonic() + 180
         while not (tmp_path / "home" / "tokens.json").exists() and time.monotonic() < deadline:
@@ -151,13 +162,15 @@ def test_two_sites_through_clreg_up_train_on_the_trainer_node_and_store_only_in_
         answer, served = admin.predict(digits_sites(seed=5, names=("base",))[0].x[:2], MODEL)
         assert served == production and len(answer["labels"]) == 2
 
-        stored = {o["Key"].rsplit("/", 1)[-1] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+        listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{joined_as}/").get("Contents", [])
+        stored = {o["Key"].rsplit("/", 1)[-1] for o in listed}
         digests = {d for v in versions for d in v["version"]["artifacts"].values()}
         assert digests and digests <= stored
         local = [p for root in (tmp_path, cluster.temp) for p in root.rglob("*") if p.name in digests]
         assert local == [] and not (tmp_path / "home" / "artifacts").exists()
+        assert up.terminate(timeout_s=60) == 0, up.output()[-3000:]  # SIGTERM stops it cleanly
     finally:
-        assert up.terminate(timeout_s=60) == 0, up.output()[-3000:]
+        processes.reap()
 
 
 def _doctor(env: dict[str, str], tmp_path: Path) -> tuple[int, list[str]]:
@@ -167,9 +180,9 @@ def _doctor(env: dict[str, str], tmp_path: Path) -> tuple[int, list[str]]:
 
 
 def test_doctor_names_a_wrong_bucket_a_wrong_password_and_a_node_that_cannot_run_a_task(
-        cluster: Cluster, bucket: tuple[str, object], redis_url: str, tmp_path: Path) -> None:
+        cluster: Cluster, bucket: tuple[str, object], external_redis: str, tmp_path: Path) -> None:
     endpoint, _ = bucket
-    env = _env(cluster, endpoint, redis_url, tmp_path / "home", s3server.free_port())
+    env = _env(cluster, endpoint, external_redis, tmp_path / "home", s3server.free_port())
     # through a Ray Client this time: the checks still run as tasks pinned to each node
     code, lines = _doctor({**env, "CLREG_ARTIFACTS_URL": "s3://no-such-bucket/a", "CLREG_RAY__ADDRESS": cluster.client},
                           tmp_path)

@@ -18,6 +18,7 @@ import torch
 from clreg.embedded import Stack
 from learner.models import small_cnn, weights_to_bytes
 from registry.artifacts import ArtifactStore
+from registry.inputs import InputLog, InputLogConfig
 from registry.records import InputSpec, Lineage, Model, ModelVersion
 from registry.store import RedisRegistry
 from tests.serving import hostile
@@ -43,6 +44,9 @@ def site_token(stack: Stack) -> str:
         if r.status_code == 200:
             break
         time.sleep(0.1)
+    inputs = InputLog(stack.store, InputLogConfig())
+    while inputs.count(hostile.MODEL) == 0 and time.monotonic() < deadline:  # the replica writes every 0.5 s
+        time.sleep(0.05)
     answer = httpx.post(f"{stack.url}/v1/sites", json={"name": hostile.SITE},
                         headers={"Authorization": f"Bearer {stack.admin_token}"})
     return str(answer.json()["token"])
