@@ -270,6 +270,15 @@ def pipeline(r: Json) -> str:
     return table(["step", "median", "min", "max"], rows)
 
 
+def swap(r: Json) -> str:
+    f = r["summary"]
+    return table(["requests", "failed", "alias move to every replica: median / max s", "steady p50 / p99 ms",
+                  "during the swaps: p99 / worst ms", "worst / steady p99"],
+                 [[str(f["requests"]), str(f["failed"]), f"{f['swap_median_s']:.3f} / {f['swap_max_s']:.3f}",
+                   f"{f['steady_p50_ms']:.1f} / {f['steady_p99_ms']:.1f}",
+                   f"{f['during_p99_ms']:.1f} / {f['during_worst_ms']:.1f}", f"{f['worst_over_steady_p99']:.2f}"]])
+
+
 def console(r: Json) -> str:
     rows = [[f"`{c['path']}`", f"{c['p50_ms']:.0f}", f"{c['p95_ms']:.0f}", f"{c['bytes'] / 1024:.0f}",
              f"`{c['api_path']}`", f"{c['api_p50_ms']:.0f}"] for c in r["summary"]]
@@ -294,6 +303,7 @@ RENDERERS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {  # block: (r
     "sites": (("sites",), lambda: sites(load("sites"))),
     "pipeline": (("pipeline",), lambda: pipeline(load("pipeline"))),
     "console": (("console",), lambda: console(load("console"))),
+    "swap": (("swap",), lambda: swap(load("swap"))),
 }
 BLOCK = re.compile(r"<!-- table:(?P<name>[\w-]+) -->\n.*?<!-- /table:(?P=name) -->", re.S)
 
