@@ -56,34 +56,18 @@ class InputLog:
             keep = np.sort(self._rng.choice(keep, size=self.cfg.max_per_request, replace=False))
         return x[keep]
 
-    @translated
     def record(self, model: str, x: np.ndarray, version: int | None = None) -> int:
         """Append each image of x ([N, C, H, W]) as one entry, trimming to about `cap`; the count written."""
         if x.ndim != 4:
             raise ValueError(f"inputs must be [N, C, H, W], got shape {x.shape}")
-        if len(x) == 0:
-            return 0
-        shape = ",".join(map(str, x.shape[1:]))
-        images = np.ascontiguousarray(x, dtype=DTYPE)
-        pipe = self._r.pipeline(transaction=False)
-        key = self._key(model)
-        for image in images:
-            fields = {"x": image.tobytes(), "shape": shape, "version": "" if version is None else str(version)}
-            pipe.xadd(key, fields, maxlen=self.cfg.cap, approximate=True)
-        pipe.execute()
-        return len(images)
+        if len(x):
+            self.write({model: [(x, version)]}, {})
+        return len(x)
 
-    @translated
     def record_confidence(self, model: str, site: str, confidence: np.ndarray) -> None:
         """Keep the newest `cap` answers' probabilities of being right at a site (the label-free estimate's input)."""
-        if len(confidence) == 0:
-            return
-        key = self._key(model, "confidence", check_name(site))
-        pipe = self._r.pipeline(transaction=False)
-        pipe.rpush(key, *(f"{float(c):.6f}" for c in confidence))
-        pipe.ltrim(key, -self.cfg.cap, -1)
-        pipe.sadd(self._key(model, "sites"), site)
-        pipe.execute()
+        if len(confidence):
+            self.write({}, {(model, site): [float(c) for c in confidence]})
 
     @translated
     def write(self, images: dict[str, list[tuple[np.ndarray, int | None]]],

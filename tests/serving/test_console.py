@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from clreg.embedded import Stack
 from learner.streams import digits_sites, to_uint8
 from registry.records import GateReport, ModelVersion, SiteGate, VersionStatus
 from registry.store import RedisRegistry
+from tests import s3server
 
 pytestmark = pytest.mark.integration
 MODEL, SITES, SAMPLES = "console", ("base", "contrast", "inverted"), 240
@@ -188,15 +188,9 @@ def test_a_rollback_through_the_console_moves_the_alias_and_only_the_admin_may(s
     _shot(page, "model-after-rollback")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_evidently_ui_opens_the_workspace_clreg_fills(stack: Stack, learnt: dict) -> None:
     """The README's `evidently ui` command shows one project per model with a snapshot per drift check."""
-    port = _free_port()
+    port = s3server.free_port()
     evidently = Path(sys.executable).parent / "evidently"
     workspace = stack.settings.home / "workspace"
     proc = subprocess.Popen([str(evidently), "ui", "--workspace", str(workspace), "--host", "127.0.0.1",
