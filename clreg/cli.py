@@ -259,12 +259,20 @@ def versions(name: Annotated[str, typer.Argument(help="the model")] = "digits", 
         return _emit(data, as_json, table)
     data = client.get(f"/v1/models/{name}/versions", status=status, site=site, parent=parent,
                       since=since.timestamp() if since else None, until=until.timestamp() if until else None)
-    table = Table("version", "status", "aliases", "parent", "sites", "created")
+    table = Table("version", "status", "aliases", "parent", "sites", "created", "shadow")
     for v in data:
         rec = v["version"]
         table.add_row(str(rec["number"]), v["status"], ",".join(v["aliases"]), str(rec["lineage"]["parent"] or "-"),
-                      ",".join(rec["lineage"]["sites"]), _when(rec["created_at"]))
+                      ",".join(rec["lineage"]["sites"]), _when(rec["created_at"]), _shadow(v.get("shadow")))
     _emit(data, as_json, table)
+
+
+def _shadow(figures: dict | None) -> str:
+    """A version's shadow figures in a cell: agreement with production over the mirrored requests."""
+    if not figures:
+        return ""
+    agreement = "n/a" if figures["agreement"] is None else f"{figures['agreement']:.1%}"
+    return f"{agreement} of {figures['requests']} req{' (mirroring)' if figures['active'] else ''}"
 
 
 @app.command()

@@ -63,11 +63,12 @@ class Client:
                 time.sleep(0.25)
 
     def create_model(self, name: str, factory: str, spec: tuple[int, int, int], classes: int,
-                     readiness: dict[str, Any] | None = None) -> dict:
-        """Register a model; `readiness` (accuracy_floor, ece_limit, policy) decides where it is validated."""
+                     readiness: dict[str, Any] | None = None, shadow: dict[str, Any] | None = None) -> dict:
+        """Register a model; `readiness` (accuracy_floor, ece_limit, policy) decides where it is validated,
+        `shadow` (share, min_requests, min_agreement) mirrors each candidate on live traffic before promotion."""
         body = {"name": name, "factory": factory, "input": dict(zip(("channels", "height", "width"), spec, strict=True),
                                                                    classes=classes),
-                **({"readiness": readiness} if readiness else {})}
+                **({"readiness": readiness} if readiness else {}), **({"shadow": shadow} if shadow else {})}
         return self._call("POST", "/v1/models", self.admin_token, json=body).json()
 
     def add_site(self, name: str, threshold: float | None = None, models: list[str] | None = None,
@@ -123,7 +124,9 @@ class Client:
         body: dict[str, Any] = {"inputs": x.tolist()}
         if site:
             body["site"] = site
-        response = self._call("POST", "/v1/predict", self.token, params=params, json=body)
+        # Serve routes a request naming its model to a replica holding it (when replicas load models on demand)
+        headers = {"serve_multiplexed_model_id": model} if model else {}
+        response = self._call("POST", "/v1/predict", self.token, params=params, json=body, headers=headers)
         return response.json(), int(response.headers["X-Model-Version"])
 
 

@@ -17,7 +17,7 @@ import time
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from clreg import pipeline, watch
+from clreg import pipeline, shadowing, watch
 from clreg.context import Context
 from clreg.dispatch import Dispatcher
 from clreg.settings import DaemonConfig
@@ -55,6 +55,8 @@ class Daemon:
         self.scheduler.add_job(self.heartbeat, "interval", seconds=self.cfg.heartbeat_s, id="heartbeat", **every)
         self.scheduler.add_job(self.flush_pending, "interval", seconds=ctx.trigger.flush_interval_s,
                                id="flush-pending", **every)
+        self.scheduler.add_job(self.judge_shadows, "interval", seconds=self.cfg.shadow_check_s, id="shadows",
+                               **every)
         if ctx.watch.enabled:  # drift of the inputs Serve sees, before their labels arrive
             self.scheduler.add_job(watch.run, "interval", args=[ctx], seconds=ctx.watch.interval_s,
                                    id="watch-inputs", **every)
@@ -154,6 +156,14 @@ class Daemon:
             return
         log.info("retention archived %s, pruned %d artifacts, skipped %s", report.archived, len(report.pruned),
                  report.skipped)
+
+    def judge_shadows(self) -> None:
+        """Periodic job: promote or reject candidates mirrored on live traffic once they have enough requests."""
+        try:
+            for model, version, verdict in shadowing.judge(self.ctx.stores, self.me, self.cfg.lease_s):
+                log.info("shadowed version %s of %s: %s", version, model, verdict)
+        except RegistryError as e:  # the next run judges
+            log.warning("shadow verdicts skipped: %s", e)
 
     def flush_pending(self) -> None:
         """Periodic job: learn batches that arrived but never reached a trigger on their own."""

@@ -1,4 +1,5 @@
 """One batch through clreg: drift -> trigger -> learn -> register -> gate -> promote, in plain calls.
+(For a model with a shadow policy, promote is deferred: see clreg/shadowing.py.)
 
 `process()` is called by the daemon for every ingest entry, and again for the same batch after any crash:
 each step looks at what is stored first (`clreg.recovery`), so a replay from any point ends in the same
@@ -14,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from enum import Enum
 
-from clreg import faults, recovery
+from clreg import faults, recovery, shadowing
 from clreg.context import Context
 from clreg.gating import gate
 from clreg.learning import Learnt, assemble, learn
@@ -37,6 +38,7 @@ from registry.records import (
     VersionStatus,
     VersionView,
 )
+from registry.shadow import Shadows
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,8 @@ def update(ctx: Context, worker: Worker, model: Model) -> Outcome:
 def _update(ctx: Context, worker: Worker, lease: Lease, model: Model) -> None:
     """Learn, gate, promote; a candidate rejected for forgetting an earlier site is retried with a stronger
     EWC penalty (lambda x retry factor, up to `forgetting_retries` times) before the batches are given up."""
+    if Shadows(ctx.registry).active(model.name) is not None:  # batches wait for the mirrored candidate's verdict
+        return
     production = ctx.stores.production(model.name)
     batches = recovery.settle(ctx, model.name, production)
     if not batches:
@@ -232,6 +236,10 @@ def _promote(ctx: Context, lease: Lease, model: Model, candidate: ModelVersion, 
         ctx.registry.set_status(model.name, candidate.number, VersionStatus.BLESSED, report.id)
         ctx.events.append(model.name, "gate.passed", version=candidate.number, report=report.id)
     faults.reach("after_gate")
+    if model.shadow is not None and ctx.registry.resolve(model.name) is not None:
+        # mirrored beside production first (a first version has nothing to agree with); judge() decides
+        shadowing.begin(ctx.stores, model, candidate)
+        return
     promotion.promote(ctx.registry, ctx.events, model.name, candidate.number, who="daemon",
                       reason=f"passed gate {report.id}", fence=lease.fence(), artifacts=ctx.artifacts)
     faults.reach("after_promotion")

@@ -64,6 +64,7 @@ class DaemonConfig(BaseModel):
     retry_s: float = Field(default=2.0, gt=0)  # own pending entries (deferred, failed on Redis) retried
     lease_s: float = Field(default=60.0, gt=0)  # update lease length; renewed every third of it
     stuck_after_s: float = Field(default=900.0, gt=0)  # a batch unchanged this long is reported stuck
+    shadow_check_s: float = Field(default=2.0, gt=0)  # how often mirrored candidates are judged (Model.shadow)
 
 
 class SearchConfig(BaseModel):

@@ -102,12 +102,21 @@ class Readiness(Record):
     estimate_drop: float = Field(default=0.05, gt=0, le=1)
 
 
+class ShadowPolicy(Record):
+    """Mirror a candidate that passed its gate on live traffic before it may replace production."""
+
+    share: float = Field(default=0.2, gt=0, le=1)  # of production's requests also answered by the candidate
+    min_requests: int = Field(default=200, ge=1)  # mirrored requests before a verdict; fewer: the candidate waits
+    min_agreement: float = Field(default=0.95, ge=0, le=1)  # of mirrored samples answered as production does
+
+
 class Model(Record):
     name: Name
     factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
     input: InputSpec
     readiness: Readiness = Readiness()
+    shadow: ShadowPolicy | None = None  # None: a candidate that passed its gate is promoted at once
     created_at: float = Field(default_factory=now)
 
 
@@ -156,6 +165,7 @@ class VersionView(BaseModel):
     status: VersionStatus
     aliases: list[str] = Field(default_factory=list)
     gate_report_id: str | None = None
+    shadow: dict[str, Any] | None = None  # ShadowFigures.summary() for a version mirrored on live traffic
 
 
 class Site(Record):
@@ -206,6 +216,7 @@ class BatchStatus(str, Enum):
     DRIFT_CHECKED = "drift_checked"
     TRAINING = "training"
     GATED = "gated"
+    SHADOWING = "shadowing"  # its candidate passed the gate and is mirrored on live traffic (Model.shadow)
     PROMOTED = "promoted"
     REJECTED = "rejected"
     FAILED = "failed"

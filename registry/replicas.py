@@ -21,6 +21,7 @@ from registry.store import RedisRegistry
 class ReplicaBeat(Record):
     replica: str = Field(min_length=1, max_length=200)
     served: dict[str, int]  # model -> the version this replica answers with
+    on_demand: bool = False  # loads a model at its first request (the production version then): Serve multiplexing
     at: float = Field(default_factory=now)
 
 
@@ -31,9 +32,10 @@ class Replicas:
         self.max_age_s = 3 * beat_interval_s
 
     @translated
-    def beat(self, replica: str, served: dict[str, int]) -> None:
+    def beat(self, replica: str, served: dict[str, int], on_demand: bool = False) -> None:
         pipe = self._reg.r.pipeline(transaction=False)
-        pipe.hset(self._key, replica, ReplicaBeat(replica=replica, served=served).model_dump_json())
+        beat = ReplicaBeat(replica=replica, served=served, on_demand=on_demand)
+        pipe.hset(self._key, replica, beat.model_dump_json())
         pipe.expire(self._key, math.ceil(2 * self.max_age_s))  # gone with the last replica, like a heartbeat
         pipe.execute()
 
@@ -53,6 +55,11 @@ class Replicas:
         return sorted((b for b in beats if b.at >= oldest), key=lambda b: b.replica)
 
     def serving(self, model: str, version: int) -> tuple[int, int]:
-        """(live replicas answering `model` with `version`, live replicas)."""
+        """(live replicas answering `model` with `version`, live replicas). A replica loading models on demand
+        that does not hold `model` counts as answering with it: its next request loads the production version."""
         live = self.live()
-        return sum(b.served.get(model) == version for b in live), len(live)
+
+        def answers(beat: ReplicaBeat) -> bool:
+            held = beat.served.get(model)
+            return held == version or (beat.on_demand and held is None)
+        return sum(answers(b) for b in live), len(live)

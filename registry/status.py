@@ -13,7 +13,7 @@ from registry.store import RedisRegistry
 
 class StuckRule(BaseModel):
     """When a batch counts as stuck: unchanged for `after_s`, or `waiting_after_s` while it waits (by design)
-    in the pending set for more samples (drift_checked)."""
+    in the pending set for more samples (drift_checked) or for live traffic to judge its candidate (shadowing)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     after_s: float = Field(default=900.0, gt=0)
@@ -53,7 +53,8 @@ def pipeline_status(registry: RedisRegistry, rule: StuckRule) -> PipelineStatus:
                for b, alive in Daemons(registry).listing()]
     stuck = []
     for batch_id, state in registry.active_batches(min(rule.after_s, rule.waiting_after_s)):
-        limit = rule.waiting_after_s if state.status is BatchStatus.DRIFT_CHECKED else rule.after_s
+        waiting = state.status in (BatchStatus.DRIFT_CHECKED, BatchStatus.SHADOWING)
+        limit = rule.waiting_after_s if waiting else rule.after_s
         if at - state.updated_at >= limit:
             stuck.append(StuckBatch(batch_id=batch_id, status=state.status, seconds=round(at - state.updated_at, 1),
                                     detail=state.detail))

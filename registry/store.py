@@ -21,6 +21,7 @@ Key schema (every key under `cfg.prefix`, so deployments can share one Redis):
     {p}:report:...                  drift and gate reports: registry/reports.py (RedisRegistry.reports)
     {p}:serving:generation          int   bumped by every alias move and site change: what replicas poll
     {p}:serving:replicas            hash  what each live replica serves (registry/replicas.py)
+    {p}:model:{m}:shadow            JSON  the candidate mirrored on live traffic; replicas watch it (registry/shadow.py)
 """
 
 from __future__ import annotations

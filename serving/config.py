@@ -41,6 +41,10 @@ class ServingConfig(BaseModel):
     # cannot all bind the same port).
     proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
     replicas: int = Field(default=1, ge=1)
+    # None: every replica loads every model. N: replicas load a model at its first request through Serve's
+    # model multiplexing, keep the N most recently used, and requests naming a model (the
+    # serve_multiplexed_model_id header, which clreg's client sends) go to replicas that hold it.
+    models_per_replica: int | None = Field(default=None, ge=1)
     autoscaling: Autoscaling | None = None  # CLREG_SERVE__AUTOSCALING__MAX_REPLICAS=4 etc.; None: fixed `replicas`
     # Serve's default of 5 collapses throughput beyond 5 clients per replica (measured): keep it high.
     max_ongoing_requests: int = Field(default=64, ge=1)

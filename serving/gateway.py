@@ -36,11 +36,14 @@ from registry.records import (
     ModelVersion,
     Name,
     Readiness,
+    ShadowPolicy,
     Site,
     SiteCalibration,
     VersionStatus,
+    VersionView,
 )
 from registry.replicas import Replicas
+from registry.shadow import ShadowFigures, Shadows
 from registry.status import pipeline_status
 from registry.store import RedisRegistry
 from registry.webhooks import WebhookStore
@@ -68,6 +71,7 @@ class NewModel(BaseModel):
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
     input: InputSpec
     readiness: Readiness = Readiness()  # when a site counts as validated, and the policy for one that is not
+    shadow: ShadowPolicy | None = None  # mirror each candidate on live traffic before it may be promoted
 
 
 class NewSite(BaseModel):
@@ -111,6 +115,16 @@ def _served(replicas: Replicas, model: str, version: int | None) -> dict:
     return {"served": live > 0 and serving == live, "replicas": {"live": live, "serving": serving}}
 
 
+def _with_shadow(shadows: Shadows, model: str, views: list[VersionView]) -> list[VersionView]:
+    """The views with the shadow figures of every version that was mirrored on live traffic (and whether
+    it still is)."""
+    figures, run = shadows.figures(model, [v.version.number for v in views]), shadows.active(model)
+    if run is not None:  # mirrored, perhaps without a request yet
+        figures.setdefault(run.version, ShadowFigures.of({}))
+    return [v.model_copy(update={"shadow": {**figures[n].summary(), "active": run is not None and run.version == n}})
+            if (n := v.version.number) in figures else v for v in views]
+
+
 def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a small closure over the app's state)
     """The gateway's routes over one registry connection."""
     app = FastAPI(title="clreg", version="0.1.0", description="Continual-learning model registry")
@@ -123,6 +137,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     pushes = Ingest(cfg, reg, artifacts, events, queue)
     tokens = Tokens(cfg.admin_token_sha256, cfg.ops_token_sha256)
     replicas = Replicas(reg, cfg.beat_interval_s)
+    shadows = Shadows(reg)
 
     def admin(authorization: Annotated[str | None, Header()] = None) -> str:
         return tokens.require_admin(authorization)
@@ -178,7 +193,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     def create_model(body: NewModel, _: Admin) -> dict:
         """Register a model; its factory must come from an allowed module and build, or nothing is stored."""
         model = Model(name=body.name, factory=body.factory, factory_kwargs=body.factory_kwargs, input=body.input,
-                      readiness=body.readiness)
+                      readiness=body.readiness, shadow=body.shadow)
         check_factory(model.factory, cfg.factory_prefixes)
         network_for(model)  # it must build with its input spec before anything is stored
         reg.create_model(model)
@@ -191,7 +206,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         """Versions with status and aliases; filters combine (a learnt site; created_at in [since, until))."""
         reg.get_model(name)
         views = reg.list_versions(name, status, site=site, parent=parent, since=since, until=until)
-        return [v.model_dump(mode="json") for v in views]
+        return [v.model_dump(mode="json") for v in _with_shadow(shadows, name, views)]
 
     @app.get("/v1/models/{name}/versions/{number}")
     def get_version(name: Name, number: Annotated[int, Path(ge=1, le=2**53)], _: Reader) -> dict:
@@ -199,6 +214,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         if view is None:
             reg.get_version(name, number)  # raises NotFound with the right message
             raise NotFound(f"model {name!r} has no version {number}")
+        view = _with_shadow(shadows, name, [view])[0]
         gate = reg.reports.get_gate(view.gate_report_id).model_dump() if view.gate_report_id else None
         calibration = version_calibration(artifacts, view.version)
         return {**view.model_dump(mode="json"), "gate_report": gate,

@@ -18,12 +18,16 @@ threshold applies to probabilities calibrated on that site's own held-out data. 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
+import weakref
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,6 +48,7 @@ from registry.inputs import InputLog
 from registry.readiness import assess_sites
 from registry.records import Model, ModelVersion, check_name
 from registry.replicas import Replicas
+from registry.shadow import ShadowRun, Shadows
 from registry.store import RedisRegistry
 from serving.auth import Tokens
 from serving.config import ServingConfig
@@ -51,10 +56,18 @@ from serving.errors import BadRequest, MethodNotAllowed, ModelNotFound, NotReady
 from serving.guard import check_host, read_body
 from serving.inference import Job, Loaded, Scores, infer
 from serving.inputs import parse_inputs
+from serving.mirror import Mirror
 from serving.recorder import Recorder
 from serving.responses import error_response
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Slot:
+    """One model on this replica: the version answering it, replaced in place on promotion."""
+
+    loaded: Loaded
 
 
 class ModelServer:
@@ -70,14 +83,22 @@ class ModelServer:
         self.events = EventLog(self.registry)
         self.inputs = InputLog(self.cfg.store, self.cfg.inputs)
         self.tokens = Tokens(self.cfg.admin_token_sha256, self.cfg.ops_token_sha256)
+        self.shadows = Shadows(self.registry)
         # Gathered in memory and written every interval in one round trip, never on a request's path.
-        self._recorder = Recorder(self.inputs, self.cfg.record_interval_s)
+        self._recorder = Recorder(self.inputs, self.cfg.record_interval_s, self.shadows)
+        self.mirror = Mirror(self._recorder)
         self.replicas = Replicas(self.registry, self.cfg.beat_interval_s)
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._beaten = 0.0
         self._generation: int | None = None  # the serving generation last synced to
-        self._retry = False  # a swap failed for a transient reason: sync again at the next poll
-        self.loaded: dict[str, Loaded] = {}
+        self._retry = False  # a swap failed for a transient reason, or a model was opened: sync at the next poll
+        # Every model (a dict), or with models_per_replica the ones Serve's multiplexing LRU holds (weak
+        # references: a model the LRU drops is gone from here too, so memory stays bounded by N).
+        self.slots: MutableMapping[str, Slot] = {}
+        self._open: Callable[[str], Awaitable[Slot]] | None = None
+        if self.cfg.models_per_replica is not None:
+            self.slots = weakref.WeakValueDictionary()
+            self._open = serve.multiplexed(max_num_models_per_replica=self.cfg.models_per_replica)(self._opener())
         self.thresholds: dict[str, float] = {}
         self._failed: dict[str, int] = {}
         self._stop = threading.Event()
@@ -87,6 +108,11 @@ class ModelServer:
         self.sync()
         self._beat()
         threading.Thread(target=self._watch, name="clreg-swap", daemon=True).start()
+
+    @property
+    def loaded(self) -> dict[str, Loaded]:
+        """The version answering each model held here."""
+        return {name: slot.loaded for name, slot in list(self.slots.items())}
 
     def _watch(self) -> None:
         while not self._stop.wait(self.cfg.poll_interval_s):
@@ -99,44 +125,94 @@ class ModelServer:
 
     def _beat(self) -> None:
         """Say which version of each model this replica answers with (a swap beats at once)."""
-        self.replicas.beat(self.replica_id, {name: loaded.version for name, loaded in self.loaded.items()})
+        served = {name: loaded.version for name, loaded in self.loaded.items()}
+        self.replicas.beat(self.replica_id, served, on_demand=self._open is not None)
         self._beaten = time.monotonic()
 
     def sync(self) -> bool:
-        """Load every model whose production alias moved; whether any version changed. While nothing moved
-        (the store's serving generation is unchanged and no swap waits for a retry) a poll is one GET,
-        whatever the number of models."""
+        """Swap every held model whose production alias moved (and load every model, unless they are loaded on
+        demand); load or drop mirrored candidates; whether any version changed. While nothing moved (the
+        store's serving generation is unchanged and no swap waits for a retry) a poll is one GET, whatever the
+        number of models."""
         generation = self.registry.generation()  # read first: a move during this sync bumps it again
         if generation == self._generation and not self._retry:
             return False
         self._retry, swapped = False, False
-        for name, target in self.registry.resolve_all().items():
-            current = self.loaded.get(name)
-            if (current and current.version == target) or self._failed.get(name) == target:
+        targets = self.registry.resolve_all()
+        for name, target in targets.items():
+            slot = self.slots.get(name)
+            if (slot and slot.loaded.version == target) or self._failed.get(name) == target:
                 continue
-            swapped = self._swap(self.registry.get_model(name), target, current) or swapped
+            if slot is None and self._open is not None:  # loaded on demand, at its first request
+                continue
+            swapped = self._swap(self.registry.get_model(name), target, slot) or swapped
+        self._sync_shadows(self.shadows.active_all(list(targets)))
         self.thresholds = {s.name: s.threshold for s in self.registry.sites() if s.threshold is not None}
         self._generation = generation
         return swapped
 
-    def _swap(self, model: Model, number: int, current: Loaded | None) -> bool:
+    def _swap(self, model: Model, number: int, slot: Slot | None) -> bool:
         started = time.perf_counter()
+        loaded = self._try_load(model, number)
+        if loaded is None:
+            return False
+        previous = slot.loaded.version if slot else None
+        if slot is None:
+            self.slots[model.name] = Slot(loaded)
+        else:
+            slot.loaded = loaded  # in place: requests in flight keep the Loaded they were admitted with
+        self.events.append(model.name, "serving.swapped", version=number, previous=previous, device=str(self.device),
+                           seconds=round(time.perf_counter() - started, 4))
+        return True
+
+    def _try_load(self, model: Model, number: int) -> Loaded | None:
+        """The version loaded, or None: retried at the next poll when a store was away, never again when
+        its artifacts are corrupt or its weights do not load (an event says so)."""
         try:
-            loaded = self._load(model, self.registry.get_version(model.name, number))
+            return self._load(model, self.registry.get_version(model.name, number))
         except StoreUnavailable as e:  # Redis or the artifact store away for a moment: try again next poll
             self._retry = True
             log.warning("version %s of %s not loaded yet: %s", number, model.name, e)
-            return False
         except (RegistryError, LearnerError, KeyError, RuntimeError) as e:  # corrupt or unloadable: never served
             self._failed[model.name] = number
             self.events.append(model.name, "serving.failed", version=number, error=str(e))
             log.error("version %s of %s not loaded: %s", number, model.name, e)
-            return False
-        self.loaded[model.name] = loaded
-        self.events.append(model.name, "serving.swapped", version=number,
-                           previous=current.version if current else None, device=str(self.device),
-                           seconds=round(time.perf_counter() - started, 4))
-        return True
+        return None
+
+    def _sync_shadows(self, runs: dict[str, ShadowRun]) -> None:
+        """Load each newly mirrored candidate (of a model held here); drop those whose run ended."""
+        candidates = {}
+        for name, run in runs.items():
+            held = self.mirror.candidates.get(name)
+            if held is not None and held[0].version == run.version:
+                candidates[name] = held
+            elif name in self.slots and self._failed.get(name) != run.version:
+                loaded = self._try_load(self.registry.get_model(name), run.version)
+                if loaded is not None:
+                    candidates[name] = (run, loaded)
+        self.mirror.candidates = candidates
+
+    def _opener(self) -> Callable[[str], Awaitable[Slot]]:
+        """Serve's multiplexing loader: a model's production version, loaded when a request first needs it."""
+        async def open_model(name: str) -> Slot:
+            slot = Slot(await asyncio.to_thread(self._load_production, name))
+            self.slots[name] = slot
+            self._retry = True  # a promotion during the load is caught by the next poll
+            return slot
+        return open_model
+
+    def _load_production(self, name: str) -> Loaded:
+        try:
+            model = self.registry.get_model(name)
+        except NotFound as e:
+            raise ModelNotFound(str(e)) from e
+        number = self.registry.resolve(name)
+        if number is None:
+            raise NotReady(f"model {name!r} has no production version yet")
+        try:
+            return self._load(model, self.registry.get_version(name, number))
+        except (RegistryError, LearnerError, KeyError, RuntimeError) as e:
+            raise NotReady(f"version {number} of {name!r} could not be loaded: {e}") from e
 
     def _load(self, model: Model, version: ModelVersion) -> Loaded:
         """Build, verify (the artifact store checks every sha256) and warm up one version on this replica's device."""
@@ -168,10 +244,7 @@ class ModelServer:
         if self.cfg.predict_needs_token:
             self.tokens.require_reader(request.headers.get("authorization"))
         name = self._model_name(request.query_params.get("model"))
-        loaded = self.loaded.get(name)
-        if loaded is None:
-            self._known(name)
-            raise NotReady(f"model {name!r} has no production version loaded yet")
+        loaded = await self._current(name)
         body = await read_body(request.headers.get("content-length"), request.stream(),
                                self.cfg.predict_max_body_bytes)
         x, site = parse_inputs(body, request.headers.get("content-type", ""), loaded.spec,
@@ -183,6 +256,7 @@ class ModelServer:
         answer: dict = {"model": name, "version": loaded.version, **self._validation(loaded, answered_site)}
         threshold = self.thresholds.get(site) if site and loaded.spec.classes == 2 else None
         self._record(name, x, loaded.version, answered_site, expected_correct(probs, threshold))
+        self.mirror.offer(name, inputs, site, answered_site, probs, threshold)
         answer.update({"probabilities": probs.round(6).tolist(), "labels": probs.argmax(axis=1).tolist()})
         if scores.bn_site is not None:  # which site's BatchNorm answered, and whether MAP routing chose it
             answer["normalisation"] = {"site": scores.bn_site, "routed": scores.routed}
@@ -215,6 +289,20 @@ class ModelServer:
         site for the label-free accuracy estimate; a failure is logged, never the request's."""
         self._recorder.add(name, self.inputs.sample(x), version, site, correct)
 
+    async def _current(self, name: str) -> Loaded:
+        """The version answering `name`: held (503 until its first version is loaded), or opened through
+        Serve's multiplexing, which routes requests naming a model to replicas holding it."""
+        if self._open is not None:
+            routed = serve.get_multiplexed_model_id()
+            if routed and routed != name:
+                raise BadRequest(f"the serve_multiplexed_model_id header names {routed!r}, ?model= names {name!r}")
+            return (await self._open(name)).loaded
+        slot = self.slots.get(name)
+        if slot is None:
+            self._known(name)
+            raise NotReady(f"model {name!r} has no production version loaded yet")
+        return slot.loaded
+
     def _known(self, name: str) -> None:
         """404 for a model the registry does not know (503 stays for one that is not loaded yet)."""
         try:
@@ -223,15 +311,17 @@ class ModelServer:
             raise ModelNotFound(str(e)) from e
 
     def _model_name(self, requested: str | None) -> str:
+        requested = requested or (serve.get_multiplexed_model_id() if self._open is not None else None) or None
         if requested is not None:
             return check_name(requested)
-        if len(self.loaded) == 1:
-            return next(iter(self.loaded))
-        raise BadRequest(f"name the model with ?model=NAME; serving {sorted(self.loaded)}")
+        if len(self.slots) == 1 and self._open is None:
+            return next(iter(self.slots))
+        raise BadRequest(f"name the model with ?model=NAME; serving {sorted(self.slots)}")
 
     def close(self) -> None:
         """Stop polling and recording (Serve drops the replica; tests and tools call it themselves)."""
         self._stop.set()
+        self.mirror.close()
         self._recorder.close()
         try:
             self.replicas.forget(self.replica_id)

@@ -11,13 +11,16 @@ import numpy as np
 
 from registry.errors import RegistryError
 from registry.inputs import InputLog
+from registry.shadow import ShadowCounts, Shadows
 
 log = logging.getLogger(__name__)
 
 
 class Recorder:
-    def __init__(self, inputs: InputLog, interval_s: float) -> None:
+    def __init__(self, inputs: InputLog, interval_s: float, shadows: Shadows | None = None) -> None:
         self._inputs = inputs
+        self._shadows = shadows
+        self._shadow_counts: dict[tuple[str, int, str], ShadowCounts] = {}
         self._interval_s = interval_s
         self._lock = threading.Lock()
         self._images: dict[str, list[tuple[np.ndarray, int | None]]] = {}
@@ -34,17 +37,30 @@ class Recorder:
             if site is not None and len(correct):
                 self._confidences.setdefault((model, site), []).extend(float(c) for c in correct)
 
+    def add_shadow(self, key: tuple[str, int, str], counts: ShadowCounts) -> None:
+        """Add a mirrored request's figures ((model, candidate version, site) -> counts)."""
+        with self._lock:
+            self._shadow_counts[key] = self._shadow_counts.get(key, ShadowCounts()) + counts
+
     def flush(self) -> None:
-        """Write what was gathered; on a store error it is dropped (the watch and estimate use recent data)."""
+        """Write what was gathered; on a store error inputs are dropped (the watch and estimate use recent
+        data), shadow counts are kept for the next write (a verdict needs every mirrored request)."""
         with self._lock:
             images, self._images = self._images, {}
             confidences, self._confidences = self._confidences, {}
-        if not images and not confidences:
-            return
-        try:
-            self._inputs.write(images, confidences)
-        except (RegistryError, ValueError) as e:
-            log.warning("prediction inputs not recorded: %s", e)
+            shadow, self._shadow_counts = self._shadow_counts, {}
+        if images or confidences:
+            try:
+                self._inputs.write(images, confidences)
+            except (RegistryError, ValueError) as e:
+                log.warning("prediction inputs not recorded: %s", e)
+        if shadow and self._shadows is not None:
+            try:
+                self._shadows.record(shadow)
+            except RegistryError as e:
+                log.warning("shadow figures not recorded yet: %s", e)
+                for key, counts in shadow.items():
+                    self.add_shadow(key, counts)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):

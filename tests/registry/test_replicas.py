@@ -26,3 +26,13 @@ def test_a_replica_that_stopped_beating_is_not_live(registry: RedisRegistry) -> 
     assert [b.replica for b in replicas.live()] == ["alive"]
     assert registry.r.hkeys(registry.key("serving", "replicas")) == ["alive"]  # and removed
     assert replicas.serving("m", 3) == (1, 1)
+
+
+def test_a_replica_loading_on_demand_serves_the_production_version_of_models_it_does_not_hold(
+        registry: RedisRegistry) -> None:
+    replicas = Replicas(registry, beat_interval_s=1.0)
+    replicas.beat("eager", {"m": 2})
+    replicas.beat("lru", {"other": 1}, on_demand=True)  # m not held: its next request loads production
+    assert replicas.serving("m", 2) == (2, 2)
+    replicas.beat("lru", {"m": 1}, on_demand=True)  # holds the old version until it swaps
+    assert replicas.serving("m", 2) == (1, 2)
