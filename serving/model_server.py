@@ -63,6 +63,15 @@ from serving.responses import error_response
 log = logging.getLogger(__name__)
 
 
+def read_moves(registry: RedisRegistry,
+               shadows: Shadows) -> tuple[dict[str, int], dict[str, ShadowRun], dict[str, float]]:
+    """What a replica reads once the serving generation moved: each model's production version, the mirrored
+    candidates and the sites' thresholds."""
+    targets = registry.resolve_all()
+    thresholds = {s.name: s.threshold for s in registry.sites() if s.threshold is not None}
+    return targets, shadows.active_all(list(targets)), thresholds
+
+
 @dataclass(eq=False)
 class Slot:
     """One model on this replica: the version answering it, replaced in place on promotion."""
@@ -138,7 +147,7 @@ class ModelServer:
         if generation == self._generation and not self._retry:
             return False
         self._retry, swapped = False, False
-        targets = self.registry.resolve_all()
+        targets, runs, self.thresholds = read_moves(self.registry, self.shadows)
         for name, target in targets.items():
             slot = self.slots.get(name)
             if (slot and slot.loaded.version == target) or self._failed.get(name) == target:
@@ -146,8 +155,7 @@ class ModelServer:
             if slot is None and self._open is not None:  # loaded on demand, at its first request
                 continue
             swapped = self._swap(self.registry.get_model(name), target, slot) or swapped
-        self._sync_shadows(self.shadows.active_all(list(targets)))
-        self.thresholds = {s.name: s.threshold for s in self.registry.sites() if s.threshold is not None}
+        self._sync_shadows(runs)
         self._generation = generation
         return swapped
 
