@@ -279,6 +279,29 @@ def swap(r: Json) -> str:
                    f"{f['during_p99_ms']:.1f} / {f['during_worst_ms']:.1f}", f"{f['worst_over_steady_p99']:.2f}"]])
 
 
+def multiplex(r: Json) -> str:
+    f, per = r["summary"], r["settings"]["per_replica"]
+    kinds = ("memory_multiplexed_after", "memory_every_model")
+    rss = {k: " / ".join(f"{m['rss_mib']:.0f}" for m in f[k]) for k in kinds}
+    held = {k: " / ".join(str(m["models_held"]) for m in f[k]) for k in kinds}
+    cw = f["cold_warm"]
+    rows = []
+    for label, key, mixed in ((f"models on demand, at most {per} per replica", "memory_multiplexed_after", f["mixed"]),
+                              ("every model on every replica", "memory_every_model", f["mixed_every_model"])):
+        rows.append([label, held[key], rss[key], f"{mixed['throughput_rps']:.0f}",
+                     f"{mixed['p50_ms']:.0f} / {mixed['p99_ms']:.0f}", str(mixed["failed"])])
+    body = table(["replicas", "models held", "replica RSS MiB", "mixed load req/s", "p50 / p99 ms", "failed"], rows)
+    poll = f["poll"]
+    return (f"{body}\n\nCold model (loaded by its request): p50 {cw['cold_p50_ms']:.0f} ms, max "
+            f"{cw['cold_max_ms']:.0f} ms; warm p50 {cw['warm_p50_ms']:.0f} ms. A held model's promotion: answered "
+            f"by the new version {f['swap_held']['seconds']:.2f} s after the alias move, swapped in place: "
+            f"{'yes' if f['swap_held']['in_place'] else 'no'}. A replica's poll at rest: "
+            f"{poll['1']['rest_round_trips']:.0f} round trip with 1 model and {poll['50']['rest_round_trips']:.0f} "
+            f"with 50 ({poll['1']['rest_ms']:.2f} / {poll['50']['rest_ms']:.2f} ms); after a move "
+            f"{poll['1']['moved_round_trips']:.0f} and {poll['50']['moved_round_trips']:.0f} "
+            f"({poll['1']['moved_ms']:.2f} / {poll['50']['moved_ms']:.2f} ms).")
+
+
 def console(r: Json) -> str:
     rows = [[f"`{c['path']}`", f"{c['p50_ms']:.0f}", f"{c['p95_ms']:.0f}", f"{c['bytes'] / 1024:.0f}",
              f"`{c['api_path']}`", f"{c['api_p50_ms']:.0f}"] for c in r["summary"]]
@@ -304,6 +327,7 @@ RENDERERS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {  # block: (r
     "pipeline": (("pipeline",), lambda: pipeline(load("pipeline"))),
     "console": (("console",), lambda: console(load("console"))),
     "swap": (("swap",), lambda: swap(load("swap"))),
+    "multiplex": (("multiplex",), lambda: multiplex(load("multiplex"))),
 }
 BLOCK = re.compile(r"<!-- table:(?P<name>[\w-]+) -->\n.*?<!-- /table:(?P=name) -->", re.S)
 
