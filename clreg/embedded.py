@@ -136,10 +136,28 @@ def start_ray(cfg: RaySettings) -> None:
         token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
         if "RAY_AUTH_TOKEN" in os.environ or token_file.exists():  # a driver sends its token only in this mode
             os.environ.setdefault("RAY_AUTH_MODE", "token")
-        ray.init(address=cfg.address, namespace="clreg", logging_level=logging.WARNING)
+        _join(cfg.address)
         return
     ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
              namespace="clreg", logging_level=logging.WARNING, log_to_driver=False)
+
+
+def _join(address: str, attempts: int = 3, wait_s: float = 2.0) -> None:
+    """ray.init on a cluster. A Ray Client's (ray://) cluster answers but may fail to start the per-client
+    server it runs for each connection (its proxier's "Starting Ray client server failed", seen on a loaded
+    2-core head): that is retried; an address that does not answer is not."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, namespace="clreg", logging_level=logging.WARNING)
+            return
+        except ConnectionAbortedError as e:
+            if not address.startswith("ray://") or "Initialization failure from server" not in str(e) \
+                    or attempt == attempts:
+                raise
+            log.warning("Ray Client connection to %s failed to start (attempt %d of %d), retrying: %s",
+                        address, attempt, attempts, str(e).splitlines()[-1][:200])
+            ray.shutdown()
+            time.sleep(wait_s * attempt)
 
 
 def serving_config(settings: Settings, store: StoreConfig, secrets: dict[str, str]) -> ServingConfig:

@@ -26,9 +26,10 @@ EVENT_KINDS = frozenset({
     "update.started", "update.resumed", "update.retrying", "update.taken_over", "update.finished",
     "update.failed", "update.abandoned", "gate.passed", "gate.failed", "alias.moved",
     "serving.swapped", "serving.failed", "retention.archived", "site.readiness",
+    "shadow.started", "shadow.failed", "shadow.finished",
 })
 ALERT_KINDS = frozenset({"drift.alert", "gate.failed", "update.failed", "serving.failed", "update.abandoned",
-                         "site.readiness"})
+                         "site.readiness", "shadow.failed"})
 
 
 class EventLog:

@@ -43,3 +43,11 @@ def test_ui_prints_the_console_address_of_the_configured_port(tmp_path: Path, mo
     result = CliRunner().invoke(app, ["ui", "--no-open"])
     assert result.exit_code == 0, result.output
     assert "http://127.0.0.1:8123/ui" in result.output
+
+
+def test_the_versions_table_shows_a_versions_shadow_figures() -> None:
+    from clreg.cli import _shadow
+
+    assert _shadow(None) == ""
+    assert _shadow({"requests": 240, "agreement": 0.99166, "active": False}) == "99.2% of 240 req"
+    assert _shadow({"requests": 0, "agreement": None, "active": True}) == "n/a of 0 req (mirroring)"

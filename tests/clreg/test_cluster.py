@@ -131,9 +131,10 @@ def _env(cluster: Cluster, endpoint: str, redis_url: str, home: Path, port: int,
     return env
 
 
-# A Ray Client (ray://) `clreg up` passed here once and failed once in CI: Ray's client proxier could not start
-# its per-client server ("Starting Ray client server failed", port 23000). The doctor test below joins by ray://.
-@pytest.mark.parametrize("joined_as", ["driver"])
+# Joined as a driver (HEAD:PORT) and as a Ray Client (ray://). A Ray Client `clreg up` failed once in CI when
+# Ray's client proxier could not start its per-client server ("Starting Ray client server failed"); clreg
+# retries that (clreg/embedded.py: _join).
+@pytest.mark.parametrize("joined_as", ["driver", "client"])
 def test_two_sites_through_clreg_up_train_on_the_trainer_node_and_store_only_in_the_bucket(
         cluster: Cluster, bucket: tuple[str, object], external_redis: str, tmp_path: Path, joined_as: str) -> None:
     endpoint, s3 = bucket

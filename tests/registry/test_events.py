@@ -8,7 +8,7 @@ from pathlib import Path
 from registry.events import ALERT_KINDS, EVENT_KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
-KIND = re.compile(r"""["']((?:batch|drift|update|gate|alias|serving|retention|site)\.[a-z_]+)["']""")
+KIND = re.compile(r"""["']((?:batch|drift|update|gate|alias|serving|retention|site|shadow)\.[a-z_]+)["']""")
 
 
 def test_every_kind_the_code_records_is_catalogued() -> None:
