@@ -1,4 +1,4 @@
-"""The CLI's progress bar reads the epoch the pipeline writes into a training batch's state."""
+"""The CLI's progress bar reads the epoch the pipeline writes into a training batch's state; its tables' cells."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from clreg import context, pipeline
-from clreg.cli import EPOCH
+from clreg.cli import EPOCH, _shadow
 from clreg.client import npz_bytes
 from clreg.settings import Settings
 from learner.train import TrainConfig
@@ -46,8 +46,6 @@ def test_ui_prints_the_console_address_of_the_configured_port(tmp_path: Path, mo
 
 
 def test_the_versions_table_shows_a_versions_shadow_figures() -> None:
-    from clreg.cli import _shadow
-
     assert _shadow(None) == ""
     assert _shadow({"requests": 240, "agreement": 0.99166, "active": False}) == "99.2% of 240 req"
     assert _shadow({"requests": 0, "agreement": None, "active": True}) == "n/a of 0 req (mirroring)"
