@@ -18,8 +18,9 @@ from registry.artifacts import ArtifactStore
 from registry.events import EventLog
 from registry.leases import tool
 from registry.records import InputSpec, Lineage, Model, ModelVersion, ShadowPolicy, VersionStatus
-from registry.shadow import NO_SITE, Shadows
+from registry.shadow import NO_SITE, ShadowCounts, ShadowFigures, Shadows
 from registry.store import RedisRegistry
+from serving.console_data import _shadow as console_cell
 
 pytestmark = pytest.mark.integration
 SPEC = InputSpec(channels=1, height=8, width=8, classes=3)
@@ -120,3 +121,10 @@ def test_a_shadowed_candidate_is_promoted_only_if_it_agrees_with_production(stac
     _predict(stack.url, 10)
     time.sleep(1.0)
     assert Shadows(registry).figures(MODEL, [flipped])[flipped].total.requests == before
+
+
+def test_the_console_shows_the_agreement_and_whether_the_version_is_mirrored_now() -> None:
+    figures = ShadowFigures.of({"a": ShadowCounts(requests=30, samples=120, agreed=117, confidence_sum=100.0)})
+    assert console_cell(figures, mirrored=True) == "mirrored now: agreement 97.5% over 30 requests"
+    assert console_cell(figures, mirrored=False) == "agreement 97.5% over 30 requests"
+    assert console_cell(None, mirrored=True) == "mirrored now" and console_cell(None, mirrored=False) == ""
