@@ -56,13 +56,12 @@ class SiteFigures:
 
 def site_figures(y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, seed: int = 0) -> SiteFigures:
     """Figures of one site from its labels and the probabilities before (temperature 1) and after (cross-fitted)
-    calibration; accuracy and sensitivity are those of the labels served, the calibrated argmax (a binary
-    site's class bias can move it; cross-fitted, so the bias is never scored on the samples it was fitted on)."""
+    calibration; the labels answered are the same in both (scaling keeps the argmax)."""
     y = np.asarray(y).astype(np.int64)
     if raw.shape != calibrated.shape or len(y) != len(raw) or len(y) == 0:
         raise DataError(f"need N labels and two [N, K] probability arrays, got {len(y)}, {raw.shape}, "
                         f"{calibrated.shape}")
-    correct = (calibrated.argmax(axis=1) == y).astype(np.float64)
+    correct = (raw.argmax(axis=1) == y).astype(np.float64)
     sensitivity = {}
     for k in np.unique(y):
         found = correct[y == k]
