@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
 from bench.continual import split  # noqa: E402
-from learner.calibration import out_of_fold_proba, proba_nll, site_scalings  # noqa: E402
+from learner.calibration import out_of_fold_proba, proba_nll, site_temperatures  # noqa: E402
 from learner.evaluate import expected_calibration_error, predict_logits  # noqa: E402
 from learner.ewc import EWCState, state_from_bytes  # noqa: E402
 from learner.models import small_cnn  # noqa: E402
@@ -62,11 +62,11 @@ def cross_fitted(scored: Scored, seed: int) -> dict[str, dict[str, Any]]:
             z, y = scored[site]
             out.setdefault(method, {})[site] = {"ECE": expected_calibration_error(y, proba), "NLL": proba_nll(proba, y),
                                                 "accuracy": float((z.argmax(1) == y).mean())}
-    pooled, own = site_scalings(scored)
+    pooled, own = site_temperatures(scored)
     for site in scored:
         out["none"][site]["temperature"] = 1.0
         out["pooled"][site]["temperature"] = pooled
-        out["per_site"][site]["temperature"] = own[site].temperature  # 10 classes: no bias
+        out["per_site"][site]["temperature"] = own[site]
     return out
 
 

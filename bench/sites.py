@@ -4,11 +4,10 @@ The binary stream (learner.streams.binary_sites: "digit >= 5", base 50%, contras
 speckle 40%, inverted 10% positive) is learnt in order by the default learner (per-site BatchNorm, EWC).
 Each site keeps 40% of its images held out, split in two folds; every figure is cross-fitted, so nothing
 is reported on the data it was tuned on:
-- calibration of the per-site scaled probabilities (clreg's calibration: a temperature and a class bias per
-  site, cross-fitted): ECE (15 bins) beside the ECE a perfectly calibrated model would show on the same
-  samples (its noise floor: a fold holds 40 to 70 images) and the debiased calibration error
-  (learner.evaluate: unbiased squared gap over 10 equal-mass bins, averaged over folds and seeds, then the
-  root), which the verdict uses;
+- calibration of the per-site temperature-scaled probabilities (clreg's calibration, cross-fitted): ECE
+  (15 bins) beside the ECE a perfectly calibrated model would show on the same samples (its noise floor:
+  a fold holds 40 to 70 images) and the debiased calibration error (learner.evaluate: unbiased squared gap
+  over 10 equal-mass bins, averaged over folds and seeds, then the root), which the verdict uses;
 - the expected-cost threshold (false positive 1, false negative 10, at the site's prevalence) chosen on one
   fold's calibrated scores and priced on the other, against the 0.5 threshold priced on the same fold;
 - PPV from learner.operating against PPV from scikit-learn's confusion matrix (must be equal);
@@ -40,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
 from clreg.reference import embed_fn  # noqa: E402
-from learner.calibration import Scaling, scaled_proba, site_scalings  # noqa: E402
+from learner.calibration import scaled_proba, site_temperatures  # noqa: E402
 from learner.estimate import correct_share, expected_accuracy  # noqa: E402
 from learner.evaluate import ece_floor, expected_calibration_error, predict_logits, squared_calibration_error  # noqa: E402
 from learner.ewc import EWCState, state_from_bytes  # noqa: E402
@@ -93,15 +92,15 @@ def drifted(net: Any, ref: Reference, x: np.ndarray, seed: int) -> float:
 
 def seed_figures(nets: dict[str, Any], folds: dict[str, tuple[Arrays, Arrays]], refs: dict[str, Reference],
                  seed: int) -> dict[str, dict]:
-    """Every site's cross-fitted figures: each fold tunes (scalings, as clreg fits them: each site's own
+    """Every site's cross-fitted figures: each fold tunes (temperatures, as clreg fits them: each site's own
     with the pooled one as its prior; the threshold), the other fold reports."""
     logits = {s: tuple(predict_logits(nets[s], x) for x, _ in folds[s]) for s in nets}
     out: dict[str, dict[str, list[float]]] = {s: {} for s in nets}
     for tune_i, report_i in ((0, 1), (1, 0)):
-        _, scalings = site_scalings({s: (logits[s][tune_i], folds[s][tune_i][1]) for s in nets})
+        _, temperatures = site_temperatures({s: (logits[s][tune_i], folds[s][tune_i][1]) for s in nets})
         for site, net in nets.items():
             (_, ty), (rx, ry) = folds[site][tune_i], folds[site][report_i]
-            rows = _direction(net, refs[site], scalings[site], logits[site][tune_i], ty,
+            rows = _direction(net, refs[site], temperatures[site], logits[site][tune_i], ty,
                               logits[site][report_i], rx, ry, BINARY_PREVALENCE[site], seed)
 
             for k, v in rows.items():
@@ -109,12 +108,12 @@ def seed_figures(nets: dict[str, Any], folds: dict[str, tuple[Arrays, Arrays]], 
     return {s: {k: float(np.nanmean(v)) for k, v in rows.items()} for s, rows in out.items()}
 
 
-def _direction(net: Any, ref: Reference, scaling: Scaling, tune_logits: np.ndarray, ty: np.ndarray,
+def _direction(net: Any, ref: Reference, t: float, tune_logits: np.ndarray, ty: np.ndarray,
                report_logits: np.ndarray, rx: np.ndarray, ry: np.ndarray, prevalence: float,
                seed: int) -> dict[str, float]:
-    tune, report = scaling.proba(tune_logits), scaling.proba(report_logits)
+    tune, report = scaled_proba(tune_logits, t), scaled_proba(report_logits, t)
     noisy_x = shift(rx, SHIFT["kind"], seed, sd=SHIFT["sd"])
-    noisy = scaling.proba(predict_logits(net, noisy_x))
+    noisy = scaled_proba(predict_logits(net, noisy_x), t)
     # chosen from the images alone, not the labels
     harder = report.max(axis=1) <= np.quantile(report.max(axis=1), CASEMIX_SHARE)
     chosen = threshold_for_cost(tune[:, 1], ty, COSTS, prevalence)

@@ -1,5 +1,4 @@
-"""Calibrate: fit one scaling per learnt site on its held-out set (a temperature, and a binary model's class
-bias); the result is a version artifact."""
+"""Calibrate: fit one temperature per learnt site on its held-out set; the result is a version artifact."""
 
 from __future__ import annotations
 
@@ -17,22 +16,21 @@ from registry.records import Calibration, Model, SiteCalibration
 
 def calibrate_version(stores: Stores, model: Model, weights_sha: str, bank: Bank | None, batch_ids: list[str],
                       seed: int) -> Calibration:
-    """Per-site scalings of a trained network, each site's logits taken as /v1/predict computes them."""
+    """Per-site temperatures of a trained network, each site's logits taken as /v1/predict computes them."""
     answerer = Answerer.of(stores.module(model, weights_sha), bank)
     scored = {}
     for site, (x, y) in stores.split_by_site(model, batch_ids, "heldout").items():
         net, _, _ = answerer.pick(site, to_tensor(x))
         scored[site] = (predict_logits(net, x), y)
     pooled, sites = calibrate_sites(scored, seed=seed)
-    binary = model.input.classes == 2
-    return Calibration(model=model.name, pooled=_record(pooled), method="temperature_bias" if binary else "temperature",
+    return Calibration(model=model.name, pooled=_record(pooled),
                        sites={s: _record(fit, *scored[s], seed=seed) for s, fit in sites.items()})
 
 
 def _record(fit: CalibrationFit, logits: np.ndarray | None = None, labels: np.ndarray | None = None,
             seed: int = 0) -> SiteCalibration:
     """A site's calibration with its validation figures (the pooled record, without labels, has none)."""
-    record = SiteCalibration(temperature=fit.temperature, bias=fit.bias, samples=fit.samples, ece=fit.ece,
+    record = SiteCalibration(temperature=fit.temperature, samples=fit.samples, ece=fit.ece,
                              ece_calibrated=fit.ece_calibrated, nll=fit.nll, nll_calibrated=fit.nll_calibrated,
                              error_calibrated=fit.error_calibrated, ece_floor=fit.ece_floor)
     if logits is None or labels is None:

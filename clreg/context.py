@@ -59,11 +59,9 @@ class Stores:
         return net.eval()
 
     def answerer(self, model: Model, version: ModelVersion) -> Answerer:
-        """How the version answers each site, as a serving replica does: the network it picks and the scaling
-        (a binary site's class bias can move a label, so the gate scores calibrated labels too)."""
-        stored = VersionArtifacts(self.artifacts, version)
-        return Answerer.of(self.module(model, version.artifacts[Artifact.WEIGHTS]), self.bank(version),
-                           stored.calibration())
+        """Which network answers each site, as a serving replica picks it; without temperatures, which never
+        change a label (so no calibration artifact is read)."""
+        return Answerer.of(self.module(model, version.artifacts[Artifact.WEIGHTS]), self.bank(version))
 
     def bank(self, version: ModelVersion) -> Bank | None:
         """The version's per-site BatchNorm bank (None under the other BatchNorm policies)."""

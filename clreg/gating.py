@@ -7,7 +7,7 @@ import numpy as np
 from clreg.context import Stores
 from clreg.settings import GateConfig
 from learner.answer import Answerer
-from learner.evaluate import predict_logits
+from learner.evaluate import site_metrics
 from learner.models import to_tensor
 from registry.gates import GateRules, judge
 from registry.records import GateReport, Model, ModelVersion
@@ -55,6 +55,6 @@ def _outcomes(answerer: Answerer, heldout: dict[str, tuple[np.ndarray, np.ndarra
     site would be (a site the version never learnt is routed to the BatchNorm that explains its images best)."""
     out = {}
     for site, (x, y) in heldout.items():
-        net, bn_site, _ = answerer.pick(site, to_tensor(x))
-        out[site] = answerer.labels(bn_site or site, predict_logits(net, x)) == np.asarray(y)
+        net, _, _ = answerer.pick(site, to_tensor(x))
+        out[site] = site_metrics(net, x, y).correct  # temperature scaling never changes a label
     return out

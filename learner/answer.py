@@ -1,6 +1,5 @@
 """How a version answers a site: which network (the site's own BatchNorm, or for a site it never learnt the
-entry that explains the images best) and which scaling (the site's temperature and, binary models, class
-bias; else the pooled temperature).
+entry that explains the images best) and which temperature (the site's, else the pooled one).
 
 The gate, the calibration step and the serving replicas all go through `Answerer`, so the accuracy a gate
 judges and the temperatures calibration fits are those of exactly what /v1/predict answers.
@@ -10,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -43,23 +41,13 @@ class Answerer:
         chosen = route(self.module, self.bank or {}, x)
         return self.sites[chosen], chosen, True
 
-    def scaling(self, site: str | None) -> tuple[str | None, float, float]:
-        """The site whose scaling calibrates the logits (None: the pooled one), its temperature and bias."""
+    def temperature(self, site: str | None) -> tuple[str | None, float]:
+        """The site whose temperature scales the logits (None: the pooled one) and the temperature."""
         if self.calibration is None:
-            return None, 1.0, 0.0
+            return None, 1.0
         if site in self.calibration.sites:
-            fit = self.calibration.sites[site]
-            return site, fit.temperature, fit.bias
-        return None, self.calibration.pooled.temperature, 0.0
-
-    def labels(self, site: str | None, logits: np.ndarray) -> np.ndarray:
-        """The labels /v1/predict answers for these logits of `site`: the argmax of the calibrated
-        probabilities (a temperature never moves it; a binary site's class bias can)."""
-        _, temperature, bias = self.scaling(site)
-        if not bias:
-            return np.asarray(logits).argmax(axis=1)
-        z = np.asarray(logits, dtype=np.float64) / temperature
-        return (z[:, 1] + bias > z[:, 0]).astype(np.int64)
+            return site, self.calibration.sites[site].temperature
+        return None, self.calibration.pooled.temperature
 
     def networks(self) -> list[nn.Module]:
         """Every network this answerer may run (for a warm-up)."""

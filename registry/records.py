@@ -314,15 +314,13 @@ class GateReport(Record):
 
 
 class SiteCalibration(Record):
-    """Calibration of one site: the temperature (and a binary model's class bias) served, and its effect on
-    the held-out set.
+    """Temperature scaling for one site: the temperature served, and its effect on the held-out set.
 
     ece and nll are at temperature 1; the *_calibrated figures are cross-fitted (each half of the held-out
-    set scored with a scaling fitted on the other half), so they are not flattered by the fit.
+    set scored with a temperature fitted on the other half), so they are not flattered by the fit.
     """
 
     temperature: float = Field(gt=0)
-    bias: float = 0.0  # binary models: added to class 1's scaled logit (learner/calibration.py)
     samples: int = Field(ge=1)
     ece: float
     ece_calibrated: float
@@ -348,12 +346,10 @@ class SiteCalibration(Record):
 
 
 class Calibration(Record):
-    """A version's calibration artifact: one scaling per learnt site, one pooled temperature for any other
-    request. "temperature_bias": binary sites carry a class bias too (code that knows only "temperature"
-    refuses the artifact rather than serve it without its biases)."""
+    """A version's calibration artifact: one temperature per learnt site, one pooled for any other request."""
 
     model: Name
-    method: Literal["temperature", "temperature_bias"] = "temperature"
+    method: Literal["temperature"] = "temperature"
     sites: dict[Name, SiteCalibration]
     pooled: SiteCalibration
 

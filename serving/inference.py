@@ -52,7 +52,6 @@ class Scores:
     routed: bool
     temperature_site: str | None
     temperature: float
-    bias: float
 
 
 @torch.no_grad()
@@ -70,9 +69,6 @@ def infer(jobs: list[Job]) -> list[Scores]:
             logits[i] = part
     scores = []
     for i, (job, (_, bn_site, routed)) in enumerate(zip(jobs, picks, strict=True)):
-        scaled_by, t, bias = job.loaded.answerer.scaling(bn_site or job.site)
-        z = logits[i] / t
-        if bias:
-            z[:, 1] += bias
-        scores.append(Scores(torch.softmax(z, dim=1).cpu().numpy(), bn_site, routed, scaled_by, t, bias))
+        scaled_by, t = job.loaded.answerer.temperature(bn_site or job.site)
+        scores.append(Scores(torch.softmax(logits[i] / t, dim=1).cpu().numpy(), bn_site, routed, scaled_by, t))
     return scores

@@ -268,8 +268,7 @@ class ModelServer:
         answer.update({"probabilities": probs.round(6).tolist(), "labels": probs.argmax(axis=1).tolist()})
         if scores.bn_site is not None:  # which site's BatchNorm answered, and whether MAP routing chose it
             answer["normalisation"] = {"site": scores.bn_site, "routed": scores.routed}
-        answer["calibration"] = {"site": scores.temperature_site, "temperature": round(scores.temperature, 6),
-                                 "bias": round(scores.bias, 6)}
+        answer["calibration"] = {"site": scores.temperature_site, "temperature": round(scores.temperature, 6)}
         if threshold is not None:
             answer["threshold"] = threshold
             answer["decisions"] = (probs[:, 1] >= threshold).astype(int).tolist()

@@ -1,5 +1,5 @@
-"""Temperature scaling (and a binary site's class bias): recovers known values, never raises the NLL it
-minimises, keeps labels, shrinks a small site toward its prior, and reports cross-fitted figures."""
+"""Temperature scaling: recovers a known temperature, never raises the NLL it minimises, keeps labels,
+shrinks a small site toward the pooled temperature, and reports cross-fitted figures."""
 
 from __future__ import annotations
 
@@ -7,15 +7,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from learner.calibration import (
-    MIN_SAMPLES,
-    calibrate_sites,
-    fit_scaling,
-    fit_temperature,
-    nll,
-    out_of_fold_proba,
-    scaled_proba,
-)
+from learner.calibration import MIN_SAMPLES, calibrate_sites, fit_temperature, nll, out_of_fold_proba, scaled_proba
 from learner.errors import DataError
 
 
@@ -104,29 +96,3 @@ def test_tiny_sets_keep_temperature_one() -> None:
 def test_bad_inputs_name_the_problem(logits: np.ndarray, y: np.ndarray, match: str) -> None:
     with pytest.raises(DataError, match=match):
         calibrate_sites({"a": (logits, y)})
-
-
-def _binary(temperature: float, bias: float, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Binary logits whose labels are drawn from softmax(logits / T + [0, bias])."""
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(0.0, 3.0, size=(n, 2))
-    p1 = scaled_proba(logits, temperature, bias)[:, 1]
-    return logits, (rng.random(n) < p1).astype(int)
-
-
-def test_a_binary_site_gets_the_temperature_and_the_class_bias_its_labels_were_drawn_at() -> None:
-    logits, y = _binary(2.0, -1.5, 20_000)
-    found = fit_scaling(logits, y, prior=1.0)
-    assert found.temperature == pytest.approx(2.0, rel=0.05) and found.bias == pytest.approx(-1.5, abs=0.1)
-    np.testing.assert_allclose(found.proba(logits), scaled_proba(logits, found.temperature, found.bias))
-
-
-def test_a_binary_sites_bias_is_shrunk_toward_zero_with_few_samples() -> None:
-    many, few = _binary(1.0, -2.0, 20_000), _binary(1.0, -2.0, 30, seed=3)
-    assert abs(fit_scaling(*few, prior=1.0).bias) < abs(fit_scaling(*many, prior=1.0).bias)
-
-
-def test_models_of_more_classes_get_a_temperature_only() -> None:
-    logits, y = _sampled(2.5, 2_000)
-    found = fit_scaling(logits, y, prior=1.0)
-    assert found.bias == 0.0 and found.temperature == pytest.approx(fit_temperature(logits, y, prior=1.0))
