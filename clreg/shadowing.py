@@ -41,6 +41,8 @@ def judge(stores: Stores, holder: Incarnation, lease_s: float) -> list[tuple[str
     shadows = Shadows(stores.registry)
     verdicts = []
     for name, run in shadows.active_all(stores.registry.list_models()).items():
+        if not _due(stores, shadows, run):  # read-only until a verdict is due: no lease taken every few seconds
+            continue
         lease = Lease(stores.registry, name, holder, lease_s=lease_s)
         if not lease.acquire():  # an update of the model is running: the next run judges
             continue
@@ -51,6 +53,14 @@ def judge(stores: Stores, holder: Incarnation, lease_s: float) -> list[tuple[str
         if verdict:
             verdicts.append((name, run.version, verdict))
     return verdicts
+
+
+def _due(stores: Stores, shadows: Shadows, run: ShadowRun) -> bool:
+    """Whether the candidate has its requests, or was decided already (by an admin, or a run that died)."""
+    if stores.registry.status(run.model, run.version) is not VersionStatus.BLESSED:
+        return True
+    figures = shadows.figures(run.model, [run.version]).get(run.version)
+    return figures is not None and figures.total.requests >= run.policy.min_requests
 
 
 def _judge(stores: Stores, shadows: Shadows, run: ShadowRun, lease: Lease) -> str | None:

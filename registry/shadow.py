@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from registry.connection import translated
 from registry.errors import Conflict
-from registry.records import Name, Record, ShadowPolicy, check_name, now, parse
+from registry.records import Name, Record, ShadowPolicy, VersionView, check_name, now, parse
 from registry.store import RedisRegistry
 
 NO_SITE = "*"  # the site field of requests that name no site and were not routed to one
@@ -154,6 +154,16 @@ class Shadows:
         for number in versions:
             pipe.hgetall(self._counts_key(model, number))
         return {n: _figures(raw) for n, raw in zip(versions, pipe.execute(), strict=True) if raw}
+
+    def attach(self, model: str, views: list[VersionView]) -> list[VersionView]:
+        """The views with the shadow figures (their summary, and "active": mirrored now) of every version that
+        was mirrored on live traffic, in two round trips."""
+        figures, run = self.figures(model, [v.version.number for v in views]), self.active(model)
+        if run is not None:  # mirrored, perhaps without a request yet
+            figures.setdefault(run.version, ShadowFigures.of({}))
+        mirrored = run.version if run is not None else None
+        return [v.model_copy(update={"shadow": {**figures[n].summary(), "active": n == mirrored}})
+                if (n := v.version.number) in figures else v for v in views]
 
 
 def _figures(raw: dict[str, str]) -> ShadowFigures:

@@ -17,7 +17,7 @@ from registry.artifacts import ArtifactStore, version_calibration
 from registry.events import EventLog
 from registry.readiness import assess
 from registry.records import BatchStatus, GateReport, SiteCalibration, VersionView
-from registry.shadow import ShadowFigures, Shadows
+from registry.shadow import Shadows
 from registry.store import RedisRegistry
 from serving.charts import heatmap, line_chart
 
@@ -81,25 +81,23 @@ def model(reg: RedisRegistry, name: str) -> dict[str, Any]:
     gates = reg.reports.gates([v.gate_report_id for v in views if v.gate_report_id])
     chart, matrix = _matrix(views, gates)
     drift = reg.reports.drift(name, limit=200)
-    shadows = Shadows(reg)
-    figures, mirrored = shadows.figures(name, [v.version.number for v in views]), shadows.active(name)
     versions = [{"number": v.version.number, "status": v.status.value, "aliases": v.aliases,
                  "created": when(v.version.created_at), "sites": v.version.lineage.sites,
                  "gate": gates.get(v.gate_report_id or ""),
-                 "shadow": _shadow(figures.get(v.version.number),
-                                   mirrored is not None and mirrored.version == v.version.number)}
-                for v in reversed(views)]
+                 "shadow": _shadow(v.shadow)} for v in reversed(Shadows(reg).attach(name, views))]
     return {"model": record, "production": reg.resolve(name), "versions": versions,
             "history": list(reversed(reg.alias_history(name))), "matrix_svg": chart, "matrix": matrix,
             "drift_svg": _drift_chart(drift), "drift": list(reversed(drift))[:50], "queue": queue(reg, name)}
 
 
-def _shadow(figures: ShadowFigures | None, mirrored: bool) -> str:
-    """A version's shadow cell: its agreement with production over the requests it was mirrored on."""
-    total = figures.total if figures else None
-    text = "" if total is None or total.agreement is None else \
-        f"agreement {100 * total.agreement:.1f}% over {total.requests} requests"
-    return f"mirrored now{': ' + text if text else ''}" if mirrored else text
+def _shadow(figures: dict[str, Any] | None) -> str:
+    """A version's shadow cell (from its summary, see Shadows.attach): its agreement with production over the
+    requests it was mirrored on, and whether it is mirrored now."""
+    if not figures:
+        return ""
+    text = "" if figures["agreement"] is None else \
+        f"agreement {100 * figures['agreement']:.1f}% over {figures['requests']} requests"
+    return f"mirrored now{': ' + text if text else ''}" if figures["active"] else text
 
 
 def queue(reg: RedisRegistry, name: str) -> list[dict[str, Any]]:

@@ -40,10 +40,9 @@ from registry.records import (
     Site,
     SiteCalibration,
     VersionStatus,
-    VersionView,
 )
 from registry.replicas import Replicas
-from registry.shadow import ShadowFigures, Shadows
+from registry.shadow import Shadows
 from registry.status import pipeline_status
 from registry.store import RedisRegistry
 from registry.webhooks import WebhookStore
@@ -113,16 +112,6 @@ def _served(replicas: Replicas, model: str, version: int | None) -> dict:
     """Whether every live replica answers with `version` (after "promoted", the swap may still be under way)."""
     serving, live = replicas.serving(model, version) if version is not None else (0, 0)
     return {"served": live > 0 and serving == live, "replicas": {"live": live, "serving": serving}}
-
-
-def _with_shadow(shadows: Shadows, model: str, views: list[VersionView]) -> list[VersionView]:
-    """The views with the shadow figures of every version that was mirrored on live traffic (and whether
-    it still is)."""
-    figures, run = shadows.figures(model, [v.version.number for v in views]), shadows.active(model)
-    if run is not None:  # mirrored, perhaps without a request yet
-        figures.setdefault(run.version, ShadowFigures.of({}))
-    return [v.model_copy(update={"shadow": {**figures[n].summary(), "active": run is not None and run.version == n}})
-            if (n := v.version.number) in figures else v for v in views]
 
 
 def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a small closure over the app's state)
@@ -206,7 +195,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         """Versions with status and aliases; filters combine (a learnt site; created_at in [since, until))."""
         reg.get_model(name)
         views = reg.list_versions(name, status, site=site, parent=parent, since=since, until=until)
-        return [v.model_dump(mode="json") for v in _with_shadow(shadows, name, views)]
+        return [v.model_dump(mode="json") for v in shadows.attach(name, views)]
 
     @app.get("/v1/models/{name}/versions/{number}")
     def get_version(name: Name, number: Annotated[int, Path(ge=1, le=2**53)], _: Reader) -> dict:
@@ -214,7 +203,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         if view is None:
             reg.get_version(name, number)  # raises NotFound with the right message
             raise NotFound(f"model {name!r} has no version {number}")
-        view = _with_shadow(shadows, name, [view])[0]
+        view = shadows.attach(name, [view])[0]
         gate = reg.reports.get_gate(view.gate_report_id).model_dump() if view.gate_report_id else None
         calibration = version_calibration(artifacts, view.version)
         return {**view.model_dump(mode="json"), "gate_report": gate,

@@ -210,10 +210,7 @@ class ModelServer:
         return open_model
 
     def _load_production(self, name: str) -> Loaded:
-        try:
-            model = self.registry.get_model(name)
-        except NotFound as e:
-            raise ModelNotFound(str(e)) from e
+        model = self._known(name)
         number = self.registry.resolve(name)
         if number is None:
             raise NotReady(f"model {name!r} has no production version yet")
@@ -311,15 +308,16 @@ class ModelServer:
             raise NotReady(f"model {name!r} has no production version loaded yet")
         return slot.loaded
 
-    def _known(self, name: str) -> None:
-        """404 for a model the registry does not know (503 stays for one that is not loaded yet)."""
+    def _known(self, name: str) -> Model:
+        """The model's record; 404 for a model the registry does not know (503 stays for one not loaded yet)."""
         try:
-            self.registry.get_model(name)
+            return self.registry.get_model(name)
         except NotFound as e:
             raise ModelNotFound(str(e)) from e
 
     def _model_name(self, requested: str | None) -> str:
-        requested = requested or (serve.get_multiplexed_model_id() if self._open is not None else None) or None
+        if requested is None and self._open is not None:  # Serve's routing header names it
+            requested = serve.get_multiplexed_model_id() or None
         if requested is not None:
             return check_name(requested)
         if len(self.slots) == 1 and self._open is None:

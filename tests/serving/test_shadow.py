@@ -125,6 +125,8 @@ def test_a_shadowed_candidate_is_promoted_only_if_it_agrees_with_production(stac
 
 def test_the_console_shows_the_agreement_and_whether_the_version_is_mirrored_now() -> None:
     figures = ShadowFigures.of({"a": ShadowCounts(requests=30, samples=120, agreed=117, confidence_sum=100.0)})
-    assert console_cell(figures, mirrored=True) == "mirrored now: agreement 97.5% over 30 requests"
-    assert console_cell(figures, mirrored=False) == "agreement 97.5% over 30 requests"
-    assert console_cell(None, mirrored=True) == "mirrored now" and console_cell(None, mirrored=False) == ""
+    mirrored, done = ({**figures.summary(), "active": active} for active in (True, False))
+    empty = {**ShadowFigures.of({}).summary(), "active": True}  # mirrored, no request yet
+    assert console_cell(mirrored) == "mirrored now: agreement 97.5% over 30 requests"
+    assert console_cell(done) == "agreement 97.5% over 30 requests"
+    assert console_cell(empty) == "mirrored now" and console_cell(None) == ""
