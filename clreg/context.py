@@ -93,18 +93,26 @@ class Stores:
 
 
 @dataclass(frozen=True)
+class DriftStep:
+    """The drift step's settings: Evidently's tests, where workspace snapshots go (for `evidently ui`), the URL
+    alerts link to."""
+
+    cfg: DriftConfig
+    workspace: Path
+    public_url: str = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True)
 class Context:
     """What the daemon holds: the stores and every step's settings. Steps take only their part."""
 
     stores: Stores
     train: TrainConfig
     features: FeatureConfig
-    drift: DriftConfig
+    drift: DriftStep
     gate: GateConfig
     trigger: TriggerConfig
     webhook: WebhookConfig
-    workspace: Path  # Evidently's workspace, for `evidently ui`
-    public_url: str = "http://127.0.0.1:8000"
     retention: RetentionSettings = RetentionSettings()
     watch: WatchConfig = WatchConfig()
     search: SearchConfig = SearchConfig()
@@ -126,7 +134,8 @@ def build(settings: Settings, store: StoreConfig, public_url: str) -> Context:
     """The pipeline context for a running stack: each step gets its own sub-config."""
     registry = RedisRegistry(store)
     stores = Stores(registry=registry, artifacts=ArtifactStore(settings.artifacts()), events=EventLog(registry))
-    return Context(stores=stores, train=settings.train, features=settings.features, drift=settings.drift,
+    return Context(stores=stores, train=settings.train, features=settings.features,
+                   drift=DriftStep(settings.drift, settings.home / "workspace", public_url),
                    gate=settings.gate, trigger=settings.trigger, webhook=settings.webhook,
-                   workspace=settings.home / "workspace", public_url=public_url, retention=settings.retention,
+                   retention=settings.retention,
                    watch=settings.watch, search=settings.search)

@@ -58,8 +58,8 @@ class Daemon:
         self.scheduler.add_job(self.judge_shadows, "interval", seconds=self.cfg.shadow_check_s, id="shadows",
                                **every)
         if ctx.watch.enabled:  # drift of the inputs Serve sees, before their labels arrive
-            self.scheduler.add_job(watch.run, "interval", args=[ctx], seconds=ctx.watch.interval_s,
-                                   id="watch-inputs", **every)
+            self.scheduler.add_job(watch.run, "interval", args=[ctx.stores, ctx.drift, ctx.watch],
+                                   seconds=ctx.watch.interval_s, id="watch-inputs", **every)
         self.dispatcher = Dispatcher(ctx.registry, ctx.webhook)  # webhook deliveries, off every request's path
         self.scheduler.add_job(self.dispatcher.run, "interval", seconds=ctx.webhook.interval_s, id="webhooks", **every)
         if ctx.retention.enabled:

@@ -5,31 +5,21 @@ from __future__ import annotations
 import gzip
 import logging
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from clreg.context import Stores
+from clreg.context import DriftStep, Stores
 from clreg.reference import embed_fn, load_reference
 from monitor.alerts import alert_payload
-from monitor.drift import DriftCheck, DriftConfig, check_drift, save_snapshot
+from monitor.drift import DriftCheck, check_drift, save_snapshot
 from monitor.errors import MonitorError
 from monitor.features import Reference, batch_features
 from registry.artifacts import Artifact
 from registry.records import Batch, DriftReport, Model, ModelVersion
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DriftStep:
-    """The drift step's settings: Evidently's tests, where workspace snapshots go, the URL alerts link to."""
-
-    cfg: DriftConfig
-    workspace: Path
-    public_url: str
 
 
 def check_batch(stores: Stores, step: DriftStep, model: Model, batch: Batch,

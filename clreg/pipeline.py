@@ -19,7 +19,7 @@ from clreg import faults, recovery, shadowing
 from clreg.context import Context
 from clreg.gating import gate
 from clreg.learning import Learnt, assemble, learn
-from clreg.monitoring import DriftStep, check_batch
+from clreg.monitoring import check_batch
 from learner.errors import LearnerError, TrainingInterrupted
 from monitor.errors import MonitorError
 from registry import promotion
@@ -78,8 +78,7 @@ def process(ctx: Context, worker: Worker, batch_id: str) -> Outcome:
 
 def _drift(ctx: Context, model: Model, batch: Batch) -> DriftReport | None:
     try:
-        step = DriftStep(cfg=ctx.drift, workspace=ctx.workspace, public_url=ctx.public_url)
-        return check_batch(ctx.stores, step, model, batch, ctx.stores.production(model.name))
+        return check_batch(ctx.stores, ctx.drift, model, batch, ctx.stores.production(model.name))
     except MonitorError as e:  # a failed check must not block learning; ops see the failure
         ctx.events.append(model.name, "drift.failed", batch=batch.id, error=str(e))
         return None
@@ -128,12 +127,12 @@ def _update(ctx: Context, worker: Worker, lease: Lease, model: Model) -> None:
     if Shadows(ctx.registry).active(model.name) is not None:  # batches wait for the mirrored candidate's verdict
         return
     production = ctx.stores.production(model.name)
-    batches = recovery.settle(ctx, model.name, production)
+    batches = recovery.settle(ctx.stores, model.name, production)
     if not batches:
         return
     ids = [b.id for b in batches]
-    made = recovery.attempts(ctx, model.name, production, ids)
-    recovery.abandon_strays(ctx, model.name, keep={v.version.number for v in made})
+    made = recovery.attempts(ctx.stores, model.name, production, ids)
+    recovery.abandon_strays(ctx.stores, model.name, keep={v.version.number for v in made})
     ctx.events.append(model.name, "update.resumed" if made else "update.started", batches=ids,
                       parent=production.number if production else None, candidates=[v.version.number for v in made])
     for attempt in range(ctx.gate.forgetting_retries + 1):

@@ -11,7 +11,7 @@ die between any two of these. The next update of the model starts here:
 
 from __future__ import annotations
 
-from clreg.context import Context
+from clreg.context import Stores
 from registry.errors import Conflict
 from registry.records import (
     FINAL_BATCH,
@@ -26,63 +26,63 @@ from registry.records import (
 RESUMABLE = frozenset({VersionStatus.CANDIDATE, VersionStatus.BLESSED, VersionStatus.REJECTED})
 
 
-def settle(ctx: Context, model: str, production: ModelVersion | None) -> list[Batch]:
+def settle(stores: Stores, model: str, production: ModelVersion | None) -> list[Batch]:
     """Take finished batches out of the pending set; the rest, oldest first, are what the update learns."""
-    learnt = learnt_by(ctx, production)
+    learnt = learnt_by(stores, production)
     done: list[str] = []
     waiting: list[Batch] = []
-    for batch_id in ctx.registry.pending(model):
-        state = ctx.registry.batch_state(batch_id)
+    for batch_id in stores.registry.pending(model):
+        state = stores.registry.batch_state(batch_id)
         if state.status not in FINAL_BATCH and batch_id in learnt:  # promoted, states not yet written
-            ctx.registry.set_batch_state(batch_id, BatchState(
+            stores.registry.set_batch_state(batch_id, BatchState(
                 status=BatchStatus.PROMOTED, version=learnt[batch_id], drift_report_id=state.drift_report_id))
-            state = ctx.registry.batch_state(batch_id)
+            state = stores.registry.batch_state(batch_id)
         if state.status in FINAL_BATCH:
             done.append(batch_id)
         else:
-            waiting.append(ctx.registry.get_batch(batch_id))
-    ctx.registry.clear_pending(model, done)
+            waiting.append(stores.registry.get_batch(batch_id))
+    stores.registry.clear_pending(model, done)
     return sorted(waiting, key=lambda b: b.created_at)
 
 
-def learnt_by(ctx: Context, version: ModelVersion | None) -> dict[str, int]:
+def learnt_by(stores: Stores, version: ModelVersion | None) -> dict[str, int]:
     """Batch id -> the version (this one or an ancestor) that learnt it."""
     out: dict[str, int] = {}
     while version is not None:
         out.update({b: version.number for b in version.lineage.batch_ids if b not in out})
         parent = version.lineage.parent
-        version = None if parent is None else ctx.registry.get_version(version.model, parent)
+        version = None if parent is None else stores.registry.get_version(version.model, parent)
     return out
 
 
-def attempts(ctx: Context, model: str, production: ModelVersion | None, batch_ids: list[str]) -> list[VersionView]:
+def attempts(stores: Stores, model: str, production: ModelVersion | None, batch_ids: list[str]) -> list[VersionView]:
     """Candidates already made for exactly these batches from this production version, oldest first."""
     parent = production.number if production else None
     wanted = sorted(batch_ids)
-    return [v for v in ctx.registry.list_versions(model)
+    return [v for v in stores.registry.list_versions(model)
             if v.status in RESUMABLE and v.version.lineage.parent == parent
             and sorted(v.version.lineage.batch_ids) == wanted]
 
 
-def abandon_strays(ctx: Context, model: str, keep: set[int]) -> list[int]:
+def abandon_strays(stores: Stores, model: str, keep: set[int]) -> list[int]:
     """Close every other candidate the daemon made that has no verdict: its update can never finish it."""
     closed = []
-    for view in ctx.registry.list_versions(model, VersionStatus.CANDIDATE):
+    for view in stores.registry.list_versions(model, VersionStatus.CANDIDATE):
         if view.version.number in keep or not view.version.lineage.batch_ids:  # not made by an update
             continue
-        reason = _why_stray(ctx, model, view.version)
+        reason = _why_stray(stores, model, view.version)
         try:
-            ctx.registry.set_status(model, view.version.number, VersionStatus.ABANDONED,
+            stores.registry.set_status(model, view.version.number, VersionStatus.ABANDONED,
                                     expect=frozenset({VersionStatus.CANDIDATE}))
         except Conflict:  # gated meanwhile: it has a verdict after all
             continue
-        ctx.events.append(model, "update.abandoned", version=view.version.number, reason=reason)
+        stores.events.append(model, "update.abandoned", version=view.version.number, reason=reason)
         closed.append(view.version.number)
     return closed
 
 
-def _why_stray(ctx: Context, model: str, version: ModelVersion) -> str:
-    production = ctx.registry.resolve(model)
+def _why_stray(stores: Stores, model: str, version: ModelVersion) -> str:
+    production = stores.registry.resolve(model)
     if version.lineage.parent != production:
         return (f"left without a verdict by a stopped update; trained from v{version.lineage.parent}, "
                 f"production is v{production} now")

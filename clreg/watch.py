@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 
 from clreg import monitoring
-from clreg.context import Context
+from clreg.context import DriftStep, Stores
+from clreg.settings import WatchConfig
 from monitor.drift import check_drift
 from monitor.errors import MonitorError
 from registry.artifacts import Artifact
@@ -23,32 +24,32 @@ log = logging.getLogger(__name__)
 SITE = "serving"
 
 
-def check_model(ctx: Context, inputs: InputLog, name: str) -> DriftReport | None:
+def check_model(stores: Stores, step: DriftStep, cfg: WatchConfig, inputs: InputLog, name: str) -> DriftReport | None:
     """One model's window of recent inputs against its production reference; None when there is nothing to check."""
-    production = ctx.stores.production(name)
+    production = stores.production(name)
     if production is None or Artifact.REFERENCE not in production.artifacts:
         return None
-    model = ctx.registry.get_model(name)
-    x = inputs.recent(name, ctx.watch.max_samples)
+    model = stores.registry.get_model(name)
+    x = inputs.recent(name, cfg.max_samples)
     spec = model.input
-    if len(x) < ctx.watch.min_samples or x.shape[1:] != (spec.channels, spec.height, spec.width):
+    if len(x) < cfg.min_samples or x.shape[1:] != (spec.channels, spec.height, spec.width):
         return None
     window = inputs.window_id(x)
     if inputs.seen(name, window):
         return None
-    reference, current = monitoring.features(ctx.stores, model, production, x, None)
+    reference, current = monitoring.features(stores, model, production, x, None)
     check = check_drift(reference, current, report_id=monitoring.new_report_id(), model=name, site=SITE,
-                        batch_id=window, reference_version=production.number, cfg=ctx.drift)
-    return monitoring.record(ctx.stores, monitoring.DriftStep(ctx.drift, ctx.workspace, ctx.public_url), check)
+                        batch_id=window, reference_version=production.number, cfg=step.cfg)
+    return monitoring.record(stores, step, check)
 
 
-def run(ctx: Context) -> list[DriftReport]:
+def run(stores: Stores, step: DriftStep, cfg: WatchConfig) -> list[DriftReport]:
     """The APScheduler job: check every model's recent inputs; one model's failure does not stop the others."""
-    inputs = InputLog(ctx.registry.cfg, ctx.watch.inputs)
+    inputs = InputLog(stores.registry.cfg, cfg.inputs)
     reports: list[DriftReport] = []
-    for name in ctx.registry.list_models():
+    for name in stores.registry.list_models():
         try:
-            report = check_model(ctx, inputs, name)
+            report = check_model(stores, step, cfg, inputs, name)
         except (MonitorError, RegistryError) as e:
             log.warning("drift watch of %s skipped: %s", name, e)
             continue

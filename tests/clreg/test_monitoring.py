@@ -16,7 +16,7 @@ import torch
 
 from clreg import monitoring
 from clreg.client import npz_bytes
-from clreg.context import Context, Stores
+from clreg.context import Context, DriftStep, Stores
 from clreg.dispatch import Dispatcher
 from clreg.reference import build_reference
 from clreg.settings import GateConfig, TriggerConfig
@@ -40,9 +40,9 @@ MODEL = "cnn"
 def ctx(registry: RedisRegistry, tmp_path: Path, hook: Hook) -> Context:
     """A context whose production version 1 learnt 500 base digits; its drift alerts are subscribed to by the hook."""
     stores = Stores(registry=registry, artifacts=ArtifactStore(str(tmp_path / "artifacts")), events=EventLog(registry))
-    ctx = Context(stores=stores, train=TrainConfig(), features=FeatureConfig(), drift=DriftConfig(), gate=GateConfig(),
-                  trigger=TriggerConfig(), webhook=WebhookConfig(allow=("127.0.0.1",), backoff_s=0.0),
-                  workspace=tmp_path / "workspace", public_url="http://clreg.test")
+    ctx = Context(stores=stores, train=TrainConfig(), features=FeatureConfig(),
+                  drift=DriftStep(DriftConfig(), tmp_path / "workspace", "http://clreg.test"), gate=GateConfig(),
+                  trigger=TriggerConfig(), webhook=WebhookConfig(allow=("127.0.0.1",), backoff_s=0.0))
     model = Model(name=MODEL, factory="learner.models:small_cnn", input=InputSpec(channels=1, height=16, width=16,
                                                                                   classes=10))
     registry.create_model(model)
@@ -71,8 +71,7 @@ def push(ctx: Context, rows: np.ndarray, y: np.ndarray | None = None) -> Batch:
 def check(ctx: Context, batch: Batch):  # noqa: ANN201 - DriftReport
     """Check a batch, then run the daemon's webhook job once so that any alert reaches the hook."""
     model = ctx.registry.get_model(MODEL)
-    step = monitoring.DriftStep(cfg=ctx.drift, workspace=ctx.workspace, public_url=ctx.public_url)
-    report = monitoring.check_batch(ctx.stores, step, model, batch, ctx.stores.production(MODEL))
+    report = monitoring.check_batch(ctx.stores, ctx.drift, model, batch, ctx.stores.production(MODEL))
     Dispatcher(ctx.registry, ctx.webhook).run()
     return report
 

@@ -15,18 +15,25 @@ import pytest
 
 from clreg import context, pipeline, watch
 from clreg.client import ApiError, Client, npz_bytes
+from clreg.context import Context
 from clreg.daemon import Daemon
 from clreg.dispatch import Dispatcher
 from clreg.embedded import Stack
 from clreg.settings import WatchConfig
 from learner.streams import digits_sites, shift, to_uint8
 from registry.inputs import InputLog
+from registry.records import DriftReport
 from registry.webhooks import WebhookConfig, WebhookStore, new_subscription
 from tests.monitor.hook import Hook, hook, url  # noqa: F401 (the fixture is used by name)
 
 pytestmark = pytest.mark.integration
 MODEL = "watched"
 WINDOW = 160  # 5 requests of 32 images: the replica records at most 32 per request
+
+
+def run_watch(ctx: Context) -> list[DriftReport]:
+    """One run of the daemon's scheduled job, with the arguments the daemon gives it."""
+    return watch.run(ctx.stores, ctx.drift, ctx.watch)
 
 
 def _predict_all(client: Client, inputs: InputLog, x: np.ndarray) -> None:
@@ -66,14 +73,14 @@ def test_shifted_prediction_inputs_raise_an_alert_and_unshifted_do_not(stack: St
     inputs = InputLog(ctx.registry.cfg, ctx.watch.inputs)
 
     _predict_all(client, inputs, base.x[600:600 + WINDOW])
-    [calm] = [r for r in watch.run(ctx) if r.model == MODEL]
+    [calm] = [r for r in run_watch(ctx) if r.model == MODEL]
     Dispatcher(ctx.registry, ctx.webhook).run()
     assert calm.site == "serving" and calm.samples == WINDOW and calm.drift is False and calm.label_drift is None
-    assert [r for r in watch.run(ctx) if r.model == MODEL] == []  # the same window is not checked twice
+    assert [r for r in run_watch(ctx) if r.model == MODEL] == []  # the same window is not checked twice
     assert ctx.events.alerts(MODEL, kind="drift.alert") == [] and hook.bodies == []
 
     _predict_all(client, inputs, shift(base.x[800:800 + WINDOW], "contrast", seed=1))
-    [shifted] = [r for r in watch.run(ctx) if r.model == MODEL]
+    [shifted] = [r for r in run_watch(ctx) if r.model == MODEL]
     assert shifted.drift is True and shifted.feature_drift is True and shifted.reference_version == 1
     [alert] = client.get("/v1/alerts", model=MODEL, site="serving", kind="drift.alert")
     assert alert["data"]["report_id"] == shifted.id and alert["data"]["batch_id"] == shifted.batch_id
@@ -101,6 +108,7 @@ def test_the_daemon_schedules_the_watch_at_its_interval(stack: Stack) -> None:
     ctx = dataclasses.replace(context.build(stack.settings, stack.store, stack.url),
                               watch=WatchConfig(interval_s=42.0))
     job = Daemon(ctx).scheduler.get_job("watch-inputs")
-    assert job.func is watch.run and job.args == (ctx,) and job.trigger.interval.total_seconds() == 42.0
+    assert job.func is watch.run and job.args == (ctx.stores, ctx.drift, ctx.watch)
+    assert job.trigger.interval.total_seconds() == 42.0
     off = dataclasses.replace(ctx, watch=WatchConfig(enabled=False))
     assert Daemon(off).scheduler.get_job("watch-inputs") is None
