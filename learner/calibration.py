@@ -21,6 +21,10 @@ from learner.evaluate import calibration_error, ece_floor, expected_calibration_
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 MIN_SAMPLES = 10  # fewer held-out samples than this: keep the prior (or 1) rather than fit noise
 PRIOR_SD = 0.5  # sd of log T around the pooled temperature: a site's own T within ~e^(±1) of it at 2 sd
+# Cross-fitting folds for the "after" figures. Each fold's temperature is fitted on the other 90% of the held-out
+# set, so it is nearly the one served (fitted on all of it); with 2 folds each was fitted on half the data, and
+# the pooled out-of-fold scores mixed two different misfits, so the figure described neither.
+CROSS_FOLDS = 10
 
 
 @dataclass(frozen=True)
@@ -123,11 +127,13 @@ def proba_nll(proba: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-300, None)).mean())
 
 
-def calibrate_sites(scored: Scored, folds: int = 2, seed: int = 0) -> tuple[CalibrationFit, dict[str, CalibrationFit]]:
+def calibrate_sites(scored: Scored, folds: int = CROSS_FOLDS,
+                    seed: int = 0) -> tuple[CalibrationFit, dict[str, CalibrationFit]]:
     """Temperatures to serve (fitted on every held-out sample) with ECE and NLL before and, cross-fitted, after.
 
     Returns the pooled fit (over all sites' samples; serves requests of no learnt site) and each site's.
-    Sites with too few samples to cross-fit report their "after" figures at temperature 1.
+    Fewer folds are used when the smallest site has fewer samples than `folds`; with a single sample there is
+    nothing to cross-fit and the "after" figures are those at temperature 1.
 
     Raises:
         DataError: no sites, a site without samples, or logits and labels that do not fit together.
@@ -136,7 +142,8 @@ def calibrate_sites(scored: Scored, folds: int = 2, seed: int = 0) -> tuple[Cali
     if not scored or any(len(y) == 0 for _, y in scored.values()):
         raise DataError("calibration needs at least one held-out sample for every site")
     pooled, own = site_temperatures(scored)
-    cross = folds > 1 and min(len(y) for _, y in scored.values()) >= folds
+    folds = min(folds, min(len(y) for _, y in scored.values()))
+    cross = folds > 1
     after = out_of_fold_proba(scored, folds, seed) if cross else None
     raw = {s: scaled_proba(z, 1.0) for s, (z, _) in scored.items()}
     sites = {s: _fit(own[s], y, raw[s], after["per_site"][s] if after else raw[s]) for s, (_, y) in scored.items()}
