@@ -12,7 +12,7 @@ from clreg import context
 from clreg.calibration import calibrate_version
 from clreg.client import npz_bytes
 from clreg.settings import Settings
-from learner.calibration import out_of_fold_proba
+from learner.calibration import CROSS_FOLDS, out_of_fold_proba
 from learner.evaluate import predict_logits
 from learner.models import small_cnn, weights_to_bytes
 from learner.streams import digits_sites, to_uint8
@@ -42,8 +42,8 @@ def test_calibrates_each_site_and_keeps_binary_scores(registry: RedisRegistry, s
     calibration = calibrate_version(ctx.stores, model, ctx.artifacts.put(weights_to_bytes(net)), None, ids,
                                     ctx.train.seed)
     heldout = ctx.stores.split_by_site(model, ids, "heldout")
-    # what the scores must be: out-of-fold calibrated probabilities (temperatures fitted on the other half)
-    oof = out_of_fold_proba({s: (predict_logits(net, x), y) for s, (x, y) in heldout.items()}, 2,
+    # what the scores must be: out-of-fold calibrated probabilities (temperatures fitted on the other folds)
+    oof = out_of_fold_proba({s: (predict_logits(net, x), y) for s, (x, y) in heldout.items()}, CROSS_FOLDS,
                             ctx.train.seed)["per_site"]
     assert sorted(calibration.sites) == ["base", "contrast"]
     assert calibration.pooled.samples == sum(len(y) for _, y in heldout.values())

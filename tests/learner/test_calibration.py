@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from learner.calibration import MIN_SAMPLES, calibrate_sites, fit_temperature, nll, out_of_fold_proba, scaled_proba
+from learner.calibration import (
+    CROSS_FOLDS,
+    MIN_SAMPLES,
+    calibrate_sites,
+    fit_temperature,
+    nll,
+    out_of_fold_proba,
+    scaled_proba,
+)
 from learner.errors import DataError
 
 
@@ -79,6 +87,16 @@ def test_out_of_fold_scoring_never_uses_the_scored_samples() -> None:
     after = out_of_fold_proba({"a": (logits, flipped)}, folds=2, seed=0)["per_site"]["a"]
     np.testing.assert_allclose(after[part0], before[part0])
     assert not np.allclose(after[np.setdiff1d(np.arange(400), part0)], before[np.setdiff1d(np.arange(400), part0)])
+
+
+def test_cross_fitting_takes_as_many_folds_as_the_smallest_site_allows() -> None:
+    big, small = _sampled(2.0, 300, seed=9), _sampled(2.0, 12, seed=10)
+    _, sites = calibrate_sites({"big": big, "small": small}, folds=CROSS_FOLDS)
+    wanted = out_of_fold_proba({"big": big, "small": small}, folds=CROSS_FOLDS, seed=0)["per_site"]
+    np.testing.assert_allclose(sites["big"].out_of_fold, wanted["big"])
+    _, few = calibrate_sites({"big": big, "small": (small[0][:6], small[1][:6])})  # 6 samples: 6 folds
+    six = out_of_fold_proba({"big": big, "small": (small[0][:6], small[1][:6])}, folds=6, seed=0)["per_site"]
+    np.testing.assert_allclose(few["big"].out_of_fold, six["big"])
 
 
 def test_tiny_sets_keep_temperature_one() -> None:
