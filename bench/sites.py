@@ -21,7 +21,10 @@ is reported on the data it was tuned on:
   added pixel noise (a scanner fault; what an image means to the model changes). The alert fires when the
   estimate falls by more than ALERT_DROP below the unshifted estimate. Beside it, the input watch's drift
   check (monitor: Evidently column tests and embedding MMD against the site's training images, as
-  clreg's watch runs it) on the same three sets, the alert ops get when the estimate cannot see a shift.
+  clreg's watch runs it) on the same three sets, the alert ops get when the estimate cannot see a shift;
+- the checked estimate (learner.estimate.checked_accuracy, what clreg's watch records per site) on the same
+  three sets: each answer also given by the network with the window's own BatchNorm statistics (AdaBN); an
+  answer that flips counts as wrong.
 Run: python bench/sites.py [--seeds N]. Prints a table and writes bench/results/sites.json.
 """
 
@@ -44,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import machine_info, versions, write_result  # noqa: E402
 from clreg.reference import embed_fn  # noqa: E402
 from learner.calibration import CROSS_FOLDS, calibrate_sites, scaled_proba, site_temperatures  # noqa: E402
-from learner.estimate import correct_share, expected_accuracy  # noqa: E402
+from learner.estimate import checked_accuracy, correct_share, expected_accuracy, stable_answers  # noqa: E402
 from learner.evaluate import predict_logits, squared_calibration_error  # noqa: E402
 from learner.ewc import EWCState, state_from_bytes  # noqa: E402
 from learner.models import small_cnn  # noqa: E402
@@ -136,6 +139,9 @@ def _direction(net: Any, ref: Reference, t: float, tune_logits: np.ndarray, ty: 
         "casemix_estimate": expected_accuracy(report[harder]),
         "noise_accuracy": correct_share(noisy, ry),
         "noise_estimate": expected_accuracy(noisy),
+        "checked": _checked(net, rx, t),
+        "casemix_checked": _checked(net, rx[harder], t),
+        "noise_checked": _checked(net, noisy_x, t),
         "unshifted_drift": drifted(net, ref, rx, seed),
         "casemix_drift": drifted(net, ref, rx[harder], seed),
         "noise_drift": drifted(net, ref, noisy_x, seed),
@@ -178,16 +184,25 @@ def summarise_calibration(runs: list[dict[str, dict[str, float]]], seed: int = 0
     return out
 
 
+def _checked(net: Any, x: np.ndarray, t: float) -> float:
+    """The checked estimate on a window of traffic: answers that flip under the window's own BatchNorm
+    statistics count as wrong."""
+    return checked_accuracy(*stable_answers(net, x, t))
+
+
 def summarise(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Mean over seeds per site, with the verdicts the issue asks for."""
     out = {}
     for site in runs[0]:
         mean = {k: float(np.mean([r[site][k] for r in runs])) for k in runs[0][site]}
         mean["estimate_error"] = mean["estimate"] - mean["accuracy"]
+        mean["checked_error"] = mean["checked"] - mean["accuracy"]
         for shifted in ("casemix", "noise"):
             mean[f"{shifted}_true_drop"] = mean["accuracy"] - mean[f"{shifted}_accuracy"]
             mean[f"{shifted}_estimated_drop"] = mean["estimate"] - mean[f"{shifted}_estimate"]
             mean[f"{shifted}_alert"] = float(mean[f"{shifted}_estimated_drop"] > ALERT_DROP)
+            mean[f"{shifted}_checked_drop"] = mean["checked"] - mean[f"{shifted}_checked"]
+            mean[f"{shifted}_checked_alert"] = float(mean[f"{shifted}_checked_drop"] > ALERT_DROP)
         mean["prevalence"] = BINARY_PREVALENCE[site]
         out[site] = mean
     return out
@@ -197,21 +212,22 @@ def print_table(summary: dict[str, dict[str, float]], seeds: int, calibration_se
     table = Table(title=f"binary stream, per site, cross-fitted; calibration over {calibration_seeds} seeds, "
                         f"the rest over {seeds}")
     for col in ("site", "prev.", "ECE before", "ECE after", "ECE floor", "cal. error", "thr.", "cost @ thr.",
-                "cost @ 0.5", "PPV gap", "acc. / est.", "drift", "case mix: acc. / est.", "alert / drift",
-                "noise: acc. / est.", "alert / drift"):
+                "cost @ 0.5", "PPV gap", "acc. / est. / checked", "drift", "case mix: acc. / est. / checked",
+                "alerts est., checked / drift", "noise: acc. / est. / checked", "alerts est., checked / drift"):
         table.add_column(col, justify="left" if col == "site" else "right")
     for site, r in summary.items():
         table.add_row(site, f"{r['prevalence']:.2f}", f"{r['ece_uncalibrated']:.3f}", f"{r['ece_calibrated']:.3f}",
                       f"{r['ece_floor']:.3f}", f"{r['calibration_error']:.3f} ({r['calibration_error_low']:.3f}-"
                       f"{r['calibration_error_high']:.3f})",
                       f"{r['threshold']:.2f}", f"{r['cost_chosen']:.3f}", f"{r['cost_half']:.3f}",
-                      f"{r['ppv_gap']:.0e}", f"{r['accuracy']:.3f} / {r['estimate']:.3f}",
-                      f"{r['unshifted_drift']:.0%}",
-                      f"{r['casemix_accuracy']:.3f} / {r['casemix_estimate']:.3f}",
-                      f"{_yes(r['casemix_alert'])} / {r['casemix_drift']:.0%}",
-                      f"{r['noise_accuracy']:.3f} / {r['noise_estimate']:.3f}",
-                      f"{_yes(r['noise_alert'])} / {r['noise_drift']:.0%}")
+                      f"{r['ppv_gap']:.0e}", f"{r['accuracy']:.3f} / {r['estimate']:.3f} / {r['checked']:.3f}",
+                      f"{r['unshifted_drift']:.0%}", *_shifted(r, "casemix"), *_shifted(r, "noise"))
     Console(width=200).print(table)
+
+
+def _shifted(r: dict[str, float], kind: str) -> tuple[str, str]:
+    return (f"{r[f'{kind}_accuracy']:.3f} / {r[f'{kind}_estimate']:.3f} / {r[f'{kind}_checked']:.3f}",
+            f"{_yes(r[f'{kind}_alert'])}, {_yes(r[f'{kind}_checked_alert'])} / {r[f'{kind}_drift']:.0%}")
 
 
 def _yes(flag: float) -> str:
@@ -235,6 +251,9 @@ def verdicts(summary: dict[str, dict[str, float]]) -> dict[str, bool]:
         "casemix_alert_on_every_drop>=10_points": all(r["casemix_alert"] for r in sites
                                                       if r["casemix_true_drop"] >= 0.10),
         "noise_alert_on_every_drop>=10_points": all(r["noise_alert"] for r in sites if r["noise_true_drop"] >= 0.10),
+        "checked_estimate_within_3_points": all(abs(r["checked_error"]) <= 0.03 for r in sites),
+        "checked_alert_on_every_drop>=10_points (both shifts)": all(
+            r[f"{k}_checked_alert"] for r in sites for k in ("casemix", "noise") if r[f"{k}_true_drop"] >= 0.10),
         "noise_drift_alert_on_every_drop>=10_points": all(r["noise_drift"] >= 0.5 for r in sites
                                                           if r["noise_true_drop"] >= 0.10),
     }

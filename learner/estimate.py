@@ -4,13 +4,24 @@ With calibrated probabilities, the chance that an answer is right is the probabi
 names, so the mean of those is an unbiased estimate of accuracy on the same traffic (NannyML's CBPE).
 It holds only while calibration holds: under a shift the estimate says how sure the model is, not how
 right, which is why it is compared with the labelled accuracy whenever labels arrive.
+
+Some shifts make a network surer and wronger at once (pixel noise from a failing scanner), which no estimate
+built on confidence alone can see. `checked_accuracy` adds a second look: the same network with BatchNorm
+statistics taken from the traffic itself (AdaBN). On the traffic a site was validated on the two answer
+alike; where the inputs moved under the network's normalisation, answers flip, and an answer that flips is
+counted as wrong rather than at its confidence.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import softmax
+from torch import nn
 
 from learner.errors import DataError
+from learner.evaluate import predict_logits
+from learner.models import to_tensor
+from learner.sitebn import adapted
 
 
 def expected_correct(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -35,5 +46,27 @@ def expected_accuracy(proba: np.ndarray, threshold: float | None = None) -> floa
 def correct_share(proba: np.ndarray, y: np.ndarray, threshold: float | None = None) -> float:
     """The realised accuracy of the same decision rule, for comparison when labels are known."""
     proba, y = np.asarray(proba, dtype=np.float64), np.asarray(y)
-    pred = proba.argmax(axis=1) if threshold is None else (proba[:, 1] >= threshold).astype(int)
-    return float((pred == y).mean())
+    return float((decisions(proba, threshold) == y).mean())
+
+
+def decisions(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """The answers a decision rule gives: the argmax class, or for a binary model the side of its threshold."""
+    return proba.argmax(axis=1) if threshold is None else (proba[:, 1] >= threshold).astype(int)
+
+
+def stable_answers(net: nn.Module, x: np.ndarray, temperature: float = 1.0,
+                   threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The served probabilities of x (softmax of logits / temperature) and, per answer, whether the network
+    gives the same one with BatchNorm statistics taken from x itself (`learner.sitebn.adapted`)."""
+    served = softmax(predict_logits(net, x) / temperature, axis=1)
+    own = softmax(predict_logits(adapted(net, to_tensor(x)), x) / temperature, axis=1)
+    return served, decisions(served, threshold) == decisions(own, threshold)
+
+
+def checked_accuracy(proba: np.ndarray, stable: np.ndarray, threshold: float | None = None) -> float:
+    """The estimate with every answer that flips under the traffic's own statistics counted as wrong: equal to
+    `expected_accuracy` where none flips, never above it."""
+    stable = np.asarray(stable, dtype=bool)
+    if stable.shape != (len(proba),):
+        raise DataError(f"need one stability flag per answer, got {stable.shape} for {len(proba)} answers")
+    return float((expected_correct(proba, threshold) * stable).mean())

@@ -79,6 +79,21 @@ def site_model(model: nn.Module, bank: Mapping[str, SiteBN], site: str) -> nn.Mo
     return copied
 
 
+def adapted(model: nn.Module, x: Tensor, batch_size: int = 512) -> nn.Module:
+    """A copy of the model whose BatchNorm running statistics are those of x (AdaBN, Li et al. 2016): the
+    network as it would normalise this traffic on its own terms; affine parameters and weights unchanged."""
+    copied = copy.deepcopy(model)
+    layers = bn_layers(copied)
+    for layer in layers.values():
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative mean over every chunk of x, not an exponential one
+    copied.train()
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            copied(x[i:i + batch_size])
+    return copied.eval()
+
+
 def bank_to_bytes(bank: Mapping[str, SiteBN]) -> bytes:
     """Deterministic safetensors bytes; site names live in one metadata entry (index-based tensor names)."""
     sites = sorted(bank)

@@ -1,12 +1,16 @@
-"""The label-free accuracy estimate: exact on a hand case, unbiased where probabilities are calibrated."""
+"""The label-free accuracy estimate: exact on a hand case, unbiased where probabilities are calibrated; the
+checked estimate counts answers that flip under the traffic's own BatchNorm statistics as wrong."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from learner.errors import DataError
-from learner.estimate import correct_share, expected_accuracy
+from learner.estimate import checked_accuracy, correct_share, expected_accuracy, stable_answers
+from learner.sitebn import adapted
 
 
 def test_hand_case() -> None:
@@ -41,3 +45,39 @@ def test_bad_shapes_are_refused() -> None:
         expected_accuracy(np.ones(3))
     with pytest.raises(DataError, match="binary"):
         expected_accuracy(np.full((2, 3), 1 / 3), threshold=0.5)
+
+
+def test_checked_estimate_hand_case() -> None:
+    proba = np.array([[0.9, 0.1], [0.3, 0.7], [0.4, 0.6]])
+    assert checked_accuracy(proba, np.array([True, False, True])) == pytest.approx((0.9 + 0.0 + 0.6) / 3)
+    assert checked_accuracy(proba, np.ones(3, dtype=bool)) == pytest.approx(expected_accuracy(proba))
+    with pytest.raises(DataError, match="one stability flag per answer"):
+        checked_accuracy(proba, np.ones(2, dtype=bool))
+
+
+def _summing_net() -> nn.Module:
+    """BatchNorm on the pixels, then class 0 scores the pixel sum and class 1 its negative."""
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 2, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.stack([torch.ones(16), -torch.ones(16)]))
+    return nn.Sequential(nn.BatchNorm2d(1), nn.Flatten(), linear).eval()
+
+
+def test_adapted_statistics_are_the_traffics_own() -> None:
+    x = torch.from_numpy(np.random.default_rng(2).normal(3.0, 2.0, size=(768, 1, 4, 4)).astype(np.float32))
+    bn = adapted(_summing_net(), x, batch_size=256)[0]  # three equal chunks, one cumulative mean
+    assert bn.running_mean.item() == pytest.approx(x.mean().item(), abs=1e-4)
+    # BatchNorm keeps the unbiased variance of each chunk; over equal-size chunks it averages them
+    assert bn.running_var.item() == pytest.approx(x.var().item(), rel=0.01)
+
+
+def test_answers_flip_only_where_the_inputs_moved_under_the_normalisation() -> None:
+    x = np.random.default_rng(3).normal(0.0, 1.0, size=(400, 1, 4, 4)).astype(np.float32)
+    net = adapted(_summing_net(), torch.from_numpy(x))  # validated on x: its stored statistics are x's
+    proba, stable = stable_answers(net, x)
+    assert stable.all() and checked_accuracy(proba, stable) == pytest.approx(expected_accuracy(proba))
+    proba, stable = stable_answers(net, x + 2.0)  # a shifted scanner: every served answer is class 0, surely
+    assert (proba.argmax(axis=1) == 0).all() and expected_accuracy(proba) > 0.99
+    assert 0.3 < 1 - stable.mean() < 0.7  # re-normalised, about half answer class 1
+    assert checked_accuracy(proba, stable) < 0.7
