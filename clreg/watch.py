@@ -1,23 +1,30 @@
-"""Scheduled drift check of the inputs Serve has seen: drift is noticed before any labels arrive.
+"""Scheduled checks of the inputs Serve has seen: drift and accuracy are watched before any labels arrive.
 
 Each run takes, per model with a production version, the newest recorded prediction inputs, turns them
 into features with the production model and its reference, and runs the same Evidently check as a batch
 (without the label test). The report's site is "serving" and its batch id is the window's content digest;
 a window already checked (no new inputs since) is skipped, so an idle model raises no repeated alerts.
+Then, per site with enough recent inputs, the checked accuracy estimate (learner.estimate) of the
+production version answering them as the replicas do; the metrics export it beside the replicas' own
+estimate, and the site's estimate alert fires on either.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from clreg import monitoring
 from clreg.context import DriftStep, Stores
 from clreg.settings import WatchConfig
+from learner.errors import LearnerError
+from learner.estimate import checked_accuracy, stable_answers
+from learner.models import to_tensor
 from monitor.drift import check_drift
 from monitor.errors import MonitorError
-from registry.artifacts import Artifact
+from registry.artifacts import Artifact, version_calibration
 from registry.errors import RegistryError
-from registry.inputs import InputLog
+from registry.inputs import CheckedEstimate, InputLog
 from registry.records import DriftReport
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,31 @@ def check_model(stores: Stores, step: DriftStep, cfg: WatchConfig, inputs: Input
     return monitoring.record(stores, step, check)
 
 
+def estimate_sites(stores: Stores, cfg: WatchConfig, inputs: InputLog, name: str) -> dict[str, CheckedEstimate]:
+    """Per site with at least `min_samples` recent inputs: the checked estimate of the production version
+    answering them as a replica does (the site's BatchNorm and temperature, its threshold for a binary model)."""
+    production = stores.production(name)
+    if production is None:
+        return {}
+    model = stores.registry.get_model(name)
+    answerer = dataclasses.replace(stores.answerer(model, production),
+                                   calibration=version_calibration(stores.artifacts, production))
+    thresholds = {s.name: s.threshold for s in stores.registry.sites() if s.threshold is not None}
+    spec = model.input
+    out = {}
+    for site in inputs.sites(name):
+        x = inputs.recent(name, cfg.max_samples, site)
+        if len(x) < cfg.min_samples or x.shape[1:] != (spec.channels, spec.height, spec.width):
+            continue
+        net, _, _ = answerer.pick(site, to_tensor(x))
+        threshold = thresholds.get(site) if spec.classes == 2 else None
+        proba, stable = stable_answers(net, x, answerer.temperature(site)[1], threshold)
+        out[site] = CheckedEstimate(estimate=checked_accuracy(proba, stable, threshold), stable=float(stable.mean()),
+                                    answers=len(x), version=production.number)
+        inputs.set_checked(name, site, out[site])
+    return out
+
+
 def run(stores: Stores, step: DriftStep, cfg: WatchConfig) -> list[DriftReport]:
     """The APScheduler job: check every model's recent inputs; one model's failure does not stop the others."""
     inputs = InputLog(stores.registry.cfg, cfg.inputs)
@@ -52,7 +84,11 @@ def run(stores: Stores, step: DriftStep, cfg: WatchConfig) -> list[DriftReport]:
             report = check_model(stores, step, cfg, inputs, name)
         except (MonitorError, RegistryError) as e:
             log.warning("drift watch of %s skipped: %s", name, e)
-            continue
+            report = None
         if report is not None:
             reports.append(report)
+        try:
+            estimate_sites(stores, cfg, inputs, name)
+        except (LearnerError, RegistryError) as e:
+            log.warning("accuracy estimate of %s skipped: %s", name, e)
     return reports

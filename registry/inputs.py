@@ -1,9 +1,11 @@
 """Recent prediction inputs per model: a capped Redis stream the scheduled drift check reads before labels exist.
 
-    {p}:inputs:{m}        stream  one image per entry: {"x": raw float32 bytes, "shape": "C,H,W", "version": n}
+    {p}:inputs:{m}        stream  one image per entry: {"x": raw float32 bytes, "shape": "C,H,W", "version": n,
+                                  "site": the site that answered it ("" for none)}
     {p}:inputs:{m}:seen   string  digest of the last window the watch checked (so an idle model is not re-checked)
     {p}:inputs:{m}:sites  set     sites whose answers' confidences are kept
     {p}:inputs:{m}:confidence:{s}  list  the calibrated probability that each recent answer at site s is right
+    {p}:inputs:{m}:checked  hash   site -> the watch's checked estimate there (a CheckedEstimate as JSON)
 
 Images are stored as raw little-endian float32 bytes plus their shape, never pickled, and read back with
 np.frombuffer. The stream is trimmed to about `cap` entries on every write (Redis' approximate MAXLEN).
@@ -12,6 +14,7 @@ np.frombuffer. The stream is trimmed to about `cap` entries on every write (Redi
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 import redis
@@ -31,6 +34,21 @@ class InputLogConfig(BaseModel):
     sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)  # share of images recorded
     max_per_request: int = Field(default=32, ge=1)  # a 10,000-image request must not flood the stream
     cap: int = Field(default=2000, ge=10)  # entries kept per model
+
+
+Images = dict[str, list[tuple[np.ndarray, int | None, str | None]]]  # model -> (x, version, site) per request
+
+
+class CheckedEstimate(BaseModel):
+    """A site's accuracy estimated by the watch on its recent inputs, with the share of answers that stayed the
+    same under the inputs' own BatchNorm statistics (learner.estimate.checked_accuracy)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    estimate: float = Field(ge=0, le=1)
+    stable: float = Field(ge=0, le=1)
+    answers: int = Field(ge=1)
+    version: int = Field(ge=1)
+    at: float = Field(default_factory=time.time)
 
 
 class InputLog:
@@ -56,12 +74,12 @@ class InputLog:
             keep = np.sort(self._rng.choice(keep, size=self.cfg.max_per_request, replace=False))
         return x[keep]
 
-    def record(self, model: str, x: np.ndarray, version: int | None = None) -> int:
+    def record(self, model: str, x: np.ndarray, version: int | None = None, site: str | None = None) -> int:
         """Append each image of x ([N, C, H, W]) as one entry, trimming to about `cap`; the count written."""
         if x.ndim != 4:
             raise ValueError(f"inputs must be [N, C, H, W], got shape {x.shape}")
         if len(x):
-            self.write({model: [(x, version)]}, {})
+            self.write({model: [(x, version, site)]}, {})
         return len(x)
 
     def record_confidence(self, model: str, site: str, confidence: np.ndarray) -> None:
@@ -70,18 +88,18 @@ class InputLog:
             self.write({}, {(model, site): [float(c) for c in confidence]})
 
     @translated
-    def write(self, images: dict[str, list[tuple[np.ndarray, int | None]]],
-              confidences: dict[tuple[str, str], list[float]]) -> None:
+    def write(self, images: Images, confidences: dict[tuple[str, str], list[float]]) -> None:
         """What a replica gathered since its last write, in one round trip: per model, its images ([N, C, H, W]
-        with the version that answered them; the newest `cap` at most), and per (model, site) the answers'
-        probabilities of being right."""
+        with the version and the site that answered them; the newest `cap` at most), and per (model, site) the
+        answers' probabilities of being right."""
         pipe = self._r.pipeline(transaction=False)
         for model, parts in images.items():
             key = self._key(model)
-            entries = [(image, version) for x, version in parts for image in np.ascontiguousarray(x, dtype=DTYPE)]
-            for image, version in entries[-self.cfg.cap:]:  # older ones would be trimmed at once
+            entries = [(image, version, site) for x, version, site in parts
+                       for image in np.ascontiguousarray(x, dtype=DTYPE)]
+            for image, version, site in entries[-self.cfg.cap:]:  # older ones would be trimmed at once
                 fields = {"x": image.tobytes(), "shape": ",".join(map(str, image.shape)),
-                          "version": "" if version is None else str(version)}
+                          "version": "" if version is None else str(version), "site": check_name(site) if site else ""}
                 pipe.xadd(key, fields, maxlen=self.cfg.cap, approximate=True)
         for (model, site), values in confidences.items():
             key = self._key(model, "confidence", check_name(site))
@@ -105,9 +123,15 @@ class InputLog:
         return out
 
     @translated
-    def recent(self, model: str, n: int) -> np.ndarray:
-        """The last n recorded images, oldest first, as float32 [k, C, H, W] (k <= n; other shapes dropped)."""
-        entries = self._r.xrevrange(self._key(model), count=n)
+    def recent(self, model: str, n: int, site: str | None = None) -> np.ndarray:
+        """The last n recorded images (of those answered at `site`, when given: among the newest `cap`), oldest
+        first, as float32 [k, C, H, W] (k <= n; other shapes dropped)."""
+        if site is None:
+            entries = self._r.xrevrange(self._key(model), count=n)
+        else:
+            wanted = check_name(site).encode()
+            entries = [e for e in self._r.xrevrange(self._key(model), count=self.cfg.cap)
+                       if e[1].get(b"site") == wanted][:n]
         if not entries:
             return np.zeros((0, 0, 0, 0), dtype=DTYPE)
         # After a model's input spec changes, older entries no longer fit: keep those shaped like the newest.
@@ -115,6 +139,21 @@ class InputLog:
         images = [np.frombuffer(f[b"x"], dtype=DTYPE).reshape(shape) for _, f in reversed(entries)
                   if _shape(f) == shape and len(f[b"x"]) == DTYPE.itemsize * int(np.prod(shape))]
         return np.stack(images) if images else np.zeros((0, *shape), dtype=DTYPE)
+
+    @translated
+    def sites(self, model: str) -> list[str]:
+        """The sites whose answers have been recorded for the model."""
+        return sorted(s.decode() for s in self._r.smembers(self._key(model, "sites")))
+
+    @translated
+    def set_checked(self, model: str, site: str, figures: CheckedEstimate) -> None:
+        self._r.hset(self._key(model, "checked"), check_name(site), figures.model_dump_json())
+
+    @translated
+    def checked(self, model: str) -> dict[str, CheckedEstimate]:
+        """Per site, the watch's latest checked estimate."""
+        raw = self._r.hgetall(self._key(model, "checked"))
+        return {k.decode(): CheckedEstimate.model_validate_json(v) for k, v in raw.items()}
 
     @translated
     def count(self, model: str) -> int:

@@ -93,6 +93,13 @@ class RegistryCollector(Collector):
                                     labels=["model", "site"])
         heldout = GaugeMetricFamily("clreg_site_heldout_accuracy", "Production version's held-out accuracy at a site",
                                     labels=["model", "site"])
+        checked = GaugeMetricFamily("clreg_site_checked_accuracy", "The watch's estimate at a site: answers that "
+                                    "flip under the inputs' own BatchNorm statistics count as wrong",
+                                    labels=["model", "site"])
+        checked_answers = GaugeMetricFamily("clreg_site_checked_answers", "Recent inputs the checked estimate "
+                                            "rests on", labels=["model", "site"])
+        stable = GaugeMetricFamily("clreg_site_stable_answers", "Share of recent answers unchanged under the "
+                                   "inputs' own BatchNorm statistics", labels=["model", "site"])
         limit = GaugeMetricFamily("clreg_model_estimate_drop_limit", "How far the estimate may fall under the "
                                   "held-out accuracy before the alert (the model's readiness.estimate_drop)",
                                   labels=["model"])
@@ -101,12 +108,16 @@ class RegistryCollector(Collector):
             for site, (mean, n) in self._inputs.estimates(model).items():
                 estimated.add_metric([model, site], mean)
                 answers.add_metric([model, site], n)
+            for site, watched in self._inputs.checked(model).items():
+                checked.add_metric([model, site], watched.estimate)
+                checked_answers.add_metric([model, site], watched.answers)
+                stable.add_metric([model, site], watched.stable)
             version = self._reg.version_by_alias(model)
             calibration = version_calibration(self._artifacts, version) if version else None
             for site, figures in (calibration.sites.items() if calibration else ()):
                 if figures.accuracy is not None:
                     heldout.add_metric([model, site], figures.accuracy)
-        return [estimated, answers, heldout, limit]
+        return [estimated, answers, checked, checked_answers, stable, heldout, limit]
 
     def _alerts(self) -> list[Metric]:
         found = self._events.alerts(count=100_000)

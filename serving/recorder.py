@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 from registry.errors import RegistryError
-from registry.inputs import InputLog
+from registry.inputs import Images, InputLog
 from registry.shadow import ShadowCounts, Shadows
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ class Recorder:
         self._shadow_counts: dict[tuple[str, int, str], ShadowCounts] = {}
         self._interval_s = interval_s
         self._lock = threading.Lock()
-        self._images: dict[str, list[tuple[np.ndarray, int | None]]] = {}
+        self._images: Images = {}
         self._confidences: dict[tuple[str, str], list[float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clreg-inputs", daemon=True)
@@ -33,7 +33,7 @@ class Recorder:
         """Keep a request's sampled images and, for a site, each answer's probability of being right."""
         with self._lock:
             if len(x):
-                self._images.setdefault(model, []).append((x, version))
+                self._images.setdefault(model, []).append((x, version, site))
             if site is not None and len(correct):
                 self._confidences.setdefault((model, site), []).extend(float(c) for c in correct)
 

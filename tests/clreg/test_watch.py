@@ -20,6 +20,7 @@ from clreg.daemon import Daemon
 from clreg.dispatch import Dispatcher
 from clreg.embedded import Stack
 from clreg.settings import WatchConfig
+from learner.estimate import expected_accuracy
 from learner.streams import digits_sites, shift, to_uint8
 from registry.inputs import InputLog
 from registry.records import DriftReport
@@ -36,10 +37,10 @@ def run_watch(ctx: Context) -> list[DriftReport]:
     return watch.run(ctx.stores, ctx.drift, ctx.watch)
 
 
-def _predict_all(client: Client, inputs: InputLog, x: np.ndarray) -> None:
+def _predict_all(client: Client, inputs: InputLog, x: np.ndarray, site: str | None = None) -> None:
     """Send x in requests of 32 and wait until the replica's background writer has recorded all of it."""
     for start in range(0, len(x), 32):
-        client.predict(x[start:start + 32], MODEL)
+        client.predict(x[start:start + 32], MODEL, site=site)
     deadline = time.monotonic() + 30
     while not np.array_equal(inputs.recent(MODEL, len(x)), x) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -102,6 +103,27 @@ def test_shifted_prediction_inputs_raise_an_alert_and_unshifted_do_not(stack: St
     plain = httpx.get(f"{stack.url}/v1/drift/{shifted.id}", params={"format": "html"},
                       headers={"Accept-Encoding": "identity", **auth})
     assert "content-encoding" not in plain.headers and plain.text == page.text
+
+    # per site, the checked accuracy estimate: answers at the site as they come, then through a noisy scanner
+    site_x = base.x[1000:1000 + WINDOW]
+    _predict_all(client, inputs, site_x, site="watch-base")
+    run_watch(ctx)
+    calm_site = inputs.checked(MODEL)["watch-base"]
+    assert calm_site.answers == WINDOW and calm_site.version == 1
+    # where no answer flips, the checked estimate is the served answers' own (what the replica estimates)
+    served = expected_accuracy(np.array(client.predict(site_x, MODEL, site="watch-base")[0]["probabilities"]))
+    assert calm_site.stable >= 0.95 and abs(calm_site.estimate - served) <= 1 - calm_site.stable + 1e-4
+    noisy_x = shift(site_x, "noise", seed=2, sd=0.35)
+    _predict_all(client, inputs, noisy_x, site="watch-base")
+    run_watch(ctx)
+    noisy = inputs.checked(MODEL)["watch-base"]
+    sure = expected_accuracy(np.array(client.predict(noisy_x, MODEL, site="watch-base")[0]["probabilities"]))
+    # the network is nearly as sure as before, while its answers flip under the noisy inputs' own statistics
+    assert sure > noisy.estimate + 0.1 and noisy.estimate < calm_site.estimate - 0.1, (noisy, calm_site, sure)
+    assert noisy.stable < calm_site.stable - 0.1
+    metrics = httpx.get(f"{stack.url}/metrics", headers=auth).text
+    assert f'clreg_site_checked_accuracy{{model="{MODEL}",site="watch-base"}} {noisy.estimate}' in metrics
+    assert f'clreg_site_stable_answers{{model="{MODEL}",site="watch-base"}} {noisy.stable}' in metrics
 
 
 def test_the_daemon_schedules_the_watch_at_its_interval(stack: Stack) -> None:

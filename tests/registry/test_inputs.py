@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import redis
 
-from registry.inputs import InputLog, InputLogConfig
+from registry.inputs import CheckedEstimate, InputLog, InputLogConfig
 from registry.store import RedisRegistry, StoreConfig
 
 
@@ -24,7 +24,21 @@ def test_recent_gives_back_the_exact_images_oldest_first(registry: RedisRegistry
     assert inputs.recent("other", 10).shape[0] == 0
     # Raw bytes, not pickle: the entry is the image's float32 buffer and its shape.
     fields = redis.Redis.from_url(store_cfg.url).xrange("clreg-test:inputs:cnn", count=1)[0][1]
-    assert fields == {b"x": x[0].tobytes(), b"shape": b"1,4,3", b"version": b"1"}
+    assert fields == {b"x": x[0].tobytes(), b"shape": b"1,4,3", b"version": b"1", b"site": b""}
+
+
+def test_recent_of_a_site_and_its_checked_estimate(registry: RedisRegistry, store_cfg: StoreConfig) -> None:
+    inputs = log(store_cfg)
+    x = np.random.default_rng(1).random((6, 1, 2, 2), dtype=np.float32)
+    inputs.write({"cnn": [(x[:2], 1, "a"), (x[2:3], 1, None), (x[3:], 1, "b")]},
+                 {("cnn", "a"): [0.9], ("cnn", "b"): [0.8]})
+    np.testing.assert_array_equal(inputs.recent("cnn", 10, site="a"), x[:2])
+    np.testing.assert_array_equal(inputs.recent("cnn", 2, site="b"), x[4:])
+    np.testing.assert_array_equal(inputs.recent("cnn", 10), x)
+    assert inputs.recent("cnn", 10, site="c").shape[0] == 0 and inputs.sites("cnn") == ["a", "b"]
+    figures = CheckedEstimate(estimate=0.61, stable=0.7, answers=4, version=3, at=5.0)
+    inputs.set_checked("cnn", "b", figures)
+    assert inputs.checked("cnn") == {"b": figures} and inputs.checked("other") == {}
 
 
 def test_the_stream_is_capped(store_cfg: StoreConfig, registry: RedisRegistry) -> None:
