@@ -206,19 +206,24 @@ def sites(r: Json) -> str:
     rows = []
     for site, f in r["summary"].items():
         rows.append([site, f"{f['prevalence']:.2f}", f"{f['ece_uncalibrated']:.3f}", f"{f['ece_calibrated']:.3f}",
-                     f"{f['ece_floor']:.3f}", f"{f['calibration_error']:.3f}",
+                     f"{f['ece_floor']:.3f}", f"**{f['calibration_error']:.3f}** ({f['calibration_error_low']:.3f} to "
+                     f"{f['calibration_error_high']:.3f})", f"{f['calibration_error_bias_corrected']:.3f}",
                      f"{f['threshold']:.2f}", f"{f['cost_chosen']:.3f}", f"{f['cost_half']:.3f}",
-                     f"{f['accuracy']:.3f} / {f['estimate']:.3f}", _shifted(f, "casemix"), _shifted(f, "noise")])
-    return table(["site", "prevalence", "ECE before", "ECE after", "ECE floor", "calibration error", "cost threshold",
-                  "cost there", "cost at 0.5", "accuracy / estimate", "harder cases: acc. / est. (drift)",
-                  "pixel noise: acc. / est. (drift)"], rows)
+                     f"{f['accuracy']:.3f} / {f['estimate']:.3f} / {f['checked']:.3f}", _shifted(f, "casemix"),
+                     _shifted(f, "noise")])
+    return table(["site", "prevalence", "ECE before", "ECE after", "ECE floor", "calibration error (95%)",
+                  "corrected for its bias", "cost threshold", "cost there", "cost at 0.5",
+                  "accuracy / estimate / checked", "harder cases: acc. / est. / checked (drift)",
+                  "pixel noise: acc. / est. / checked (drift)"], rows)
 
 
 def _shifted(f: Json, kind: str) -> str:
-    """Accuracy and estimate under a shift, whether the estimate's alert fires, and how often the input watch's
-    drift check flags the shifted traffic."""
-    alert = " **alert**" if f[f"{kind}_alert"] else ""
-    return f"{f[f'{kind}_accuracy']:.3f} / {f[f'{kind}_estimate']:.3f}{alert} ({f[f'{kind}_drift']:.0%})"
+    """Accuracy, the estimate and the checked estimate under a shift, each in bold where its alert fires, and how
+    often the input watch's drift check flags the shifted traffic."""
+    est, checked = f[f"{kind}_estimate"], f[f"{kind}_checked"]
+    est_cell = f"**{est:.3f}**" if f[f"{kind}_alert"] else f"{est:.3f}"
+    checked_cell = f"**{checked:.3f}**" if f[f"{kind}_checked_alert"] else f"{checked:.3f}"
+    return f"{f[f'{kind}_accuracy']:.3f} / {est_cell} / {checked_cell} ({f[f'{kind}_drift']:.0%})"
 
 
 # --- serving, pipeline ------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from clreg import monitoring
 from clreg.context import DriftStep, Stores
 from clreg.settings import WatchConfig
 from learner.errors import LearnerError
-from learner.estimate import checked_accuracy, stable_answers
+from learner.estimate import checked_accuracy, stable, two_views
 from learner.models import to_tensor
 from monitor.drift import check_drift
 from monitor.errors import MonitorError
@@ -68,9 +68,10 @@ def estimate_sites(stores: Stores, cfg: WatchConfig, inputs: InputLog, name: str
             continue
         net, _, _ = answerer.pick(site, to_tensor(x))
         threshold = thresholds.get(site) if spec.classes == 2 else None
-        proba, stable = stable_answers(net, x, answerer.temperature(site)[1], threshold)
-        out[site] = CheckedEstimate(estimate=checked_accuracy(proba, stable, threshold), stable=float(stable.mean()),
-                                    answers=len(x), version=production.number)
+        served, own = two_views(net, x, answerer.temperature(site)[1])
+        out[site] = CheckedEstimate(estimate=checked_accuracy(served, own, threshold),
+                                    stable=float(stable(served, own, threshold).mean()), answers=len(x),
+                                    version=production.number)
         inputs.set_checked(name, site, out[site])
     return out
 

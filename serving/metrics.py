@@ -93,8 +93,8 @@ class RegistryCollector(Collector):
                                     labels=["model", "site"])
         heldout = GaugeMetricFamily("clreg_site_heldout_accuracy", "Production version's held-out accuracy at a site",
                                     labels=["model", "site"])
-        checked = GaugeMetricFamily("clreg_site_checked_accuracy", "The watch's estimate at a site: answers that "
-                                    "flip under the inputs' own BatchNorm statistics count as wrong",
+        checked = GaugeMetricFamily("clreg_site_checked_accuracy", "The watch's estimate at a site: answers "
+                                    "checked under the inputs' own BatchNorm statistics too",
                                     labels=["model", "site"])
         checked_answers = GaugeMetricFamily("clreg_site_checked_answers", "Recent inputs the checked estimate "
                                             "rests on", labels=["model", "site"])

@@ -110,9 +110,9 @@ def test_shifted_prediction_inputs_raise_an_alert_and_unshifted_do_not(stack: St
     run_watch(ctx)
     calm_site = inputs.checked(MODEL)["watch-base"]
     assert calm_site.answers == WINDOW and calm_site.version == 1
-    # where no answer flips, the checked estimate is the served answers' own (what the replica estimates)
+    # on traffic like the site's own, the checked estimate stays by the served answers' (the replica's estimate)
     served = expected_accuracy(np.array(client.predict(site_x, MODEL, site="watch-base")[0]["probabilities"]))
-    assert calm_site.stable >= 0.95 and abs(calm_site.estimate - served) <= 1 - calm_site.stable + 1e-4
+    assert calm_site.stable >= 0.95 and served - 0.02 <= calm_site.estimate <= served + 1e-4, (calm_site, served)
     noisy_x = shift(site_x, "noise", seed=2, sd=0.35)
     _predict_all(client, inputs, noisy_x, site="watch-base")
     run_watch(ctx)

@@ -1,5 +1,6 @@
 """The label-free accuracy estimate: exact on a hand case, unbiased where probabilities are calibrated; the
-checked estimate counts answers that flip under the traffic's own BatchNorm statistics as wrong."""
+checked estimate credits each answer with the lower of two views' confidence (served, and under the
+traffic's own BatchNorm statistics) and an answer the views disagree on with nothing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from learner.errors import DataError
-from learner.estimate import checked_accuracy, correct_share, expected_accuracy, stable_answers
+from learner.estimate import checked_accuracy, correct_share, expected_accuracy, stable, two_views
 from learner.sitebn import adapted
 
 
@@ -48,11 +49,15 @@ def test_bad_shapes_are_refused() -> None:
 
 
 def test_checked_estimate_hand_case() -> None:
-    proba = np.array([[0.9, 0.1], [0.3, 0.7], [0.4, 0.6]])
-    assert checked_accuracy(proba, np.array([True, False, True])) == pytest.approx((0.9 + 0.0 + 0.6) / 3)
-    assert checked_accuracy(proba, np.ones(3, dtype=bool)) == pytest.approx(expected_accuracy(proba))
-    with pytest.raises(DataError, match="one stability flag per answer"):
-        checked_accuracy(proba, np.ones(2, dtype=bool))
+    served = np.array([[0.9, 0.1], [0.3, 0.7], [0.4, 0.6]])
+    own = np.array([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])  # the second answer flips; the others agree
+    assert stable(served, own).tolist() == [True, False, True]
+    assert checked_accuracy(served, own) == pytest.approx((0.8 + 0.0 + 0.6) / 3)
+    assert checked_accuracy(served, served) == pytest.approx(expected_accuracy(served))
+    # with a threshold of 0.65 the third answer is "negative" as served and "positive" in the other view
+    assert checked_accuracy(served, own, threshold=0.65) == pytest.approx((0.8 + 0.0 + 0.0) / 3)
+    with pytest.raises(DataError, match="one shape"):
+        checked_accuracy(served, own[:2])
 
 
 def _summing_net() -> nn.Module:
@@ -75,9 +80,10 @@ def test_adapted_statistics_are_the_traffics_own() -> None:
 def test_answers_flip_only_where_the_inputs_moved_under_the_normalisation() -> None:
     x = np.random.default_rng(3).normal(0.0, 1.0, size=(400, 1, 4, 4)).astype(np.float32)
     net = adapted(_summing_net(), torch.from_numpy(x))  # validated on x: its stored statistics are x's
-    proba, stable = stable_answers(net, x)
-    assert stable.all() and checked_accuracy(proba, stable) == pytest.approx(expected_accuracy(proba))
-    proba, stable = stable_answers(net, x + 2.0)  # a shifted scanner: every served answer is class 0, surely
-    assert (proba.argmax(axis=1) == 0).all() and expected_accuracy(proba) > 0.99
-    assert 0.3 < 1 - stable.mean() < 0.7  # re-normalised, about half answer class 1
-    assert checked_accuracy(proba, stable) < 0.7
+    served, own = two_views(net, x)
+    np.testing.assert_allclose(own, served, atol=1e-6)
+    assert checked_accuracy(served, own) == pytest.approx(expected_accuracy(served), abs=1e-6)
+    served, own = two_views(net, x + 2.0)  # a shifted scanner: every served answer is class 0, surely
+    assert (served.argmax(axis=1) == 0).all() and expected_accuracy(served) > 0.99
+    assert 0.3 < 1 - stable(served, own).mean() < 0.7  # re-normalised, about half answer class 1
+    assert checked_accuracy(served, own) < 0.7
