@@ -113,7 +113,7 @@ def run_sequence(store: StoreConfig, home: Path, stream: str, method: str, seed:
         seconds.append(time.perf_counter() - started)
         newest = ctx.registry.list_versions("m")[-1].version
         train_seconds.append(newest.lineage.timings["train_s"])  # the candidate search alone (K Ray tasks)
-        verdicts.append(ctx.registry.batch_state(batch.id).status.value)
+        verdicts.append(ctx.registry.batches.state(batch.id).status.value)
         R[i] = served_accuracy(ctx, tests)
     return {**continual_summary(R), "R": R.tolist(), "per_site_final": R[-1].tolist(), "verdicts": verdicts,
             "update_seconds": seconds, "train_seconds": train_seconds,

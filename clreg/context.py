@@ -84,7 +84,7 @@ class Stores:
         """Per site, the concatenated train or held-out samples of the given batches."""
         chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         for batch_id in batch_ids:
-            batch = self.registry.get_batch(batch_id)
+            batch = self.registry.batches.get(batch_id)
             x, y = self.arrays(model, batch)
             idx = batch.train_index if part == "train" else batch.heldout_index
             chunks.setdefault(batch.site, []).append((x[idx], y[idx]))

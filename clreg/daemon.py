@@ -133,8 +133,8 @@ class Daemon:
 
     def _fail(self, model: str, batch_id: str, error: Exception) -> None:
         try:
-            self.ctx.registry.set_batch_state(batch_id, BatchState(status=BatchStatus.FAILED, detail=str(error)))
-            self.ctx.registry.clear_pending(model, [batch_id])
+            self.ctx.registry.batches.set_state(batch_id, BatchState(status=BatchStatus.FAILED, detail=str(error)))
+            self.ctx.registry.batches.clear_pending(model, [batch_id])
             self.ctx.events.append(model, "update.failed", batches=[batch_id], error=f"{type(error).__name__}: {error}")
         except RegistryError as e:
             log.error("could not record the failure of batch %s: %s", batch_id[:12], e)
@@ -169,7 +169,7 @@ class Daemon:
         """Periodic job: learn batches that arrived but never reached a trigger on their own."""
         try:
             for name in self.ctx.registry.list_models():
-                if self.ctx.registry.pending(name) and not self.stopping:
+                if self.ctx.registry.batches.pending(name) and not self.stopping:
                     pipeline.update(self.ctx, self.worker, self.ctx.registry.get_model(name))
         except (RegistryError, TrainingInterrupted) as e:  # the next run, or the entries' owners, finish it
             log.warning("flush of pending batches stopped: %s", e)

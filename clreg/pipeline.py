@@ -59,18 +59,18 @@ class Worker:
 
 def process(ctx: Context, worker: Worker, batch_id: str) -> Outcome:
     """Drift-check a received batch and, if it triggers, run one update for its model."""
-    batch = ctx.registry.get_batch(batch_id)
+    batch = ctx.registry.batches.get(batch_id)
     model = ctx.registry.get_model(batch.model)
-    state = ctx.registry.batch_state(batch_id)
+    state = ctx.registry.batches.state(batch_id)
     if state.status in FINAL_BATCH:
         return Outcome.DONE
     if state.status is BatchStatus.RECEIVED:
         faults.reach("after_receive")
         report = _drift(ctx, model, batch)
         faults.reach("during_drift")
-        ctx.registry.add_pending(model.name, batch.id)
+        ctx.registry.batches.add_pending(model.name, batch.id)
         state = BatchState(status=BatchStatus.DRIFT_CHECKED, drift_report_id=report.id if report else None)
-        ctx.registry.set_batch_state(batch.id, state)
+        ctx.registry.batches.set_state(batch.id, state)
     if state.status is BatchStatus.DRIFT_CHECKED and not _triggers(ctx, model, batch, state.drift_report_id):
         return Outcome.DONE
     return update(ctx, worker, model)
@@ -94,7 +94,7 @@ def _triggers(ctx: Context, model: Model, batch: Batch, report_id: str | None) -
     report: DriftReport | None = ctx.registry.reports.get_drift(report_id) if report_id else None
     if ctx.trigger.on_drift and report is not None and report.drift:
         return True
-    waiting = sum(ctx.registry.get_batch(b).samples for b in ctx.registry.pending(model.name))
+    waiting = sum(ctx.registry.batches.get(b).samples for b in ctx.registry.batches.pending(model.name))
     return waiting >= ctx.trigger.min_new_samples
 
 
@@ -199,7 +199,7 @@ def _learn(ctx: Context, worker: Worker, model: Model, production: ModelVersion 
     except LearnerError as e:
         ctx.events.append(model.name, "update.failed", batches=ids, error=str(e))
         _set_states(ctx, ids, BatchStatus.FAILED, detail=str(e))
-        ctx.registry.clear_pending(model.name, ids)
+        ctx.registry.batches.clear_pending(model.name, ids)
         return None
 
 
@@ -226,7 +226,7 @@ def _reject(ctx: Context, model: Model, candidate: ModelVersion, report: GateRep
                           report=report.id)
     if final:
         _set_states(ctx, ids, BatchStatus.REJECTED, version=candidate.number, detail="; ".join(report.reasons))
-        ctx.registry.clear_pending(model.name, ids)
+        ctx.registry.batches.clear_pending(model.name, ids)
 
 
 def _promote(ctx: Context, lease: Lease, model: Model, candidate: ModelVersion, report: GateReport,
@@ -243,7 +243,7 @@ def _promote(ctx: Context, lease: Lease, model: Model, candidate: ModelVersion, 
                       reason=f"passed gate {report.id}", fence=lease.fence(), artifacts=ctx.artifacts)
     faults.reach("after_promotion")
     _set_states(ctx, ids, BatchStatus.PROMOTED, version=candidate.number)
-    ctx.registry.clear_pending(model.name, ids)
+    ctx.registry.batches.clear_pending(model.name, ids)
 
 
 def _progress(ctx: Context, ids: list[str], candidate: int, site: str, row: dict[str, float]) -> None:
@@ -262,7 +262,7 @@ def _progress(ctx: Context, ids: list[str], candidate: int, site: str, row: dict
 def _set_states(ctx: Context, ids: list[str], status: BatchStatus, version: int | None = None,
                 detail: str = "") -> None:
     for batch_id in ids:
-        previous = ctx.registry.batch_state(batch_id)
-        ctx.registry.set_batch_state(batch_id, BatchState(
+        previous = ctx.registry.batches.state(batch_id)
+        ctx.registry.batches.set_state(batch_id, BatchState(
             status=status, version=version if version is not None else previous.version,
             drift_report_id=previous.drift_report_id, detail=detail))

@@ -31,17 +31,17 @@ def settle(stores: Stores, model: str, production: ModelVersion | None) -> list[
     learnt = learnt_by(stores, production)
     done: list[str] = []
     waiting: list[Batch] = []
-    for batch_id in stores.registry.pending(model):
-        state = stores.registry.batch_state(batch_id)
+    for batch_id in stores.registry.batches.pending(model):
+        state = stores.registry.batches.state(batch_id)
         if state.status not in FINAL_BATCH and batch_id in learnt:  # promoted, states not yet written
-            stores.registry.set_batch_state(batch_id, BatchState(
+            stores.registry.batches.set_state(batch_id, BatchState(
                 status=BatchStatus.PROMOTED, version=learnt[batch_id], drift_report_id=state.drift_report_id))
-            state = stores.registry.batch_state(batch_id)
+            state = stores.registry.batches.state(batch_id)
         if state.status in FINAL_BATCH:
             done.append(batch_id)
         else:
-            waiting.append(stores.registry.get_batch(batch_id))
-    stores.registry.clear_pending(model, done)
+            waiting.append(stores.registry.batches.get(batch_id))
+    stores.registry.batches.clear_pending(model, done)
     return sorted(waiting, key=lambda b: b.created_at)
 
 

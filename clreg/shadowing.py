@@ -105,17 +105,17 @@ def _finish(stores: Stores, shadows: Shadows, run: ShadowRun, version: ModelVers
     ids = version.lineage.batch_ids
     if status is VersionStatus.PRODUCTION or stores.registry.resolve(run.model) == run.version:
         _set_states(stores, version, BatchStatus.PROMOTED)
-    elif ids and stores.registry.batch_state(ids[0]).status is not BatchStatus.REJECTED:
+    elif ids and stores.registry.batches.state(ids[0]).status is not BatchStatus.REJECTED:
         _set_states(stores, version, BatchStatus.REJECTED, f"version {run.version} is {status.value}")
-    stores.registry.clear_pending(run.model, ids)
+    stores.registry.batches.clear_pending(run.model, ids)
     shadows.end(run.model, run.version)
     stores.events.append(run.model, "shadow.finished", version=run.version, verdict=status.value)
 
 
 def _set_states(stores: Stores, version: ModelVersion, status: BatchStatus, detail: str = "") -> None:
     for batch_id in version.lineage.batch_ids:
-        previous = stores.registry.batch_state(batch_id)
-        stores.registry.set_batch_state(batch_id, BatchState(status=status, version=version.number,
+        previous = stores.registry.batches.state(batch_id)
+        stores.registry.batches.set_state(batch_id, BatchState(status=status, version=version.number,
                                                              drift_report_id=previous.drift_report_id,
                                                              detail=detail))
 

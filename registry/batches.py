@@ -118,8 +118,8 @@ def ingest(registry: RedisRegistry, artifacts: ArtifactStore, queue: IngestQueue
     entries = [*events.entries(model, "batch.received", batch=batch_id, site=site, samples=batch.samples),
                queue.entry(model, batch_id)]
     stored = len(data) + (len(source) if source is not None else 0)
-    if not registry.add_batch(batch, entries, stored_bytes=stored):  # a concurrent push of the same bytes won
-        return registry.get_batch(batch_id), False
+    if not registry.batches.add(batch, entries, stored_bytes=stored):  # a concurrent push of the same bytes won
+        return registry.batches.get(batch_id), False
     return batch, True
 
 
@@ -131,7 +131,7 @@ def batch_key(model: str, site: str, data: bytes) -> str:
 
 def _existing(registry: RedisRegistry, batch_id: str) -> Batch | None:
     try:
-        return registry.get_batch(batch_id)
+        return registry.batches.get(batch_id)
     except NotFound:
         return None
 

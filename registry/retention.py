@@ -123,7 +123,7 @@ class Retention:
         for model in self.registry.list_models():
             for view in self.registry.list_versions(model):
                 (archived if view.status in CLOSED else kept).update(view.version.artifacts.values())
-            for batch in self.registry.model_batches(model):
+            for batch in self.registry.batches.of_model(model):
                 kept.update(d for d in (batch.artifact, batch.source_artifact) if d)
             kept.update(r.html_artifact for r in self.registry.reports.drift(model, limit=1_000_000) if r.html_artifact)
         pruned = [digest for digest in sorted(archived - kept) if self.artifacts.exists(digest)]

@@ -52,7 +52,7 @@ def pipeline_status(registry: RedisRegistry, rule: StuckRule) -> PipelineStatus:
     daemons = [DaemonLine(heartbeat=b, alive=alive, seconds_since_beat=round(at - b.at, 1))
                for b, alive in Daemons(registry).listing()]
     stuck = []
-    for batch_id, state in registry.active_batches(min(rule.after_s, rule.waiting_after_s)):
+    for batch_id, state in registry.batches.active(min(rule.after_s, rule.waiting_after_s)):
         waiting = state.status in (BatchStatus.DRIFT_CHECKED, BatchStatus.SHADOWING)
         limit = rule.waiting_after_s if waiting else rule.after_s
         if at - state.updated_at >= limit:

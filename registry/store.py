@@ -1,4 +1,5 @@
-"""RedisRegistry: models, versions, aliases, sites and batches in Redis, as JSON records.
+"""RedisRegistry: models, versions, aliases, sites and batches in Redis, as JSON records (batches and the
+pending sets: registry/batchstore.py, RedisRegistry.batches).
 
 Key schema (every key under `cfg.prefix`, so deployments can share one Redis):
     {p}:models                      zset  model name -> created_at
@@ -27,32 +28,24 @@ Key schema (every key under `cfg.prefix`, so deployments can share one Redis):
 from __future__ import annotations
 
 import functools
-import time
 import uuid
 from collections.abc import Callable, Sequence
 
 import redis
 
+from registry.batchstore import Batches
 from registry.connection import Durability, StoreConfig, StreamEntry, connect, translated
 from registry.errors import Conflict, LeaseLost, NotFound, StoreRefused
 from registry.records import (
-    FINAL_BATCH,
     NEVER_SERVED,
     SERVABLE,
     AliasChange,
-    Batch,
-    BatchState,
-    BatchStatus,
     Model,
     ModelVersion,
     Site,
-    SiteCounts,
-    SiteUsage,
     VersionStatus,
     VersionView,
-    check_batch_id,
     check_name,
-    now,
     parse,
 )
 from registry.reports import Reports
@@ -88,6 +81,7 @@ class RedisRegistry:
         self._by_alias = self.r.register_script(_BY_ALIAS)
         self.durability = Durability(self.r, cfg)
         self.reports = Reports(self.r, self.key)
+        self.batches = Batches(self.r, self.key, self.durability)
 
     def key(self, *parts: str | int) -> str:
         return ":".join([self.cfg.prefix, *map(str, parts)])
@@ -328,109 +322,6 @@ class RedisRegistry:
         names = self.list_sites()
         raws = self.r.mget([self.key("site", n) for n in names]) if names else []
         return [parse(Site, raw) for raw in raws if raw is not None]
-
-    # -- batches --------------------------------------------------------------------------------
-    @translated
-    def add_batch(self, batch: Batch, entries: Sequence[StreamEntry] = (), stored_bytes: int = 0) -> bool:
-        """Store a batch record with its state, counts, its site's usage and `entries` (its event, its ingest
-        entry) in one transaction, on disk before it returns; False if the same batch was stored before."""
-        key = self.key("batch", batch.id)
-        added: list[bool] = []
-
-        def txn(pipe: redis.client.Pipeline) -> None:
-            if pipe.exists(key):
-                added[:] = [False]
-                return
-            state = BatchState(status=BatchStatus.RECEIVED)
-            pipe.multi()
-            pipe.set(key, batch.model_dump_json())
-            pipe.set(self.key("batch", batch.id, "state"), state.model_dump_json())
-            pipe.zadd(self.key("batches", "active"), {batch.id: state.updated_at})
-            pipe.zadd(self.key("model", batch.model, "batches"), {batch.id: batch.created_at})
-            counts = self.key("model", batch.model, "site", batch.site, "counts")
-            pipe.hincrby(counts, "batches", 1)
-            pipe.hincrby(counts, "samples", batch.samples)
-            for k, n in enumerate(batch.class_counts):
-                pipe.hincrby(counts, str(k), n)
-            usage = self.key("site", batch.site, "usage")
-            pipe.hincrby(usage, "bytes", stored_bytes)
-            pipe.hincrby(usage, _day(batch.created_at), 1)
-            for entry in entries:
-                entry.add_to(pipe)
-            added[:] = [True]
-
-        self.r.transaction(txn, key)
-        if added[0]:
-            self.durability.wait()
-        return added[0]
-
-    @translated
-    def site_usage(self, site: str) -> SiteUsage:
-        raw = self.r.hmget(self.key("site", check_name(site), "usage"), ["bytes", _day(now())])
-        return SiteUsage(bytes=int(raw[0] or 0), batches_today=int(raw[1] or 0))
-
-    @translated
-    def site_counts(self, model: str, sites: list[str]) -> dict[str, SiteCounts]:
-        """Per site: batches, samples and labels pushed for `model` (counted at ingest, duplicates excluded)."""
-        pipe = self.r.pipeline(transaction=False)
-        for site in sites:
-            pipe.hgetall(self.key("model", check_name(model), "site", check_name(site), "counts"))
-        return {site: SiteCounts.from_hash(raw) for site, raw in zip(sites, pipe.execute(), strict=True) if raw}
-
-    @translated
-    def get_batch(self, batch_id: str) -> Batch:
-        raw = self.r.get(self.key("batch", check_batch_id(batch_id)))
-        if raw is None:
-            raise NotFound(f"batch {batch_id} does not exist")
-        return parse(Batch, raw)
-
-    @translated
-    def batch_state(self, batch_id: str) -> BatchState:
-        raw = self.r.get(self.key("batch", check_batch_id(batch_id), "state"))
-        if raw is None:
-            raise NotFound(f"batch {batch_id} does not exist")
-        return parse(BatchState, raw)
-
-    @translated
-    def set_batch_state(self, batch_id: str, state: BatchState) -> None:
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(self.key("batch", check_batch_id(batch_id), "state"), state.model_dump_json())
-        if state.status in FINAL_BATCH:
-            pipe.zrem(self.key("batches", "active"), batch_id)
-        else:
-            pipe.zadd(self.key("batches", "active"), {batch_id: state.updated_at})
-        pipe.execute()
-
-    @translated
-    def active_batches(self, unchanged_for_s: float = 0.0) -> list[tuple[str, BatchState]]:
-        """Batches not yet promoted, rejected or failed whose state has not changed for `unchanged_for_s`."""
-        ids = self.r.zrangebyscore(self.key("batches", "active"), "-inf", now() - unchanged_for_s)
-        raws = self.r.mget([self.key("batch", i, "state") for i in ids]) if ids else []
-        return [(i, parse(BatchState, raw)) for i, raw in zip(ids, raws, strict=True) if raw is not None]
-
-    @translated
-    def model_batches(self, model: str) -> list[Batch]:
-        ids = self.r.zrange(self.key("model", check_name(model), "batches"), 0, -1)
-        raws = self.r.mget([self.key("batch", i) for i in ids]) if ids else []
-        return [parse(Batch, raw) for raw in raws if raw is not None]
-
-    @translated
-    def add_pending(self, model: str, batch_id: str) -> None:
-        self.r.sadd(self.key("model", model, "pending"), batch_id)
-
-    @translated
-    def pending(self, model: str) -> list[str]:
-        return sorted(self.r.smembers(self.key("model", model, "pending")))
-
-    @translated
-    def clear_pending(self, model: str, batch_ids: list[str]) -> None:
-        if batch_ids:
-            self.r.srem(self.key("model", model, "pending"), *batch_ids)
-
-
-def _day(at: float) -> str:
-    """The UTC day of a time, as a usage hash field ("day:YYYY-MM-DD")."""
-    return "day:" + time.strftime("%Y-%m-%d", time.gmtime(at))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -33,13 +33,13 @@ def when(at: float | None) -> str:
 def models(reg: RedisRegistry, events: EventLog) -> list[dict[str, Any]]:
     """Per model: production version, last promotion, alerts in the last day, batches waiting and in flight."""
     recent = Counter(a.model for a in events.alerts(since=time.time() - DAY_S, count=100_000))
-    ids = {i for i, _ in reg.active_batches()}
+    ids = {i for i, _ in reg.batches.active()}
     out = []
     for name in reg.list_models():
         history = reg.alias_history(name)
-        active = sum(b.id in ids for b in reg.model_batches(name)) if ids else 0
+        active = sum(b.id in ids for b in reg.batches.of_model(name)) if ids else 0
         out.append({"name": name, "production": reg.resolve(name), "last": history[-1] if history else None,
-                    "alerts": recent[name], "pending": len(reg.pending(name)), "active": active})
+                    "alerts": recent[name], "pending": len(reg.batches.pending(name)), "active": active})
     return out
 
 
@@ -102,12 +102,12 @@ def _shadow(figures: dict[str, Any] | None) -> str:
 
 def queue(reg: RedisRegistry, name: str) -> list[dict[str, Any]]:
     """The model's batches still in the pipeline, then the last few that reached a verdict, newest first."""
-    batches = sorted(reg.model_batches(name), key=lambda b: b.created_at, reverse=True)
-    active = dict(reg.active_batches())
+    batches = sorted(reg.batches.of_model(name), key=lambda b: b.created_at, reverse=True)
+    active = dict(reg.batches.active())
     shown = [b for b in batches if b.id in active] + [b for b in batches if b.id not in active][:QUEUE_DONE]
     out = []
     for b in shown:
-        state = active.get(b.id) or reg.batch_state(b.id)
+        state = active.get(b.id) or reg.batches.state(b.id)
         out.append({"id": b.id, "site": b.site, "samples": b.samples, "status": state.status.value,
                     "detail": state.detail, "version": state.version, "updated": when(state.updated_at),
                     "done": state.status in (BatchStatus.PROMOTED, BatchStatus.REJECTED, BatchStatus.FAILED)})
@@ -120,7 +120,7 @@ def sites(reg: RedisRegistry, artifacts: ArtifactStore) -> list[dict[str, Any]]:
     names = [s.name for s in records]
     rows = []
     for m in reg.list_models():
-        counts, rules = reg.site_counts(m, names), reg.get_model(m).readiness
+        counts, rules = reg.batches.site_counts(m, names), reg.get_model(m).readiness
         version = reg.version_by_alias(m)
         calibration = version_calibration(artifacts, version) if version else None
         for site in records:

@@ -166,10 +166,10 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     def batch_state(batch_id: BatchId, authorization: Annotated[str | None, Header()] = None) -> dict:
         """Where a batch is; for the ops or admin token, or the token of the site that pushed it."""
         role = tokens.role(authorization)
-        batch = reg.get_batch(batch_id)
+        batch = reg.batches.get(batch_id)
         if role is None and not matches(bearer(authorization), reg.get_site(batch.site).token_sha256):
             raise Forbidden("this batch can be read with the ops or admin token, or its site's token")
-        state = reg.batch_state(batch_id)
+        state = reg.batches.state(batch_id)
         served = _served(replicas, batch.model, state.version) if state.status is BatchStatus.PROMOTED else {}
         return {"batch_id": batch.id, "model": batch.model, "site": batch.site, "samples": batch.samples,
                 **state.model_dump(), **served}
@@ -229,7 +229,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         sites = reg.sites()
         names = [s.name for s in sites]
         models = reg.list_models()
-        counts = {m: reg.site_counts(m, names) for m in models}
+        counts = {m: reg.batches.site_counts(m, names) for m in models}
         production = {m: (reg.get_model(m), reg.version_by_alias(m)) for m in models}
         ready = {m: (record.readiness, version_calibration(artifacts, v) if v else None)
                  for m, (record, v) in production.items()}

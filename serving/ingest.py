@@ -59,7 +59,7 @@ class Ingest:
                       source=source)
 
     def _check_quota(self, site: Site, size: int) -> None:
-        usage = self.reg.site_usage(site.name)
+        usage = self.reg.batches.site_usage(site.name)
         if usage.batches_today >= site.batches_per_day:
             midnight = (int(time.time()) // 86400 + 1) * 86400
             raise TooManyRequests(f"site {site.name!r} stored its {site.batches_per_day} batches for today (UTC)",

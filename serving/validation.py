@@ -65,7 +65,7 @@ def report(reg: RedisRegistry, artifacts: ArtifactStore, model: str, site: str,
         raise NotReady(f"model {model!r} has no production version")
     calibration = version_calibration(artifacts, version)
     ready = assess(site, calibration, rules)
-    counts = reg.site_counts(model, [site]).get(site)
+    counts = reg.batches.site_counts(model, [site]).get(site)
     drift = [r for r in reg.reports.drift(model, limit=200) if r.site == site]
     fit = calibration.sites.get(site) if calibration else None
     out: dict[str, Any] = {

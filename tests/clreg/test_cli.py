@@ -27,7 +27,7 @@ def test_training_detail_carries_epoch_and_total(registry: RedisRegistry, store_
     batch, _ = ingest(registry, ctx.artifacts, queue, ctx.events, "m", "base",
                       npz_bytes(np.zeros((6, 8, 8), np.uint8), np.array([0, 1, 2, 0, 1, 2])), Limits())
     pipeline._progress(ctx, [batch.id], 0, "base", {"epoch": 3.0, "loss": 0.25})
-    state = registry.batch_state(batch.id)
+    state = registry.batches.state(batch.id)
     found = EPOCH.search(state.detail)
     assert state.status is BatchStatus.TRAINING and found is not None
     assert (found["site"], found["epoch"], found["total"]) == ("base", "3", "7")

@@ -41,7 +41,7 @@ def test_unacked_entry_is_processed_after_restart(registry: RedisRegistry, store
     restarted = Daemon(ctx, DaemonConfig(name="daemon-1"))
     restarted._one(*restarted.queue.read(pending=True)[0])
 
-    state = registry.batch_state(batch.id)
+    state = registry.batches.state(batch.id)
     assert (state.status, state.version) == (BatchStatus.PROMOTED, 1)
     assert registry.resolve("m") == 1 and restarted.processed == 1
     assert restarted.queue.read(pending=True) == []  # acked once done

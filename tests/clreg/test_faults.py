@@ -93,8 +93,8 @@ def _check_registry(registry: RedisRegistry, model: str, batch_id: str, state: d
     events = [e for e in EventLog(registry).read(model) if e.kind == "alias.moved"]
     assert [(e.data["frm"], e.data["to"]) for e in events] == expected
     learnt = registry.get_version(model, state["version"]).lineage.batch_ids
-    assert learnt == [batch_id] and registry.pending(model) == []
-    assert registry.batch_state(batch_id).status is BatchStatus(state["status"])
+    assert learnt == [batch_id] and registry.batches.pending(model) == []
+    assert registry.batches.state(batch_id).status is BatchStatus(state["status"])
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -132,7 +132,7 @@ def test_a_survivor_claims_and_finishes_what_a_killed_daemon_held(stack: Stack, 
         while Daemons(registry).heartbeat("two-b") is None and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(4)  # two heartbeats: the survivor respects the live daemon's entry and lease
-        assert registry.batch_state(batch_id).status is BatchStatus.TRAINING
+        assert registry.batches.state(batch_id).status is BatchStatus.TRAINING
         doomed.kill()
         killed = time.monotonic()
         state = _final(stack, batch_id, timeout_s=60, daemon=survivor)

@@ -63,6 +63,6 @@ def test_forgetting_is_retried_with_a_stronger_penalty(registry: RedisRegistry, 
     assert kinds.count("update.retrying") == 1 and kinds.count("gate.failed") == 2
     retry = next(e for e in ctx.events.read("m") if e.kind == "update.retrying")
     assert retry.data["rejected"] == 2 and retry.data["batches"] == [ids[1]]
-    state = registry.batch_state(ids[1])
+    state = registry.batches.state(ids[1])
     assert (state.status, state.version) == (BatchStatus.REJECTED, 3) and "base" in state.detail
-    assert registry.pending("m") == []
+    assert registry.batches.pending("m") == []

@@ -55,13 +55,13 @@ def test_a_stray_candidate_is_abandoned_and_its_batches_learnt_with_the_new_ones
 
     # A daemon drift-checked batch b1, trained and registered v2 for it, then died (lease held, no verdict).
     b1 = push("contrast", contrast.x[:150], contrast.y[:150])
-    registry.add_pending("m", b1)
-    registry.set_batch_state(b1, BatchState(status=BatchStatus.TRAINING))
+    registry.batches.add_pending("m", b1)
+    registry.batches.set_state(b1, BatchState(status=BatchStatus.TRAINING))
     dead = _dead("crashed")
     Daemons(registry).beat(dead)
     assert Lease(registry, "m", dead, lease_s=900).acquire()
     production = ctx.stores.production("m")
-    learnt = learn(ctx.stores, ctx.train, ctx.search, model, production, [registry.get_batch(b1)])
+    learnt = learn(ctx.stores, ctx.train, ctx.search, model, production, [registry.batches.get(b1)])
     stray = registry.register_version(assemble(ctx.stores, ctx.features, ctx.trigger.reference_samples, model,
                                                production, learnt))
 
@@ -72,9 +72,9 @@ def test_a_stray_candidate_is_abandoned_and_its_batches_learnt_with_the_new_ones
     assert pipeline.process(ctx, survivor, b2) is pipeline.Outcome.DONE
 
     assert registry.status("m", stray.number) is VersionStatus.ABANDONED
-    states = [registry.batch_state(b) for b in (b1, b2)]
+    states = [registry.batches.state(b) for b in (b1, b2)]
     assert {s.status for s in states} <= {BatchStatus.PROMOTED, BatchStatus.REJECTED}
-    assert {s.version for s in states} == {3} and registry.pending("m") == []
+    assert {s.version for s in states} == {3} and registry.batches.pending("m") == []
     assert sorted(registry.get_version("m", 3).lineage.batch_ids) == sorted([b1, b2])
     kinds = [e.kind for e in ctx.events.read("m")]
     assert kinds.count("update.taken_over") == 1 and kinds.count("update.abandoned") == 1
@@ -95,9 +95,9 @@ def test_status_reports_batches_stuck_past_the_rule(registry: RedisRegistry, sto
     ids = [ingest(registry, ctx.artifacts, queue, ctx.events, "m", "s", npz_bytes(np.full((3, 8, 8), i, np.uint8),
                   np.array([0, 1, 2])), Limits())[0].id for i in range(3)]
     old = BatchState(status=BatchStatus.TRAINING, updated_at=1.0)
-    registry.set_batch_state(ids[0], old)  # training, unchanged for ages: stuck
-    registry.set_batch_state(ids[1], BatchState(status=BatchStatus.DRIFT_CHECKED, updated_at=1.0))
-    registry.set_batch_state(ids[2], BatchState(status=BatchStatus.PROMOTED, version=1, updated_at=1.0))
+    registry.batches.set_state(ids[0], old)  # training, unchanged for ages: stuck
+    registry.batches.set_state(ids[1], BatchState(status=BatchStatus.DRIFT_CHECKED, updated_at=1.0))
+    registry.batches.set_state(ids[2], BatchState(status=BatchStatus.PROMOTED, version=1, updated_at=1.0))
     rule = StuckRule(after_s=60, waiting_after_s=10**12)  # waiting for more samples is not stuck (yet)
     stuck = pipeline_status(registry, rule).stuck
     assert [(s.batch_id, s.status) for s in stuck] == [(ids[0], BatchStatus.TRAINING)]

@@ -57,7 +57,7 @@ def test_a_site_that_forbids_replay_is_never_remembered_nor_validated_on(
     versions = [v.version for v in registry.list_versions("m")]
     memories = [search.memory_of(ctx.artifacts, v) for v in versions]
     assert [sorted(m.sites) for m in memories][:3] == [["keep"], ["keep"], ["keep", "third"]]
-    assert all(m.sites["keep"].x.shape[0] == len(registry.get_batch(versions[0].lineage.batch_ids[0]).train_index)
+    assert all(m.sites["keep"].x.shape[0] == len(registry.batches.get(versions[0].lineage.batch_ids[0]).train_index)
                for m in memories)
     last = versions[-1]
     lines = last.lineage.search

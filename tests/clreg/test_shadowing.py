@@ -44,20 +44,20 @@ def test_a_gated_candidate_is_mirrored_then_judged(registry: RedisRegistry, stor
     run = shadows.active("m")
     assert run is not None and run.version == 2 and run.policy == POLICY
     assert registry.resolve("m") == 1 and registry.status("m", 2) is VersionStatus.BLESSED
-    assert registry.batch_state(ids[1]).status is BatchStatus.SHADOWING
+    assert registry.batches.state(ids[1]).status is BatchStatus.SHADOWING
     # the third batch waits for the verdict: no update while a candidate is mirrored
     assert [v.version.number for v in registry.list_versions("m")] == [1, 2]
-    assert registry.batch_state(ids[2]).status is BatchStatus.DRIFT_CHECKED
-    assert sorted(registry.pending("m")) == sorted(ids[1:])
+    assert registry.batches.state(ids[2]).status is BatchStatus.DRIFT_CHECKED
+    assert sorted(registry.batches.pending("m")) == sorted(ids[1:])
 
     shadows.record({("m", 2, "base"): ShadowCounts(requests=99, samples=99, agreed=99, confidence_sum=90.0)})
     assert shadowing.judge(ctx.stores, tool(), 10.0) == []  # 99 < 100 requests: it waits
     shadows.record({("m", 2, "contrast"): ShadowCounts(requests=1, samples=4, agreed=2, confidence_sum=3.0)})
     assert shadowing.judge(ctx.stores, tool(), 10.0) == [("m", 2, "production")]  # 101 of 103 samples agree
     assert registry.resolve("m") == 2 and shadows.active("m") is None
-    state = registry.batch_state(ids[1])
+    state = registry.batches.state(ids[1])
     assert (state.status, state.version) == (BatchStatus.PROMOTED, 2)
-    assert registry.pending("m") == [ids[2]]  # the waiting batch is learnt by the next update
+    assert registry.batches.pending("m") == [ids[2]]  # the waiting batch is learnt by the next update
     pipeline.process(ctx, pipeline.Worker(), ids[1])  # a replayed entry of a finished batch changes nothing
     assert registry.resolve("m") == 2 and [v.version.number for v in registry.list_versions("m")] == [1, 2]
     kinds = [e.kind for e in ctx.events.read("m")]

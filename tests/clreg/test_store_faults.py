@@ -78,7 +78,7 @@ def test_valkey_killed_mid_update_loses_nothing_acknowledged(tmp_path: Path, ray
     try:
         base, contrast = digits_sites(seed=5, names=("base", "contrast"))
         first = _ingest(registry, ctx, "base", base.x[:300], base.y[:300])
-        _until(lambda: registry.batch_state(first).status is BatchStatus.TRAINING, 90, "training")
+        _until(lambda: registry.batches.state(first).status is BatchStatus.TRAINING, 90, "training")
         second = _ingest(registry, ctx, "contrast", contrast.x[:300], contrast.y[:300])  # acknowledged ...
         before = _dump(store)
         os.kill(valkey.pid, signal.SIGKILL)  # ... and the server killed right after
@@ -87,10 +87,10 @@ def test_valkey_killed_mid_update_loses_nothing_acknowledged(tmp_path: Path, ray
         after = _dump(store)
         assert {k for k in before if second[:16] in k} and after == before
         fresh = RedisRegistry(store)
-        _until(lambda: all(fresh.batch_state(b).status in FINAL_BATCH for b in (first, second)), 180,
+        _until(lambda: all(fresh.batches.state(b).status in FINAL_BATCH for b in (first, second)), 180,
                f"both batches final:\n{daemon.output()[-3000:]}")
         assert daemon.proc.poll() is None  # it waited for Redis and carried on
-        states = [fresh.batch_state(b) for b in (first, second)]
+        states = [fresh.batches.state(b) for b in (first, second)]
         assert states[0].status is BatchStatus.PROMOTED and states[1].status in (BatchStatus.PROMOTED,
                                                                                 BatchStatus.REJECTED)
         assert daemon.terminate() == 0
@@ -132,10 +132,10 @@ def test_a_killed_training_worker_is_retried_and_a_second_death_fails_the_batch(
             killer = threading.Thread(target=_killer, args=(kills, stop, killed))
             killer.start()
             batch_id = _ingest(registry, ctx, site.name, site.x[:300], site.y[:300])
-            _until(lambda b=batch_id: registry.batch_state(b).status in FINAL_BATCH, 180, f"{site.name} final")
+            _until(lambda b=batch_id: registry.batches.state(b).status in FINAL_BATCH, 180, f"{site.name} final")
             stop.set()
             killer.join()
-            outcomes.append((len(killed), registry.batch_state(batch_id)))
+            outcomes.append((len(killed), registry.batches.state(batch_id)))
     finally:
         daemon.stop()
         thread.join(60)
@@ -147,4 +147,4 @@ def test_a_killed_training_worker_is_retried_and_a_second_death_fails_the_batch(
 
 
 def failed_id(ctx: context.Context, site) -> str:  # noqa: ANN001
-    return next(b.id for b in ctx.registry.model_batches("m") if b.site == site.name)
+    return next(b.id for b in ctx.registry.batches.of_model("m") if b.site == site.name)

@@ -115,7 +115,7 @@ def test_ingest_stores_once_and_refusal_leaves_nothing(registry: RedisRegistry, 
     assert sum(batch.class_counts) == 30 and len(batch.train_index) + len(batch.heldout_index) == 30
     y2 = np.array([0] * 9 + [1])
     ingest(registry, store, queue, log, "m", "s", _npz(x=np.zeros((10, 8, 8), np.uint8), y=y2), Limits())
-    counts = registry.site_counts("m", ["s", "never-pushed"])
+    counts = registry.batches.site_counts("m", ["s", "never-pushed"])
     assert list(counts) == ["s"]  # the duplicate push was not counted, a silent site has no entry
     expected = [a + b for a, b in zip(batch.class_counts, [9, 1, 0], strict=True)]
     assert (counts["s"].batches, counts["s"].samples, counts["s"].class_counts) == (2, 40, expected)

@@ -49,7 +49,7 @@ def test_two_prefixes_share_one_redis_without_seeing_each_other(registry: RedisR
     assert keys and all(k.startswith("first:") for k in keys), sorted(k for k in keys if not k.startswith("first:"))
     second = _deployment(store_cfg, "second", tmp_path)
     for reg in (first, second):
-        assert reg.list_models() == ["m"] and len(reg.list_versions("m")) == 1 and len(reg.model_batches("m")) == 1
+        assert reg.list_models() == ["m"] and len(reg.list_versions("m")) == 1 and len(reg.batches.of_model("m")) == 1
         assert [c.reason for c in reg.alias_history("m")] == [reg.cfg.prefix]
         assert len(EventLog(reg).alerts()) == 1 and len(WebhookStore(reg).subscriptions()) == 1
         assert [b.replica for b in Replicas(reg).live()] == [f"replica-{reg.cfg.prefix}"]

@@ -38,8 +38,8 @@ def _write(reg: RedisRegistry) -> None:
     reg.add_site(Site(name="s1", token_sha256="a" * 64))
     batch = Batch(id="b" * 64, model="m", site="s1", samples=3, class_counts=[1, 2], train_index=[0, 1],
                   heldout_index=[2], artifact="b" * 64)
-    reg.add_batch(batch)
-    reg.set_batch_state(batch.id, BatchState(status=BatchStatus.PROMOTED, version=3))
+    reg.batches.add(batch)
+    reg.batches.set_state(batch.id, BatchState(status=BatchStatus.PROMOTED, version=3))
     for n in range(1, 31):
         reg.register_version(ModelVersion(model="m", number=1, lineage=Lineage(parent=n - 1 or None, sites=["s1"],
                                                                               batch_ids=[batch.id], seed=n),
@@ -63,8 +63,8 @@ def _read(reg: RedisRegistry) -> dict[str, Any]:
         "aliases": reg.aliases("m"),
         "history": reg.alias_history("m"),
         "shadow": reg.alias_history("m", "shadow"),
-        "batches": reg.model_batches("m"),
-        "batch_state": reg.batch_state("b" * 64),
+        "batches": reg.batches.of_model("m"),
+        "batch_state": reg.batches.state("b" * 64),
         "gate": reg.reports.get_gate("g-m-3"),
         "events": EventLog(reg).read("m"),
     }

@@ -64,7 +64,7 @@ def setup(registry: RedisRegistry, tmp_path: Path) -> tuple[RedisRegistry, Artif
                                 input=InputSpec(channels=1, height=16, width=16, classes=10)))
     batch_bytes = b"batch npz bytes"
     batch_id = store.put(batch_bytes)
-    registry.add_batch(Batch(id=batch_id, model="m", site="s", samples=1, class_counts=[1], train_index=[0],
+    registry.batches.add(Batch(id=batch_id, model="m", site="s", samples=1, class_counts=[1], train_index=[0],
                              heldout_index=[], artifact=batch_id))
     weights: dict[int, str] = {}
     for n in range(1, 13):

@@ -203,7 +203,7 @@ def test_dicom_studies_are_ingested_as_batches(stack: Stack, client: Client, tok
     again = client.push("gw-site", token, body, "gw", content_type="application/zip")
     assert (first["status"], first["samples"], again["status"]) == ("accepted", 6, "duplicate")
     assert again["batch_id"] == first["batch_id"]
-    batch = RedisRegistry(stack.store).get_batch(first["batch_id"])
+    batch = RedisRegistry(stack.store).batches.get(first["batch_id"])
     assert batch.class_counts == [2, 2, 2]
     assert batch.source_artifact is None  # by default the study is not kept at rest (patient data)
     before = _state(stack)
