@@ -21,6 +21,7 @@ from registry import promotion
 from registry.artifacts import ArtifactStore
 from registry.errors import RegistryError
 from registry.events import EventLog
+from registry.inputs import InputLog
 from registry.records import Name, check_name
 from registry.store import RedisRegistry
 from serving import console_data, session, validation
@@ -41,7 +42,7 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def router(reg: RedisRegistry, artifacts: ArtifactStore, events: EventLog, tokens: Tokens,  # noqa: C901
-           evidently_ui: str) -> APIRouter:
+           evidently_ui: str, inputs: InputLog) -> APIRouter:
     """The console's routes (each a small closure over the console's state, as the gateway's are)."""
     ui = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -130,7 +131,7 @@ def router(reg: RedisRegistry, artifacts: ArtifactStore, events: EventLog, token
             session.role_of(tokens, cookie)
         except Unauthorized:
             return RedirectResponse("/ui/login", status_code=303)
-        return HTMLResponse(validation.render_html(validation.report(reg, artifacts, model, site)))
+        return HTMLResponse(validation.render_html(validation.report(reg, artifacts, model, site, inputs=inputs)))
 
     @ui.post("/models/{name}/production")
     async def move(request: Request, name: Name, cookie: Session = None) -> Response:

@@ -122,7 +122,8 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     artifacts = ArtifactStore(cfg.artifacts_url)
     events, queue = EventLog(reg), IngestQueue(reg)
     queue.ensure_group()
-    metric_registry, batch_counter = metrics.build(reg, cfg.stuck, InputLog(cfg.store, cfg.inputs), artifacts)
+    inputs = InputLog(cfg.store, cfg.inputs)
+    metric_registry, batch_counter = metrics.build(reg, cfg.stuck, inputs, artifacts)
     pushes = Ingest(cfg, reg, artifacts, events, queue)
     tokens = Tokens(cfg.admin_token_sha256, cfg.ops_token_sha256)
     replicas = Replicas(reg, cfg.beat_interval_s)
@@ -147,8 +148,8 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     Admin = Annotated[str, Depends(admin)]
     Reader = Annotated[str, Depends(reader)]
     app.include_router(webhooks.router(WebhookStore(reg), cfg.webhooks, admin, reader))
-    app.include_router(validation.router(reg, artifacts, reader))
-    app.include_router(console.router(reg, artifacts, events, tokens, cfg.evidently_ui_url))
+    app.include_router(validation.router(reg, artifacts, inputs, reader))
+    app.include_router(console.router(reg, artifacts, events, tokens, cfg.evidently_ui_url, inputs))
 
     @app.post("/v1/sites/{site}/batches", status_code=202)
     async def push_batch(request: Request, site_rec: Annotated[Site, Depends(site_token)],

@@ -18,6 +18,7 @@ from starlette.responses import HTMLResponse
 
 from learner.operating import Costs, expected_cost, operating_point
 from registry.artifacts import ArtifactStore, version_calibration
+from registry.inputs import InputLog
 from registry.readiness import assess
 from registry.records import Name, SiteCalibration
 from registry.store import RedisRegistry
@@ -55,10 +56,10 @@ def _binary(fit: SiteCalibration, threshold: float | None, site_prevalence: floa
             "ppv_npv_curve": curve}
 
 
-def report(reg: RedisRegistry, artifacts: ArtifactStore, model: str, site: str,
-           costs: Costs | None = None) -> dict[str, Any]:
+def report(reg: RedisRegistry, artifacts: ArtifactStore, model: str, site: str, costs: Costs | None = None,
+           inputs: InputLog | None = None) -> dict[str, Any]:
     """The validation report of `site` under `model`'s production version (binary models: the threshold priced
-    at `costs`, 1 and 1 by default)."""
+    at `costs`, 1 and 1 by default); with `inputs`, how the site is served now, estimated without labels."""
     record, rules = reg.get_site(site), reg.get_model(model).readiness
     version = reg.version_by_alias(model)
     if version is None:
@@ -75,11 +76,21 @@ def report(reg: RedisRegistry, artifacts: ArtifactStore, model: str, site: str,
         "drift": {"report": drift[-1].id, "drift": drift[-1].drift, "drifted_share": drift[-1].drifted_share,
                   "reference_version": drift[-1].reference_version, "at": drift[-1].created_at} if drift else None,
         "heldout": fit.model_dump(exclude={"scores", "labels"}) if fit else None,
+        "served": _served(inputs, model, site) if inputs is not None else None,
     }
     if fit is not None:
         prevalence = counts.prevalence[1] if counts and len(counts.prevalence) == 2 else None
         out.update(_binary(fit, record.threshold, prevalence, costs or Costs(false_positive=1.0, false_negative=1.0)))
     return out
+
+
+def _served(inputs: InputLog, model: str, site: str) -> dict[str, Any] | None:
+    """The replicas' estimate of the site's recent answers and the watch's checked one (None: no answers yet)."""
+    estimate, checked = inputs.estimates(model).get(site), inputs.checked(model).get(site)
+    if estimate is None and checked is None:
+        return None
+    return {"estimate": estimate[0] if estimate else None, "answers": estimate[1] if estimate else 0,
+            "checked": checked.model_dump() if checked else None}
 
 
 def _rows(pairs: list[tuple[str, Any]]) -> str:
@@ -126,6 +137,17 @@ def _threshold(point: dict[str, Any], curve: list[dict[str, Any]]) -> list[str]:
                    [[c["prevalence"], c["ppv"], c["npv"], c["expected_cost"]] for c in curve])]
 
 
+def _served_html(served: dict[str, Any]) -> str:
+    checked = served.get("checked") or {}
+    return "<h2>Served now, without labels</h2><table>" + _rows([
+        ("estimated accuracy of the recent answers", _fmt(served.get("estimate"))),
+        ("answers it rests on", served.get("answers")),
+        ("checked estimate (answers also run under the inputs' own BatchNorm statistics)",
+         _fmt(checked.get("estimate"))),
+        ("share of answers unchanged there", _fmt(checked.get("stable"))),
+        ("inputs it rests on, version", f"{checked.get('answers', '-')}, v{checked.get('version', '-')}")]) + "</table>"
+
+
 def render_html(r: dict[str, Any]) -> str:
     """The report as one self-contained page (no script, no external asset)."""
     held = r["heldout"] or {}
@@ -142,6 +164,8 @@ def render_html(r: dict[str, Any]) -> str:
         parts.append("<h2>Sensitivity per class</h2>" + _table(
             ["class", "found", "95% low", "95% high"], [[k, *v] for k, v in held["sensitivity"].items()]))
     parts += _reliability(held)
+    if r.get("served"):
+        parts.append(_served_html(r["served"]))
     if r.get("ppv_npv_curve"):
         parts += _threshold(r["threshold"], r["ppv_npv_curve"])
     return ("<!doctype html><html><head><meta charset='utf-8'><title>clreg site validation</title>"
@@ -149,7 +173,7 @@ def render_html(r: dict[str, Any]) -> str:
             "</head><body>" + "".join(parts) + "</body></html>")
 
 
-def router(reg: RedisRegistry, artifacts: ArtifactStore, reader: Callable[..., str]) -> APIRouter:
+def router(reg: RedisRegistry, artifacts: ArtifactStore, inputs: InputLog, reader: Callable[..., str]) -> APIRouter:
     api = APIRouter()
     Reader = Annotated[str, Depends(reader)]  # noqa: N806
 
@@ -159,7 +183,7 @@ def router(reg: RedisRegistry, artifacts: ArtifactStore, reader: Callable[..., s
                         cost_fn: Annotated[float, Query(gt=0, le=1e6)] = 1.0) -> dict | HTMLResponse:
         """Whether the production version is fit for use at the site, and the figures that say so; binary models
         price the site's threshold at the given costs of a false positive and a false negative."""
-        out = report(reg, artifacts, model, site, Costs(false_positive=cost_fp, false_negative=cost_fn))
+        out = report(reg, artifacts, model, site, Costs(false_positive=cost_fp, false_negative=cost_fn), inputs)
         return HTMLResponse(render_html(out)) if format == "html" else out
 
     return api

@@ -123,6 +123,9 @@ def test_shifted_prediction_inputs_raise_an_alert_and_unshifted_do_not(stack: St
     assert noisy.stable < calm_site.stable - 0.1
     metrics = httpx.get(f"{stack.url}/metrics", headers=auth).text
     assert f'clreg_site_checked_accuracy{{model="{MODEL}",site="watch-base"}} {noisy.estimate}' in metrics
+    now = client.get("/v1/sites/watch-base/validation", model=MODEL)["served"]  # the validation report says so too
+    assert now["checked"]["estimate"] == noisy.estimate and now["checked"]["stable"] == noisy.stable
+    assert now["estimate"] == inputs.estimates(MODEL)["watch-base"][0] and now["answers"] >= 2 * WINDOW
     assert f'clreg_site_stable_answers{{model="{MODEL}",site="watch-base"}} {noisy.stable}' in metrics
 
 

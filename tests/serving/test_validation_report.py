@@ -50,3 +50,15 @@ def test_the_page_draws_the_reliability_diagram_and_the_curve_without_script() -
     assert len(re.findall(r"<circle ", page)) == 4  # two bins before, two after
     assert page.count("<polyline") == 2  # PPV and NPV
     assert "0.050" in page and "0.020" in page  # the ECE floor and the debiased error
+
+
+def test_the_page_says_how_the_site_is_served_now() -> None:
+    fit = _fit()
+    report = {"site": "s", "model": "m", "version": 2, "validated": True, "reasons": [], "rules": {},
+              "heldout": fit.model_dump(exclude={"scores", "labels"}),
+              "served": {"estimate": 0.861, "answers": 480,
+                         "checked": {"estimate": 0.5, "stable": 0.5375, "answers": 160, "version": 2, "at": 1.0}}}
+    page = render_html(report)
+    assert "Served now, without labels" in page and "0.861" in page and "480" in page
+    assert "0.500" in page and "0.537" in page and "160, v2" in page
+    assert "Served now" not in render_html({**report, "served": None})
