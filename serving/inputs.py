@@ -13,7 +13,7 @@ import numpy as np
 
 from registry.errors import MalformedBatch, TooLarge
 from registry.npz import NpzLimits, NpzReader
-from registry.records import InputSpec
+from registry.records import InputSpec, check_name
 from serving.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
 
 
@@ -48,6 +48,11 @@ def _from_json(body: bytes, spec: InputSpec, max_samples: int) -> tuple[np.ndarr
         raise PayloadTooLarge(f"{len(inputs)} inputs in one request; send at most {max_samples}")
     if site is not None and not isinstance(site, str):
         raise BadRequest("site must be a string")
+    if site is not None:  # it names Redis keys where the replica records its answers
+        try:
+            check_name(site)
+        except ValueError as e:
+            raise BadRequest(f"site: {e}") from e
     try:
         with np.errstate(over="ignore"):  # past float32's range becomes inf, refused below
             return np.asarray(inputs, dtype=np.float32), site
