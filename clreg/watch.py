@@ -62,8 +62,7 @@ def estimate_sites(stores: Stores, cfg: WatchConfig, inputs: InputLog, name: str
     thresholds = {s.name: s.threshold for s in stores.registry.sites() if s.threshold is not None}
     spec = model.input
     out = {}
-    for site in inputs.sites(name):
-        x = inputs.recent(name, cfg.max_samples, site)
+    for site, x in inputs.recent_by_site(name, cfg.max_samples).items():
         if len(x) < cfg.min_samples or x.shape[1:] != (spec.channels, spec.height, spec.width):
             continue
         net, _, _ = answerer.pick(site, to_tensor(x))

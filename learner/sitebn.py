@@ -83,8 +83,7 @@ def adapted(model: nn.Module, x: Tensor, batch_size: int = 512) -> nn.Module:
     """A copy of the model whose BatchNorm running statistics are those of x (AdaBN, Li et al. 2016): the
     network as it would normalise this traffic on its own terms; affine parameters and weights unchanged."""
     copied = copy.deepcopy(model)
-    layers = bn_layers(copied)
-    for layer in layers.values():
+    for layer in bn_layers(copied).values():
         layer.reset_running_stats()
         layer.momentum = None  # a cumulative mean over every chunk of x, not an exponential one
     copied.train()

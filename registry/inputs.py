@@ -111,7 +111,7 @@ class InputLog:
     @translated
     def estimates(self, model: str) -> dict[str, tuple[float, int]]:
         """Per site: the mean probability that its recent answers are right (estimated accuracy), and how many."""
-        sites = sorted(s.decode() for s in self._r.smembers(self._key(model, "sites")))
+        sites = self.sites(model)
         pipe = self._r.pipeline(transaction=False)
         for site in sites:
             pipe.lrange(self._key(model, "confidence", site), 0, -1)
@@ -127,18 +127,18 @@ class InputLog:
         """The last n recorded images (of those answered at `site`, when given: among the newest `cap`), oldest
         first, as float32 [k, C, H, W] (k <= n; other shapes dropped)."""
         if site is None:
-            entries = self._r.xrevrange(self._key(model), count=n)
-        else:
-            wanted = check_name(site).encode()
-            entries = [e for e in self._r.xrevrange(self._key(model), count=self.cfg.cap)
-                       if e[1].get(b"site") == wanted][:n]
-        if not entries:
-            return np.zeros((0, 0, 0, 0), dtype=DTYPE)
-        # After a model's input spec changes, older entries no longer fit: keep those shaped like the newest.
-        shape = _shape(entries[0][1])
-        images = [np.frombuffer(f[b"x"], dtype=DTYPE).reshape(shape) for _, f in reversed(entries)
-                  if _shape(f) == shape and len(f[b"x"]) == DTYPE.itemsize * int(np.prod(shape))]
-        return np.stack(images) if images else np.zeros((0, *shape), dtype=DTYPE)
+            return _images(self._r.xrevrange(self._key(model), count=n))
+        return self.recent_by_site(model, n).get(check_name(site), _images([]))
+
+    @translated
+    def recent_by_site(self, model: str, n: int) -> dict[str, np.ndarray]:
+        """Per answering site, its last n images among the newest `cap` (one read for every site)."""
+        grouped: dict[str, list] = {}
+        for entry in self._r.xrevrange(self._key(model), count=self.cfg.cap):
+            site = entry[1].get(b"site", b"").decode()
+            if site and len(grouped.setdefault(site, [])) < n:
+                grouped[site].append(entry)
+        return {site: _images(entries) for site, entries in grouped.items()}
 
     @translated
     def sites(self, model: str) -> list[str]:
@@ -170,6 +170,17 @@ class InputLog:
         """Mark a window as checked; True if it was the last one checked already (nothing new arrived)."""
         previous = self._r.set(self._key(model, "seen"), window, get=True)
         return previous is not None and previous.decode() == window
+
+
+def _images(entries: list) -> np.ndarray:
+    """Stream entries (newest first) as float32 [k, C, H, W], oldest first; after a model's input spec changes,
+    older entries no longer fit, so only those shaped like the newest are kept."""
+    if not entries:
+        return np.zeros((0, 0, 0, 0), dtype=DTYPE)
+    shape = _shape(entries[0][1])
+    images = [np.frombuffer(f[b"x"], dtype=DTYPE).reshape(shape) for _, f in reversed(entries)
+              if _shape(f) == shape and len(f[b"x"]) == DTYPE.itemsize * int(np.prod(shape))]
+    return np.stack(images) if images else np.zeros((0, *shape), dtype=DTYPE)
 
 
 def _shape(fields: dict[bytes, bytes]) -> tuple[int, ...]:
