@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
 from bench.continual import split  # noqa: E402
-from learner.calibration import out_of_fold_proba, proba_nll, site_temperatures  # noqa: E402
-from learner.evaluate import expected_calibration_error, predict_logits  # noqa: E402
-from learner.ewc import EWCState, state_from_bytes  # noqa: E402
-from learner.models import small_cnn  # noqa: E402
-from learner.sitebn import bank_from_bytes, site_model  # noqa: E402
-from learner.streams import digits_sites  # noqa: E402
-from learner.train import TrainConfig, train_site  # noqa: E402
+from clreg.learner.calibration import out_of_fold_proba, proba_nll, site_temperatures  # noqa: E402
+from clreg.learner.evaluate import expected_calibration_error, predict_logits  # noqa: E402
+from clreg.learner.ewc import EWCState, state_from_bytes  # noqa: E402
+from clreg.learner.models import small_cnn  # noqa: E402
+from clreg.learner.sitebn import bank_from_bytes, site_model  # noqa: E402
+from clreg.learner.streams import digits_sites  # noqa: E402
+from clreg.learner.train import TrainConfig, train_site  # noqa: E402
 
 METHODS = ("none", "pooled", "per_site")
 Scored = dict[str, tuple[np.ndarray, np.ndarray]]  # site -> (held-out logits, labels)

@@ -27,11 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
 from clreg import embedded  # noqa: E402
-from clreg.settings import RedisSettings, Settings  # noqa: E402
-from learner.models import small_cnn, weights_to_bytes  # noqa: E402
-from registry.artifacts import ArtifactStore  # noqa: E402
-from registry.events import EventLog  # noqa: E402
-from registry.records import (  # noqa: E402
+from clreg.learner.models import small_cnn, weights_to_bytes  # noqa: E402
+from clreg.registry.artifacts import ArtifactStore  # noqa: E402
+from clreg.registry.events import EventLog  # noqa: E402
+from clreg.registry.records import (  # noqa: E402
     Calibration,
     DriftReport,
     GateReport,
@@ -44,8 +43,9 @@ from registry.records import (  # noqa: E402
     SiteGate,
     VersionStatus,
 )
-from registry.store import RedisRegistry  # noqa: E402
-from serving.config import ServingConfig  # noqa: E402
+from clreg.registry.store import RedisRegistry  # noqa: E402
+from clreg.serving.config import ServingConfig  # noqa: E402
+from clreg.settings import RedisSettings, Settings  # noqa: E402
 
 MODEL, VERSIONS, ALERTS, DRIFT = "busy", 200, 1000, 200
 SITES = ("site-a", "site-b", "site-c", "site-d", "site-e")
@@ -59,7 +59,7 @@ PAGES = {  # page -> the JSON route with the same figures
 
 def fill(reg: RedisRegistry, store: ArtifactStore) -> None:
     """The model, its sites, versions with gate reports, drift reports and alerts."""
-    reg.create_model(Model(name=MODEL, factory="learner.models:small_cnn",
+    reg.create_model(Model(name=MODEL, factory="clreg.learner.models:small_cnn",
                            input=InputSpec(channels=1, height=16, width=16, classes=2)))
     for s in SITES:
         reg.add_site(Site(name=s, token_sha256="0" * 64))

@@ -39,17 +39,17 @@ from bench.common import machine_info, versions, write_result  # noqa: E402
 from clreg import context, embedded, pipeline  # noqa: E402
 from clreg.client import npz_bytes  # noqa: E402
 from clreg.home import Home  # noqa: E402
+from clreg.learner.evaluate import continual_summary, site_metrics  # noqa: E402
+from clreg.learner.ewc import EWCState  # noqa: E402
+from clreg.learner.models import small_cnn  # noqa: E402
+from clreg.learner.sitebn import route  # noqa: E402
+from clreg.learner.streams import SiteData, digits_sites, harsh_sites, permuted_pixels_stream, to_uint8  # noqa: E402
+from clreg.learner.train import TrainConfig, train_site  # noqa: E402
+from clreg.registry.batches import Limits, ingest  # noqa: E402
+from clreg.registry.connection import StoreConfig  # noqa: E402
+from clreg.registry.events import IngestQueue  # noqa: E402
+from clreg.registry.records import InputSpec, Model  # noqa: E402
 from clreg.settings import DEFAULT_CANDIDATES, RaySettings, RedisSettings, SearchConfig, Settings  # noqa: E402
-from learner.evaluate import continual_summary, site_metrics  # noqa: E402
-from learner.ewc import EWCState  # noqa: E402
-from learner.models import small_cnn  # noqa: E402
-from learner.sitebn import route  # noqa: E402
-from learner.streams import SiteData, digits_sites, harsh_sites, permuted_pixels_stream, to_uint8  # noqa: E402
-from learner.train import TrainConfig, train_site  # noqa: E402
-from registry.batches import Limits, ingest  # noqa: E402
-from registry.connection import StoreConfig  # noqa: E402
-from registry.events import IngestQueue  # noqa: E402
-from registry.records import InputSpec, Model  # noqa: E402
 
 STREAMS = ("digits", "permuted", "harsh")
 METHODS: dict[str, list[dict[str, Any]]] = {
@@ -97,7 +97,7 @@ def run_sequence(store: StoreConfig, home: Path, stream: str, method: str, seed:
                         train=TrainConfig(seed=seed), search=SearchConfig(candidates=METHODS[method]))
     cfg = StoreConfig(url=store.url, prefix=prefix)
     ctx = context.build(settings, cfg, "http://127.0.0.1:0")
-    ctx.registry.create_model(Model(name="m", factory="learner.models:small_cnn", input=SPEC))
+    ctx.registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn", input=SPEC))
     queue = IngestQueue(ctx.registry)
     queue.ensure_group()
     sites = sites_of(stream, seed)

@@ -37,12 +37,12 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import machine_info, versions, write_result
-from learner.ewc import EWCState
-from learner.models import build_model, embed
-from learner.streams import digits_sites, shift
-from learner.train import TrainConfig, train_site
-from monitor.drift import DriftConfig, check_drift
-from monitor.features import FeatureConfig, Reference, batch_features, fit_reference
+from clreg.learner.ewc import EWCState
+from clreg.learner.models import build_model, embed
+from clreg.learner.streams import digits_sites, shift
+from clreg.learner.train import TrainConfig, train_site
+from clreg.monitor.drift import DriftConfig, check_drift
+from clreg.monitor.features import FeatureConfig, Reference, batch_features, fit_reference
 
 SITE_SHIFTS: dict[str, tuple[str, dict[str, float]]] = {
     "contrast": ("contrast", {}),
@@ -88,7 +88,7 @@ def split_base(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def train_model(x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> torch.nn.Module:
     """The small CNN after a short, seeded training on the base site, in eval mode."""
     torch.manual_seed(seed)
-    net = build_model("learner.models:small_cnn", {}, 1, 16, 16, 10)
+    net = build_model("clreg.learner.models:small_cnn", {}, 1, 16, 16, 10)
     train_site(net, x, y, "base", EWCState(), TrainConfig(epochs=epochs, seed=seed, fisher_samples=64))
     return net.eval()
 

@@ -30,12 +30,12 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
-from learner.evaluate import continual_summary, site_metrics  # noqa: E402
-from learner.ewc import EWCState, state_from_bytes  # noqa: E402
-from learner.models import small_cnn  # noqa: E402
-from learner.sitebn import bank_from_bytes, route  # noqa: E402
-from learner.streams import SiteData, digits_sites, permuted_pixels_stream  # noqa: E402
-from learner.train import TrainConfig, train_site  # noqa: E402
+from clreg.learner.evaluate import continual_summary, site_metrics  # noqa: E402
+from clreg.learner.ewc import EWCState, state_from_bytes  # noqa: E402
+from clreg.learner.models import small_cnn  # noqa: E402
+from clreg.learner.sitebn import bank_from_bytes, route  # noqa: E402
+from clreg.learner.streams import SiteData, digits_sites, permuted_pixels_stream  # noqa: E402
+from clreg.learner.train import TrainConfig, train_site  # noqa: E402
 
 STREAMS = ("digits", "permuted")
 POLICIES = ("freeze", "update", "per_site")

@@ -19,16 +19,16 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
-from learner.ewc import (  # noqa: E402
+from clreg.learner.ewc import (  # noqa: E402
     EWCState,
     fisher_diagonal,
     fisher_diagonal_vmap,
     fisher_minibatch_squared,
     fisher_per_sample_loop,
 )
-from learner.models import small_cnn  # noqa: E402
-from learner.streams import digits_sites  # noqa: E402
-from learner.train import TrainConfig, train_site  # noqa: E402
+from clreg.learner.models import small_cnn  # noqa: E402
+from clreg.learner.streams import digits_sites  # noqa: E402
+from clreg.learner.train import TrainConfig, train_site  # noqa: E402
 
 Fisher = dict[str, torch.Tensor]
 K = TypeVar("K")

@@ -35,17 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import machine_info, versions, write_result  # noqa: E402
 from bench.serving import MODELS, register  # noqa: E402
 from clreg import embedded  # noqa: E402
+from clreg.learner.models import small_cnn, weights_to_bytes  # noqa: E402
+from clreg.registry.artifacts import ArtifactStore  # noqa: E402
+from clreg.registry.events import EventLog  # noqa: E402
+from clreg.registry.records import ModelVersion  # noqa: E402
+from clreg.registry.replicas import Replicas  # noqa: E402
+from clreg.registry.shadow import Shadows  # noqa: E402
+from clreg.registry.store import RedisRegistry  # noqa: E402
+from clreg.serving import deploy  # noqa: E402
+from clreg.serving.config import ServingConfig  # noqa: E402
+from clreg.serving.model_server import read_moves  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
-from learner.models import small_cnn, weights_to_bytes  # noqa: E402
-from registry.artifacts import ArtifactStore  # noqa: E402
-from registry.events import EventLog  # noqa: E402
-from registry.records import ModelVersion  # noqa: E402
-from registry.replicas import Replicas  # noqa: E402
-from registry.shadow import Shadows  # noqa: E402
-from registry.store import RedisRegistry  # noqa: E402
-from serving import deploy  # noqa: E402
-from serving.config import ServingConfig  # noqa: E402
-from serving.model_server import read_moves  # noqa: E402
 
 KIND, N_MODELS, PER_REPLICA, REPLICAS, CLIENTS, MIXED_S = "wide", 50, 8, 2, 8, 20.0
 

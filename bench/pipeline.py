@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import machine_info, versions, write_result  # noqa: E402
 from clreg import embedded  # noqa: E402
 from clreg.client import Client, npz_bytes  # noqa: E402
+from clreg.learner.streams import digits_sites, site_batch, to_uint8  # noqa: E402
+from clreg.registry.events import EventLog  # noqa: E402
+from clreg.registry.records import Event  # noqa: E402
+from clreg.registry.store import RedisRegistry  # noqa: E402
+from clreg.serving.config import ServingConfig  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
-from learner.streams import digits_sites, site_batch, to_uint8  # noqa: E402
-from registry.events import EventLog  # noqa: E402
-from registry.records import Event  # noqa: E402
-from registry.store import RedisRegistry  # noqa: E402
-from serving.config import ServingConfig  # noqa: E402
 
 SAMPLES = 1000
 PORT = 8793
@@ -62,7 +62,7 @@ def first_version(client: Client, model: str, seed: int) -> tuple[dict[str, str]
     """A model with two sites; version 1 learnt from the first; returns the tokens and the second site."""
     # each site sees all 1,797 digits through its own transform, so 1,000 can be drawn from each
     base, second = digits_sites(seed=seed, names=("base",))[0], digits_sites(seed=seed, names=("contrast",))[0]
-    client.create_model(model, "learner.models:small_cnn", (1, 16, 16), classes=10)
+    client.create_model(model, "clreg.learner.models:small_cnn", (1, 16, 16), classes=10)
     tokens = {s.name: client.add_site(f"{model}-{s.name}")["token"] for s in (base, second)}
     x, y = site_batch(base, SAMPLES, seed)
     pushed = client.push(f"{model}-base", tokens["base"], npz_bytes(to_uint8(x), y), model)

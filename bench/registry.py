@@ -29,9 +29,9 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 from bench.common import machine_info, versions, write_result  # noqa: E402
-from registry import store  # noqa: E402
-from registry.records import InputSpec, Lineage, Model, ModelVersion  # noqa: E402
-from registry.store import RedisRegistry, StoreConfig  # noqa: E402
+from clreg.registry import store  # noqa: E402
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion  # noqa: E402
+from clreg.registry.store import RedisRegistry, StoreConfig  # noqa: E402
 
 OPS = ("register", "promote", "resolve-alias", "resolve+record", "list", "list-cold")
 HEADLINE = "resolve+record"  # the like-for-like row: both sides return the version record
@@ -64,7 +64,7 @@ def bench_clreg(url: str, n_versions: int, iters: dict[str, int]) -> Samples:
     """clreg's RedisRegistry on a flushed database."""
     reg = RedisRegistry(StoreConfig(url=url, prefix="bench"))
     reg.r.flushdb()
-    reg.create_model(Model(name="bench", factory="learner.models:small_cnn",
+    reg.create_model(Model(name="bench", factory="clreg.learner.models:small_cnn",
                            input=InputSpec(channels=1, height=16, width=16, classes=10)))
     out = {"register": timed(lambda i: reg.register_version(_version(i)), n_versions)}
     rng = random.Random(0)

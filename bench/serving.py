@@ -36,14 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
 from clreg import embedded  # noqa: E402
+from clreg.learner.models import load_weights, small_cnn, weights_to_bytes  # noqa: E402
+from clreg.learner.sitebn import bank_to_bytes, extract_site_bn  # noqa: E402
+from clreg.registry.artifacts import ArtifactStore  # noqa: E402
+from clreg.registry.records import Calibration, InputSpec, Lineage, Model, ModelVersion, SiteCalibration  # noqa: E402
+from clreg.registry.store import RedisRegistry  # noqa: E402
+from clreg.serving import model_server  # noqa: E402
+from clreg.serving.config import ServingConfig  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
-from learner.models import load_weights, small_cnn, weights_to_bytes  # noqa: E402
-from learner.sitebn import bank_to_bytes, extract_site_bn  # noqa: E402
-from registry.artifacts import ArtifactStore  # noqa: E402
-from registry.records import Calibration, InputSpec, Lineage, Model, ModelVersion, SiteCalibration  # noqa: E402
-from registry.store import RedisRegistry  # noqa: E402
-from serving import model_server  # noqa: E402
-from serving.config import ServingConfig  # noqa: E402
 
 MODELS = {"small": (16, 1), "wide": (64, 4)}  # name -> (image side, width multiplier)
 SETTINGS = {"off": (1, 0.0), "on": (16, 0.0), "wait-2ms": (16, 0.002)}  # -> (max requests per batch, wait s)
@@ -55,7 +55,7 @@ SITES = ("a", "b", "c")
 def register(reg: RedisRegistry, store: ArtifactStore, name: str, side: int, mult: int) -> bytes:
     """A production version with weights, a 3-site BatchNorm bank and per-site temperatures; its weights."""
     spec = InputSpec(channels=1, height=side, width=side, classes=10)
-    reg.create_model(Model(name=name, factory="learner.models:small_cnn", factory_kwargs={"width_mult": mult},
+    reg.create_model(Model(name=name, factory="clreg.learner.models:small_cnn", factory_kwargs={"width_mult": mult},
                            input=spec))
     torch.manual_seed(0)
     net = small_cnn(1, side, side, 10, width_mult=mult)

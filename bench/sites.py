@@ -14,7 +14,7 @@ is reported on the data it was tuned on:
   reporting:
 - the expected-cost threshold (false positive 1, false negative 10, at the site's prevalence) chosen on one
   fold's calibrated scores and priced on the other, against the 0.5 threshold priced on the same fold;
-- PPV from learner.operating against PPV from scikit-learn's confusion matrix (must be equal);
+- PPV from clreg.learner.operating against PPV from scikit-learn's confusion matrix (must be equal);
 - the label-free accuracy estimate (learner.estimate) against the true accuracy, on the held-out fold
   (unshifted traffic) and on two shifted versions of it: a case-mix shift (the third of the images the model
   is least sure of, as when a site starts sending its harder cases; what an image means is unchanged) and
@@ -46,18 +46,18 @@ from sklearn.metrics import confusion_matrix
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
+from clreg.learner.calibration import CROSS_FOLDS, calibrate_sites, scaled_proba, site_temperatures  # noqa: E402
+from clreg.learner.estimate import checked_accuracy, correct_share, expected_accuracy, two_views  # noqa: E402
+from clreg.learner.evaluate import predict_logits, squared_calibration_error  # noqa: E402
+from clreg.learner.ewc import EWCState, state_from_bytes  # noqa: E402
+from clreg.learner.models import small_cnn  # noqa: E402
+from clreg.learner.operating import Costs, expected_cost, operating_point, threshold_for_cost  # noqa: E402
+from clreg.learner.sitebn import bank_from_bytes, site_model  # noqa: E402
+from clreg.learner.streams import BINARY_PREVALENCE, binary_sites, shift  # noqa: E402
+from clreg.learner.train import TrainConfig, train_site  # noqa: E402
+from clreg.monitor.drift import DriftConfig, check_drift  # noqa: E402
+from clreg.monitor.features import FeatureConfig, Reference, batch_features, fit_reference  # noqa: E402
 from clreg.reference import embed_fn  # noqa: E402
-from learner.calibration import CROSS_FOLDS, calibrate_sites, scaled_proba, site_temperatures  # noqa: E402
-from learner.estimate import checked_accuracy, correct_share, expected_accuracy, two_views  # noqa: E402
-from learner.evaluate import predict_logits, squared_calibration_error  # noqa: E402
-from learner.ewc import EWCState, state_from_bytes  # noqa: E402
-from learner.models import small_cnn  # noqa: E402
-from learner.operating import Costs, expected_cost, operating_point, threshold_for_cost  # noqa: E402
-from learner.sitebn import bank_from_bytes, site_model  # noqa: E402
-from learner.streams import BINARY_PREVALENCE, binary_sites, shift  # noqa: E402
-from learner.train import TrainConfig, train_site  # noqa: E402
-from monitor.drift import DriftConfig, check_drift  # noqa: E402
-from monitor.features import FeatureConfig, Reference, batch_features, fit_reference  # noqa: E402
 
 HELDOUT = 0.4
 COSTS = Costs(false_positive=1.0, false_negative=10.0)

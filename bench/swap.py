@@ -30,13 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import machine_info, versions, write_result  # noqa: E402
 from bench.serving import MODELS, register, warm  # noqa: E402
 from clreg import embedded  # noqa: E402
+from clreg.learner.models import small_cnn, weights_to_bytes  # noqa: E402
+from clreg.registry.artifacts import ArtifactStore  # noqa: E402
+from clreg.registry.records import ModelVersion  # noqa: E402
+from clreg.registry.replicas import Replicas  # noqa: E402
+from clreg.registry.store import RedisRegistry  # noqa: E402
+from clreg.serving.config import ServingConfig  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
-from learner.models import small_cnn, weights_to_bytes  # noqa: E402
-from registry.artifacts import ArtifactStore  # noqa: E402
-from registry.records import ModelVersion  # noqa: E402
-from registry.replicas import Replicas  # noqa: E402
-from registry.store import RedisRegistry  # noqa: E402
-from serving.config import ServingConfig  # noqa: E402
 
 MODEL, REPLICAS, CLIENTS, PROMOTIONS = "small", 2, 16, 10
 STEADY_S, EVERY_S, TAIL_S = 10.0, 1.5, 3.0

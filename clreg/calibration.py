@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from clreg.context import Stores
-from learner.answer import Answerer
-from learner.calibration import CalibrationFit, calibrate_sites, scaled_proba
-from learner.evaluate import predict_logits
-from learner.models import to_tensor
-from learner.sitebn import Bank
-from learner.validation import site_figures
-from registry.records import Calibration, Model, SiteCalibration
+from clreg.learner.answer import Answerer
+from clreg.learner.calibration import CalibrationFit, calibrate_sites, scaled_proba
+from clreg.learner.evaluate import predict_logits
+from clreg.learner.models import to_tensor
+from clreg.learner.sitebn import Bank
+from clreg.learner.validation import site_figures
+from clreg.registry.records import Calibration, Model, SiteCalibration
 
 
 def calibrate_version(stores: Stores, model: Model, weights_sha: str, bank: Bank | None, batch_ids: list[str],

@@ -33,13 +33,13 @@ from clreg import context, demo, doctor, embedded, faults, site_cli, terminal
 from clreg.client import ApiError, Client
 from clreg.daemon import Daemon
 from clreg.errors import ClregError
+from clreg.registry.connection import StoreConfig
+from clreg.registry.dicom import dicom_study
+from clreg.registry.errors import RegistryError, StoreUnavailable
+from clreg.registry.store import RedisRegistry
+from clreg.serving import deploy
 from clreg.settings import Settings
 from clreg.webhook_cli import webhooks_app
-from registry.connection import StoreConfig
-from registry.dicom import dicom_study
-from registry.errors import RegistryError, StoreUnavailable
-from registry.store import RedisRegistry
-from serving import deploy
 
 app = typer.Typer(help="clreg: continual-learning model registry daemon", no_args_is_help=True)
 models_app = typer.Typer(help="Register models")
@@ -134,7 +134,7 @@ def demo_cmd(seed: int = 0) -> None:
 
 
 @models_app.command("create")
-def models_create(name: str, factory: Annotated[str, typer.Option()] = "learner.models:small_cnn",
+def models_create(name: str, factory: Annotated[str, typer.Option()] = "clreg.learner.models:small_cnn",
                   input: Annotated[str, typer.Option("--input", help="C,H,W")] = "1,16,16",
                   classes: Annotated[int, typer.Option()] = 10, as_json: JsonOpt = False) -> None:
     """Register a model: its factory and input spec."""

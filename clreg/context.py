@@ -11,19 +11,19 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from clreg.learner.answer import Answerer
+from clreg.learner.models import load_weights, network_for
+from clreg.learner.sitebn import Bank, bank_from_bytes
+from clreg.learner.train import TrainConfig
+from clreg.monitor.drift import DriftConfig
+from clreg.monitor.features import FeatureConfig
+from clreg.registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
+from clreg.registry.batches import load_arrays
+from clreg.registry.events import EventLog
+from clreg.registry.records import Batch, Model, ModelVersion
+from clreg.registry.store import RedisRegistry, StoreConfig
+from clreg.registry.webhooks import WebhookConfig
 from clreg.settings import GateConfig, RetentionSettings, SearchConfig, Settings, TriggerConfig, WatchConfig
-from learner.answer import Answerer
-from learner.models import load_weights, network_for
-from learner.sitebn import Bank, bank_from_bytes
-from learner.train import TrainConfig
-from monitor.drift import DriftConfig
-from monitor.features import FeatureConfig
-from registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
-from registry.batches import load_arrays
-from registry.events import EventLog
-from registry.records import Batch, Model, ModelVersion
-from registry.store import RedisRegistry, StoreConfig
-from registry.webhooks import WebhookConfig
 
 
 @dataclass(frozen=True)

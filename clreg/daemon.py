@@ -20,13 +20,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from clreg import pipeline, shadowing, watch
 from clreg.context import Context
 from clreg.dispatch import Dispatcher
+from clreg.learner.errors import TrainingInterrupted
+from clreg.registry.daemons import Daemons, incarnation, this_host
+from clreg.registry.errors import LeaseLost, NotFound, RegistryError, StoreUnavailable
+from clreg.registry.events import IngestQueue
+from clreg.registry.records import BatchState, BatchStatus, Incarnation
+from clreg.registry.retention import Retention
 from clreg.settings import DaemonConfig
-from learner.errors import TrainingInterrupted
-from registry.daemons import Daemons, incarnation, this_host
-from registry.errors import LeaseLost, NotFound, RegistryError, StoreUnavailable
-from registry.events import IngestQueue
-from registry.records import BatchState, BatchStatus, Incarnation
-from registry.retention import Retention
 
 log = logging.getLogger(__name__)
 

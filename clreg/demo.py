@@ -15,9 +15,9 @@ from rich.table import Table
 from clreg import context, embedded
 from clreg.client import ApiError, Client, npz_bytes
 from clreg.daemon import Daemon
+from clreg.learner.streams import digits_sites, to_uint8
+from clreg.registry.dicom import dicom_file, dicom_study
 from clreg.settings import Settings
-from learner.streams import digits_sites, to_uint8
-from registry.dicom import dicom_file, dicom_study
 
 MODEL = "digits"
 DICOM_SITE = "blur-noise"
@@ -61,7 +61,7 @@ def run(settings: Settings, console: Console, seed: int = 0) -> bool:
 def _drive(client: Client, console: Console, seed: int) -> bool:
     client.wait_ready()
     sites = digits_sites(seed=seed)
-    client.create_model(MODEL, "learner.models:small_cnn", (1, 16, 16), classes=10)
+    client.create_model(MODEL, "clreg.learner.models:small_cnn", (1, 16, 16), classes=10)
     outcomes = []
     for site in sites:
         token = client.add_site(site.name)["token"]

@@ -13,12 +13,12 @@ from typing import Any
 
 import httpx
 
-from registry.errors import RegistryError
-from registry.events import EventLog
-from registry.records import Event, now
-from registry.store import RedisRegistry
-from registry.webhooks import Delivery, DeliveryStatus, Subscription, WebhookConfig, WebhookStore
-from serving.webhooks import Attempt, send
+from clreg.registry.errors import RegistryError
+from clreg.registry.events import EventLog
+from clreg.registry.records import Event, now
+from clreg.registry.store import RedisRegistry
+from clreg.registry.webhooks import Delivery, DeliveryStatus, Subscription, WebhookConfig, WebhookStore
+from clreg.serving.webhooks import Attempt, send
 
 log = logging.getLogger(__name__)
 PER_TICK = 32  # deliveries claimed per run; with SENDERS parallel posts a run stays well inside claim_s

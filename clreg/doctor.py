@@ -19,10 +19,10 @@ import typer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from clreg import embedded, terminal
-from registry.artifacts import ArtifactStore
-from registry.connection import StoreConfig
-from registry.errors import RegistryError
-from registry.store import RedisRegistry
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.connection import StoreConfig
+from clreg.registry.errors import RegistryError
+from clreg.registry.store import RedisRegistry
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,13 @@ import redis
 
 from clreg.errors import NoRedis
 from clreg.home import Home, descendants, kill_recorded, start_time
+from clreg.registry.batches import token_sha256
+from clreg.registry.connection import StoreConfig
+from clreg.registry.daemons import pid_alive
+from clreg.registry.status import StuckRule
+from clreg.serving import deploy
+from clreg.serving.config import ServingConfig
 from clreg.settings import RaySettings, Settings
-from registry.batches import token_sha256
-from registry.connection import StoreConfig
-from registry.daemons import pid_alive
-from registry.status import StuckRule
-from serving import deploy
-from serving.config import ServingConfig
 
 log = logging.getLogger(__name__)
 USER = "clreg"  # the embedded Valkey's ACL user

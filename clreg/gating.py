@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from clreg.context import Stores
+from clreg.learner.answer import Answerer
+from clreg.learner.evaluate import site_metrics
+from clreg.learner.models import to_tensor
+from clreg.registry.gates import GateRules, judge
+from clreg.registry.records import GateReport, Model, ModelVersion
+from clreg.registry.store import RedisRegistry
 from clreg.settings import GateConfig
-from learner.answer import Answerer
-from learner.evaluate import site_metrics
-from learner.models import to_tensor
-from registry.gates import GateRules, judge
-from registry.records import GateReport, Model, ModelVersion
-from registry.store import RedisRegistry
 
 
 def gate(stores: Stores, cfg: GateConfig, model: Model, candidate: ModelVersion,

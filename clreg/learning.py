@@ -13,14 +13,14 @@ import numpy as np
 from clreg import __version__, search
 from clreg.calibration import calibrate_version
 from clreg.context import Stores
+from clreg.learner.replay import Memory, memory_to_bytes
+from clreg.learner.sitebn import bank_from_bytes
+from clreg.learner.train import TrainConfig
+from clreg.monitor.features import FeatureConfig
 from clreg.reference import build_reference
+from clreg.registry.artifacts import Artifact, VersionArtifacts
+from clreg.registry.records import Batch, Calibration, Lineage, Model, ModelVersion
 from clreg.settings import SearchConfig
-from learner.replay import Memory, memory_to_bytes
-from learner.sitebn import bank_from_bytes
-from learner.train import TrainConfig
-from monitor.features import FeatureConfig
-from registry.artifacts import Artifact, VersionArtifacts
-from registry.records import Batch, Calibration, Lineage, Model, ModelVersion
 
 Progress = Callable[[int, str, dict[str, float]], None]  # (candidate, site, curve row) as each epoch finishes
 

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 
 from clreg.context import DriftStep, Stores
+from clreg.monitor.alerts import alert_payload
+from clreg.monitor.drift import DriftCheck, check_drift, save_snapshot
+from clreg.monitor.errors import MonitorError
+from clreg.monitor.features import Reference, batch_features
 from clreg.reference import embed_fn, load_reference
-from monitor.alerts import alert_payload
-from monitor.drift import DriftCheck, check_drift, save_snapshot
-from monitor.errors import MonitorError
-from monitor.features import Reference, batch_features
-from registry.artifacts import Artifact
-from registry.records import Batch, DriftReport, Model, ModelVersion
+from clreg.registry.artifacts import Artifact
+from clreg.registry.records import Batch, DriftReport, Model, ModelVersion
 
 log = logging.getLogger(__name__)
 

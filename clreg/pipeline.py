@@ -18,14 +18,14 @@ from enum import Enum
 from clreg import faults, recovery, shadowing
 from clreg.context import Context
 from clreg.gating import gate
+from clreg.learner.errors import LearnerError, TrainingInterrupted
 from clreg.learning import Learnt, assemble, learn
+from clreg.monitor.errors import MonitorError
 from clreg.monitoring import check_batch
-from learner.errors import LearnerError, TrainingInterrupted
-from monitor.errors import MonitorError
-from registry import promotion
-from registry.errors import StoreUnavailable
-from registry.leases import Lease, tool
-from registry.records import (
+from clreg.registry import promotion
+from clreg.registry.errors import StoreUnavailable
+from clreg.registry.leases import Lease, tool
+from clreg.registry.records import (
     FINAL_BATCH,
     Batch,
     BatchState,
@@ -38,7 +38,7 @@ from registry.records import (
     VersionStatus,
     VersionView,
 )
-from registry.shadow import Shadows
+from clreg.registry.shadow import Shadows
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ die between any two of these. The next update of the model starts here:
 from __future__ import annotations
 
 from clreg.context import Stores
-from registry.errors import Conflict
-from registry.records import (
+from clreg.registry.errors import Conflict
+from clreg.registry.records import (
     FINAL_BATCH,
     Batch,
     BatchState,

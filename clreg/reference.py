@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from clreg.context import Stores
-from learner.models import embed
-from monitor.features import FeatureConfig, Reference, fit_reference
-from registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
-from registry.records import Model, ModelVersion
+from clreg.learner.models import embed
+from clreg.monitor.features import FeatureConfig, Reference, fit_reference
+from clreg.registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
+from clreg.registry.records import Model, ModelVersion
 
 
 def build_reference(stores: Stores, cfg: FeatureConfig, samples: int, seed: int, model: Model, weights_sha: str,

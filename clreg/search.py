@@ -13,16 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clreg.learner.errors import TrainingFailed
+from clreg.learner.remote import search_on_ray
+from clreg.learner.replay import Memory, memory_from_bytes
+from clreg.learner.train import TrainConfig
+from clreg.learner.update import UpdateData, UpdateResult
+from clreg.registry.artifacts import Artifact, ArtifactStore
+from clreg.registry.errors import NotFound
+from clreg.registry.records import Model, ModelVersion
+from clreg.registry.store import RedisRegistry
 from clreg.settings import SearchConfig
-from learner.errors import TrainingFailed
-from learner.remote import search_on_ray
-from learner.replay import Memory, memory_from_bytes
-from learner.train import TrainConfig
-from learner.update import UpdateData, UpdateResult
-from registry.artifacts import Artifact, ArtifactStore
-from registry.errors import NotFound
-from registry.records import Model, ModelVersion
-from registry.store import RedisRegistry
 
 Arrays = tuple[np.ndarray, np.ndarray]
 Progress = Callable[[int, str, dict], None]

@@ -14,13 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clreg.faults import FaultConfig
-from learner.train import TrainConfig
-from monitor.drift import DriftConfig
-from monitor.features import FeatureConfig
-from registry.inputs import InputLogConfig
-from registry.retention import RetentionConfig
-from registry.webhooks import WebhookConfig
-from serving.config import ServingConfig
+from clreg.learner.train import TrainConfig
+from clreg.monitor.drift import DriftConfig
+from clreg.monitor.features import FeatureConfig
+from clreg.registry.inputs import InputLogConfig
+from clreg.registry.retention import RetentionConfig
+from clreg.registry.webhooks import WebhookConfig
+from clreg.serving.config import ServingConfig
 
 
 class RedisSettings(BaseModel):

@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 
 from clreg.context import Stores
-from registry import promotion
-from registry.errors import Conflict
-from registry.leases import Lease
-from registry.records import BatchState, BatchStatus, Incarnation, Model, ModelVersion, VersionStatus
-from registry.shadow import ShadowFigures, ShadowRun, Shadows
+from clreg.registry import promotion
+from clreg.registry.errors import Conflict
+from clreg.registry.leases import Lease
+from clreg.registry.records import BatchState, BatchStatus, Incarnation, Model, ModelVersion, VersionStatus
+from clreg.registry.shadow import ShadowFigures, ShadowRun, Shadows
 
 log = logging.getLogger(__name__)
 

@@ -16,16 +16,16 @@ import logging
 
 from clreg import monitoring
 from clreg.context import DriftStep, Stores
+from clreg.learner.errors import LearnerError
+from clreg.learner.estimate import checked_accuracy, stable, two_views
+from clreg.learner.models import to_tensor
+from clreg.monitor.drift import check_drift
+from clreg.monitor.errors import MonitorError
+from clreg.registry.artifacts import Artifact, version_calibration
+from clreg.registry.errors import RegistryError
+from clreg.registry.inputs import CheckedEstimate, InputLog
+from clreg.registry.records import DriftReport
 from clreg.settings import WatchConfig
-from learner.errors import LearnerError
-from learner.estimate import checked_accuracy, stable, two_views
-from learner.models import to_tensor
-from monitor.drift import check_drift
-from monitor.errors import MonitorError
-from registry.artifacts import Artifact, version_calibration
-from registry.errors import RegistryError
-from registry.inputs import CheckedEstimate, InputLog
-from registry.records import DriftReport
 
 log = logging.getLogger(__name__)
 SITE = "serving"

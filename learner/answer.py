@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from learner.sitebn import Bank, route, site_model
-from registry.records import Calibration
+from clreg.learner.sitebn import Bank, route, site_model
+from clreg.registry.records import Calibration
 
 
 @dataclass(frozen=True)

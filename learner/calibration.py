@@ -15,8 +15,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from learner.errors import DataError
-from learner.evaluate import calibration_error, ece_floor, expected_calibration_error
+from clreg.learner.errors import DataError
+from clreg.learner.evaluate import calibration_error, ece_floor, expected_calibration_error
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 MIN_SAMPLES = 10  # fewer held-out samples than this: keep the prior (or 1) rather than fit noise

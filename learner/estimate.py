@@ -20,10 +20,10 @@ import numpy as np
 from scipy.special import softmax
 from torch import nn
 
-from learner.errors import DataError
-from learner.evaluate import predict_logits
-from learner.models import to_tensor
-from learner.sitebn import adapted
+from clreg.learner.errors import DataError
+from clreg.learner.evaluate import predict_logits
+from clreg.learner.models import to_tensor
+from clreg.learner.sitebn import adapted
 
 
 def expected_correct(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:

@@ -12,9 +12,9 @@ from scipy.special import softmax
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from learner.errors import DataError
-from learner.models import to_tensor
-from learner.sitebn import apply_site_bn
+from clreg.learner.errors import DataError
+from clreg.learner.models import to_tensor
+from clreg.learner.sitebn import apply_site_bn
 
 ECE_BINS = 15
 

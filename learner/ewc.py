@@ -17,9 +17,9 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from learner import tensorfile
-from learner.errors import WeightsError
-from learner.fisher import (  # noqa: F401  (re-exported: callers import the estimators from learner.ewc)
+from clreg.learner import tensorfile
+from clreg.learner.errors import WeightsError
+from clreg.learner.fisher import (  # noqa: F401  (re-exported: callers import the estimators from clreg.learner.ewc)
     fisher_diagonal,
     fisher_diagonal_vmap,
     fisher_minibatch_squared,

@@ -15,10 +15,10 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from learner.errors import DataError, ModelFactoryError, WeightsError
-from registry.records import Model
+from clreg.learner.errors import DataError, ModelFactoryError, WeightsError
+from clreg.registry.records import Model
 
-DEFAULT_FACTORY = "learner.models:small_cnn"
+DEFAULT_FACTORY = "clreg.learner.models:small_cnn"
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 EMBED_DIM = 64
 

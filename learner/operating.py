@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from learner.errors import DataError
+from clreg.learner.errors import DataError
 
 
 @dataclass(frozen=True)

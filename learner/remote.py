@@ -20,11 +20,11 @@ import ray
 import ray.exceptions
 import torch
 
-from learner.errors import TrainingFailed, TrainingInterrupted
-from learner.ewc import EWCState, state_from_bytes
-from learner.models import build_model, load_weights
-from learner.train import TrainConfig, TrainResult
-from learner.update import UpdateData, UpdateResult, train_update
+from clreg.learner.errors import TrainingFailed, TrainingInterrupted
+from clreg.learner.ewc import EWCState, state_from_bytes
+from clreg.learner.models import build_model, load_weights
+from clreg.learner.train import TrainConfig, TrainResult
+from clreg.learner.update import UpdateData, UpdateResult, train_update
 
 Progress = Callable[[int, str, dict], None]  # (candidate index, site, curve row)
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from learner import tensorfile
-from learner.sitebn import BN, SiteBN
+from clreg.learner import tensorfile
+from clreg.learner.sitebn import BN, SiteBN
 
 FORMAT = "clreg-replay/1"
 

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from learner import tensorfile
-from learner.errors import DataError, WeightsError
+from clreg.learner import tensorfile
+from clreg.learner.errors import DataError, WeightsError
 
 BN = nn.modules.batchnorm._BatchNorm
 FORMAT = "clreg-bnbank/1"

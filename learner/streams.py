@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from sklearn.datasets import load_digits
 
-from learner.errors import DataError
+from clreg.learner.errors import DataError
 
 SITE_NAMES = ("base", "contrast", "blur-noise", "speckle", "inverted")
 SIDE = 16

@@ -14,7 +14,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from learner.errors import WeightsError
+from clreg.learner.errors import WeightsError
 
 
 def dump(tensors: dict[str, Tensor], fmt: str, info: dict[str, Any]) -> bytes:

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from learner.errors import DataError, WeightsError
-from learner.ewc import (
+from clreg.learner.errors import DataError, WeightsError
+from clreg.learner.ewc import (
     EWCEntry,
     EWCState,
     consolidate,
@@ -48,10 +48,10 @@ from learner.ewc import (
     state_to_device,
     trainable_params,
 )
-from learner.models import last_linear, to_tensor, weights_to_bytes
-from learner.replay import Rehearsal
-from learner.sitebn import BN as _BN
-from learner.sitebn import (
+from clreg.learner.models import last_linear, to_tensor, weights_to_bytes
+from clreg.learner.replay import Rehearsal
+from clreg.learner.sitebn import BN as _BN
+from clreg.learner.sitebn import (
     Bank,
     apply_site_bn,
     bank_from_bytes,

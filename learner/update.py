@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
-from learner.evaluate import site_metrics
-from learner.ewc import EWCState, state_from_bytes
-from learner.models import load_weights
-from learner.sitebn import bank_from_bytes
-from learner.train import TrainConfig, TrainResult, train_site
+from clreg.learner.evaluate import site_metrics
+from clreg.learner.ewc import EWCState, state_from_bytes
+from clreg.learner.models import load_weights
+from clreg.learner.sitebn import bank_from_bytes
+from clreg.learner.train import TrainConfig, TrainResult, train_site
 
 Arrays = tuple[np.ndarray, np.ndarray]
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learner.errors import DataError
-from learner.evaluate import ECE_BINS
+from clreg.learner.errors import DataError
+from clreg.learner.evaluate import ECE_BINS
 
 LEVEL = 0.95
 DRAWS = 2000

@@ -3,10 +3,10 @@
 Imports nothing from `learner`: the caller passes the embedding function (e.g. a model's penultimate layer).
 """
 
-from monitor.alerts import alert_payload
-from monitor.drift import DriftCheck, DriftConfig, check_drift, save_snapshot
-from monitor.errors import DriftCheckFailed, InvalidInput, InvalidReference, MonitorError
-from monitor.features import (
+from clreg.monitor.alerts import alert_payload
+from clreg.monitor.drift import DriftCheck, DriftConfig, check_drift, save_snapshot
+from clreg.monitor.errors import DriftCheckFailed, InvalidInput, InvalidReference, MonitorError
+from clreg.monitor.features import (
     IMAGE_STAT_COLUMNS,
     LABEL_COLUMN,
     EmbedFn,

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitor.errors import InvalidInput, InvalidReference
+from clreg.monitor.errors import InvalidInput, InvalidReference
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
 """Images [N, C, H, W] float32 in [0, 1] -> embeddings [N, D] (e.g. a model's penultimate layer)."""

@@ -14,8 +14,8 @@ from enum import Enum
 import fsspec
 from fsspec.core import url_to_fs
 
-from registry.errors import ArtifactCorrupt, StoreUnavailable
-from registry.records import Calibration, ModelVersion, parse
+from clreg.registry.errors import ArtifactCorrupt, StoreUnavailable
+from clreg.registry.records import Calibration, ModelVersion, parse
 
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs"}  # flat namespaces where a PUT is atomic
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from registry.artifacts import ArtifactStore, sha256
-from registry.errors import BatchMismatch, NotFound, TooLarge
-from registry.events import EventLog, IngestQueue
-from registry.npz import NpzLimits, NpzReader
-from registry.records import Batch, InputSpec
-from registry.store import RedisRegistry
+from clreg.registry.artifacts import ArtifactStore, sha256
+from clreg.registry.errors import BatchMismatch, NotFound, TooLarge
+from clreg.registry.events import EventLog, IngestQueue
+from clreg.registry.npz import NpzLimits, NpzReader
+from clreg.registry.records import Batch, InputSpec
+from clreg.registry.store import RedisRegistry
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from registry.connection import Durability, StreamEntry, translated
-from registry.errors import NotFound
-from registry.records import (
+from clreg.registry.connection import Durability, StreamEntry, translated
+from clreg.registry.errors import NotFound
+from clreg.registry.records import (
     FINAL_BATCH,
     Batch,
     BatchState,

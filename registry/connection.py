@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from registry.errors import StoreRefused, StoreUnavailable
+from clreg.registry.errors import StoreRefused, StoreUnavailable
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -15,10 +15,10 @@ import socket
 import time
 import uuid
 
-from registry.connection import translated
-from registry.errors import Conflict
-from registry.records import Heartbeat, Incarnation, check_name, parse
-from registry.store import RedisRegistry
+from clreg.registry.connection import translated
+from clreg.registry.errors import Conflict
+from clreg.registry.records import Heartbeat, Incarnation, check_name, parse
+from clreg.registry.store import RedisRegistry
 
 
 def this_host() -> str:

@@ -31,8 +31,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from registry.errors import BatchMismatch, MalformedBatch
-from registry.records import InputSpec
+from clreg.registry.errors import BatchMismatch, MalformedBatch
+from clreg.registry.records import InputSpec
 
 LABELS_FILE = "labels.csv"
 GRAY = ("MONOCHROME1", "MONOCHROME2")

@@ -15,8 +15,8 @@ from typing import Any
 
 import redis
 
-from registry.records import AliasChange, Event, check_name, parse
-from registry.store import RedisRegistry, StreamEntry, translated
+from clreg.registry.records import AliasChange, Event, check_name, parse
+from clreg.registry.store import RedisRegistry, StreamEntry, translated
 
 GROUP = "daemon"
 # Every kind of event clreg records (webhook subscriptions name them; tests/registry/test_events.py checks the

@@ -22,7 +22,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from registry.records import SiteGate
+from clreg.registry.records import SiteGate
 
 
 @dataclass(frozen=True)

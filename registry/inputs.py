@@ -20,8 +20,8 @@ import numpy as np
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.connection import StoreConfig, translated
-from registry.records import check_name
+from clreg.registry.connection import StoreConfig, translated
+from clreg.registry.records import check_name
 
 DTYPE = np.dtype("<f4")
 

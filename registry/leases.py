@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterator
 
 from pydantic import Field
 
-from registry.connection import translated
-from registry.daemons import Daemons, incarnation
-from registry.errors import LeaseLost, StoreUnavailable, UnreadableRecord
-from registry.records import Incarnation, Record, check_name, now, parse
-from registry.store import RedisRegistry
+from clreg.registry.connection import translated
+from clreg.registry.daemons import Daemons, incarnation
+from clreg.registry.errors import LeaseLost, StoreUnavailable, UnreadableRecord
+from clreg.registry.records import Incarnation, Record, check_name, now, parse
+from clreg.registry.store import RedisRegistry
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import IO
 
 import numpy as np
 
-from registry.errors import MalformedBatch, TooLarge
+from clreg.registry.errors import MalformedBatch, TooLarge
 
 METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 

@@ -10,13 +10,13 @@ readiness the move changes (validated before and not now, or the reverse, or a s
 
 from __future__ import annotations
 
-from registry.artifacts import ArtifactStore, version_calibration
-from registry.connection import StreamEntry
-from registry.errors import Conflict
-from registry.events import EventLog
-from registry.readiness import SiteReadiness, assess_sites
-from registry.records import SERVABLE, AliasChange, Model
-from registry.store import RedisRegistry
+from clreg.registry.artifacts import ArtifactStore, version_calibration
+from clreg.registry.connection import StreamEntry
+from clreg.registry.errors import Conflict
+from clreg.registry.events import EventLog
+from clreg.registry.readiness import SiteReadiness, assess_sites
+from clreg.registry.records import SERVABLE, AliasChange, Model
+from clreg.registry.store import RedisRegistry
 
 
 def promote(registry: RedisRegistry, events: EventLog, model: str, version: int, *, who: str, reason: str,

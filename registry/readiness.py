@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from registry.records import Calibration, Readiness
+from clreg.registry.records import Calibration, Readiness
 
 
 @dataclass(frozen=True)

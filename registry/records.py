@@ -15,11 +15,12 @@ import time
 from enum import Enum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from registry.errors import UnreadableRecord
+from clreg.registry.errors import UnreadableRecord
 
 SCHEMA_VERSION = 1
+OLD_PACKAGES = frozenset({"registry", "learner", "monitor", "serving"})  # top-level names before 0.2
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 BATCH_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
@@ -113,6 +114,16 @@ class ShadowPolicy(Record):
 class Model(Record):
     name: Name
     factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+    @field_validator("factory", mode="before")
+    @classmethod
+    def _namespaced(cls, value: Any) -> Any:
+        """A record stored before the packages moved under `clreg.` names its factory as `learner.models:...`:
+        read it as the module it now is (the allow-list trusts `clreg.learner.models` only)."""
+        if isinstance(value, str) and value.split(".", 1)[0] in OLD_PACKAGES:
+            return f"clreg.{value}"
+        return value
+
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
     input: InputSpec
     readiness: Readiness = Readiness()

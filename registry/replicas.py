@@ -13,9 +13,9 @@ import math
 
 from pydantic import Field
 
-from registry.connection import translated
-from registry.records import Record, now, parse
-from registry.store import RedisRegistry
+from clreg.registry.connection import translated
+from clreg.registry.records import Record, now, parse
+from clreg.registry.store import RedisRegistry
 
 
 class ReplicaBeat(Record):

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import redis
 
-from registry.connection import translated
-from registry.errors import NotFound
-from registry.records import DriftReport, GateReport, check_name, parse
+from clreg.registry.connection import translated
+from clreg.registry.errors import NotFound
+from clreg.registry.records import DriftReport, GateReport, check_name, parse
 
 
 class Reports:

@@ -17,12 +17,12 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from registry.artifacts import ArtifactStore
-from registry.errors import Conflict
-from registry.events import EventLog
-from registry.leases import Lease
-from registry.records import AliasChange, Incarnation, VersionStatus, VersionView
-from registry.store import RedisRegistry
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.errors import Conflict
+from clreg.registry.events import EventLog
+from clreg.registry.leases import Lease
+from clreg.registry.records import AliasChange, Incarnation, VersionStatus, VersionView
+from clreg.registry.store import RedisRegistry
 
 ARCHIVABLE = frozenset({VersionStatus.CANDIDATE, VersionStatus.BLESSED, VersionStatus.REJECTED})
 CLOSED = frozenset({VersionStatus.ARCHIVED, VersionStatus.ABANDONED})  # their artifacts may be pruned

@@ -15,10 +15,10 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.connection import translated
-from registry.errors import Conflict
-from registry.records import Name, Record, ShadowPolicy, VersionView, check_name, now, parse
-from registry.store import RedisRegistry
+from clreg.registry.connection import translated
+from clreg.registry.errors import Conflict
+from clreg.registry.records import Name, Record, ShadowPolicy, VersionView, check_name, now, parse
+from clreg.registry.store import RedisRegistry
 
 NO_SITE = "*"  # the site field of requests that name no site and were not routed to one
 _COUNTERS = ("requests", "samples", "agreed", "confidence_sum")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.daemons import Daemons
-from registry.events import EventLog, IngestQueue
-from registry.records import BatchStatus, Heartbeat, VersionStatus, now
-from registry.store import RedisRegistry
+from clreg.registry.daemons import Daemons
+from clreg.registry.events import EventLog, IngestQueue
+from clreg.registry.records import BatchStatus, Heartbeat, VersionStatus, now
+from clreg.registry.store import RedisRegistry
 
 
 class StuckRule(BaseModel):

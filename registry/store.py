@@ -33,10 +33,10 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from registry.batchstore import Batches
-from registry.connection import Durability, StoreConfig, StreamEntry, connect, translated
-from registry.errors import Conflict, LeaseLost, NotFound, StoreRefused
-from registry.records import (
+from clreg.registry.batchstore import Batches
+from clreg.registry.connection import Durability, StoreConfig, StreamEntry, connect, translated
+from clreg.registry.errors import Conflict, LeaseLost, NotFound, StoreRefused
+from clreg.registry.records import (
     NEVER_SERVED,
     SERVABLE,
     AliasChange,
@@ -48,7 +48,7 @@ from registry.records import (
     check_name,
     parse,
 )
-from registry.reports import Reports
+from clreg.registry.reports import Reports
 
 # Number and write a version in one step: no gaps, no duplicates, whatever the number of writers; with a
 # fence (KEYS[5] must still hold ARGV[3], the writer's lease), nothing at all once the lease was lost.

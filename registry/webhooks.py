@@ -28,11 +28,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from registry.connection import translated
-from registry.errors import NotFound, TargetRefused
-from registry.events import EVENT_KINDS
-from registry.records import Event, Name, Record, now, parse
-from registry.store import RedisRegistry
+from clreg.registry.connection import translated
+from clreg.registry.errors import NotFound, TargetRefused
+from clreg.registry.events import EVENT_KINDS
+from clreg.registry.records import Event, Name, Record, now, parse
+from clreg.registry.store import RedisRegistry
 
 SIGNATURE_HEADER = "X-Clreg-Signature"
 TIMESTAMP_HEADER = "X-Clreg-Timestamp"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hmac
 
-from registry.batches import token_sha256
-from serving.errors import Forbidden, Unauthorized
+from clreg.registry.batches import token_sha256
+from clreg.serving.errors import Forbidden, Unauthorized
 
 
 def bearer(authorization: str | None) -> str:

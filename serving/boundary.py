@@ -10,11 +10,11 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from learner.errors import LearnerError
-from registry.errors import RegistryError
-from serving.errors import BadHost, ServingError
-from serving.guard import check_host
-from serving.responses import error_response
+from clreg.learner.errors import LearnerError
+from clreg.registry.errors import RegistryError
+from clreg.serving.errors import BadHost, ServingError
+from clreg.serving.guard import check_host
+from clreg.serving.responses import error_response
 
 # Evidently's report pages inline their scripts and styles; nothing may be fetched from elsewhere.
 HTML_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "

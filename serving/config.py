@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from registry.connection import StoreConfig
-from registry.inputs import InputLogConfig
-from registry.status import StuckRule
-from registry.webhooks import WebhookConfig
-from serving.guard import LOOPBACK_HOSTS
+from clreg.registry.connection import StoreConfig
+from clreg.registry.inputs import InputLogConfig
+from clreg.registry.status import StuckRule
+from clreg.registry.webhooks import WebhookConfig
+from clreg.serving.guard import LOOPBACK_HOSTS
 
 
 class Autoscaling(BaseModel):
@@ -64,7 +64,7 @@ class ServingConfig(BaseModel):
     predict_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_inflated_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)  # a pushed npz's arrays, inflated
     # Model factories may come only from these modules (or modules below them).
-    factory_prefixes: tuple[str, ...] = ("learner.models",)
+    factory_prefixes: tuple[str, ...] = ("clreg.learner.models",)
     site_batches_per_day: int = Field(default=1000, ge=1)  # a new site's quotas unless given when it is added
     site_max_bytes: int = Field(default=10 * 2**30, ge=1)
     keep_dicom_source: bool = False  # True: keep a pushed DICOM study, de-identified (an allow-list of attributes)

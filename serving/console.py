@@ -17,17 +17,17 @@ from fastapi import APIRouter, Cookie, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from registry import promotion
-from registry.artifacts import ArtifactStore
-from registry.errors import RegistryError
-from registry.events import EventLog
-from registry.inputs import InputLog
-from registry.records import Name, check_name
-from registry.store import RedisRegistry
-from serving import console_data, session, validation
-from serving.auth import Tokens
-from serving.errors import BadRequest, ServingError, Unauthorized
-from serving.responses import error_response, stored_html
+from clreg.registry import promotion
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.errors import RegistryError
+from clreg.registry.events import EventLog
+from clreg.registry.inputs import InputLog
+from clreg.registry.records import Name, check_name
+from clreg.registry.store import RedisRegistry
+from clreg.serving import console_data, session, validation
+from clreg.serving.auth import Tokens
+from clreg.serving.errors import BadRequest, ServingError, Unauthorized
+from clreg.serving.responses import error_response, stored_html
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 TEMPLATES.env.globals.update(quote=quote, when=console_data.when)

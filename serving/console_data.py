@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from learner.operating import OperatingPoint, operating_point
-from registry.artifacts import ArtifactStore, version_calibration
-from registry.events import EventLog
-from registry.readiness import assess
-from registry.records import BatchStatus, GateReport, SiteCalibration, VersionView
-from registry.shadow import Shadows
-from registry.store import RedisRegistry
-from serving.charts import heatmap, line_chart
+from clreg.learner.operating import OperatingPoint, operating_point
+from clreg.registry.artifacts import ArtifactStore, version_calibration
+from clreg.registry.events import EventLog
+from clreg.registry.readiness import assess
+from clreg.registry.records import BatchStatus, GateReport, SiteCalibration, VersionView
+from clreg.registry.shadow import Shadows
+from clreg.registry.store import RedisRegistry
+from clreg.serving.charts import heatmap, line_chart
 
 DAY_S = 86400.0
 QUEUE_DONE = 10  # finished batches shown under the active ones

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ray import serve
 
-from serving import gateway, model_server
-from serving.config import ServingConfig
+from clreg.serving import gateway, model_server
+from clreg.serving.config import ServingConfig
 
 PREDICT_APP, GATEWAY_APP = "predict", "gateway"
 

@@ -18,16 +18,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from ray import serve
 
-from learner.models import check_factory, network_for
-from learner.operating import Costs, expected_cost, operating_point, threshold_for_cost, threshold_for_sensitivity
-from registry import promotion
-from registry.artifacts import ArtifactStore, version_calibration
-from registry.batches import token_sha256
-from registry.errors import NotFound, RegistryError
-from registry.events import EventLog, IngestQueue
-from registry.inputs import InputLog
-from registry.readiness import assess
-from registry.records import (
+from clreg.learner.models import check_factory, network_for
+from clreg.learner.operating import Costs, expected_cost, operating_point, threshold_for_cost, threshold_for_sensitivity
+from clreg.registry import promotion
+from clreg.registry.artifacts import ArtifactStore, version_calibration
+from clreg.registry.batches import token_sha256
+from clreg.registry.errors import NotFound, RegistryError
+from clreg.registry.events import EventLog, IngestQueue
+from clreg.registry.inputs import InputLog
+from clreg.registry.readiness import assess
+from clreg.registry.records import (
     NAME_PATTERN,
     BatchId,
     BatchStatus,
@@ -41,15 +41,15 @@ from registry.records import (
     SiteCalibration,
     VersionStatus,
 )
-from registry.replicas import Replicas
-from registry.shadow import Shadows
-from registry.status import pipeline_status
-from registry.store import RedisRegistry
-from registry.webhooks import WebhookStore
-from serving import boundary, console, metrics, validation, webhooks
-from serving.auth import Tokens, bearer, matches
-from serving.config import ServingConfig
-from serving.errors import (
+from clreg.registry.replicas import Replicas
+from clreg.registry.shadow import Shadows
+from clreg.registry.status import pipeline_status
+from clreg.registry.store import RedisRegistry
+from clreg.registry.webhooks import WebhookStore
+from clreg.serving import boundary, console, metrics, validation, webhooks
+from clreg.serving.auth import Tokens, bearer, matches
+from clreg.serving.config import ServingConfig
+from clreg.serving.errors import (
     BadRequest,
     Forbidden,
     NotReady,
@@ -57,8 +57,8 @@ from serving.errors import (
     Unauthorized,
     Unprocessable,
 )
-from serving.ingest import Ingest
-from serving.responses import stored_html
+from clreg.serving.ingest import Ingest
+from clreg.serving.responses import stored_html
 
 # Epoch seconds in a query: finite, not before 1970, not past the year 5138.
 Time = Annotated[float, Query(ge=0, le=1e11, allow_inf_nan=False)]
@@ -66,7 +66,7 @@ Time = Annotated[float, Query(ge=0, le=1e11, allow_inf_nan=False)]
 
 class NewModel(BaseModel):
     name: Name
-    factory: str = "learner.models:small_cnn"
+    factory: str = "clreg.learner.models:small_cnn"
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
     input: InputSpec
     readiness: Readiness = Readiness()  # when a site counts as validated, and the policy for one that is not

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from serving.errors import BadHost, BadRequest, LengthRequired, PayloadTooLarge
+from clreg.serving.errors import BadHost, BadRequest, LengthRequired, PayloadTooLarge
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from learner.answer import Answerer
-from registry.readiness import SiteReadiness, assess
-from registry.records import InputSpec, Readiness
+from clreg.learner.answer import Answerer
+from clreg.registry.readiness import SiteReadiness, assess
+from clreg.registry.records import InputSpec, Readiness
 
 
 @dataclass(frozen=True)

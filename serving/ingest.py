@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from registry.artifacts import ArtifactStore
-from registry.batches import Limits, ingest
-from registry.dicom import DicomLimits, deidentified_study, dicom_zip_to_npz
-from registry.events import EventLog, IngestQueue
-from registry.records import Batch, Site
-from registry.store import RedisRegistry
-from serving.config import ServingConfig
-from serving.errors import Forbidden, TooManyRequests, UnsupportedMedia
-from serving.guard import read_body
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.batches import Limits, ingest
+from clreg.registry.dicom import DicomLimits, deidentified_study, dicom_zip_to_npz
+from clreg.registry.events import EventLog, IngestQueue
+from clreg.registry.records import Batch, Site
+from clreg.registry.store import RedisRegistry
+from clreg.serving.config import ServingConfig
+from clreg.serving.errors import Forbidden, TooManyRequests, UnsupportedMedia
+from clreg.serving.guard import read_body
 
 KINDS = ("application/octet-stream", "application/zip")
 

@@ -11,10 +11,10 @@ import json
 
 import numpy as np
 
-from registry.errors import MalformedBatch, TooLarge
-from registry.npz import NpzLimits, NpzReader
-from registry.records import InputSpec, check_name
-from serving.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
+from clreg.registry.errors import MalformedBatch, TooLarge
+from clreg.registry.npz import NpzLimits, NpzReader
+from clreg.registry.records import InputSpec, check_name
+from clreg.serving.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
 
 
 def parse_inputs(body: bytes, content_type: str, spec: InputSpec, max_samples: int) -> tuple[np.ndarray, str | None]:

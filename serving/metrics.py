@@ -17,14 +17,14 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from registry.artifacts import ArtifactStore, version_calibration
-from registry.errors import StoreUnavailable
-from registry.events import EventLog
-from registry.inputs import InputLog
-from registry.records import Event
-from registry.status import PipelineStatus, StuckRule, pipeline_status
-from registry.store import RedisRegistry
-from registry.webhooks import WebhookStore
+from clreg.registry.artifacts import ArtifactStore, version_calibration
+from clreg.registry.errors import StoreUnavailable
+from clreg.registry.events import EventLog
+from clreg.registry.inputs import InputLog
+from clreg.registry.records import Event
+from clreg.registry.status import PipelineStatus, StuckRule, pipeline_status
+from clreg.registry.store import RedisRegistry
+from clreg.registry.webhooks import WebhookStore
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from registry.shadow import NO_SITE, ShadowCounts, ShadowRun
-from serving.inference import Job, Loaded, infer
-from serving.recorder import Recorder
+from clreg.registry.shadow import NO_SITE, ShadowCounts, ShadowRun
+from clreg.serving.inference import Job, Loaded, infer
+from clreg.serving.recorder import Recorder
 
 log = logging.getLogger(__name__)
 

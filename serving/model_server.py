@@ -36,29 +36,29 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from learner.answer import Answerer
-from learner.errors import LearnerError
-from learner.estimate import expected_correct
-from learner.models import check_factory, load_weights, network_for, to_tensor
-from learner.sitebn import bank_from_bytes
-from registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
-from registry.errors import NotFound, RegistryError, StoreUnavailable
-from registry.events import EventLog
-from registry.inputs import InputLog
-from registry.readiness import assess_sites
-from registry.records import Model, ModelVersion, check_name
-from registry.replicas import Replicas
-from registry.shadow import ShadowRun, Shadows
-from registry.store import RedisRegistry
-from serving.auth import Tokens
-from serving.config import ServingConfig
-from serving.errors import BadRequest, MethodNotAllowed, ModelNotFound, NotReady, SiteNotValidated
-from serving.guard import check_host, read_body
-from serving.inference import Job, Loaded, Scores, infer
-from serving.inputs import parse_inputs
-from serving.mirror import Mirror
-from serving.recorder import Recorder
-from serving.responses import error_response
+from clreg.learner.answer import Answerer
+from clreg.learner.errors import LearnerError
+from clreg.learner.estimate import expected_correct
+from clreg.learner.models import check_factory, load_weights, network_for, to_tensor
+from clreg.learner.sitebn import bank_from_bytes
+from clreg.registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
+from clreg.registry.errors import NotFound, RegistryError, StoreUnavailable
+from clreg.registry.events import EventLog
+from clreg.registry.inputs import InputLog
+from clreg.registry.readiness import assess_sites
+from clreg.registry.records import Model, ModelVersion, check_name
+from clreg.registry.replicas import Replicas
+from clreg.registry.shadow import ShadowRun, Shadows
+from clreg.registry.store import RedisRegistry
+from clreg.serving.auth import Tokens
+from clreg.serving.config import ServingConfig
+from clreg.serving.errors import BadRequest, MethodNotAllowed, ModelNotFound, NotReady, SiteNotValidated
+from clreg.serving.guard import check_host, read_body
+from clreg.serving.inference import Job, Loaded, Scores, infer
+from clreg.serving.inputs import parse_inputs
+from clreg.serving.mirror import Mirror
+from clreg.serving.recorder import Recorder
+from clreg.serving.responses import error_response
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import threading
 
 import numpy as np
 
-from registry.errors import RegistryError
-from registry.inputs import Images, InputLog
-from registry.shadow import ShadowCounts, Shadows
+from clreg.registry.errors import RegistryError
+from clreg.registry.inputs import Images, InputLog
+from clreg.registry.shadow import ShadowCounts, Shadows
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import uuid
 
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from learner.errors import LearnerError
-from registry.errors import (
+from clreg.learner.errors import LearnerError
+from clreg.registry.errors import (
     ArtifactCorrupt,
     BatchMismatch,
     Conflict,
@@ -26,7 +26,7 @@ from registry.errors import (
     TooLarge,
     UnreadableRecord,
 )
-from serving.errors import ServingError, TooManyRequests
+from clreg.serving.errors import ServingError, TooManyRequests
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 2

@@ -11,8 +11,8 @@ import hashlib
 import hmac
 import time
 
-from serving.auth import Tokens
-from serving.errors import Forbidden, Unauthorized
+from clreg.serving.auth import Tokens
+from clreg.serving.errors import Forbidden, Unauthorized
 
 COOKIE = "clreg_console"
 LIFETIME_S = 8 * 3600

@@ -16,14 +16,14 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query
 from starlette.responses import HTMLResponse
 
-from learner.operating import Costs, expected_cost, operating_point
-from registry.artifacts import ArtifactStore, version_calibration
-from registry.inputs import InputLog
-from registry.readiness import assess
-from registry.records import Name, SiteCalibration
-from registry.store import RedisRegistry
-from serving.charts import line_chart
-from serving.errors import NotReady
+from clreg.learner.operating import Costs, expected_cost, operating_point
+from clreg.registry.artifacts import ArtifactStore, version_calibration
+from clreg.registry.inputs import InputLog
+from clreg.registry.readiness import assess
+from clreg.registry.records import Name, SiteCalibration
+from clreg.registry.store import RedisRegistry
+from clreg.serving.charts import line_chart
+from clreg.serving.errors import NotReady
 
 PREVALENCES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 

@@ -15,9 +15,9 @@ import httpx
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, Field
 
-from registry.errors import TargetRefused
-from registry.records import Name, now
-from registry.webhooks import (
+from clreg.registry.errors import TargetRefused
+from clreg.registry.records import Name, now
+from clreg.registry.webhooks import (
     DeliveryStatus,
     Subscription,
     WebhookConfig,

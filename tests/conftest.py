@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from registry.store import RedisRegistry, StoreConfig
+from clreg.registry.store import RedisRegistry, StoreConfig
 
 DEFAULT_URL = "redis://127.0.0.1:6379/15"
 
@@ -71,10 +71,10 @@ def ray_session() -> Iterator[None]:
 def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Iterator[object]:
     """The real stack (Ray, Ray Serve, gateway, model server) on its own Redis database and port."""
     from clreg import embedded
+    from clreg.learner.train import TrainConfig
+    from clreg.registry.webhooks import WebhookConfig
+    from clreg.serving.config import ServingConfig
     from clreg.settings import RedisSettings, Settings
-    from learner.train import TrainConfig
-    from registry.webhooks import WebhookConfig
-    from serving.config import ServingConfig
     from tests import cheap
 
     url = _neighbour_db(redis_url)

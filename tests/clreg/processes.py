@@ -18,7 +18,7 @@ import numpy as np
 import ray
 
 from clreg.embedded import Stack
-from registry.connection import StoreConfig
+from clreg.registry.connection import StoreConfig
 from tests import cheap
 
 CLREG = str(Path(sys.executable).parent / "clreg")

@@ -11,22 +11,22 @@ import torch
 from clreg import context
 from clreg.calibration import calibrate_version
 from clreg.client import npz_bytes
+from clreg.learner.calibration import CROSS_FOLDS, out_of_fold_proba
+from clreg.learner.evaluate import predict_logits
+from clreg.learner.models import small_cnn, weights_to_bytes
+from clreg.learner.streams import digits_sites, to_uint8
+from clreg.registry.batches import Limits, ingest
+from clreg.registry.events import IngestQueue
+from clreg.registry.records import InputSpec, Model
+from clreg.registry.store import RedisRegistry, StoreConfig
 from clreg.settings import Settings
-from learner.calibration import CROSS_FOLDS, out_of_fold_proba
-from learner.evaluate import predict_logits
-from learner.models import small_cnn, weights_to_bytes
-from learner.streams import digits_sites, to_uint8
-from registry.batches import Limits, ingest
-from registry.events import IngestQueue
-from registry.records import InputSpec, Model
-from registry.store import RedisRegistry, StoreConfig
 
 
 @pytest.mark.parametrize("classes", [2, 10])
 def test_calibrates_each_site_and_keeps_binary_scores(registry: RedisRegistry, store_cfg: StoreConfig,
                                                       tmp_path: Path, classes: int) -> None:
     ctx = context.build(Settings(home=tmp_path), store_cfg, "http://127.0.0.1:0")
-    model = Model(name="m", factory="learner.models:small_cnn",
+    model = Model(name="m", factory="clreg.learner.models:small_cnn",
                   input=InputSpec(channels=1, height=16, width=16, classes=classes))
     registry.create_model(model)
     queue = IngestQueue(registry)

@@ -9,18 +9,18 @@ import numpy as np
 from clreg import context, pipeline
 from clreg.cli import EPOCH, _shadow
 from clreg.client import npz_bytes
+from clreg.learner.train import TrainConfig
+from clreg.registry.batches import Limits, ingest
+from clreg.registry.events import IngestQueue
+from clreg.registry.records import BatchStatus, InputSpec, Model
+from clreg.registry.store import RedisRegistry, StoreConfig
 from clreg.settings import Settings
-from learner.train import TrainConfig
-from registry.batches import Limits, ingest
-from registry.events import IngestQueue
-from registry.records import BatchStatus, InputSpec, Model
-from registry.store import RedisRegistry, StoreConfig
 
 
 def test_training_detail_carries_epoch_and_total(registry: RedisRegistry, store_cfg: StoreConfig,
                                                  tmp_path: Path) -> None:
     ctx = context.build(Settings(home=tmp_path, train=TrainConfig(epochs=7)), store_cfg, "http://127.0.0.1:0")
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=8, width=8, classes=3)))
     queue = IngestQueue(registry)
     queue.ensure_group()

@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from clreg.client import Client, npz_bytes
-from learner.streams import digits_sites, to_uint8
+from clreg.learner.streams import digits_sites, to_uint8
 from tests import cheap, s3server
 from tests.clreg import processes
 
@@ -151,7 +151,7 @@ def test_two_sites_through_clreg_up_train_on_the_trainer_node_and_store_only_in_
         tokens = json.loads((tmp_path / "home" / "tokens.json").read_text())
         admin = Client(f"http://127.0.0.1:{port}", tokens["admin"])
         admin.wait_ready(timeout_s=180)
-        admin.create_model(MODEL, "learner.models:small_cnn", (1, 16, 16), classes=10)
+        admin.create_model(MODEL, "clreg.learner.models:small_cnn", (1, 16, 16), classes=10)
         states = []
         # both sites as a driver; one as a Ray Client (its join is what differs; it keeps the suite's time)
         for site in digits_sites(seed=5, names=("base", "contrast") if joined_as == "driver" else ("base",)):

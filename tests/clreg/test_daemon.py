@@ -10,14 +10,14 @@ import pytest
 from clreg import context
 from clreg.client import npz_bytes
 from clreg.daemon import Daemon
+from clreg.learner.streams import digits_sites, to_uint8
+from clreg.learner.train import TrainConfig
 from clreg.learning import assemble, learn
+from clreg.registry.batches import Limits, ingest
+from clreg.registry.events import IngestQueue
+from clreg.registry.records import BatchStatus, InputSpec, Model
+from clreg.registry.store import RedisRegistry, StoreConfig
 from clreg.settings import DaemonConfig, RedisSettings, Settings
-from learner.streams import digits_sites, to_uint8
-from learner.train import TrainConfig
-from registry.batches import Limits, ingest
-from registry.events import IngestQueue
-from registry.records import BatchStatus, InputSpec, Model
-from registry.store import RedisRegistry, StoreConfig
 from tests import cheap
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ def test_unacked_entry_is_processed_after_restart(registry: RedisRegistry, store
                         search=cheap.SEARCH,
                         train=TrainConfig(epochs=2))
     ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=16, width=16, classes=10)))
     site = digits_sites(seed=1, names=("base",))[0]
     crashed = IngestQueue(registry, consumer="daemon-1")
@@ -56,7 +56,7 @@ def test_learn_relays_each_epoch_while_the_task_runs(registry: RedisRegistry, st
                                                      tmp_path: Path, ray_session: None) -> None:
     settings = Settings(home=tmp_path, train=TrainConfig(epochs=3), search=cheap.SEARCH)
     ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
-    model = Model(name="m", factory="learner.models:small_cnn",
+    model = Model(name="m", factory="clreg.learner.models:small_cnn",
                   input=InputSpec(channels=1, height=16, width=16, classes=10))
     registry.create_model(model)
     site = digits_sites(seed=2, names=("base",))[0]

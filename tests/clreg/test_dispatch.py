@@ -21,10 +21,10 @@ from clreg.client import ApiError, Client, npz_bytes
 from clreg.daemon import Daemon
 from clreg.dispatch import Dispatcher
 from clreg.embedded import Stack
-from registry.events import EventLog
-from registry.records import Lineage, ModelVersion
-from registry.store import RedisRegistry
-from registry.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookConfig
+from clreg.registry.events import EventLog
+from clreg.registry.records import Lineage, ModelVersion
+from clreg.registry.store import RedisRegistry
+from clreg.registry.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookConfig
 from tests.monitor.hook import Hook, hook, url  # noqa: F401 (the fixture is used by name)
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ MODEL = "hooked"
 def client(stack: Stack) -> Client:
     c = Client(stack.url, stack.admin_token)
     c.wait_ready()
-    c.create_model(MODEL, "learner.models:small_cnn", (1, 8, 8), classes=3)
+    c.create_model(MODEL, "clreg.learner.models:small_cnn", (1, 8, 8), classes=3)
     return c
 
 

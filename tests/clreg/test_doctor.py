@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from clreg import doctor
 from clreg.cli import app
-from registry.connection import StoreConfig
-from registry.store import RedisRegistry
+from clreg.registry.connection import StoreConfig
+from clreg.registry.store import RedisRegistry
 
 
 @pytest.fixture

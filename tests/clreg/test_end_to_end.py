@@ -18,11 +18,11 @@ from clreg import context
 from clreg.client import ApiError, Client, npz_bytes
 from clreg.daemon import Daemon
 from clreg.embedded import Stack
-from learner.calibration import scaled_proba
-from learner.evaluate import predict_logits, site_metrics
-from learner.sitebn import site_model
-from learner.streams import digits_sites, to_uint8
-from registry.records import VersionStatus
+from clreg.learner.calibration import scaled_proba
+from clreg.learner.evaluate import predict_logits, site_metrics
+from clreg.learner.sitebn import site_model
+from clreg.learner.streams import digits_sites, to_uint8
+from clreg.registry.records import VersionStatus
 
 pytestmark = pytest.mark.integration
 MODEL = "digits"
@@ -55,7 +55,7 @@ def _served(client: Client, x: np.ndarray, expected: int, timeout_s: float = 15.
 def test_batches_flow_to_served_versions(running: tuple[Client, context.Context]) -> None:
     client, ctx = running
     sites = digits_sites(seed=0, names=("base", "contrast", "blur-noise"))
-    client.create_model(MODEL, "learner.models:small_cnn", (1, 16, 16), classes=10)
+    client.create_model(MODEL, "clreg.learner.models:small_cnn", (1, 16, 16), classes=10)
     expected_production: int | None = None
     for i, site in enumerate(sites):
         token = client.add_site(site.name)["token"]

@@ -20,11 +20,11 @@ from clreg import context, pipeline
 from clreg.client import ApiError, Client, npz_bytes
 from clreg.embedded import Stack
 from clreg.faults import POINTS
-from learner.streams import SiteData, digits_sites, to_uint8
-from registry.daemons import Daemons
-from registry.events import EventLog
-from registry.records import BatchStatus, VersionStatus
-from registry.store import RedisRegistry
+from clreg.learner.streams import SiteData, digits_sites, to_uint8
+from clreg.registry.daemons import Daemons
+from clreg.registry.events import EventLog
+from clreg.registry.records import BatchStatus, VersionStatus
+from clreg.registry.store import RedisRegistry
 from tests.clreg import processes
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ def _first_version(stack: Stack, model: str, sites: list[SiteData]) -> dict[str,
     """The model, its sites (tokens returned), and version 1 learnt from the first site and served."""
     client = Client(stack.url, stack.admin_token)
     client.wait_ready()
-    client.create_model(model, "learner.models:small_cnn", (1, 16, 16), classes=10)
+    client.create_model(model, "clreg.learner.models:small_cnn", (1, 16, 16), classes=10)
     tokens = {s.name: client.add_site(f"{model}-{s.name}")["token"] for s in sites}
     base = sites[0]
     pushed = client.push(f"{model}-{base.name}", tokens[base.name],

@@ -15,11 +15,11 @@ import torch
 
 from clreg.client import ApiError, Client, npz_bytes
 from clreg.embedded import Stack
-from learner.evaluate import continual_summary, site_metrics
-from learner.ewc import EWCState
-from learner.models import small_cnn
-from learner.streams import harsh_sites, to_uint8
-from learner.train import TrainConfig, train_site
+from clreg.learner.evaluate import continual_summary, site_metrics
+from clreg.learner.ewc import EWCState
+from clreg.learner.models import small_cnn
+from clreg.learner.streams import harsh_sites, to_uint8
+from clreg.learner.train import TrainConfig, train_site
 from tests.clreg import processes
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,7 @@ def test_a_harsh_stream_pushed_over_http_is_served_within_the_bars(stack: Stack,
     tests = [(s.x[o[TRAIN:]], s.y[o[TRAIN:]]) for s, o in zip(sites, order, strict=True)]
     names = [f"{MODEL}-{s.name}" for s in sites]
     admin = Client(stack.url, stack.admin_token)
-    admin.create_model(MODEL, "learner.models:small_cnn", (1, 16, 16), classes=10)
+    admin.create_model(MODEL, "clreg.learner.models:small_cnn", (1, 16, 16), classes=10)
     daemon = processes.daemon(stack, "learning", tmp_path / "daemon.log", cheap_search=False)
     R = np.zeros((5, 5))
     verdicts = []

@@ -18,19 +18,19 @@ from clreg import monitoring
 from clreg.client import npz_bytes
 from clreg.context import Context, DriftStep, Stores
 from clreg.dispatch import Dispatcher
+from clreg.learner.models import build_model, weights_to_bytes
+from clreg.learner.streams import digits_sites, to_uint8
+from clreg.learner.train import TrainConfig
+from clreg.monitor.drift import DriftConfig
+from clreg.monitor.features import FeatureConfig
 from clreg.reference import build_reference
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.batches import Limits, ingest
+from clreg.registry.events import EventLog, IngestQueue
+from clreg.registry.records import Batch, InputSpec, Lineage, Model, ModelVersion
+from clreg.registry.store import RedisRegistry
+from clreg.registry.webhooks import WebhookConfig, WebhookStore, new_subscription
 from clreg.settings import GateConfig, TriggerConfig
-from learner.models import build_model, weights_to_bytes
-from learner.streams import digits_sites, to_uint8
-from learner.train import TrainConfig
-from monitor.drift import DriftConfig
-from monitor.features import FeatureConfig
-from registry.artifacts import ArtifactStore
-from registry.batches import Limits, ingest
-from registry.events import EventLog, IngestQueue
-from registry.records import Batch, InputSpec, Lineage, Model, ModelVersion
-from registry.store import RedisRegistry
-from registry.webhooks import WebhookConfig, WebhookStore, new_subscription
 from tests.monitor.hook import Hook, hook, url  # noqa: F401 (the fixture is used by name)
 
 MODEL = "cnn"
@@ -43,7 +43,7 @@ def ctx(registry: RedisRegistry, tmp_path: Path, hook: Hook) -> Context:
     ctx = Context(stores=stores, train=TrainConfig(), features=FeatureConfig(),
                   drift=DriftStep(DriftConfig(), tmp_path / "workspace", "http://clreg.test"), gate=GateConfig(),
                   trigger=TriggerConfig(), webhook=WebhookConfig(allow=("127.0.0.1",), backoff_s=0.0))
-    model = Model(name=MODEL, factory="learner.models:small_cnn", input=InputSpec(channels=1, height=16, width=16,
+    model = Model(name=MODEL, factory="clreg.learner.models:small_cnn", input=InputSpec(channels=1, height=16, width=16,
                                                                                   classes=10))
     registry.create_model(model)
     WebhookStore(registry).add(new_subscription(url(hook), ["drift.alert"], MODEL))

@@ -8,13 +8,13 @@ import pytest
 
 from clreg import context, pipeline
 from clreg.client import npz_bytes
+from clreg.learner.streams import digits_sites, to_uint8
+from clreg.learner.train import TrainConfig
+from clreg.registry.batches import Limits, ingest
+from clreg.registry.events import IngestQueue
+from clreg.registry.records import BatchStatus, GateReport, InputSpec, Model, SiteGate, VersionStatus
+from clreg.registry.store import RedisRegistry, StoreConfig
 from clreg.settings import GateConfig, RedisSettings, Settings
-from learner.streams import digits_sites, to_uint8
-from learner.train import TrainConfig
-from registry.batches import Limits, ingest
-from registry.events import IngestQueue
-from registry.records import BatchStatus, GateReport, InputSpec, Model, SiteGate, VersionStatus
-from registry.store import RedisRegistry, StoreConfig
 from tests import cheap
 
 
@@ -43,7 +43,7 @@ def test_forgetting_is_retried_with_a_stronger_penalty(registry: RedisRegistry, 
                         search=cheap.SEARCH.model_copy(update={"candidates": no_replay}),
                         train=TrainConfig(epochs=2), gate=GateConfig(tolerance=0.0, retry_lambda_factor=4.0))
     ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=16, width=16, classes=10)))
     queue = IngestQueue(registry)
     queue.ensure_group()

@@ -12,17 +12,17 @@ import pytest
 
 from clreg import context, pipeline
 from clreg.client import npz_bytes
+from clreg.learner.streams import digits_sites, to_uint8
+from clreg.learner.train import TrainConfig
 from clreg.learning import assemble, learn
+from clreg.registry.batches import Limits, ingest
+from clreg.registry.daemons import Daemons, incarnation
+from clreg.registry.events import IngestQueue
+from clreg.registry.leases import Lease
+from clreg.registry.records import BatchState, BatchStatus, InputSpec, Model, VersionStatus
+from clreg.registry.status import StuckRule, pipeline_status
+from clreg.registry.store import RedisRegistry, StoreConfig
 from clreg.settings import RedisSettings, Settings
-from learner.streams import digits_sites, to_uint8
-from learner.train import TrainConfig
-from registry.batches import Limits, ingest
-from registry.daemons import Daemons, incarnation
-from registry.events import IngestQueue
-from registry.leases import Lease
-from registry.records import BatchState, BatchStatus, InputSpec, Model, VersionStatus
-from registry.status import StuckRule, pipeline_status
-from registry.store import RedisRegistry, StoreConfig
 from tests import cheap
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ def test_a_stray_candidate_is_abandoned_and_its_batches_learnt_with_the_new_ones
                         search=cheap.SEARCH,
                         train=TrainConfig(epochs=3))
     ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
-    model = Model(name="m", factory="learner.models:small_cnn",
+    model = Model(name="m", factory="clreg.learner.models:small_cnn",
                   input=InputSpec(channels=1, height=16, width=16, classes=10))
     registry.create_model(model)
     queue = IngestQueue(registry)
@@ -88,7 +88,7 @@ def test_a_stray_candidate_is_abandoned_and_its_batches_learnt_with_the_new_ones
 def test_status_reports_batches_stuck_past_the_rule(registry: RedisRegistry, store_cfg: StoreConfig,
                                                     tmp_path: Path) -> None:
     ctx = context.build(Settings(home=tmp_path), store_cfg, "http://127.0.0.1:0")
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=8, width=8, classes=3)))
     queue = IngestQueue(registry)
     queue.ensure_group()

@@ -8,9 +8,9 @@ import pytest
 
 from clreg import context
 from clreg.daemon import Daemon
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
+from clreg.registry.store import RedisRegistry, StoreConfig
 from clreg.settings import RedisSettings, Settings
-from registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
-from registry.store import RedisRegistry, StoreConfig
 
 
 def _settings(tmp_path: Path, store_cfg: StoreConfig) -> Settings:
@@ -34,7 +34,7 @@ def test_enabled_job_archives_by_the_configured_policy(registry: RedisRegistry, 
     assert (settings.retention.policy.keep_last, settings.retention.policy.protect_promotions) == (2, 10)
     daemon = Daemon(context.build(settings, store_cfg, "http://127.0.0.1:0"))
     assert daemon.scheduler.get_job("retention").trigger.interval.total_seconds() == 60
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=16, width=16, classes=10)))
     for _ in range(5):
         registry.register_version(ModelVersion(model="m", number=1, lineage=Lineage()))

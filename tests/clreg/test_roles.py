@@ -17,13 +17,13 @@ from fastapi.testclient import TestClient
 from clreg.client import npz_bytes
 from clreg.embedded import Stack, start_valkey
 from clreg.home import Home
-from registry.batches import token_sha256
-from registry.connection import StoreConfig
-from registry.records import InputSpec, Model, Site
-from registry.store import RedisRegistry
-from serving import deploy
-from serving.config import ServingConfig
-from serving.gateway import create_app
+from clreg.registry.batches import token_sha256
+from clreg.registry.connection import StoreConfig
+from clreg.registry.records import InputSpec, Model, Site
+from clreg.registry.store import RedisRegistry
+from clreg.serving import deploy
+from clreg.serving.config import ServingConfig
+from clreg.serving.gateway import create_app
 from tests.clreg import processes
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ def test_ingest_answers_503_with_retry_after_while_redis_is_away(tmp_path: Path)
     valkey = start_valkey(home, password, [])
     store = StoreConfig(url=valkey.url, prefix="away", socket_timeout_s=1)
     reg = RedisRegistry(store)
-    reg.create_model(Model(name="m", factory="learner.models:small_cnn",
+    reg.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                            input=InputSpec(channels=1, height=8, width=8, classes=3)))
     reg.add_site(Site(name="s", token_sha256=token_sha256("site-token")))
     client = TestClient(create_app(ServingConfig(store=store, artifacts_url=str(tmp_path / "artifacts"))),
@@ -79,10 +79,10 @@ def test_replicas_keep_serving_what_they_loaded_while_redis_is_away(stack: Stack
     import torch
     from ray import serve
 
-    from learner.models import small_cnn, weights_to_bytes
-    from registry.artifacts import ArtifactStore
-    from registry.records import Lineage, ModelVersion
-    from serving import model_server
+    from clreg.learner.models import small_cnn, weights_to_bytes
+    from clreg.registry.artifacts import ArtifactStore
+    from clreg.registry.records import Lineage, ModelVersion
+    from clreg.serving import model_server
 
     home = Home(tmp_path / "home")
     home.create()
@@ -90,7 +90,7 @@ def test_replicas_keep_serving_what_they_loaded_while_redis_is_away(stack: Stack
     valkey = start_valkey(home, password, [])
     store = StoreConfig(url=valkey.url, prefix="away", socket_timeout_s=1)
     reg, artifacts = RedisRegistry(store), ArtifactStore(str(tmp_path / "artifacts"))
-    reg.create_model(Model(name="m", factory="learner.models:small_cnn",
+    reg.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                            input=InputSpec(channels=1, height=8, width=8, classes=3)))
     torch.manual_seed(0)
     digest = artifacts.put(weights_to_bytes(small_cnn(1, 8, 8, 3)))

@@ -10,13 +10,13 @@ import pytest
 
 from clreg import context, pipeline, search
 from clreg.client import npz_bytes
+from clreg.learner.streams import digits_sites, to_uint8
+from clreg.learner.train import TrainConfig
+from clreg.registry.batches import Limits, ingest, token_sha256
+from clreg.registry.events import IngestQueue
+from clreg.registry.records import InputSpec, Model, Site
+from clreg.registry.store import RedisRegistry, StoreConfig
 from clreg.settings import RedisSettings, SearchConfig, Settings
-from learner.streams import digits_sites, to_uint8
-from learner.train import TrainConfig
-from registry.batches import Limits, ingest, token_sha256
-from registry.events import IngestQueue
-from registry.records import InputSpec, Model, Site
-from registry.store import RedisRegistry, StoreConfig
 
 
 def test_carving_is_stratified_disjoint_and_deterministic() -> None:
@@ -43,7 +43,7 @@ def test_a_site_that_forbids_replay_is_never_remembered_nor_validated_on(
                         train=TrainConfig(epochs=2),
                         search=SearchConfig(candidates=[{"ewc_lambda": 300.0}, {"ewc_lambda": 3000.0}]))
     ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=16, width=16, classes=10)))
     for name, replay in (("keep", True), ("private", False), ("third", True)):
         registry.add_site(Site(name=name, token_sha256=token_sha256(name), replay=replay))

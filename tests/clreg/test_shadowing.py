@@ -7,15 +7,15 @@ from pathlib import Path
 
 from clreg import context, pipeline, shadowing
 from clreg.client import npz_bytes
+from clreg.learner.streams import digits_sites, to_uint8
+from clreg.learner.train import TrainConfig
+from clreg.registry.batches import Limits, ingest
+from clreg.registry.events import IngestQueue
+from clreg.registry.leases import tool
+from clreg.registry.records import BatchStatus, InputSpec, Model, ShadowPolicy, VersionStatus
+from clreg.registry.shadow import ShadowCounts, Shadows
+from clreg.registry.store import RedisRegistry, StoreConfig
 from clreg.settings import GateConfig, RedisSettings, Settings
-from learner.streams import digits_sites, to_uint8
-from learner.train import TrainConfig
-from registry.batches import Limits, ingest
-from registry.events import IngestQueue
-from registry.leases import tool
-from registry.records import BatchStatus, InputSpec, Model, ShadowPolicy, VersionStatus
-from registry.shadow import ShadowCounts, Shadows
-from registry.store import RedisRegistry, StoreConfig
 from tests import cheap
 
 POLICY = ShadowPolicy(share=0.5, min_requests=100, min_agreement=0.9)
@@ -27,7 +27,7 @@ def test_a_gated_candidate_is_mirrored_then_judged(registry: RedisRegistry, stor
                         search=cheap.SEARCH, train=TrainConfig(epochs=2),
                         gate=GateConfig(tolerance=1.0, site_tolerance=1.0, forgetting_budget=1.0))  # every gate passes
     ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn", shadow=POLICY,
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn", shadow=POLICY,
                                 input=InputSpec(channels=1, height=16, width=16, classes=10)))
     queue = IngestQueue(registry)
     queue.ensure_group()

@@ -23,14 +23,14 @@ from clreg.client import npz_bytes
 from clreg.daemon import Daemon
 from clreg.embedded import start_valkey
 from clreg.home import Home
+from clreg.learner.streams import digits_sites, to_uint8
+from clreg.learner.train import TrainConfig
+from clreg.registry.batches import Limits, ingest
+from clreg.registry.connection import StoreConfig
+from clreg.registry.events import IngestQueue
+from clreg.registry.records import FINAL_BATCH, BatchStatus, InputSpec, Model
+from clreg.registry.store import RedisRegistry
 from clreg.settings import DaemonConfig, RedisSettings, SearchConfig, Settings
-from learner.streams import digits_sites, to_uint8
-from learner.train import TrainConfig
-from registry.batches import Limits, ingest
-from registry.connection import StoreConfig
-from registry.events import IngestQueue
-from registry.records import FINAL_BATCH, BatchStatus, InputSpec, Model
-from registry.store import RedisRegistry
 from tests import cheap
 from tests.clreg import processes
 
@@ -71,7 +71,7 @@ def test_valkey_killed_mid_update_loses_nothing_acknowledged(tmp_path: Path, ray
                         train=TrainConfig(epochs=25))
     ctx = context.build(settings, store, "http://127.0.0.1:0")
     registry = ctx.registry
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn", input=SPEC))
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn", input=SPEC))
     IngestQueue(registry).ensure_group()
     env = processes.role_env(store, home.path, train__epochs="25", **cheap.ENV)
     daemon = processes.Child(["daemon", "--name", "survivor"], env, tmp_path / "daemon.log")
@@ -120,7 +120,7 @@ def test_a_killed_training_worker_is_retried_and_a_second_death_fails_the_batch(
     settings = Settings(home=tmp_path, redis=RedisSettings(url=store_cfg.url, prefix=store_cfg.prefix),
                         train=TrainConfig(epochs=25), search=SearchConfig(candidates=[{}], refit=False))
     ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn", input=SPEC))
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn", input=SPEC))
     daemon = Daemon(ctx, DaemonConfig(name="ray-faults"))  # one candidate: one task, whose worker is killed
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()

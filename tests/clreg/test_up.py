@@ -16,7 +16,7 @@ import pytest
 from clreg.client import ApiError, Client, npz_bytes
 from clreg.embedded import _servers_in
 from clreg.home import start_time
-from learner.streams import digits_sites, to_uint8
+from clreg.learner.streams import digits_sites, to_uint8
 from tests import cheap
 from tests.clreg.processes import Child
 
@@ -69,7 +69,7 @@ def test_killed_up_restarts_on_its_home_resumes_and_stops_cleanly(tmp_path: Path
         _until(lambda: client.get("/readyz"), 120, f"first start ready:\n{first.output()[-3000:]}")
         client.admin_token = client.token = json.loads((home / "tokens.json").read_text())["admin"]
         base, contrast = digits_sites(seed=3, names=("base", "contrast"))
-        client.create_model(MODEL, "learner.models:small_cnn", (1, 16, 16), classes=10)
+        client.create_model(MODEL, "clreg.learner.models:small_cnn", (1, 16, 16), classes=10)
         tokens = {s.name: client.add_site(s.name)["token"] for s in (base, contrast)}
         v1 = client.push("base", tokens["base"], npz_bytes(to_uint8(base.x[:300]), base.y[:300]), MODEL)
         assert client.wait_batch(v1["batch_id"], timeout_s=120)["status"] == "promoted"

@@ -19,12 +19,12 @@ from clreg.context import Context
 from clreg.daemon import Daemon
 from clreg.dispatch import Dispatcher
 from clreg.embedded import Stack
+from clreg.learner.estimate import expected_accuracy
+from clreg.learner.streams import digits_sites, shift, to_uint8
+from clreg.registry.inputs import InputLog
+from clreg.registry.records import DriftReport
+from clreg.registry.webhooks import WebhookConfig, WebhookStore, new_subscription
 from clreg.settings import WatchConfig
-from learner.estimate import expected_accuracy
-from learner.streams import digits_sites, shift, to_uint8
-from registry.inputs import InputLog
-from registry.records import DriftReport
-from registry.webhooks import WebhookConfig, WebhookStore, new_subscription
 from tests.monitor.hook import Hook, hook, url  # noqa: F401 (the fixture is used by name)
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def test_shifted_prediction_inputs_raise_an_alert_and_unshifted_do_not(stack: St
     client = Client(stack.url, stack.admin_token)
     client.wait_ready()
     base = digits_sites(seed=0, names=("base",))[0]
-    client.create_model(MODEL, "learner.models:small_cnn", (1, 16, 16), classes=10)
+    client.create_model(MODEL, "clreg.learner.models:small_cnn", (1, 16, 16), classes=10)
     token = client.add_site("watch-base")["token"]
     pushed = client.push("watch-base", token, npz_bytes(to_uint8(base.x[:600]), base.y[:600]), MODEL)
     pipeline.process(ctx, pipeline.Worker(), pushed["batch_id"])  # the first site: learn, gate, promote version 1

@@ -16,11 +16,11 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from registry.artifacts import ArtifactStore
-from registry.inputs import InputLog, InputLogConfig
-from registry.status import StuckRule
-from registry.store import RedisRegistry
-from serving import metrics
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.inputs import InputLog, InputLogConfig
+from clreg.registry.status import StuckRule
+from clreg.registry.store import RedisRegistry
+from clreg.serving import metrics
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 

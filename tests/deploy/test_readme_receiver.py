@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clreg.dispatch import Dispatcher
-from registry.events import EventLog
-from registry.records import InputSpec, Model
-from registry.store import RedisRegistry
-from registry.webhooks import WebhookConfig, WebhookStore, new_subscription
+from clreg.registry.events import EventLog
+from clreg.registry.records import InputSpec, Model
+from clreg.registry.store import RedisRegistry
+from clreg.registry.webhooks import WebhookConfig, WebhookStore, new_subscription
 from tests.monitor.hook import Hook, hook, url  # noqa: F401 (the fixture is used by name)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -28,7 +28,7 @@ def readme_receiver() -> Callable[..., bool]:
 
 def test_the_readme_receiver_accepts_a_delivery_and_refuses_tampering(registry: RedisRegistry, hook: Hook) -> None:
     verified = readme_receiver()
-    registry.create_model(Model(name="cnn", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="cnn", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=8, width=8, classes=3)))
     sub = WebhookStore(registry).add(new_subscription(url(hook), ["gate.failed"], None))
     EventLog(registry).append("cnn", "gate.failed", version=3, reasons=["forgot base"])

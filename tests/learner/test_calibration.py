@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from learner.calibration import (
+from clreg.learner.calibration import (
     CROSS_FOLDS,
     MIN_SAMPLES,
     calibrate_sites,
@@ -16,7 +16,7 @@ from learner.calibration import (
     out_of_fold_proba,
     scaled_proba,
 )
-from learner.errors import DataError
+from clreg.learner.errors import DataError
 
 
 def _sampled(temperature: float, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learner.errors import DataError
-from learner.evaluate import calibration_error, ece_floor, expected_calibration_error, squared_calibration_error
+from clreg.learner.errors import DataError
+from clreg.learner.evaluate import calibration_error, ece_floor, expected_calibration_error, squared_calibration_error
 
 
 def _binary(confidence: np.ndarray) -> np.ndarray:

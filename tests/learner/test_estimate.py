@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from learner.errors import DataError
-from learner.estimate import checked_accuracy, correct_share, expected_accuracy, stable, two_views
-from learner.sitebn import adapted
+from clreg.learner.errors import DataError
+from clreg.learner.estimate import checked_accuracy, correct_share, expected_accuracy, stable, two_views
+from clreg.learner.sitebn import adapted
 
 
 def test_hand_case() -> None:

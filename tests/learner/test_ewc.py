@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from learner import fisher as fisher_module
-from learner.errors import WeightsError
-from learner.ewc import (
+from clreg.learner import fisher as fisher_module
+from clreg.learner.errors import WeightsError
+from clreg.learner.ewc import (
     EWCState,
     consolidate,
     ewc_penalty,
@@ -22,7 +22,7 @@ from learner.ewc import (
     state_to_bytes,
     trainable_params,
 )
-from learner.models import small_cnn
+from clreg.learner.models import small_cnn
 
 
 def _linear(w: list[list[float]], b: list[float]) -> nn.Linear:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from learner.errors import DataError, ModelFactoryError, WeightsError
-from learner.evaluate import site_metrics
-from learner.ewc import EWCState
-from learner.models import (
+from clreg.learner.errors import DataError, ModelFactoryError, WeightsError
+from clreg.learner.evaluate import site_metrics
+from clreg.learner.ewc import EWCState
+from clreg.learner.models import (
     DEFAULT_FACTORY,
     build_model,
     embed,
@@ -23,8 +23,8 @@ from learner.models import (
     to_tensor,
     weights_to_bytes,
 )
-from learner.streams import digits_sites
-from learner.train import TrainConfig, train_site
+from clreg.learner.streams import digits_sites
+from clreg.learner.train import TrainConfig, train_site
 
 
 def test_default_factory_builds_small_cnn_with_linear_head() -> None:
@@ -43,13 +43,13 @@ def test_factory_kwargs_are_passed() -> None:
 @pytest.mark.parametrize(
     ("factory", "message"),
     [
-        ("learner.models", "invalid factory"),
-        ("learner.models:small_cnn; import os", "invalid factory"),
+        ("clreg.learner.models", "invalid factory"),
+        ("clreg.learner.models:small_cnn; import os", "invalid factory"),
         ("../evil:small_cnn", "invalid factory"),
         ("no_such_module_xyz:f", "cannot import"),
-        ("learner.models:no_such_fn", "no callable"),
-        ("learner.models:to_tensor", "rejected its arguments"),
-        ("learner.models:last_linear", "rejected its arguments"),
+        ("clreg.learner.models:no_such_fn", "no callable"),
+        ("clreg.learner.models:to_tensor", "rejected its arguments"),
+        ("clreg.learner.models:last_linear", "rejected its arguments"),
     ],
 )
 def test_build_model_rejects_bad_factories(factory: str, message: str) -> None:
@@ -121,7 +121,7 @@ def test_pretrained_cnn_transfers_an_encoder_to_a_new_head(tmp_path: Path) -> No
     path = tmp_path / "encoder.safetensors"
     path.write_bytes(encoder_to_bytes(source))
     torch.manual_seed(1)
-    pretrained = build_model("learner.models:pretrained_cnn", {"encoder_weights": str(path)}, 1, 16, 16, 5)
+    pretrained = build_model("clreg.learner.models:pretrained_cnn", {"encoder_weights": str(path)}, 1, 16, 16, 5)
     assert torch.equal(pretrained[0][0].weight, source[0][0].weight) and pretrained[-1].out_features == 5
     sel = target_site.y >= 5
     x, y = target_site.x[sel], target_site.y[sel] - 5

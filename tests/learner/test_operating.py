@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learner.errors import DataError
-from learner.operating import Costs, expected_cost, operating_point, threshold_for_cost, threshold_for_sensitivity
+from clreg.learner.errors import DataError
+from clreg.learner.operating import Costs, expected_cost, operating_point, threshold_for_cost, threshold_for_sensitivity
 
 SCORES = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1, 0.05])
 LABELS = np.array([1, 1, 0, 1, 0, 1, 0, 0, 0, 0])  # 4 positives among 10

@@ -8,13 +8,13 @@ import copy
 import numpy as np
 import torch
 
-from learner.evaluate import predict_logits, site_metrics
-from learner.ewc import EWCState
-from learner.models import load_weights, small_cnn
-from learner.replay import Memory, memory_from_bytes, memory_to_bytes, site_logits
-from learner.sitebn import bank_from_bytes, site_model
-from learner.streams import digits_sites
-from learner.train import TrainConfig, train_site
+from clreg.learner.evaluate import predict_logits, site_metrics
+from clreg.learner.ewc import EWCState
+from clreg.learner.models import load_weights, small_cnn
+from clreg.learner.replay import Memory, memory_from_bytes, memory_to_bytes, site_logits
+from clreg.learner.sitebn import bank_from_bytes, site_model
+from clreg.learner.streams import digits_sites
+from clreg.learner.train import TrainConfig, train_site
 
 
 def _fill(seed: int) -> Memory:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from learner.errors import DataError
-from learner.evaluate import continual_summary, expected_calibration_error, predict_proba, site_metrics
+from clreg.learner.errors import DataError
+from clreg.learner.evaluate import continual_summary, expected_calibration_error, predict_proba, site_metrics
 
 LOGITS = [[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.5, 0.0], [2.0, 1.0, 0.0]]
 LABELS = [0, 1, 1, 0, 1]

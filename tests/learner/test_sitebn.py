@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from learner.errors import WeightsError
-from learner.evaluate import site_metrics
-from learner.ewc import EWCState, state_from_bytes
-from learner.models import small_cnn
-from learner.sitebn import (
+from clreg.learner.errors import WeightsError
+from clreg.learner.evaluate import site_metrics
+from clreg.learner.ewc import EWCState, state_from_bytes
+from clreg.learner.models import small_cnn
+from clreg.learner.sitebn import (
     apply_site_bn,
     bank_from_bytes,
     bank_to_bytes,
@@ -22,8 +22,8 @@ from learner.sitebn import (
     route,
     site_model,
 )
-from learner.streams import digits_sites
-from learner.train import TrainConfig, train_site
+from clreg.learner.streams import digits_sites
+from clreg.learner.train import TrainConfig, train_site
 
 PER_SITE = TrainConfig(epochs=1, batch_size=32, fisher_samples=16, bn_policy="per_site", ewc_lambda=1e3)
 

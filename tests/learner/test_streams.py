@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learner.errors import DataError
-from learner.streams import (
+from clreg.learner.errors import DataError
+from clreg.learner.streams import (
     BINARY_PREVALENCE,
     SITE_NAMES,
     binary_sites,

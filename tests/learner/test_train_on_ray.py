@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from learner.errors import TrainingFailed
-from learner.ewc import EWCState, state_from_bytes
-from learner.models import DEFAULT_FACTORY, build_model
-from learner.remote import resource_request, train_on_ray
-from learner.sitebn import bank_from_bytes
-from learner.train import TrainConfig, train_site
+from clreg.learner.errors import TrainingFailed
+from clreg.learner.ewc import EWCState, state_from_bytes
+from clreg.learner.models import DEFAULT_FACTORY, build_model
+from clreg.learner.remote import resource_request, train_on_ray
+from clreg.learner.sitebn import bank_from_bytes
+from clreg.learner.train import TrainConfig, train_site
 
 CFG = TrainConfig(epochs=1, batch_size=16, fisher_samples=16)
 SPEC = (1, 16, 16, 10)
@@ -58,7 +58,7 @@ def test_train_on_ray_translates_task_errors(ray_session: None) -> None:
     with pytest.raises(TrainingFailed, match="DataError: labels must lie in 0..9"):
         train_on_ray(DEFAULT_FACTORY, {}, SPEC, None, None, x, y + 10, "a", CFG)
     with pytest.raises(TrainingFailed, match="ModelFactoryError"):
-        train_on_ray("learner.models:nothing", {}, SPEC, None, None, x, y, "a", CFG)
+        train_on_ray("clreg.learner.models:nothing", {}, SPEC, None, None, x, y, "a", CFG)
 
 
 @pytest.mark.integration

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from learner.errors import DataError, WeightsError
-from learner.ewc import EWCState, ewc_penalty, state_from_bytes
-from learner.models import load_weights, small_cnn, weights_to_bytes
-from learner.train import TrainConfig, train_site
+from clreg.learner.errors import DataError, WeightsError
+from clreg.learner.ewc import EWCState, ewc_penalty, state_from_bytes
+from clreg.learner.models import load_weights, small_cnn, weights_to_bytes
+from clreg.learner.train import TrainConfig, train_site
 
 FAST = TrainConfig(epochs=2, batch_size=16, fisher_samples=32)
 

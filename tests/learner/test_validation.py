@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learner.errors import DataError
-from learner.evaluate import expected_calibration_error
-from learner.validation import bootstrap_interval, reliability, site_figures
+from clreg.learner.errors import DataError
+from clreg.learner.evaluate import expected_calibration_error
+from clreg.learner.validation import bootstrap_interval, reliability, site_figures
 
 
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_samples() -> None:

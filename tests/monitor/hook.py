@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from registry.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from clreg.registry.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 
 class Hook(ThreadingHTTPServer):

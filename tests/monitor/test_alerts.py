@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from monitor.alerts import alert_payload
-from registry.records import ColumnDrift, DriftReport
+from clreg.monitor.alerts import alert_payload
+from clreg.registry.records import ColumnDrift, DriftReport
 
 
 def report() -> DriftReport:

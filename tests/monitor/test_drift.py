@@ -12,11 +12,11 @@ import pytest
 from evidently import DataDefinition, Dataset, Report
 from evidently.metrics import ValueDrift
 
-from monitor.columns import ColumnValueDrift
-from monitor.drift import DriftConfig, check_drift, save_snapshot
-from monitor.errors import DriftCheckFailed, InvalidInput
-from monitor.features import IMAGE_STAT_COLUMNS, FeatureConfig, Reference, batch_features, fit_reference
-from registry.records import DriftReport
+from clreg.monitor.columns import ColumnValueDrift
+from clreg.monitor.drift import DriftConfig, check_drift, save_snapshot
+from clreg.monitor.errors import DriftCheckFailed, InvalidInput
+from clreg.monitor.features import IMAGE_STAT_COLUMNS, FeatureConfig, Reference, batch_features, fit_reference
+from clreg.registry.records import DriftReport
 from tests.monitor.data import embed, images, labels
 
 BATCH = "ab" * 32
@@ -229,7 +229,7 @@ def test_only_what_evidently_raises_becomes_a_failed_check(reference: Reference,
     from evidently.legacy.calculations.stattests import get_stattest
     from evidently.legacy.core import ColumnType
 
-    from monitor import drift
+    from clreg.monitor import drift
 
     column = pd.Series(np.arange(50.0), name="img_mean")
     with pytest.raises(DriftCheckFailed, match="Evidently failed choosing"):

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitor.errors import InvalidInput, InvalidReference
-from monitor.features import (
+from clreg.monitor.errors import InvalidInput, InvalidReference
+from clreg.monitor.features import (
     IMAGE_STAT_COLUMNS,
     FeatureConfig,
     Reference,

@@ -10,7 +10,7 @@ import pydicom
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit
 
-from registry.dicom import dicom_file, dicom_study
+from clreg.registry.dicom import dicom_file, dicom_study
 
 
 def dcm(pixels: np.ndarray, photometric: str = "MONOCHROME2", compressed: bool = False, **tags: object) -> bytes:

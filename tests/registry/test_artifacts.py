@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from registry.artifacts import ArtifactStore, sha256
-from registry.errors import ArtifactCorrupt
+from clreg.registry.artifacts import ArtifactStore, sha256
+from clreg.registry.errors import ArtifactCorrupt
 
 
 @pytest.mark.parametrize("kind", ["local", "memory"])
@@ -45,8 +45,8 @@ def test_no_temporary_files_left(tmp_path: Path) -> None:
 
 
 def test_a_version_reads_its_artifacts_by_name_only(tmp_path: Path) -> None:
-    from registry.artifacts import Artifact, VersionArtifacts
-    from registry.records import Calibration, Lineage, ModelVersion, SiteCalibration
+    from clreg.registry.artifacts import Artifact, VersionArtifacts
+    from clreg.registry.records import Calibration, Lineage, ModelVersion, SiteCalibration
 
     store = ArtifactStore(str(tmp_path))
     fit = SiteCalibration(temperature=1.5, samples=10, ece=0.1, ece_calibrated=0.05, nll=0.5, nll_calibrated=0.4)

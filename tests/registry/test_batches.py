@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registry.artifacts import ArtifactStore
-from registry.batches import Limits, ingest, parse_batch, split
-from registry.errors import BatchMismatch, MalformedBatch, TooLarge
-from registry.events import EventLog, IngestQueue
-from registry.records import InputSpec, Model
-from registry.store import RedisRegistry
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.batches import Limits, ingest, parse_batch, split
+from clreg.registry.errors import BatchMismatch, MalformedBatch, TooLarge
+from clreg.registry.events import EventLog, IngestQueue
+from clreg.registry.records import InputSpec, Model
+from clreg.registry.store import RedisRegistry
 
 SPEC = InputSpec(channels=1, height=8, width=8, classes=3)
 
@@ -99,7 +99,7 @@ def test_split_is_stratified_and_deterministic() -> None:
 
 
 def test_ingest_stores_once_and_refusal_leaves_nothing(registry: RedisRegistry, tmp_path: Path) -> None:
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn", input=SPEC))
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn", input=SPEC))
     store, queue, log = ArtifactStore(str(tmp_path)), IngestQueue(registry), EventLog(registry)
     queue.ensure_group()
     keys_before = set(registry.r.keys("*"))
@@ -125,7 +125,7 @@ def test_ingest_stores_once_and_refusal_leaves_nothing(registry: RedisRegistry, 
 def test_the_same_bytes_for_another_model_or_site_are_a_batch_of_their_own(registry: RedisRegistry,
                                                                             tmp_path: Path) -> None:
     for name in ("m", "m2"):
-        registry.create_model(Model(name=name, factory="learner.models:small_cnn", input=SPEC))
+        registry.create_model(Model(name=name, factory="clreg.learner.models:small_cnn", input=SPEC))
     store, queue, log = ArtifactStore(str(tmp_path)), IngestQueue(registry), EventLog(registry)
     queue.ensure_group()
     first, _ = ingest(registry, store, queue, log, "m", "s", _good(), Limits())

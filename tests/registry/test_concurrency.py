@@ -6,9 +6,9 @@ import random
 import threading
 from collections.abc import Callable
 
-from registry.errors import Conflict, NotFound
-from registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
-from registry.store import RedisRegistry, StoreConfig
+from clreg.registry.errors import Conflict, NotFound
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
+from clreg.registry.store import RedisRegistry, StoreConfig
 
 UNSERVABLE = {VersionStatus.REJECTED, VersionStatus.ARCHIVED, VersionStatus.CANDIDATE}
 
@@ -40,7 +40,7 @@ def _run(workers: list[Callable[[], None]], readers: list[Callable[[threading.Ev
 
 def test_readers_never_see_alias_on_missing_or_rejected_version(registry: RedisRegistry,  # noqa: C901 (workers)
                                                                  store_cfg: StoreConfig) -> None:
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=16, width=16, classes=10)))
     for _ in range(10):
         registry.register_version(ModelVersion(model="m", number=1, lineage=Lineage()))

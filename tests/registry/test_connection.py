@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from registry.errors import StoreRefused, StoreUnavailable
-from registry.records import InputSpec, Lineage, Model, ModelVersion
-from registry.store import RedisRegistry, StoreConfig
+from clreg.registry.errors import StoreRefused, StoreUnavailable
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion
+from clreg.registry.store import RedisRegistry, StoreConfig
 
 SPEC = InputSpec(channels=1, height=8, width=8, classes=3)
 
 
 def _exercise(reg: RedisRegistry) -> None:
     """What the daemon and the gateway do most: models, versions (Lua), aliases (transactions)."""
-    reg.create_model(Model(name="m", factory="learner.models:small_cnn", input=SPEC))
+    reg.create_model(Model(name="m", factory="clreg.learner.models:small_cnn", input=SPEC))
     v = reg.register_version(ModelVersion(model="m", number=1, lineage=Lineage()))
     reg.promote("m", v.number, who="ops", reason="acl")
     assert reg.resolve("m") == v.number and [c.to_version for c in reg.alias_history("m")] == [v.number]
@@ -47,7 +47,7 @@ def test_an_acl_user_limited_to_the_prefix_runs_the_registry(acl_user: str) -> N
     _exercise(RedisRegistry(StoreConfig(url=acl_user, prefix="acltest")))
     with pytest.raises(StoreRefused, match="refused|NOPERM|permission"):  # outside its keys: refused
         RedisRegistry(StoreConfig(url=acl_user, prefix="other")).create_model(
-            Model(name="m", factory="learner.models:small_cnn", input=SPEC))
+            Model(name="m", factory="clreg.learner.models:small_cnn", input=SPEC))
     wrong = acl_user.replace("acl-secret", "wrong")
     with pytest.raises(StoreUnavailable):
         RedisRegistry(StoreConfig(url=wrong, prefix="acltest", socket_timeout_s=1)).ping()
@@ -95,7 +95,7 @@ def test_the_registry_talks_tls_to_a_rediss_url(tls_redis: str) -> None:
 def test_a_refused_command_is_a_bug_not_an_outage(registry: RedisRegistry) -> None:
     """WRONGTYPE cannot pass by retrying: StoreRefused (the gateway's 500, the daemon fails the batch), while
     replies that clear once the server recovers stay StoreUnavailable (the entry is kept and retried)."""
-    from registry.connection import translated
+    from clreg.registry.connection import translated
 
     registry.r.set(registry.key("models"), "not a sorted set")
     with pytest.raises(StoreRefused, match="WRONGTYPE"):

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from registry.daemons import Daemons, incarnation
-from registry.errors import Conflict
-from registry.events import IngestQueue
-from registry.store import RedisRegistry
+from clreg.registry.daemons import Daemons, incarnation
+from clreg.registry.errors import Conflict
+from clreg.registry.events import IngestQueue
+from clreg.registry.store import RedisRegistry
 
 
 def _dead_pid() -> int:

@@ -9,10 +9,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from registry.batches import Limits, parse_batch
-from registry.dicom import KEPT, DicomLimits, dicom_zip_to_npz
-from registry.errors import BatchMismatch, MalformedBatch
-from registry.records import InputSpec
+from clreg.registry.batches import Limits, parse_batch
+from clreg.registry.dicom import KEPT, DicomLimits, dicom_zip_to_npz
+from clreg.registry.errors import BatchMismatch, MalformedBatch
+from clreg.registry.records import InputSpec
 from tests.registry.dicomdata import dcm, square, study
 
 GREY = InputSpec(channels=1, height=16, width=16, classes=2)
@@ -109,7 +109,7 @@ def test_size_limits_apply_before_anything_is_inflated() -> None:
 
 
 def test_a_kept_study_is_de_identified_and_keeps_its_pixels() -> None:
-    from registry.dicom import DicomLimits, deidentified_study
+    from clreg.registry.dicom import DicomLimits, deidentified_study
 
     pixels = square("tl", size=16)
     tags = {"PatientName": "Doe^Jane", "PatientID": "123-45", "PatientBirthDate": "19700101",

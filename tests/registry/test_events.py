@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from registry.events import ALERT_KINDS, EVENT_KINDS
+from clreg.registry.events import ALERT_KINDS, EVENT_KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND = re.compile(r"""["']((?:batch|drift|update|gate|alias|serving|retention|site|shadow)\.[a-z_]+)["']""")

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from registry.gates import GateRules, judge, paired_lower_bound, pooled_lower_bound, upper_bound
+from clreg.registry.gates import GateRules, judge, paired_lower_bound, pooled_lower_bound, upper_bound
 
 
 def test_paired_lower_bound_matches_hand_computation() -> None:

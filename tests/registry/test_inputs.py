@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import redis
 
-from registry.inputs import CheckedEstimate, InputLog, InputLogConfig
-from registry.store import RedisRegistry, StoreConfig
+from clreg.registry.inputs import CheckedEstimate, InputLog, InputLogConfig
+from clreg.registry.store import RedisRegistry, StoreConfig
 
 
 def log(store_cfg: StoreConfig, **cfg: float) -> InputLog:

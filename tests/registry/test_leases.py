@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from registry import leases
-from registry.daemons import Daemons, incarnation
-from registry.errors import Conflict, LeaseLost
-from registry.leases import Lease
-from registry.records import InputSpec, Lineage, Model, ModelVersion
-from registry.store import RedisRegistry
+from clreg.registry import leases
+from clreg.registry.daemons import Daemons, incarnation
+from clreg.registry.errors import Conflict, LeaseLost
+from clreg.registry.leases import Lease
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion
+from clreg.registry.store import RedisRegistry
 
 
 def _dead_pid() -> int:
@@ -24,7 +24,7 @@ def _dead_pid() -> int:
 
 
 def _model(registry: RedisRegistry) -> None:
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=8, width=8, classes=3)))
 
 

@@ -7,23 +7,23 @@ from pathlib import Path
 
 import numpy as np
 
-from registry.artifacts import ArtifactStore
-from registry.batches import Limits, ingest
-from registry.connection import StoreConfig
-from registry.daemons import Daemons, incarnation
-from registry.events import EventLog, IngestQueue
-from registry.inputs import InputLog, InputLogConfig
-from registry.records import InputSpec, Lineage, Model, ModelVersion, Site
-from registry.replicas import Replicas
-from registry.store import RedisRegistry
-from registry.webhooks import WebhookStore, new_subscription
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.batches import Limits, ingest
+from clreg.registry.connection import StoreConfig
+from clreg.registry.daemons import Daemons, incarnation
+from clreg.registry.events import EventLog, IngestQueue
+from clreg.registry.inputs import InputLog, InputLogConfig
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, Site
+from clreg.registry.replicas import Replicas
+from clreg.registry.store import RedisRegistry
+from clreg.registry.webhooks import WebhookStore, new_subscription
 from tests.registry.test_batches import _npz
 
 
 def _deployment(store_cfg: StoreConfig, prefix: str, tmp_path: Path) -> RedisRegistry:
     """One deployment's every kind of write, under `prefix`."""
     reg = RedisRegistry(store_cfg.model_copy(update={"prefix": prefix}))
-    reg.create_model(Model(name="m", factory="learner.models:small_cnn",
+    reg.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                            input=InputSpec(channels=1, height=8, width=8, classes=3)))
     reg.add_site(Site(name="a", token_sha256="0" * 64))
     events, queue = EventLog(reg), IngestQueue(reg)

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from registry.artifacts import ArtifactStore
-from registry.errors import Conflict, LeaseLost, NotFound
-from registry.events import EventLog
-from registry.leases import Lease
-from registry.promotion import promote
-from registry.records import Calibration, InputSpec, Lineage, Model, ModelVersion, SiteCalibration, VersionStatus
-from registry.store import RedisRegistry
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.errors import Conflict, LeaseLost, NotFound
+from clreg.registry.events import EventLog
+from clreg.registry.leases import Lease
+from clreg.registry.promotion import promote
+from clreg.registry.records import Calibration, InputSpec, Lineage, Model, ModelVersion, SiteCalibration, VersionStatus
+from clreg.registry.store import RedisRegistry
 
 
 @pytest.fixture
 def two(registry: RedisRegistry) -> RedisRegistry:
     """Model m with version 1 blessed and version 2 a candidate."""
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=8, width=8, classes=3)))
     for _ in range(2):
         registry.register_version(ModelVersion(model="m", number=1, lineage=Lineage()))
@@ -70,7 +70,7 @@ def _fit(low: float) -> SiteCalibration:
 
 def test_a_move_that_changes_a_site_readiness_raises_its_alert(registry: RedisRegistry, tmp_path) -> None:  # noqa: ANN001
     store = ArtifactStore(str(tmp_path))
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=8, width=8, classes=3)))
     for sites in ({"a": 0.9, "b": 0.6}, {"a": 0.9, "b": 0.85, "c": 0.5}):
         cal = Calibration(model="m", sites={s: _fit(low) for s, low in sites.items()}, pooled=_fit(0.9))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from registry.readiness import assess, assess_sites
-from registry.records import Calibration, Readiness, SiteCalibration
+from clreg.registry.readiness import assess, assess_sites
+from clreg.registry.records import Calibration, Readiness, SiteCalibration
 
 
 def _site(accuracy: float | None, low: float, ece: float) -> SiteCalibration:

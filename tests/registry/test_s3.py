@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from registry.artifacts import ArtifactStore, sha256
-from registry.errors import ArtifactCorrupt, StoreUnavailable
+from clreg.registry.artifacts import ArtifactStore, sha256
+from clreg.registry.errors import ArtifactCorrupt, StoreUnavailable
 from tests import s3server
 
 boto3 = pytest.importorskip("boto3")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
-from registry.store import RedisRegistry
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
+from clreg.registry.store import RedisRegistry
 
 T0 = 1_700_000_000.0
 
@@ -13,7 +13,7 @@ T0 = 1_700_000_000.0
 @pytest.fixture
 def populated(registry: RedisRegistry) -> RedisRegistry:
     """v1 (a) <- v2 (a,b) <- v3 (a,b,c); v2 <- v4 (a,b); v4 <- v5 (a,b,d); one version per hour from T0."""
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=16, width=16, classes=10)))
     lineage = [(None, ["a"]), (1, ["a", "b"]), (2, ["a", "b", "c"]), (2, ["a", "b"]), (4, ["a", "b", "d"])]
     for i, (parent, sites) in enumerate(lineage):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from registry.errors import Conflict
-from registry.records import ShadowPolicy
-from registry.shadow import NO_SITE, ShadowCounts, ShadowRun, Shadows
-from registry.store import RedisRegistry
+from clreg.registry.errors import Conflict
+from clreg.registry.records import ShadowPolicy
+from clreg.registry.shadow import NO_SITE, ShadowCounts, ShadowRun, Shadows
+from clreg.registry.store import RedisRegistry
 
 
 def test_a_run_starts_once_and_moves_the_serving_generation(registry: RedisRegistry) -> None:

@@ -7,16 +7,16 @@ import time
 
 import pytest
 
-from registry.errors import Conflict, NotFound
-from registry.events import EventLog, IngestQueue
-from registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
-from registry.store import RedisRegistry
+from clreg.registry.errors import Conflict, NotFound
+from clreg.registry.events import EventLog, IngestQueue
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
+from clreg.registry.store import RedisRegistry
 
 SPEC = InputSpec(channels=1, height=16, width=16, classes=10)
 
 
 def _model(reg: RedisRegistry, name: str = "m") -> Model:
-    model = Model(name=name, factory="learner.models:small_cnn", input=SPEC)
+    model = Model(name=name, factory="clreg.learner.models:small_cnn", input=SPEC)
     reg.create_model(model)
     return model
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from registry.errors import NotFound, TargetRefused
-from registry.events import EventLog
-from registry.records import Event
-from registry.store import RedisRegistry
-from registry.webhooks import (
+from clreg.registry.errors import NotFound, TargetRefused
+from clreg.registry.events import EventLog
+from clreg.registry.records import Event
+from clreg.registry.store import RedisRegistry
+from clreg.registry.webhooks import (
     Delivery,
     DeliveryStatus,
     Subscription,

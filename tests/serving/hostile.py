@@ -17,7 +17,7 @@ from urllib.parse import quote
 import numpy as np
 import pydicom
 
-from registry.dicom import dicom_file
+from clreg.registry.dicom import dicom_file
 from tests.registry.dicomdata import study
 
 MODEL, SITE = "hx", "hx-site"
@@ -265,8 +265,8 @@ def edges() -> list[Case]:
              json={"name": "zz", "factory": "os:system", "input": {"channels": 1, "height": 8, "width": 8,
                                                                    "classes": 2}}),
         Case("model-factory-missing", "POST", "/v1/models", 422, "unprocessable", auth="admin",
-             json={"name": "zz", "factory": "learner.models:nope", "input": {"channels": 1, "height": 8, "width": 8,
-                                                                             "classes": 2}}),
+             json={"name": "zz", "factory": "clreg.learner.models:nope",
+                   "input": {"channels": 1, "height": 8, "width": 8, "classes": 2}}),
         Case("model-factory-kwargs", "POST", "/v1/models", 422, "unprocessable", auth="admin",
              json={"name": "zz", "factory_kwargs": {"depth": 99}, "input": {"channels": 1, "height": 8, "width": 8,
                                                                             "classes": 2}}),

@@ -10,7 +10,7 @@ import pytest
 
 from clreg.client import ApiError, Client, npz_bytes
 from clreg.embedded import Stack
-from serving import deploy
+from clreg.serving import deploy
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ def admin(stack: Stack) -> Client:
     client = Client(stack.url, stack.admin_token)
     client.wait_ready()
     for name in ("acc-a", "acc-b"):
-        client.create_model(name, "learner.models:small_cnn", (1, 8, 8), classes=3)
+        client.create_model(name, "clreg.learner.models:small_cnn", (1, 8, 8), classes=3)
     return client
 
 

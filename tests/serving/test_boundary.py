@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from registry.batches import token_sha256
-from registry.store import RedisRegistry, StoreConfig
-from serving.config import ServingConfig
-from serving.gateway import create_app
+from clreg.registry.batches import token_sha256
+from clreg.registry.store import RedisRegistry, StoreConfig
+from clreg.serving.config import ServingConfig
+from clreg.serving.gateway import create_app
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
 

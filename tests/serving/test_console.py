@@ -21,9 +21,9 @@ import pytest
 from clreg import context, pipeline
 from clreg.client import Client, npz_bytes
 from clreg.embedded import Stack
-from learner.streams import digits_sites, to_uint8
-from registry.records import GateReport, ModelVersion, SiteGate, VersionStatus
-from registry.store import RedisRegistry
+from clreg.learner.streams import digits_sites, to_uint8
+from clreg.registry.records import GateReport, ModelVersion, SiteGate, VersionStatus
+from clreg.registry.store import RedisRegistry
 from tests import s3server
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def learnt(stack: Stack) -> dict[str, str]:
     """Three sites learnt through the pipeline, and a rejected version beside them; the sites' tokens."""
     admin = Client(stack.url, stack.admin_token)
     admin.wait_ready()
-    admin.create_model(MODEL, "learner.models:small_cnn", (1, 16, 16), classes=10)
+    admin.create_model(MODEL, "clreg.learner.models:small_cnn", (1, 16, 16), classes=10)
     tokens = {s: admin.add_site(f"{MODEL}-{s}")["token"] for s in SITES}
     ctx = context.build(stack.settings, stack.store, stack.url)
     for site in digits_sites(seed=3, names=SITES):

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 def client(stack: Stack) -> Client:
     c = Client(stack.url, stack.admin_token)
     c.wait_ready()
-    c.create_model("gw", "learner.models:small_cnn", (1, 8, 8), classes=3)
+    c.create_model("gw", "clreg.learner.models:small_cnn", (1, 8, 8), classes=3)
     return c
 
 
@@ -129,13 +129,13 @@ LABELS = [1, 1, 0, 1, 0, 1, 0, 0, 0, 0]
 
 def _serve_version(stack: Stack, name: str, classes: int, binary_scores: bool) -> int:
     """A production version whose calibration artifact holds gw-site's held-out scores (binary) or none."""
-    from learner.models import small_cnn, weights_to_bytes
-    from registry.artifacts import ArtifactStore
-    from registry.records import Calibration, InputSpec, Lineage, Model, ModelVersion, SiteCalibration
-    from registry.store import RedisRegistry
+    from clreg.learner.models import small_cnn, weights_to_bytes
+    from clreg.registry.artifacts import ArtifactStore
+    from clreg.registry.records import Calibration, InputSpec, Lineage, Model, ModelVersion, SiteCalibration
+    from clreg.registry.store import RedisRegistry
 
     reg, store = RedisRegistry(stack.store), ArtifactStore(stack.settings.artifacts())
-    reg.create_model(Model(name=name, factory="learner.models:small_cnn",
+    reg.create_model(Model(name=name, factory="clreg.learner.models:small_cnn",
                            input=InputSpec(channels=1, height=8, width=8, classes=classes)))
     fit = SiteCalibration(temperature=1.2, samples=10, ece=0.1, ece_calibrated=0.08, nll=0.5, nll_calibrated=0.45,
                           scores=SCORES if binary_scores else None, labels=LABELS if binary_scores else None)
@@ -194,7 +194,7 @@ def test_operating_points_and_site_thresholds(stack: Stack, client: Client, toke
 
 
 def test_dicom_studies_are_ingested_as_batches(stack: Stack, client: Client, token: str) -> None:
-    from registry.store import RedisRegistry
+    from clreg.registry.store import RedisRegistry
     from tests.registry.dicomdata import dcm, square, study
 
     files = {f"img{i}.dcm": dcm(square("tl" if i % 2 else "br", size=32)) for i in range(6)}

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from registry.batches import token_sha256
-from registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
-from registry.store import RedisRegistry, StoreConfig
-from serving.config import ServingConfig
-from serving.gateway import create_app
+from clreg.registry.batches import token_sha256
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
+from clreg.registry.store import RedisRegistry, StoreConfig
+from clreg.serving.config import ServingConfig
+from clreg.serving.gateway import create_app
 
 T0 = 1_700_000_000.0
 
@@ -18,7 +18,7 @@ T0 = 1_700_000_000.0
 # starlette's TestClient warns that it wants httpx2; the app under test is the same either way
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
 def test_version_filters_over_http(registry: RedisRegistry, store_cfg: StoreConfig, tmp_path: Path) -> None:
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=16, width=16, classes=10)))
     for i, (parent, sites) in enumerate([(None, ["a"]), (1, ["a", "b"]), (1, ["a", "c"])]):
         registry.register_version(ModelVersion(model="m", number=1, lineage=Lineage(parent=parent, sites=sites),

@@ -16,11 +16,11 @@ import redis
 import torch
 
 from clreg.embedded import Stack
-from learner.models import small_cnn, weights_to_bytes
-from registry.artifacts import ArtifactStore
-from registry.inputs import InputLog, InputLogConfig
-from registry.records import InputSpec, Lineage, Model, ModelVersion
-from registry.store import RedisRegistry
+from clreg.learner.models import small_cnn, weights_to_bytes
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.inputs import InputLog, InputLogConfig
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion
+from clreg.registry.store import RedisRegistry
 from tests.serving import hostile
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 def site_token(stack: Stack) -> str:
     """Model hx (1x8x8, 3 classes) served at version 1, and site hx-site with its token."""
     reg, store = RedisRegistry(stack.store), ArtifactStore(stack.settings.artifacts())
-    reg.create_model(Model(name=hostile.MODEL, factory="learner.models:small_cnn",
+    reg.create_model(Model(name=hostile.MODEL, factory="clreg.learner.models:small_cnn",
                            input=InputSpec(channels=1, height=8, width=8, classes=3)))
     torch.manual_seed(0)
     digest = store.put(weights_to_bytes(small_cnn(1, 8, 8, 3)))

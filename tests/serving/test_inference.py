@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from learner.answer import Answerer
-from learner.models import small_cnn
-from registry.connection import StoreConfig
-from registry.records import Calibration, InputSpec, SiteCalibration
-from serving.inference import Job, Loaded, infer
+from clreg.learner.answer import Answerer
+from clreg.learner.models import small_cnn
+from clreg.registry.connection import StoreConfig
+from clreg.registry.records import Calibration, InputSpec, SiteCalibration
+from clreg.serving.inference import Job, Loaded, infer
 
 SPEC = InputSpec(channels=1, height=16, width=16, classes=10)
 
@@ -61,8 +61,8 @@ def test_an_unknown_site_without_a_bank_gets_the_pooled_temperature() -> None:
 
 def test_gpu_replicas_ask_ray_for_a_gpu_and_fall_back_to_cpu_without_one(store_cfg: StoreConfig,
                                                                         tmp_path: Path) -> None:
-    from serving.config import ServingConfig
-    from serving.model_server import ModelServer, deployment
+    from clreg.serving.config import ServingConfig
+    from clreg.serving.model_server import ModelServer, deployment
 
     assert deployment(ServingConfig()).ray_actor_options["num_gpus"] == 0
     cfg = ServingConfig(store=store_cfg, artifacts_url=str(tmp_path), replica_gpus=0.5)
@@ -75,8 +75,8 @@ def test_gpu_replicas_ask_ray_for_a_gpu_and_fall_back_to_cpu_without_one(store_c
 
 
 def test_autoscaling_settings_reach_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clreg.serving.model_server import deployment
     from clreg.settings import Settings
-    from serving.model_server import deployment
 
     assert deployment(Settings().serve).num_replicas == 1  # fixed by default
     monkeypatch.setenv("CLREG_SERVE__AUTOSCALING__MAX_REPLICAS", "3")

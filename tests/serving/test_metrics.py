@@ -8,16 +8,16 @@ import numpy as np
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from registry.artifacts import ArtifactStore
-from registry.connection import StoreConfig
-from registry.events import EventLog
-from registry.inputs import InputLog, InputLogConfig
-from registry.records import Calibration, Event, InputSpec, Lineage, Model, ModelVersion, SiteCalibration
-from registry.status import StuckRule
-from registry.store import RedisRegistry
-from registry.webhooks import Delivery, DeliveryStatus, WebhookStore, new_subscription
-from serving import metrics
-from serving.metrics import gate_failures_in_a_row
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.connection import StoreConfig
+from clreg.registry.events import EventLog
+from clreg.registry.inputs import InputLog, InputLogConfig
+from clreg.registry.records import Calibration, Event, InputSpec, Lineage, Model, ModelVersion, SiteCalibration
+from clreg.registry.status import StuckRule
+from clreg.registry.store import RedisRegistry
+from clreg.registry.webhooks import Delivery, DeliveryStatus, WebhookStore, new_subscription
+from clreg.serving import metrics
+from clreg.serving.metrics import gate_failures_in_a_row
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -31,7 +31,7 @@ def samples(registry: RedisRegistry, artifacts: ArtifactStore) -> Samples:
 
 
 def test_alert_rule_inputs_are_exported(registry: RedisRegistry, tmp_path: Path) -> None:
-    registry.create_model(Model(name="cnn", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="cnn", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=8, width=8, classes=3)))
     events = EventLog(registry)
     for kind in ("gate.failed", "gate.passed", "gate.failed", "drift.checked", "gate.failed"):
@@ -59,7 +59,7 @@ def test_alert_rule_inputs_are_exported(registry: RedisRegistry, tmp_path: Path)
 def test_site_accuracy_is_estimated_from_served_answers_beside_its_validation(registry: RedisRegistry,
                                                                              tmp_path: Path) -> None:
     store = ArtifactStore(str(tmp_path))
-    registry.create_model(Model(name="cnn", factory="learner.models:small_cnn",
+    registry.create_model(Model(name="cnn", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=8, width=8, classes=3)))
     fit = SiteCalibration(temperature=1.0, samples=80, ece=0.1, ece_calibrated=0.05, nll=0.3, nll_calibrated=0.3,
                           accuracy=0.9, accuracy_interval=(0.83, 0.96))

@@ -13,13 +13,13 @@ import ray
 import torch
 
 from clreg.embedded import Stack
-from learner.models import small_cnn, weights_to_bytes
-from registry.artifacts import ArtifactStore
-from registry.events import EventLog
-from registry.records import InputSpec, Lineage, Model, ModelVersion
-from registry.replicas import Replicas
-from registry.store import RedisRegistry
-from serving import deploy
+from clreg.learner.models import small_cnn, weights_to_bytes
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.events import EventLog
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion
+from clreg.registry.replicas import Replicas
+from clreg.registry.store import RedisRegistry
+from clreg.serving import deploy
 
 pytestmark = pytest.mark.integration
 SPEC = InputSpec(channels=1, height=8, width=8, classes=3)
@@ -62,7 +62,7 @@ def test_models_load_on_demand_within_the_limit_and_swap_in_place(multiplexed: S
     torch.manual_seed(3)
     names = [f"mux-{i}" for i in range(4)]
     for name in names:
-        reg.create_model(Model(name=name, factory="learner.models:small_cnn", input=SPEC))
+        reg.create_model(Model(name=name, factory="clreg.learner.models:small_cnn", input=SPEC))
         reg.promote(name, _register(reg, store, name), who="test", reason="start")
     replicas = _replicas()
     for name in names:  # each cold: loaded by this request
@@ -86,7 +86,7 @@ def test_models_load_on_demand_within_the_limit_and_swap_in_place(multiplexed: S
     assert _replicas() == replicas  # same replica: no restart
 
     assert _predict(multiplexed.url, "mux-unknown").status_code == 404
-    reg.create_model(Model(name="mux-empty", factory="learner.models:small_cnn", input=SPEC))
+    reg.create_model(Model(name="mux-empty", factory="clreg.learner.models:small_cnn", input=SPEC))
     empty = _predict(multiplexed.url, "mux-empty")
     assert empty.status_code == 503 and empty.headers["Retry-After"] and empty.json()["error"] == "not_ready"
     mismatch = _predict(multiplexed.url, names[0], header=names[3])

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from learner.models import small_cnn, weights_to_bytes
-from registry.artifacts import ArtifactStore
-from registry.connection import StoreConfig
-from registry.errors import StoreUnavailable
-from registry.records import InputSpec, Lineage, Model, ModelVersion
-from registry.store import RedisRegistry
-from serving.config import ServingConfig
-from serving.model_server import ModelServer
+from clreg.learner.models import small_cnn, weights_to_bytes
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.connection import StoreConfig
+from clreg.registry.errors import StoreUnavailable
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion
+from clreg.registry.store import RedisRegistry
+from clreg.serving.config import ServingConfig
+from clreg.serving.model_server import ModelServer
 
 SPEC = InputSpec(channels=1, height=8, width=8, classes=3)
 
@@ -34,7 +34,7 @@ def test_an_idle_poll_is_one_read(registry: RedisRegistry, store_cfg: StoreConfi
                                   models: int) -> None:
     store = ArtifactStore(str(tmp_path))
     for i in range(models):
-        registry.create_model(Model(name=f"m{i}", factory="learner.models:small_cnn", input=SPEC))
+        registry.create_model(Model(name=f"m{i}", factory="clreg.learner.models:small_cnn", input=SPEC))
     registry.promote("m0", _version(registry, store, "m0"), who="test", reason="poll")
     cfg = ServingConfig(store=store_cfg, artifacts_url=str(tmp_path), poll_interval_s=3600)  # no background poll
     server = ModelServer(cfg.model_dump(mode="json"))
@@ -52,7 +52,7 @@ def test_an_idle_poll_is_one_read(registry: RedisRegistry, store_cfg: StoreConfi
 def test_a_store_blip_during_a_swap_is_retried(registry: RedisRegistry, store_cfg: StoreConfig,
                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = ArtifactStore(str(tmp_path))
-    registry.create_model(Model(name="m", factory="learner.models:small_cnn", input=SPEC))
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn", input=SPEC))
     registry.promote("m", _version(registry, store, "m"), who="test", reason="first")
     cfg = ServingConfig(store=store_cfg, artifacts_url=str(tmp_path), poll_interval_s=3600)
     server = ModelServer(cfg.model_dump(mode="json"))

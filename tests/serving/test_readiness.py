@@ -23,12 +23,12 @@ def _fit(accuracy: float, low: float, ece: float) -> dict:
 
 def _serve(stack: Stack, client: Client, name: str, policy: str) -> int:
     """A production version validated at site "good" (accuracy 0.93, from 0.88) and not at "weak" (from 0.71)."""
-    from learner.models import small_cnn, weights_to_bytes
-    from registry.artifacts import ArtifactStore
-    from registry.records import Calibration, Lineage, ModelVersion, SiteCalibration
-    from registry.store import RedisRegistry
+    from clreg.learner.models import small_cnn, weights_to_bytes
+    from clreg.registry.artifacts import ArtifactStore
+    from clreg.registry.records import Calibration, Lineage, ModelVersion, SiteCalibration
+    from clreg.registry.store import RedisRegistry
 
-    client.create_model(name, "learner.models:small_cnn", (1, 8, 8), classes=3,
+    client.create_model(name, "clreg.learner.models:small_cnn", (1, 8, 8), classes=3,
                         readiness={"accuracy_floor": 0.8, "ece_limit": 0.1, "policy": policy})
     reg, store = RedisRegistry(stack.store), ArtifactStore(stack.settings.artifacts())
     sites = {"good": SiteCalibration(**_fit(0.93, 0.88, 0.04)), "weak": SiteCalibration(**_fit(0.78, 0.71, 0.04))}

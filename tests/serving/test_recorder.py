@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import redis
 
-from registry.inputs import InputLog, InputLogConfig
-from registry.store import RedisRegistry
-from serving.recorder import Recorder
+from clreg.registry.inputs import InputLog, InputLogConfig
+from clreg.registry.store import RedisRegistry
+from clreg.serving.recorder import Recorder
 
 
 class Counting(redis.Redis):

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from registry.batches import token_sha256
-from serving import session
-from serving.auth import Tokens
-from serving.errors import Forbidden, Unauthorized
+from clreg.registry.batches import token_sha256
+from clreg.serving import session
+from clreg.serving.auth import Tokens
+from clreg.serving.errors import Forbidden, Unauthorized
 
 TOKENS = Tokens(token_sha256("admin-secret"), token_sha256("ops-secret"))
 

@@ -12,15 +12,15 @@ import torch
 
 from clreg.context import Stores
 from clreg.embedded import Stack
+from clreg.learner.models import small_cnn, weights_to_bytes
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.events import EventLog
+from clreg.registry.leases import tool
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, ShadowPolicy, VersionStatus
+from clreg.registry.shadow import NO_SITE, ShadowCounts, ShadowFigures, Shadows
+from clreg.registry.store import RedisRegistry
+from clreg.serving.console_data import _shadow as console_cell
 from clreg.shadowing import begin, judge
-from learner.models import small_cnn, weights_to_bytes
-from registry.artifacts import ArtifactStore
-from registry.events import EventLog
-from registry.leases import tool
-from registry.records import InputSpec, Lineage, Model, ModelVersion, ShadowPolicy, VersionStatus
-from registry.shadow import NO_SITE, ShadowCounts, ShadowFigures, Shadows
-from registry.store import RedisRegistry
-from serving.console_data import _shadow as console_cell
 
 pytestmark = pytest.mark.integration
 SPEC = InputSpec(channels=1, height=8, width=8, classes=3)
@@ -86,7 +86,7 @@ def _mirrored(stack: Stack, stores: Stores, number: int, requests: int) -> dict:
 def test_a_shadowed_candidate_is_promoted_only_if_it_agrees_with_production(stack: Stack) -> None:
     registry = RedisRegistry(stack.store)
     stores = Stores(registry=registry, artifacts=ArtifactStore(stack.settings.artifacts()), events=EventLog(registry))
-    model = Model(name=MODEL, factory="learner.models:small_cnn", input=SPEC, shadow=POLICY)
+    model = Model(name=MODEL, factory="clreg.learner.models:small_cnn", input=SPEC, shadow=POLICY)
     registry.create_model(model)
     first = _register(stores, flip=False, status=VersionStatus.BLESSED)
     registry.promote(MODEL, first, who="test", reason="start")

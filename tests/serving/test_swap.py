@@ -13,12 +13,12 @@ import ray
 import torch
 
 from clreg.embedded import Stack
-from learner.models import small_cnn, weights_to_bytes
-from registry.artifacts import ArtifactStore
-from registry.events import EventLog
-from registry.records import InputSpec, Lineage, Model, ModelVersion
-from registry.store import RedisRegistry
-from serving import deploy
+from clreg.learner.models import small_cnn, weights_to_bytes
+from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.events import EventLog
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion
+from clreg.registry.store import RedisRegistry
+from clreg.serving import deploy
 from tests.clreg.processes import Prober
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ def serving(stack: Stack, request: pytest.FixtureRequest) -> Iterator[tuple[Stac
 def test_swaps_under_load_fail_no_request(serving: tuple[Stack, str]) -> None:
     stack, model = serving
     reg, store = RedisRegistry(stack.store), ArtifactStore(stack.settings.artifacts())
-    reg.create_model(Model(name=model, factory="learner.models:small_cnn", input=SPEC))
+    reg.create_model(Model(name=model, factory="clreg.learner.models:small_cnn", input=SPEC))
     versions = [_register(reg, store, model, seed) for seed in range(3)]
     reg.promote(model, versions[0], who="test", reason="start")
     assert _wait_served(stack.url, model, versions[0]) == versions[0]
@@ -81,7 +81,7 @@ def test_swaps_under_load_fail_no_request(serving: tuple[Stack, str]) -> None:
 def test_corrupt_weights_are_never_served(stack: Stack) -> None:
     reg, store = RedisRegistry(stack.store), ArtifactStore(stack.settings.artifacts())
     model = "swap-corrupt"
-    reg.create_model(Model(name=model, factory="learner.models:small_cnn", input=SPEC))
+    reg.create_model(Model(name=model, factory="clreg.learner.models:small_cnn", input=SPEC))
     good = _register(reg, store, model, seed=1)
     reg.promote(model, good, who="test", reason="start")
     assert _wait_served(stack.url, model, good) == good

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
 
-from learner.operating import Costs
-from registry.records import SiteCalibration
-from serving.validation import _binary, render_html
+from clreg.learner.operating import Costs
+from clreg.registry.records import SiteCalibration
+from clreg.serving.validation import _binary, render_html
 
 
 def _fit() -> SiteCalibration:
