@@ -111,9 +111,50 @@ class ShadowPolicy(Record):
     min_agreement: float = Field(default=0.95, ge=0, le=1)  # of mirrored samples answered as production does
 
 
+Metric = Literal["accuracy", "balanced_accuracy", "auroc", "expected_cost"]
+Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ErrorCosts(Record):
+    """The cost of a false positive and of a false negative (binary models), in any one unit."""
+
+    false_positive: float = Field(default=1.0, ge=0)
+    false_negative: float = Field(default=1.0, ge=0)
+
+
+class Normalisation(Record):
+    """Per-channel mean and standard deviation: x -> (x - mean) / std on images scaled to [0, 1]."""
+
+    mean: list[float] = Field(min_length=1, max_length=16)
+    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1, max_length=16)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Normalisation:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"normalisation needs one std per mean, got {len(self.mean)} and {len(self.std)}")
+        return self
+
+
 class Model(Record):
     name: Name
     factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
+    input: InputSpec
+    readiness: Readiness = Readiness()
+    shadow: ShadowPolicy | None = None  # None: a candidate that passed its gate is promoted at once
+    # The figure the gate, the candidate search, readiness and the console judge by; None: the default for the
+    # number of classes (auroc for binary, accuracy otherwise; see `task_metric`).
+    metric: Metric | None = None
+    costs: ErrorCosts = ErrorCosts()  # what each error costs, for the expected_cost metric and thresholds
+    # Initial weights (an uploaded checkpoint converted to this network, sha256 of an artifact) that the first
+    # version trains from; None: the factory's own initialisation. `weights_source`: the file as uploaded.
+    weights: Digest | None = None
+    weights_source: Digest | None = None
+    # Input normalisation applied to every image after scaling to [0, 1], before the network: in training,
+    # the gate, calibration and serving alike (e.g. ImageNet's grey mean 0.449, std 0.226 for a pretrained zoo net)
+    normalisation: Normalisation | None = None
+    created_at: float = Field(default_factory=now)
 
     @field_validator("factory", mode="before")
     @classmethod
@@ -124,11 +165,10 @@ class Model(Record):
             return f"clreg.{value}"
         return value
 
-    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
-    input: InputSpec
-    readiness: Readiness = Readiness()
-    shadow: ShadowPolicy | None = None  # None: a candidate that passed its gate is promoted at once
-    created_at: float = Field(default_factory=now)
+    @property
+    def task_metric(self) -> Metric:
+        """The metric in force: the chosen one, else auroc for a binary model and accuracy otherwise."""
+        return self.metric or ("auroc" if self.input.classes == 2 else "accuracy")
 
 
 class VersionStatus(str, Enum):
