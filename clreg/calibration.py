@@ -1,4 +1,8 @@
-"""Calibrate: fit one temperature per learnt site on its held-out set; the result is a version artifact."""
+"""Calibrate: fit one temperature per learnt site on its held-out set; the result is a version artifact.
+
+Each site's record also carries the model's task metric on the held-out labels and the cross-fitted calibrated
+probabilities, with its interval and class counts: what readiness judges the version by there.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from clreg.learner.calibration import CalibrationFit, calibrate_sites, scaled_pr
 from clreg.learner.evaluate import predict_logits
 from clreg.learner.models import to_tensor
 from clreg.learner.sitebn import Bank
-from clreg.learner.validation import site_figures
+from clreg.learner.taskmetric import DRAWS, Scoring
+from clreg.learner.validation import metric_figures, site_figures
 from clreg.registry.records import Calibration, Model, SiteCalibration
 
 
@@ -23,12 +28,19 @@ def calibrate_version(stores: Stores, model: Model, weights_sha: str, bank: Bank
         net, _, _ = answerer.pick(site, to_tensor(x))
         scored[site] = (predict_logits(net, x), y)
     pooled, sites = calibrate_sites(scored, seed=seed)
-    return Calibration(model=model.name, pooled=_record(pooled),
-                       sites={s: _record(fit, *scored[s], seed=seed) for s, fit in sites.items()})
+    scoring = scoring_of(model)
+    return Calibration(model=model.name, pooled=site_record(pooled), sites={
+        s: site_record(fit, *scored[s], scoring=scoring, seed=seed) for s, fit in sites.items()})
 
 
-def _record(fit: CalibrationFit, logits: np.ndarray | None = None, labels: np.ndarray | None = None,
-            seed: int = 0) -> SiteCalibration:
+def scoring_of(model: Model) -> Scoring:
+    """The model's task metric, with its error costs, at threshold 0.5 and each site's own prevalence."""
+    return Scoring(metric=model.task_metric, cost_fp=model.costs.false_positive,
+                   cost_fn=model.costs.false_negative)
+
+
+def site_record(fit: CalibrationFit, logits: np.ndarray | None = None, labels: np.ndarray | None = None,
+                scoring: Scoring | None = None, seed: int = 0, draws: int = DRAWS) -> SiteCalibration:
     """A site's calibration with its validation figures (the pooled record, without labels, has none)."""
     record = SiteCalibration(temperature=fit.temperature, samples=fit.samples, ece=fit.ece,
                              ece_calibrated=fit.ece_calibrated, nll=fit.nll, nll_calibrated=fit.nll_calibrated,
@@ -37,7 +49,10 @@ def _record(fit: CalibrationFit, logits: np.ndarray | None = None, labels: np.nd
         return record
     figures = site_figures(labels, scaled_proba(logits, 1.0), fit.out_of_fold, seed=seed)
     binary = fit.out_of_fold.shape[1] == 2
+    metric = metric_figures(scoring or Scoring(), labels, fit.out_of_fold, seed=seed, draws=draws)
     return record.model_copy(update={
+        "metric": metric.metric, "metric_value": metric.value, "metric_interval": metric.interval,
+        "metric_baseline": metric.baseline, "class_counts": metric.class_counts,
         "scores": fit.out_of_fold[:, 1].round(6).tolist() if binary else None,
         "labels": labels.astype(int).tolist() if binary else None,
         "accuracy": figures.accuracy, "accuracy_interval": figures.accuracy_interval,

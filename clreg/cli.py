@@ -5,12 +5,14 @@ The only place that catches broadly: every error becomes a one-line message and 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 import signal
 import sys
 import webbrowser
+import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -30,9 +32,10 @@ from rich.progress import (
 from rich.table import Table
 
 from clreg import context, demo, doctor, embedded, faults, site_cli, terminal
-from clreg.client import ApiError, Client
+from clreg.client import ApiError, Client, npz_bytes
 from clreg.daemon import Daemon
 from clreg.errors import ClregError
+from clreg.model_cli import models_app
 from clreg.registry.connection import StoreConfig
 from clreg.registry.dicom import dicom_study
 from clreg.registry.errors import RegistryError, StoreUnavailable
@@ -42,7 +45,6 @@ from clreg.settings import Settings
 from clreg.webhook_cli import webhooks_app
 
 app = typer.Typer(help="clreg: continual-learning model registry daemon", no_args_is_help=True)
-models_app = typer.Typer(help="Register models")
 sites_app = typer.Typer(help="Register sites (hospitals) and issue their tokens")
 app.add_typer(models_app, name="models")
 app.add_typer(sites_app, name="sites")
@@ -131,17 +133,6 @@ def demo_cmd(seed: int = 0) -> None:
     logging.basicConfig(level=logging.WARNING)
     ok = demo.run(_settings(), console, seed=seed)
     raise typer.Exit(0 if ok else 1)
-
-
-@models_app.command("create")
-def models_create(name: str, factory: Annotated[str, typer.Option()] = "clreg.learner.models:small_cnn",
-                  input: Annotated[str, typer.Option("--input", help="C,H,W")] = "1,16,16",
-                  classes: Annotated[int, typer.Option()] = 10, as_json: JsonOpt = False) -> None:
-    """Register a model: its factory and input spec."""
-    spec = tuple(int(v) for v in input.split(","))
-    if len(spec) != 3:
-        raise typer.BadParameter("--input takes C,H,W, e.g. 1,16,16")
-    _emit(_client(admin=True).create_model(name, factory, spec, classes), as_json)
 
 
 @sites_app.command("add")
@@ -329,15 +320,34 @@ def ui(open_browser: Annotated[bool, typer.Option("--open/--no-open", help="open
 
 @app.command()
 def predict(file: Path, model: str | None = None, site: str | None = None, as_json: JsonOpt = False) -> None:
-    """Predict the images in an npz (array x) through the Serve endpoint."""
-    with np.load(file, allow_pickle=False) as npz:
-        x = npz["x"]
-    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
-    answer, version = _client().predict(x, model, site)
+    """Predict through the Serve endpoint: an npz (array x, uint8 or float32), a DICOM file, a DICOM study
+    .zip, or a folder of DICOM files (its top-level files are zipped on the way, as `push` does)."""
+    body, kind = _predict_body(file)
+    answer, version = _client().predict_bytes(body, kind, model, site)
     if as_json:
         return _emit(answer, True)
     console.print(f"model {answer['model']} v{version}: labels {answer['labels']}")
+    if kind != "application/octet-stream":  # DICOM: which file got which label
+        for name, label in zip(answer["inputs"], answer["labels"], strict=True):
+            console.print(f"  {name if kind == 'application/zip' else file.name}: {label}", markup=False)
 
+
+def _predict_body(file: Path) -> tuple[bytes, str]:
+    """The body and its content type; a DICOM file is known by its DICM magic (PACS exports often have no
+    extension); an npz whose x is neither uint8 nor float32 (which the endpoint takes) is sent as float32."""
+    if file.is_dir():
+        return _zip_folder(file), "application/zip"
+    data, zipped = file.read_bytes(), file.suffix.lower() == ".zip"
+    if zipped or data[128:132] == b"DICM":
+        return data, "application/zip" if zipped else "application/dicom"
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            x = npz["x"]
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile):  # the endpoint says what is wrong
+        return data, "application/octet-stream"
+    if x.dtype not in (np.uint8, np.float32):
+        data = npz_bytes(x.astype(np.float32))
+    return data, "application/octet-stream"
 
 def _setting_errors(e: ValidationError) -> list[str]:
     """One line per invalid setting, named as its environment variable."""

@@ -63,13 +63,25 @@ class Client:
                 time.sleep(0.25)
 
     def create_model(self, name: str, factory: str, spec: tuple[int, int, int], classes: int,
-                     readiness: dict[str, Any] | None = None, shadow: dict[str, Any] | None = None) -> dict:
+                     readiness: dict[str, Any] | None = None, shadow: dict[str, Any] | None = None,
+                     weights: str | None = None, normalisation: dict[str, list[float]] | None = None,
+                     metric: str | None = None, costs: dict[str, float] | None = None) -> dict:
         """Register a model; `readiness` (accuracy_floor, ece_limit, policy) decides where it is validated,
-        `shadow` (share, min_requests, min_agreement) mirrors each candidate on live traffic before promotion."""
+        `shadow` (share, min_requests, min_agreement) mirrors each candidate on live traffic before promotion,
+        `weights` (the sha256 `upload` answered) are its initial weights, `normalisation` ({"mean", "std"} per
+        channel) is applied to its input everywhere (ImageNet's by default when weights are given)."""
         body = {"name": name, "factory": factory, "input": dict(zip(("channels", "height", "width"), spec, strict=True),
                                                                    classes=classes),
-                **({"readiness": readiness} if readiness else {}), **({"shadow": shadow} if shadow else {})}
+                **({"readiness": readiness} if readiness else {}), **({"shadow": shadow} if shadow else {}),
+                **({"weights": weights} if weights else {}),
+                **({"normalisation": normalisation} if normalisation else {}),
+                **({"metric": metric} if metric else {}), **({"costs": costs} if costs else {})}
         return self._call("POST", "/v1/models", self.admin_token, json=body).json()
+
+    def upload(self, data: bytes) -> dict:
+        """Store a checkpoint (safetensors or torch .pth bytes) in the artifact store: {"sha256", "bytes"}."""
+        return self._call("POST", "/v1/artifacts", self.admin_token, content=data,
+                          headers={"Content-Type": "application/octet-stream"}).json()
 
     def add_site(self, name: str, threshold: float | None = None, models: list[str] | None = None,
                  batches_per_day: int | None = None, max_bytes: int | None = None, replay: bool = True) -> dict:
@@ -120,17 +132,32 @@ class Client:
 
     def predict(self, x: np.ndarray, model: str | None = None, site: str | None = None) -> tuple[dict, int]:
         """Predict over JSON; returns the answer and the X-Model-Version header."""
-        params = {"model": model} if model else {}
         body: dict[str, Any] = {"inputs": x.tolist()}
         if site:
             body["site"] = site
-        # Serve routes a request naming its model to a replica holding it (when replicas load models on demand)
-        headers = {"serve_multiplexed_model_id": model} if model else {}
-        response = self._call("POST", "/v1/predict", self.token, params=params, json=body, headers=headers)
+        response = self._call("POST", "/v1/predict", self.token, params={"model": model} if model else {},
+                              json=body, headers=self._routed(model))
         return response.json(), int(response.headers["X-Model-Version"])
 
+    def predict_bytes(self, data: bytes, content_type: str, model: str | None = None,
+                      site: str | None = None) -> tuple[dict, int]:
+        """Predict an npz (application/octet-stream), a DICOM file (application/dicom) or a DICOM study zip
+        (application/zip) as sent; returns the answer and the X-Model-Version header."""
+        params = {k: v for k, v in (("model", model), ("site", site)) if v}
+        response = self._call("POST", "/v1/predict", self.token, params=params, content=data,
+                              headers={"Content-Type": content_type, **self._routed(model)})
+        return response.json(), int(response.headers["X-Model-Version"])
 
-def npz_bytes(x: np.ndarray, y: np.ndarray) -> bytes:
+    @staticmethod
+    def _routed(model: str | None) -> dict[str, str]:
+        """Serve routes a request naming its model to a replica holding it (when replicas load models on demand)."""
+        return {"serve_multiplexed_model_id": model} if model else {}
+
+def npz_bytes(x: np.ndarray, y: np.ndarray | None = None) -> bytes:
+    """An npz of x and y (a prediction's npz: x alone)."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, x=x, y=y)
+    if y is None:
+        np.savez_compressed(buf, x=x)
+    else:
+        np.savez_compressed(buf, x=x, y=y)
     return buf.getvalue()

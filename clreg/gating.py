@@ -1,43 +1,93 @@
-"""Gate: score candidate and production on every learnt site's held-out set and judge non-inferiority."""
+"""Gate: score candidate and production by the model's task metric on every learnt site's held-out set, and
+judge non-inferiority (registry.gates) from those figures."""
 
 from __future__ import annotations
+
+import math
+from typing import cast
 
 import numpy as np
 
 from clreg.context import Stores
+from clreg.learner import taskmetric
 from clreg.learner.answer import Answerer
-from clreg.learner.evaluate import site_metrics
+from clreg.learner.evaluate import predict_proba
 from clreg.learner.models import to_tensor
-from clreg.registry.gates import GateRules, judge
+from clreg.learner.taskmetric import Metric, Scoring
+from clreg.registry.gates import GateRules, SiteFigures, judge, upper_bound
 from clreg.registry.records import GateReport, Model, ModelVersion
 from clreg.registry.store import RedisRegistry
 from clreg.settings import GateConfig
+
+Best = dict[str, dict[str, float]]  # site -> metric -> the best value a version has had on it
+
+
+def scoring_of(model: Model) -> Scoring:
+    """How the gate and the candidate search score a held-out set of this model: its task metric and costs."""
+    return Scoring(metric=model.task_metric, cost_fp=model.costs.false_positive, cost_fn=model.costs.false_negative)
 
 
 def gate(stores: Stores, cfg: GateConfig, model: Model, candidate: ModelVersion,
          production: ModelVersion | None) -> GateReport:
     """The GateReport of `candidate` against `production` (stored; the caller acts on `passed`)."""
     heldout = stores.split_by_site(model, stores.learnt_batches(candidate), "heldout")
-    cand = _outcomes(stores.answerer(model, candidate), heldout)
-    prod: dict[str, np.ndarray] | None = None
-    if production is not None:
-        prod = _outcomes(stores.answerer(model, production), heldout)
+    scoring = scoring_of(model)
+    rules = GateRules(tolerance=cfg.tolerance, site_tolerance=cfg.site_tolerance, confidence=cfg.confidence,
+                      budget=cfg.forgetting_budget, metric=scoring.metric)
+    cand = _probabilities(stores.answerer(model, candidate), heldout)
+    prod = _probabilities(stores.answerer(model, production), heldout) if production is not None else None
+    figures = {site: site_figures(scoring, y, cand[site], None if prod is None else prod[site], rules)
+               for site, (_, y) in heldout.items()}
     earlier = set(production.lineage.sites) if production else set()
-    rules = GateRules(tolerance=cfg.tolerance, site_tolerance=cfg.site_tolerance,
-                      confidence=cfg.confidence, budget=cfg.forgetting_budget)
-    verdict = judge(cand, prod, set(heldout) - earlier, rules, best=best_since_learnt(stores.registry, production))
+    best = best_since_learnt(stores.registry, production)
+    tops = {s: best[s][f.metric] for s, f in figures.items() if f.metric in best.get(s, {})}
+    verdict = judge(figures, set(heldout) - earlier, rules, best=tops)
     report = GateReport(id=f"g-{model.name}-{candidate.number}", model=model.name, candidate=candidate.number,
                         production=production.number if production else None, tolerance=rules.tolerance,
                         confidence=rules.confidence, sites=verdict.lines, passed=not verdict.reasons,
                         reasons=verdict.reasons, site_tolerance=rules.site_tolerance, budget=rules.budget,
-                        pooled_delta=verdict.pooled_delta, pooled_lower_bound=verdict.pooled_lower_bound)
+                        pooled_delta=verdict.pooled_delta, pooled_lower_bound=verdict.pooled_lower_bound,
+                        metric=scoring.metric, too_small=verdict.too_small, notes=verdict.notes)
     stores.registry.reports.put_gate(report)
     return report
 
 
-def best_since_learnt(registry: RedisRegistry, production: ModelVersion | None) -> dict[str, float]:
-    """Per site, the best held-out accuracy any version in production's line has had (from their gate reports)."""
-    best: dict[str, float] = {}
+def site_figures(scoring: Scoring, y: np.ndarray, candidate: np.ndarray, production: np.ndarray | None,
+                 rules: GateRules, draws: int = taskmetric.DRAWS) -> SiteFigures:
+    """One site's gate figures from its held-out labels and both models' probabilities [N, K] on them (`draws`
+    bootstrap resamples for a metric that is not a mean over samples).
+
+    Where the metric is undefined on the set (AUROC of a set with one class), the site is judged by accuracy.
+    """
+    y = np.asarray(y).astype(np.int64)
+    if math.isnan(taskmetric.value(scoring, y, candidate)):
+        scoring = Scoring()
+    conf, n = rules.confidence, len(y)
+    correct = candidate.argmax(axis=1) == y
+    if scoring.metric == "accuracy":
+        optimistic = upper_bound(correct, conf)  # Wilson, as the gate always did
+    else:
+        low, high = taskmetric.interval(scoring, y, candidate, level=2 * conf - 1, draws=draws)
+        optimistic = high if scoring.higher_is_better else low
+    common = {"samples": n, "class_counts": tuple(int(c) for c in np.bincount(y, minlength=candidate.shape[1])),
+              "metric": scoring.metric, "candidate": taskmetric.value(scoring, y, candidate),
+              "optimistic": optimistic, "candidate_accuracy": float(correct.mean()),
+              "higher_is_better": scoring.higher_is_better}
+    if production is None:
+        return SiteFigures(**common)  # type: ignore[arg-type]
+    paired = taskmetric.paired_change(scoring, y, candidate, production, conf, draws=draws)
+    drop = taskmetric.detectable_drop(paired.se, conf)
+    needed = taskmetric.samples_needed(n, drop, rules.tolerance) - n \
+        if math.isfinite(drop) and rules.tolerance > 0 else None
+    return SiteFigures(**common, production=taskmetric.value(scoring, y, production),  # type: ignore[arg-type]
+                       production_accuracy=float(np.mean(production.argmax(axis=1) == y)), delta=paired.delta,
+                       lower_bound=paired.lower_bound, se=paired.se, detectable_drop=drop, samples_needed=needed)
+
+
+def best_since_learnt(registry: RedisRegistry, production: ModelVersion | None) -> Best:
+    """Per site and metric, the best held-out value any version in production's line has had (from their gate
+    reports; a report from before the task metric gives accuracy only)."""
+    best: Best = {}
     if production is None:
         return best
     reports = {v.version.number: v.gate_report_id for v in registry.list_versions(production.model)}
@@ -45,16 +95,28 @@ def best_since_learnt(registry: RedisRegistry, production: ModelVersion | None) 
     while number is not None:
         if reports.get(number):
             for line in registry.reports.get_gate(reports[number]).sites:  # type: ignore[arg-type]
-                best[line.site] = max(best.get(line.site, 0.0), line.candidate_accuracy)
+                _keep(best.setdefault(line.site, {}), "accuracy", line.candidate_accuracy)
+                if line.metric and line.candidate_value is not None:
+                    _keep(best[line.site], line.metric, line.candidate_value)
         number = registry.get_version(production.model, number).lineage.parent
     return best
 
 
-def _outcomes(answerer: Answerer, heldout: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per-sample correctness per site, each site's held-out set answered as one /v1/predict request naming the
-    site would be (a site the version never learnt is routed to the BatchNorm that explains its images best)."""
+def _keep(best: dict[str, float], metric: str, value: float) -> None:
+    """Keep the better of `best[metric]` and `value` (the lower for a cost)."""
+    if metric not in best:
+        best[metric] = value
+        return
+    higher = Scoring(metric=cast(Metric, metric)).higher_is_better
+    best[metric] = max(best[metric], value) if higher else min(best[metric], value)
+
+
+def _probabilities(answerer: Answerer, heldout: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Class probabilities [N, K] per site, each site's held-out set answered as one /v1/predict request naming
+    the site would be (a site the version never learnt is routed to the BatchNorm that explains its images best).
+    Temperature scaling is left out: it changes no label, no ranking of P(class 1) and no decision at 0.5."""
     out = {}
-    for site, (x, y) in heldout.items():
+    for site, (x, _) in heldout.items():
         net, _, _ = answerer.pick(site, to_tensor(x))
-        out[site] = site_metrics(net, x, y).correct  # temperature scaling never changes a label
+        out[site] = predict_proba(net, x)
     return out

@@ -45,20 +45,31 @@ def learn(stores: Stores, train: TrainConfig, cfg: SearchConfig, model: Model, p
     training tasks (TrainingInterrupted).
     """
     started = time.perf_counter()
-    stored = VersionArtifacts(stores.artifacts, production) if production else None
-    parent = tuple(stored.optional(a) if stored else None for a in (Artifact.WEIGHTS, Artifact.EWC, Artifact.BN_BANK))
+    parent = parent_artifacts(stores, model, production)
     new_ids = [b.id for b in batches]
     new = stores.split_by_site(model, new_ids, "train")
     memory = search.memory_of(stores.artifacts, production)
     data = search.update_data(stores.registry, new, memory, cfg.val_fraction, train.seed)
     whole = search.update_data(stores.registry, new, memory, cfg.val_fraction, train.seed, carved=False) \
         if cfg.refit else None
-    found = search.run(cfg, model, data, train, scale, parent, progress, stop, refit=whole)  # type: ignore[arg-type]
+    found = search.run(cfg, model, data, train, scale, parent, progress, stop, refit=whole)
     for site, (x, y) in new.items():  # remembered for later updates: all its training samples, where allowed
         if site in data.replayable:
             memory.add(site, x, y, cfg.replay_capacity, train.seed)
     memory.sites = {s: m for s, m in memory.sites.items() if s in new or search.allows_replay(stores.registry, s)}
     return Learnt(batches=batches, found=found, memory=memory, seed=train.seed, train_s=time.perf_counter() - started)
+
+
+def parent_artifacts(stores: Stores, model: Model, production: ModelVersion | None
+                     ) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """(weights, EWC state, BatchNorm bank) an update starts from: production's; for the first version, the
+    model's initial weights (an uploaded checkpoint adapted to its network) with no EWC state nor bank, or
+    nothing (the factory's own initialisation)."""
+    if production is None:
+        return (stores.artifacts.get(model.weights) if model.weights else None), None, None
+    stored = VersionArtifacts(stores.artifacts, production)
+    weights, ewc, bank = (stored.optional(a) for a in (Artifact.WEIGHTS, Artifact.EWC, Artifact.BN_BANK))
+    return weights, ewc, bank
 
 
 def assemble(stores: Stores, features: FeatureConfig, reference_samples: int, model: Model,
@@ -95,7 +106,8 @@ def assemble(stores: Stores, features: FeatureConfig, reference_samples: int, mo
                    **({Artifact.BN_BANK: artifacts.put(bank)} if bank is not None else {}),
                    **({Artifact.REPLAY: artifacts.put(memory_to_bytes(memory))} if memory.sites else {})},
         metrics={"final_loss": float(found.chosen.curve[-1]["loss"]) if found.chosen.curve else float("nan"),
-                 "validation_accuracy": next(line["score"] for line in found.lines if line["chosen"]),
+                 "validation_accuracy": next(line["mean_val_accuracy"] for line in found.lines if line["chosen"]),
+                 "validation_score": next(line["score"] for line in found.lines if line["chosen"]),
                  "heldout_ece": _site_mean(calibration, "ece"),
                  "heldout_ece_calibrated": _site_mean(calibration, "ece_calibrated")},
     )

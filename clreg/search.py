@@ -7,13 +7,17 @@ memory nor validation data: EWC and the gate protect them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from clreg.gating import scoring_of
 from clreg.learner.errors import TrainingFailed
+from clreg.learner.models import normalisation_of
 from clreg.learner.remote import search_on_ray
 from clreg.learner.replay import Memory, memory_from_bytes
 from clreg.learner.train import TrainConfig
@@ -83,8 +87,9 @@ def run(cfg: SearchConfig, model: Model, data: UpdateData, base: TrainConfig, sc
         artifacts: tuple[bytes | None, bytes | None, bytes | None], progress: Progress | None = None,
         stop: object = None, refit: UpdateData | None = None) -> Search:
     """Train every configured candidate from `base` (its protection of earlier sites x `scale`) and choose the
-    best mean validation accuracy; with `refit` (the same data, whole), train the chosen settings once more on
-    it: the validation samples teach too.
+    best mean validation score in the model's task metric (the gate's; a cost negated, so higher is better);
+    with `refit` (the same data, whole), train the chosen settings once more on it: the validation samples
+    teach too.
 
     Raises:
         TrainingFailed: every candidate failed, or the refit did (the reasons are in the message).
@@ -98,17 +103,18 @@ def run(cfg: SearchConfig, model: Model, data: UpdateData, base: TrainConfig, sc
         """Every candidate as its own Ray task, from the production version's artifacts."""
         return search_on_ray(model.factory, model.factory_kwargs, shape, *artifacts, on, candidates,
                              progress=report, timeout_s=cfg.timeout_s, stop=stop,  # type: ignore[arg-type]
-                             resource=cfg.resource)
+                             resource=cfg.resource, normalisation=normalisation_of(model))
 
-    outcomes = train(data, settings, progress)
+    scoring = scoring_of(model)
+    outcomes = train(dataclasses.replace(data, scoring=scoring), settings, progress)
     ok = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, UpdateResult)]
     if not ok:
         raise TrainingFailed("; ".join(f"candidate {i + 1}: {o}" for i, o in enumerate(outcomes)))
-    best = max(ok, key=lambda io: (np.nan_to_num(io[1].score, nan=-1.0), -io[0]))[0]
+    best = max(ok, key=lambda io: (np.nan_to_num(io[1].score, nan=-math.inf), -io[0]))[0]
     lines = [_line(_effective(overrides[i], settings[i]), o, i == best) for i, o in enumerate(outcomes)]
     chosen = outcomes[best]
     if refit is not None:
-        [chosen] = train(refit, [settings[best]], None)
+        [chosen] = train(dataclasses.replace(refit, scoring=scoring), [settings[best]], None)
         if isinstance(chosen, TrainingFailed):
             raise chosen
     return Search(chosen=chosen, settings=settings[best], lines=lines)
@@ -129,9 +135,17 @@ def _effective(override: dict, settings: TrainConfig) -> dict:
 def _line(override: dict, outcome: UpdateResult | TrainingFailed, chosen: bool) -> dict:
     if isinstance(outcome, TrainingFailed):
         return {"settings": override, "chosen": False, "error": str(outcome)}
-    return {"settings": override, "chosen": chosen, "score": round(outcome.score, 4),
+    accuracy = list(outcome.val_accuracy.values())
+    return {"settings": override, "chosen": chosen, "score": round(outcome.score, 4), "metric": outcome.metric,
+            "val_values": {s: _rounded(v) for s, v in outcome.val_values.items()},
             "val_accuracy": {s: round(a, 4) for s, a in outcome.val_accuracy.items()},
+            "mean_val_accuracy": round(float(np.mean(accuracy)), 4) if accuracy else float("nan"),
             "best_epochs": outcome.result.best_epoch}
+
+
+def _rounded(x: float) -> float | None:
+    """A figure for the lineage (JSON): 4 places, None where it is undefined."""
+    return None if math.isnan(x) else round(x, 4)
 
 
 def _seed(seed: int, site: str) -> int:

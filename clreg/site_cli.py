@@ -17,6 +17,10 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _span(pair: list[float] | None) -> str:
+    return "-" if not pair else f"{pair[0]:.3f} - {pair[1]:.3f}"
+
+
 def report(site: str, model: Annotated[str, typer.Option(help="the model served to the site")] = "digits",
            html: Annotated[Path | None, typer.Option(help="also write the HTML report to this file")] = None,
            as_json: JsonOpt = False) -> None:
@@ -31,6 +35,10 @@ def report(site: str, model: Annotated[str, typer.Option(help="the model served 
     held = answer["heldout"] or {}
     verdict = "[green]validated[/]" if answer["validated"] else "[red]not validated[/]: " + "; ".join(answer["reasons"])
     console.print(f"{site} under {model} v{answer['version']}: {verdict}")
+    if held.get("metric"):
+        console.print(f"{held['metric']} {_share(held.get('metric_value'))} (95% interval "
+                      f"{_span(held.get('metric_interval'))}; answering every image the same class: "
+                      f"{_share(held.get('metric_baseline'))}; samples per class {held.get('class_counts')})")
     table = Table("samples", "accuracy", "95% interval", "ECE before", "ECE after", "temperature")
     interval = held.get("accuracy_interval")
     table.add_row(str(held.get("samples", "-")), _share(held.get("accuracy")),
@@ -70,16 +78,34 @@ def operating_point(site: str, model: Annotated[str, typer.Option(help="a binary
                     cost_fn: Annotated[float | None, typer.Option(help="cost of a missed case")] = None,
                     prevalence: Annotated[float | None, typer.Option(help="price at it (default: held-out)")] = None,
                     set_it: Annotated[bool, typer.Option("--set", help="make it the site's threshold")] = False,
+                    force: Annotated[bool, typer.Option(help="--set a cost-chosen threshold although the held-out "
+                                                        "set has too few positives or negatives")] = False,
                     as_json: JsonOpt = False) -> None:
-    """What a threshold means at a site: sensitivity, specificity, PPV, NPV on its held-out set; with the
-    costs of both errors, the threshold of lowest expected cost at the site's prevalence."""
+    """What a threshold means at a site: sensitivity, specificity, PPV, NPV on its held-out set with 95% intervals
+    and the positives and negatives behind them; with the costs of both errors, the threshold of lowest expected
+    cost at the site's prevalence. `--set` refuses a cost-chosen threshold the held-out set is too small to
+    recommend (fewer than the model's min_positives / min_negatives) unless `--force`."""
     point = terminal.client().get(f"/v1/sites/{site}/operating-point", model=model, threshold=threshold,
                     sensitivity=sensitivity, cost_fp=cost_fp, cost_fn=cost_fn, prevalence=prevalence)
+    if set_it and point.get("recommended") is False and not force:
+        console.print(f"[red]not set[/]: threshold {point['threshold']:.4f} is not recommended: {point['reason']} "
+                      "(--force sets it anyway)", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     if set_it:
         terminal.client(admin=True).set_threshold(site, point["threshold"])
+    terminal.emit({**point, "set": set_it}, as_json, _point_table(site, point, set_it))
+
+
+def _point_table(site: str, point: dict, set_it: bool) -> Table:
+    """One row: the threshold's figures with the 95% intervals of sensitivity, specificity and expected cost."""
     figures = ("prevalence", "sensitivity", "specificity", "ppv", "npv", "flagged")
     priced = ("expected_cost", "expected_cost_at_half") if "expected_cost" in point else ()
-    table = Table("site", "version", "threshold", *(k.replace("_", " ") for k in figures + priced))
+    spans = ("sensitivity_interval", "specificity_interval") + (("expected_cost_interval",) if priced else ())
+    table = Table("site", "version", "threshold", "positives", "negatives",
+                  *(k.replace("_", " ") for k in figures + spans + priced), "recommended")
+    mark = {True: "[green]yes[/]", False: "[red]no[/]: " + str(point.get("reason")), None: "-"}
     table.add_row(site, f"v{point['version']}", f"{point['threshold']:.4f}" + (" (set)" if set_it else ""),
-                  *(_share(point[k]) for k in figures + priced))
-    terminal.emit({**point, "set": set_it}, as_json, table)
+                  str(point["positives"]), str(point["negatives"]), *(_share(point[k]) for k in figures),
+                  *(_span(point[k]) for k in spans), *(_share(point[k]) for k in priced),
+                  mark[point.get("recommended")])
+    return table

@@ -5,11 +5,15 @@ parameters, in eval mode. Its fast path runs one forward and one backward pass o
 chunk: in eval mode samples do not interact, so the gradient at each layer's output, row n, is sample n's own,
 and per-sample weight gradients follow from it and the layer's input (the BackPACK / Opacus trick). Parameters
 of other layer types, or used in ways the hooks cannot see, take the torch.func vmap(grad) path instead.
+Memory stays bounded on large networks (a DenseNet-121 at 224x224): chunks reach the device one at a time,
+each chunk's captured inputs and output gradients are freed before the next, and without an explicit
+chunk size the first chunk is one sample whose captured bytes set the size of the rest (`memory_budget`).
+The Fisher is always computed in float32, outside any autocast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +21,18 @@ import torch.nn.grad
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from clreg.learner.images import as_float
+
 Fisher = dict[str, Tensor]
 # exact types only: a subclass may override forward or use its weights elsewhere (MultiheadAttention's out_proj)
 HOOKED = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+MEMORY_BUDGET = 1 << 30  # bytes a chunk's activations, their gradients and its graph may take on the CPU
+GPU_SHARE = 4  # on a GPU: a quarter of its free memory
+# Alive per captured byte at the backward's peak: the held inputs and outputs, the outputs' clones and the
+# tensors autograd saved (about as large again), and the output gradients.
+PEAK_PER_CAPTURED_BYTE = 3
+VMAP_CHUNK = 64
 
 
 def trainable_params(model: nn.Module) -> dict[str, Tensor]:
@@ -36,9 +48,15 @@ def _subsample(x: Tensor, y: Tensor, max_samples: int | None) -> tuple[Tensor, T
     return x[idx], y[idx]
 
 
-def _chunks(x: Tensor, y: Tensor, size: int, device: torch.device) -> list[tuple[Tensor, Tensor]]:
-    """Consecutive (x, y) slices of at most size samples, on the model's device."""
-    return [(x[s : s + size].to(device), y[s : s + size].to(device)) for s in range(0, len(x), size)]
+def _chunk(x: Tensor, y: Tensor, start: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """One (x, y) slice on the model's device, images as float32 (uint8 ones converted only now)."""
+    return as_float(x[start : start + size].to(device)), y[start : start + size].to(device)
+
+
+def _chunks(x: Tensor, y: Tensor, size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """Consecutive slices of at most size samples, each moved to the device only when it is reached."""
+    for start in range(0, len(x), size):
+        yield _chunk(x, y, start, size, device)
 
 
 def _log_lik_fn(model: nn.Module, frozen: dict[str, Tensor]) -> Callable[[dict[str, Tensor], Tensor, Tensor], Tensor]:
@@ -52,7 +70,7 @@ def _log_lik_fn(model: nn.Module, frozen: dict[str, Tensor]) -> Callable[[dict[s
     return log_lik
 
 
-def _vmap_squared_sums(model: nn.Module, names: set[str], chunks: list[tuple[Tensor, Tensor]]) -> Fisher:
+def _vmap_squared_sums(model: nn.Module, names: set[str], chunks: Iterator[tuple[Tensor, Tensor]]) -> Fisher:
     """sum_n g_n^2 for the named parameters, per-sample gradients from vmap(grad) (model in eval mode)."""
     params = {k: p for k, p in trainable_params(model).items() if k in names}
     frozen = {k: p.detach() for k, p in model.named_parameters() if k not in params}
@@ -70,7 +88,8 @@ def _in_eval(model: nn.Module, squared_sums: Callable[[], Fisher], n: int) -> Fi
     was_training = model.training
     model.eval()
     try:
-        total = squared_sums()
+        with torch.autocast(next(model.parameters()).device.type, enabled=False):  # float32, whoever calls
+            total = squared_sums()
     finally:
         model.train(was_training)
     return {k: (t / max(n, 1)).cpu() for k, t in total.items()}
@@ -208,33 +227,74 @@ def _capture(model: nn.Module, modules: dict[str, nn.Module], x: Tensor, y: Tens
     }
 
 
-def _hooked_squared_sums(model: nn.Module, chunks: list[tuple[Tensor, Tensor]]) -> Fisher:
-    """sum_n g_n^2 for every trainable parameter: layer hooks where exact, vmap(grad) for the rest."""
+def _captured_bytes(captured: dict[str, tuple[Tensor, Tensor]]) -> int:
+    """Bytes of the inputs and output gradients one capture holds."""
+    return sum(a.nelement() * a.element_size() + d.nelement() * d.element_size() for a, d in captured.values())
+
+
+def _budgeted(captured: dict[str, tuple[Tensor, Tensor]], samples: int, budget: int) -> int:
+    """The chunk size whose capture, measured on `samples` samples, stays within `budget` bytes at its peak."""
+    per_sample = max(1, PEAK_PER_CAPTURED_BYTE * _captured_bytes(captured) // max(samples, 1))
+    return max(1, budget // per_sample)
+
+
+def _accumulate(total: Fisher, modules: dict[str, nn.Module], captured: dict[str, tuple[Tensor, Tensor]]) -> set[str]:
+    """Add one chunk's sum_n g_n^2 of every hooked layer to total; the parameters it covered."""
+    done: set[str] = set()
+    for name, (a, d) in captured.items():
+        for pname, sq in _layer_sq(modules[name], a, d).items():
+            key = f"{name}.{pname}" if name else pname
+            if key in total:  # skips a frozen parameter and a missing bias
+                total[key] += sq
+                done.add(key)
+    return done
+
+
+def _hooked_squared_sums(model: nn.Module, x: Tensor, y: Tensor, chunk_size: int | None, budget: int) -> Fisher:
+    """sum_n g_n^2 for every trainable parameter: layer hooks where exact, vmap(grad) for the rest.
+
+    Without a chunk size, the first chunk is one sample and its capture sizes the following chunks to `budget`.
+    """
+    device = next(model.parameters()).device
     total = {k: torch.zeros_like(p) for k, p in trainable_params(model).items()}
     modules = {} if _samples_interact(model) else _hooked_modules(model)
     covered: set[str] | None = None  # parameters the hooks handled in every chunk
-    for xb, yb in chunks:
-        done: set[str] = set()
-        for name, (a, d) in _capture(model, modules, xb, yb).items():
-            for pname, sq in _layer_sq(modules[name], a, d).items():
-                key = f"{name}.{pname}" if name else pname
-                if key in total:  # skips a frozen parameter and a missing bias
-                    total[key] += sq
-                    done.add(key)
+    start, size = 0, chunk_size or 1
+    while start < len(x):
+        xb, yb = _chunk(x, y, start, size, device)
+        captured = _capture(model, modules, xb, yb)
+        done = _accumulate(total, modules, captured)
         covered = done if covered is None else covered & done
+        start, size = start + len(xb), chunk_size or _budgeted(captured, len(xb), budget)
+        del xb, yb, captured  # this chunk's activations go before the next chunk's arrive
     rest = set(total) - (covered or set())
     if rest:
-        total.update(_vmap_squared_sums(model, rest, chunks))
+        total.update(_vmap_squared_sums(model, rest, _chunks(x, y, chunk_size or VMAP_CHUNK, device)))
     return total
 
 
+def default_budget(device: torch.device) -> int:
+    """Bytes one chunk may take: MEMORY_BUDGET on the CPU, a GPU_SHARE of the free memory on a GPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(MEMORY_BUDGET, free // GPU_SHARE)
+    return MEMORY_BUDGET
+
+
 def fisher_diagonal(
-    model: nn.Module, x: Tensor, y: Tensor, chunk_size: int = 64, max_samples: int | None = None
+    model: nn.Module, x: Tensor, y: Tensor, chunk_size: int | None = None, max_samples: int | None = None,
+    memory_budget: int | None = None,
 ) -> Fisher:
-    """Per-sample empirical Fisher diagonal: one forward and backward per chunk, per-sample gradients from hooks."""
+    """Per-sample empirical Fisher diagonal: one forward and backward per chunk, per-sample gradients from hooks.
+
+    chunk_size None sizes the chunks from a one-sample first chunk so that each stays within memory_budget bytes
+    (None: default_budget of the model's device).
+    """
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     x, y = _subsample(x, y, max_samples)
-    device = next(model.parameters()).device
-    return _in_eval(model, lambda: _hooked_squared_sums(model, _chunks(x, y, chunk_size, device)), len(x))
+    budget = memory_budget or default_budget(next(model.parameters()).device)
+    return _in_eval(model, lambda: _hooked_squared_sums(model, x, y, chunk_size, budget), len(x))
 
 
 def fisher_per_sample_loop(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
@@ -246,7 +306,7 @@ def fisher_per_sample_loop(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, 
     model.eval()
     try:
         for i in range(len(x)):
-            log_p = F.log_softmax(model(x[i : i + 1].to(device)), dim=-1)[0, y[i]]
+            log_p = F.log_softmax(model(as_float(x[i : i + 1].to(device))), dim=-1)[0, y[i]]
             grads = torch.autograd.grad(log_p, [p for _, p in named])
             for (k, _), g in zip(named, grads, strict=True):
                 total[k] += g.pow(2)
@@ -265,7 +325,7 @@ def fisher_minibatch_squared(model: nn.Module, x: Tensor, y: Tensor, batch_size:
     model.eval()
     try:
         for start in range(0, len(x), batch_size):
-            xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
+            xb, yb = _chunk(x, y, start, batch_size, device)
             loss = F.cross_entropy(model(xb), yb)
             grads = torch.autograd.grad(loss, [p for _, p in named])
             for (k, _), g in zip(named, grads, strict=True):

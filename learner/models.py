@@ -1,10 +1,11 @@
-"""Models: the default small CNN, a pretrained-encoder variant, factory loading, embeddings and safetensors weights."""
+"""Models: the default small CNN, a pretrained-encoder variant, the zoo (learner.zoo) re-exported, factory
+loading, input normalisation, embeddings and safetensors weights."""
 
 from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,15 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from clreg.learner.errors import DataError, ModelFactoryError, WeightsError
+from clreg.learner.zoo import densenet121 as densenet121  # the zoo, re-exported: factory strings name this module
+from clreg.learner.zoo import resnet18 as resnet18
+from clreg.learner.zoo import resnet50 as resnet50
 from clreg.registry.records import Model
 
 DEFAULT_FACTORY = "clreg.learner.models:small_cnn"
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 EMBED_DIM = 64
+MeanStd = tuple[Sequence[float], Sequence[float]]  # an input normalisation: (mean, std), one value per channel
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -124,19 +129,56 @@ def check_factory(factory: str, allowed: tuple[str, ...]) -> None:
                                 "extend CLREG_SERVE__FACTORY_PREFIXES to allow it")
 
 
+def normalisation_of(model: Model) -> MeanStd | None:
+    """A registered model's input normalisation as plain (mean, std) tuples, for build_model and Ray tasks."""
+    norm = model.normalisation
+    return (tuple(norm.mean), tuple(norm.std)) if norm is not None else None
+
+
 def network_for(model: Model) -> nn.Module:
-    """A fresh network for a registered model: its factory with its input spec (weights not loaded)."""
+    """A fresh network for a registered model: its factory with its input spec and normalisation (weights not
+    loaded)."""
     spec = model.input
-    return build_model(model.factory, model.factory_kwargs, spec.channels, spec.height, spec.width, spec.classes)
+    return build_model(model.factory, model.factory_kwargs, spec.channels, spec.height, spec.width, spec.classes,
+                       normalisation_of(model))
+
+
+def _normalise_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Forward pre-hook of the root module: x -> (x - mean) / std, per channel, before the network sees it."""
+    x, *rest = args
+    return ((x - module.get_buffer("clreg_input_mean")) / module.get_buffer("clreg_input_std"), *rest)
+
+
+def normalise(model: nn.Module, normalisation: MeanStd, channels: int) -> None:
+    """Make the model normalise its own input, in place: the mean and std are non-persistent buffers (they move
+    with the model to its device, stay out of the state dict, so checkpoint keys stay the factory's) read by a
+    forward pre-hook on the root module, so every caller (training, gate, calibration, drift, serving) gets it.
+
+    Raises:
+        ModelFactoryError: mean and std are not one value or one per channel, or not finite, or a std is not
+            positive.
+    """
+    mean, std = (torch.tensor([float(v) for v in values], dtype=torch.float32) for values in normalisation)
+    finite = bool(torch.isfinite(mean).all() and torch.isfinite(std).all())
+    if len(mean) != len(std) or len(mean) not in (1, channels) or not finite or not bool((std > 0).all()):
+        raise ModelFactoryError(f"normalisation needs one finite mean and one finite positive std for each of the "
+                                f"{channels} channels (or one for all), got mean {list(normalisation[0])} "
+                                f"and std {list(normalisation[1])}")
+    model.register_buffer("clreg_input_mean", mean.view(1, -1, 1, 1), persistent=False)
+    model.register_buffer("clreg_input_std", std.view(1, -1, 1, 1), persistent=False)
+    model.register_forward_pre_hook(_normalise_input)
 
 
 def build_model(
-    factory: str, kwargs: dict[str, Any], channels: int, height: int, width: int, classes: int
+    factory: str, kwargs: dict[str, Any], channels: int, height: int, width: int, classes: int,
+    normalisation: MeanStd | None = None,
 ) -> nn.Module:
-    """Build a model from a `module:function` factory with the input spec plus kwargs.
+    """Build a model from a `module:function` factory with the input spec plus kwargs; with `normalisation`
+    ((mean, std) per channel), the model normalises its own input (see `normalise`).
 
     Raises:
-        ModelFactoryError: the string is malformed, the import fails, or the call fails or returns no module.
+        ModelFactoryError: the string is malformed, the import fails, the call fails or returns no module,
+            or the normalisation does not fit the channels.
     """
     fn = _resolve_factory(factory)
     try:
@@ -146,6 +188,8 @@ def build_model(
     if not isinstance(model, nn.Module):
         raise ModelFactoryError(f"factory {factory!r} returned {type(model).__name__}, not an nn.Module")
     last_linear(model)
+    if normalisation is not None:
+        normalise(model, normalisation, channels)
     return model
 
 

@@ -118,3 +118,78 @@ def threshold_for_cost(scores: np.ndarray, labels: np.ndarray, costs: Costs,
     priced = [(round(expected_cost(operating_point(scores, labels, float(t)), costs, prevalence), 12), -float(t))
               for t in candidates]
     return -min(priced)[1]
+
+
+LEVEL = 0.95
+DRAWS = 1000  # as learner.taskmetric's intervals
+
+
+@dataclass(frozen=True)
+class PointInterval:
+    """How sure an operating point's figures are: their 95% class-stratified bootstrap intervals over the held-out
+    set and the positives and negatives they rest on. An interval is None where its class is absent (or, for the
+    expected cost, where no costs were given)."""
+
+    positives: int
+    negatives: int
+    sensitivity_interval: tuple[float, float] | None
+    specificity_interval: tuple[float, float] | None
+    expected_cost_interval: tuple[float, float] | None
+
+    def as_dict(self) -> dict[str, int | tuple[float, float] | None]:
+        return asdict(self)
+
+
+def _bounds(values: np.ndarray | None, level: float) -> tuple[float, float] | None:
+    if values is None:
+        return None
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def point_interval(scores: np.ndarray, labels: np.ndarray, threshold: float, costs: Costs | None = None,
+                   prevalence: float | None = None, level: float = LEVEL, draws: int = DRAWS,
+                   seed: int = 0) -> PointInterval:
+    """Intervals of a threshold's sensitivity, specificity and (with costs) expected cost at `prevalence` (the
+    held-out one by default), each class resampled with replacement within itself (seeded).
+
+    The draws are learner.taskmetric's (same classes in the same order from the same seed), so the cost interval
+    is `taskmetric.interval` of expected_cost at this threshold. The threshold is held fixed: a threshold chosen on
+    these samples looks better on them than it will on new ones, which the interval does not show.
+    """
+    scores, labels = _check(scores, labels)
+    p = float(labels.mean()) if prevalence is None else prevalence
+    if not 0 <= p <= 1:
+        raise DataError(f"prevalence must lie in [0, 1], got {p}")
+    flagged = scores >= threshold
+    rng = np.random.default_rng(seed)
+    shares = {}  # class -> the share flagged among that class in each resample
+    for k in np.unique(labels):
+        own = flagged[labels == k]
+        shares[int(k)] = rng.choice(own, size=(draws, len(own))).mean(axis=1)
+    found, alarm = shares.get(1), shares.get(0)
+    cost = None
+    if costs is not None:
+        miss_rate = np.zeros(draws) if found is None else 1 - found
+        alarm_rate = np.zeros(draws) if alarm is None else alarm
+        cost = costs.false_positive * alarm_rate * (1 - p) + costs.false_negative * miss_rate * p
+    return PointInterval(positives=int((labels == 1).sum()), negatives=int((labels == 0).sum()),
+                         sensitivity_interval=_bounds(found, level),
+                         specificity_interval=_bounds(None if alarm is None else 1 - alarm, level),
+                         expected_cost_interval=_bounds(cost, level))
+
+
+def cost_threshold_shortfall(labels: np.ndarray, min_positives: int, min_negatives: int) -> str | None:
+    """Why a threshold chosen by cost on these held-out labels is not to be recommended (None: it may be).
+
+    The cheapest threshold on 5 positives is fitted to those 5: on new images it can cost more than plain 0.5.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    counts = {"positive": int((labels == 1).sum()), "negative": int((labels == 0).sum())}
+    needs = {"positive": min_positives, "negative": min_negatives}
+    short = [kind for kind in counts if counts[kind] < needs[kind]]
+    if not short:
+        return None
+    clauses = [f"{counts[k]} {k}{'' if counts[k] == 1 else 's'} in the held-out set, fewer than the {needs[k]} "
+               "needed to choose a threshold by cost" for k in short]
+    return "; ".join(clauses) + "; use 0.5 or push more labelled " + " and ".join(f"{k}s" for k in short)

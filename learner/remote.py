@@ -22,7 +22,7 @@ import torch
 
 from clreg.learner.errors import TrainingFailed, TrainingInterrupted
 from clreg.learner.ewc import EWCState, state_from_bytes
-from clreg.learner.models import build_model, load_weights
+from clreg.learner.models import MeanStd, build_model, load_weights
 from clreg.learner.train import TrainConfig, TrainResult
 from clreg.learner.update import UpdateData, UpdateResult, train_update
 
@@ -73,11 +73,13 @@ ProgressRelay = ray.remote(num_cpus=0)(_Relay)
 
 def _update_task(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, int, int, int],
                  weights: bytes | None, ewc_state: bytes | None, bn_bank: bytes | None, data: UpdateData,
-                 cfg: TrainConfig, relay: Any = None, candidate: int = 0) -> UpdateResult:
-    """Inside the worker: rebuild the model, load the parent's weights and EWC state, run one candidate."""
+                 cfg: TrainConfig, relay: Any = None, candidate: int = 0,
+                 normalisation: MeanStd | None = None) -> UpdateResult:
+    """Inside the worker: rebuild the model (normalising its input as registered), load the parent's weights
+    and EWC state, run one candidate."""
     channels, height, width, classes = spec
     torch.manual_seed(cfg.seed)  # a fresh model's initial weights are reproducible too
-    model = build_model(factory, factory_kwargs, channels, height, width, classes)
+    model = build_model(factory, factory_kwargs, channels, height, width, classes, normalisation)
     if weights is not None:
         load_weights(model, weights)
     ewc = state_from_bytes(ewc_state) if ewc_state is not None else EWCState(mode=cfg.ewc_mode, gamma=cfg.ewc_gamma)
@@ -132,9 +134,10 @@ def _outcome(ref: Any) -> UpdateResult | TrainingFailed:
 def search_on_ray(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, int, int, int],
                   weights: bytes | None, ewc_state: bytes | None, bn_bank: bytes | None, data: UpdateData,
                   candidates: list[TrainConfig], progress: Progress | None = None, timeout_s: float = 1800,
-                  poll_s: float = 0.5, stop: threading.Event | None = None,
-                  resource: str | None = None) -> list[UpdateResult | TrainingFailed]:
+                  poll_s: float = 0.5, stop: threading.Event | None = None, resource: str | None = None,
+                  normalisation: MeanStd | None = None) -> list[UpdateResult | TrainingFailed]:
     """Train every candidate setting as its own Ray task, all submitted at once; one outcome per candidate.
+    `normalisation` ((mean, std) per channel) is the model's input normalisation, applied inside each task.
 
     Raises:
         TrainingFailed: the tasks ran past timeout_s (then they are cancelled), or the relay failed.
@@ -146,7 +149,8 @@ def search_on_ray(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int,
         shared = ray.put(data)  # the arrays go to the object store once, not once per candidate
         options = resource_request(resource=resource)
         refs = [_remote_update.options(**options).remote(factory, factory_kwargs, spec, weights, ewc_state, bn_bank,
-                                                         shared, cfg, relay, i) for i, cfg in enumerate(candidates)]
+                                                         shared, cfg, relay, i, normalisation)
+                for i, cfg in enumerate(candidates)]
         _wait_all(refs, relay, progress, timeout_s, poll_s, stop)
         return [_outcome(ref) for ref in refs]
     except ray.exceptions.RayError as e:
@@ -160,7 +164,7 @@ def train_on_ray(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, 
                  weights: bytes | None, ewc_state: bytes | None, x: np.ndarray, y: np.ndarray, site: str,
                  cfg: TrainConfig, timeout_s: float = 600, bn_bank: bytes | None = None,
                  progress: Callable[[dict], None] | None = None, poll_s: float = 0.5,
-                 stop: threading.Event | None = None) -> TrainResult:
+                 stop: threading.Event | None = None, normalisation: MeanStd | None = None) -> TrainResult:
     """Train one site with one setting in a Ray task (a search of one candidate).
 
     Raises:
@@ -169,7 +173,8 @@ def train_on_ray(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, 
     """
     relay_rows = (lambda _c, _s, row: progress(row)) if progress is not None else None
     [outcome] = search_on_ray(factory, factory_kwargs, spec, weights, ewc_state, bn_bank,
-                              UpdateData(sites=[(site, x, y)]), [cfg], relay_rows, timeout_s, poll_s, stop)
+                              UpdateData(sites=[(site, x, y)]), [cfg], relay_rows, timeout_s, poll_s, stop,
+                              normalisation=normalisation)
     if isinstance(outcome, TrainingFailed):
         raise TrainingFailed(f"training on site {site!r} {str(outcome).removeprefix('training ')}")
     return outcome.result

@@ -5,7 +5,10 @@ policy allows it keeps a reservoir (Algorithm R, seeded, so the same stream give
 most `capacity` training samples, never held-out ones; an update mixes minibatches drawn from it into the
 new site's. Under per-site BatchNorm a replayed minibatch goes through its own site's BatchNorm (running
 statistics and scale/shift held fixed), so only the shared weights learn from it.
-The memory travels as a version artifact: uint8 images (quantised to 1/255) and labels, safetensors.
+The memory travels as a version artifact: uint8 images and labels, safetensors. uint8 images are kept as they
+came, float32 ones quantised to 1/255 (exact for the registry's float32, which is uint8 / 255): a quarter of
+float32's bytes, in the artifact, on the device and in Ray's object store; a replayed minibatch is made
+float32 only when it is drawn (learner.images).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clreg.learner import tensorfile
+from clreg.learner.images import as_float
 from clreg.learner.sitebn import BN, SiteBN
 
 FORMAT = "clreg-replay/1"
@@ -41,9 +45,9 @@ class Memory:
     sites: dict[str, SiteMemory] = field(default_factory=dict)
 
     def add(self, site: str, x: np.ndarray, y: np.ndarray, capacity: int, seed: int) -> None:
-        """Offer a site's new training samples (float32 in [0, 1]) to its reservoir."""
+        """Offer a site's new training samples (uint8, or float32 in [0, 1]) to its reservoir."""
         old = self.sites.get(site)
-        images = np.clip(np.rint(np.asarray(x, np.float32) * 255), 0, 255).astype(np.uint8)
+        images = _as_uint8(x)
         keep_x = list(old.x) if old else []
         keep_y = list(old.y) if old else []
         seen = old.seen if old else 0
@@ -60,12 +64,22 @@ class Memory:
         self.sites[site] = SiteMemory(np.stack(keep_x), np.asarray(keep_y, np.int64), seen)
 
     def arrays(self, site: str) -> tuple[np.ndarray, np.ndarray]:
-        """A site's remembered samples as float32 [N, C, H, W] in [0, 1] and int64 labels."""
+        """A site's remembered samples as stored, uint8 [N, C, H, W], and int64 labels: learner.models.to_tensor
+        (or learner.images.as_float) makes them float32 in [0, 1] where they are used."""
         mem = self.sites[site]
-        return mem.x.astype(np.float32) / 255.0, mem.y
+        return mem.x, mem.y
+
+
+def _as_uint8(x: np.ndarray) -> np.ndarray:
+    """uint8 images as they are; float ones in [0, 1] rounded to the nearest 1/255."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return x
+    return np.clip(np.rint(np.asarray(x, np.float32) * 255), 0, 255).astype(np.uint8)
 
 
 def memory_to_bytes(memory: Memory) -> bytes:
+    """Deterministic safetensors bytes of every reservoir: images as uint8, labels as int64."""
     sites = sorted(memory.sites)
     tensors: dict[str, Tensor] = {}
     for i, site in enumerate(sites):
@@ -125,7 +139,7 @@ class Rehearsal:
         for site in self.sites:
             x, y = self.data[site]
             idx = torch.randperm(len(x), generator=self.gen)[: self.batch_size]
-            out.append((site, x[idx], y[idx]))
+            out.append((site, as_float(x[idx]), y[idx]))  # float32 for this minibatch only
         return out
 
     def loss(self, model: nn.Module) -> Tensor:

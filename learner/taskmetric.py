@@ -15,6 +15,7 @@ from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 from clreg.learner.errors import DataError
@@ -110,11 +111,39 @@ def _resamples(y: np.ndarray, draws: int, seed: int) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def _values(scoring: Scoring, y: np.ndarray, proba: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The metric on every resample at once: idx [draws, N] indexes (y, proba); the same figures as `_value` on
+    each row, without a Python loop over draws (AUROC from ranks: the Mann-Whitney U of the positives)."""
+    yb, pb = y[idx], proba[idx]  # [D, N], [D, N, K]
+    metric = scoring.metric
+    if metric == "accuracy":
+        return np.mean(pb.argmax(axis=2) == yb, axis=1)
+    if metric == "balanced_accuracy":
+        pred = pb.argmax(axis=2)
+        return np.mean([np.sum((pred == k) & (yb == k), axis=1) / np.sum(yb == k, axis=1) for k in np.unique(y)],
+                       axis=0)
+    if metric == "auroc" and proba.shape[1] == 2:
+        if len(np.unique(y)) < 2:
+            return np.full(len(idx), np.nan)
+        ranks = rankdata(pb[:, :, 1], axis=1)  # ties share their mean rank, as roc_auc_score counts them half
+        pos = yb == 1
+        n1, n0 = pos.sum(axis=1), (~pos).sum(axis=1)
+        return ((ranks * pos).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    if metric == "expected_cost" and proba.shape[1] == 2:
+        flagged, pos = pb[:, :, 1] >= scoring.threshold, yb == 1
+        n1, n0 = pos.sum(axis=1), (~pos).sum(axis=1)
+        p = n1 / (n1 + n0) if scoring.prevalence is None else np.full(len(idx), scoring.prevalence)
+        miss = np.where(n1 > 0, (~flagged & pos).sum(axis=1) / np.maximum(n1, 1), 0.0)
+        alarm = np.where(n0 > 0, (flagged & ~pos).sum(axis=1) / np.maximum(n0, 1), 0.0)
+        return scoring.cost_fp * alarm * (1 - p) + scoring.cost_fn * miss * p
+    return np.array([_value(scoring, y[i], proba[i]) for i in idx])
+
+
 def interval(scoring: Scoring, y: np.ndarray, proba: np.ndarray, level: float = 0.95, draws: int = DRAWS,
              seed: int = 0) -> tuple[float, float]:
     """Percentile interval of the metric under a class-stratified bootstrap of the samples (seeded)."""
     y, proba = _check(y, proba)
-    values = np.array([_value(scoring, y[i], proba[i]) for i in _resamples(y, draws, seed)])
+    values = _values(scoring, y, proba, _resamples(y, draws, seed))
     values = values[~np.isnan(values)]
     if len(values) == 0:
         return float("nan"), float("nan")
@@ -141,7 +170,7 @@ def paired_change(scoring: Scoring, y: np.ndarray, candidate: np.ndarray, produc
         se = float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else math.inf
         return Paired(delta, delta - z * se, se)
     idx = _resamples(y, draws, seed)
-    diffs = np.array([sign * (_value(scoring, y[i], cand[i]) - _value(scoring, y[i], prod[i])) for i in idx])
+    diffs = sign * (_values(scoring, y, cand, idx) - _values(scoring, y, prod, idx))
     diffs = diffs[~np.isnan(diffs)]
     if math.isnan(delta) or len(diffs) < 2:
         return Paired(delta, -math.inf, math.inf)

@@ -20,6 +20,11 @@ through the regression gate (earlier sites' lower bound > -0.05): on the demo st
 seed 0) lambda 1e3 learnt most per site but lost 2 of 5 updates to the gate (earlier sites dropped 6-7
 points), 1e4 passed all 5 but learnt the inverted site to only 8%, 3e3 passed all 5 and learnt it to 31%
 while every earlier site stayed within 4 points. Without a gate, 300-1e3 is the better choice.
+Transfer-learning policies (learner.optim), each a TrainConfig field and so a candidate-search dimension:
+three learning rates (lr for the encoder, x head_lr_multiplier for the head, x bn_lr_multiplier for BatchNorm
+scale/shift), warmup_steps on the head alone, freeze_blocks (the first N encoder blocks fixed for the whole
+update, left out of the Fisher), and the BatchNorm policies "update", "freeze", "shared_frozen", "per_site".
+Images stay at their size (learner.images): uint8 where exact, float32 one minibatch at a time.
 """
 
 from __future__ import annotations
@@ -36,22 +41,24 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from clreg.learner import optim
 from clreg.learner.errors import DataError, WeightsError
 from clreg.learner.ewc import (
     EWCEntry,
     EWCState,
     consolidate,
-    ewc_penalty,
     fisher_diagonal,
     fisher_minibatch_squared,
     state_to_bytes,
     state_to_device,
     trainable_params,
 )
-from clreg.learner.models import last_linear, to_tensor, weights_to_bytes
+from clreg.learner.images import as_float, stored
+from clreg.learner.loop import Loop, class_weights, epoch_steps, warm_up
+from clreg.learner.models import last_linear, weights_to_bytes
 from clreg.learner.replay import Rehearsal
-from clreg.learner.sitebn import BN as _BN
 from clreg.learner.sitebn import (
+    BN,
     Bank,
     apply_site_bn,
     bank_from_bytes,
@@ -69,16 +76,26 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     epochs: int = Field(default=5, ge=1)
     batch_size: int = Field(default=32, ge=2)
+    # The three learning rates: the encoder's, the head's (x head_lr_multiplier), BatchNorm scale/shift's.
     lr: float = Field(default=2e-3, gt=0)
     head_lr_multiplier: float = Field(default=1.0, gt=0)
     bn_lr_multiplier: float = Field(default=30.0, gt=0)  # BatchNorm scale/shift: per-site ones may move far
+    warmup_steps: int = Field(default=0, ge=0)  # optimizer steps on the head alone before full fine-tuning
+    freeze_blocks: int = Field(default=0, ge=0)  # the first N encoder blocks fixed for the whole update
     ewc_lambda: float = Field(default=3e3, ge=0)
     ewc_mode: Literal["separate", "online"] = "separate"
     ewc_gamma: float = Field(default=1.0, ge=0, le=1)
-    bn_policy: Literal["update", "freeze", "per_site"] = "per_site"
+    # update: one shared BatchNorm, statistics follow the data; freeze: statistics fixed once estimated;
+    # shared_frozen: statistics fixed as the weights carry them (a pretrained encoder's), scale/shift tuned;
+    # per_site: each site its own BatchNorm (learner.sitebn).
+    bn_policy: Literal["update", "freeze", "shared_frozen", "per_site"] = "per_site"
     class_weighted: bool = False
     fisher_samples: int | None = Field(default=512, ge=1)
     fisher_estimator: Literal["per_sample", "minibatch_squared"] = "per_sample"
+    fisher_chunk: int | None = Field(default=None, ge=1)  # samples per Fisher chunk; None: sized to the budget
+    # What one Fisher chunk's activations may take; None: 1 GiB on the CPU, a quarter of a GPU's free memory.
+    fisher_memory_mb: int | None = Field(default=None, ge=16)
+    mixed_precision: bool = True  # autocast in the training forward on CUDA (learner.optim); no effect on CPU
     val_fraction: float = Field(default=0.0, ge=0, lt=1)  # 0: no validation split, no early stopping
     replay_weight: float = Field(default=1.0, ge=0)  # weight of the replayed minibatch's loss (0: no rehearsal)
     # At least this many optimizer steps: a small site's few minibatches per epoch would otherwise leave it
@@ -108,8 +125,8 @@ def _device() -> torch.device:
 
 
 def _tensors(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
-    """Validated tensors: images as float32 [N,C,H,W], labels int64 within the head's classes."""
-    xt = to_tensor(x)
+    """Validated tensors: images [N,C,H,W] at their size (uint8 where exact), labels int64 within the head's classes."""
+    xt = stored(x)
     yt = torch.as_tensor(np.asarray(y)).long()
     classes = last_linear(model).out_features
     if yt.ndim != 1 or len(yt) != len(xt) or len(yt) < 2:
@@ -130,79 +147,6 @@ def _check_state(model: nn.Module, ewc: EWCState, cfg: TrainConfig) -> None:
                 raise WeightsError(
                     f"EWC entry {key!r} has parameter {name!r} that the model lacks or shapes differently"
                 )
-
-
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam with separate learning rates for the head and the BatchNorm affine parameters (discriminative LRs)."""
-    head_ids = {id(p) for p in last_linear(model).parameters()}
-    norm_ids = {id(p) for m in model.modules() if isinstance(m, _BN) for p in m.parameters(recurse=False)}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    head = [p for p in trainable if id(p) in head_ids]
-    norm = [p for p in trainable if id(p) in norm_ids]
-    body = [p for p in trainable if id(p) not in head_ids | norm_ids]
-    return torch.optim.Adam([
-        {"params": body, "lr": cfg.lr},
-        {"params": head, "lr": cfg.lr * cfg.head_lr_multiplier},
-        {"params": norm, "lr": cfg.lr * cfg.bn_lr_multiplier},
-    ])
-
-
-def _class_weights(y: Tensor, classes: int, enabled: bool) -> Tensor | None:
-    """Inverse-frequency weights n / (K * n_k), so rare classes count as much as common ones."""
-    if not enabled:
-        return None
-    counts = torch.bincount(y, minlength=classes).float().clamp(min=1.0)
-    return len(y) / (classes * counts)
-
-
-def _frozen_norms(model: nn.Module, bn_policy: str) -> list[nn.Module]:
-    """BatchNorm layers whose running statistics stay fixed: all that have statistics, under "freeze".
-
-    Decided once before training. A layer that has never seen a batch (a fresh model) still estimates its
-    statistics: freezing the initial mean 0 / variance 1 would keep no knowledge, only a wrong normalisation.
-    """
-    if bn_policy != "freeze":
-        return []
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and _has_statistics(m)]
-
-
-def _has_statistics(bn: nn.modules.batchnorm._BatchNorm) -> bool:
-    """Whether the layer's running statistics were estimated from data."""
-    tracked = bn.num_batches_tracked
-    return bn.track_running_stats and tracked is not None and int(tracked) > 0
-
-
-def _set_train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
-    """Train mode, except frozen BatchNorm layers: eval mode normalises with, and keeps, their running stats."""
-    model.train()
-    for m in frozen:
-        m.eval()
-
-
-def _epoch(
-    model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, ewc: EWCState,
-    weights: Tensor | None, cfg: TrainConfig, gen: torch.Generator, rehearsal: Rehearsal | None = None,
-) -> dict[str, float]:
-    """One pass over shuffled minibatches, each with a replayed minibatch of an earlier site when there is
-    rehearsal; returns the sample-weighted mean loss, CE (new site), replayed CE and penalty."""
-    order = torch.randperm(len(x), generator=gen)
-    sums = {"loss": 0.0, "ce": 0.0, "replay": 0.0, "penalty": 0.0}
-    seen = 0
-    for start in range(0, len(x), cfg.batch_size):
-        idx = order[start : start + cfg.batch_size]
-        if len(idx) < 2:  # a single sample gives BatchNorm no batch statistics
-            continue
-        ce = F.cross_entropy(model(x[idx]), y[idx], weight=weights)
-        penalty = ewc_penalty(model, ewc) if ewc.entries else torch.zeros((), device=x.device)
-        replayed = rehearsal.loss(model) if rehearsal else torch.zeros((), device=x.device)
-        loss = ce + cfg.replay_weight * replayed + (cfg.ewc_lambda / 2.0) * penalty
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        for key, value in (("loss", loss), ("ce", ce), ("replay", replayed), ("penalty", penalty)):
-            sums[key] += float(value.detach()) * len(idx)
-        seen += len(idx)
-    return {k: v / max(seen, 1) for k, v in sums.items()}
 
 
 def _split(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
@@ -228,7 +172,7 @@ def _val_loss(model: nn.Module, x: Tensor, y: Tensor) -> float:
     was_training = model.training
     model.eval()
     try:
-        return float(F.cross_entropy(model(x), y))
+        return float(F.cross_entropy(model(as_float(x)), y))
     finally:
         model.train(was_training)
 
@@ -243,38 +187,49 @@ def _without(state: EWCState, names: set[str]) -> EWCState:
     return EWCState(state.mode, state.gamma, entries, list(state.sites))
 
 
-def _enter_site(model: nn.Module, bank: Bank, site: str, x: Tensor) -> None:
+def _reestimate(model: nn.Module, x: Tensor, keep: list[BN]) -> None:
+    """Re-estimate BatchNorm statistics on x (made float32 for it), except the `keep` layers' (frozen blocks)."""
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in keep]
+    reestimate_statistics(model, as_float(x))
+    for m, state in zip(keep, saved, strict=True):
+        m.load_state_dict(state)
+
+
+def _enter_site(model: nn.Module, bank: Bank, site: str, x: Tensor, keep: list[BN]) -> None:
     """per_site: load the site's BatchNorm; a new site starts from the closest site's and re-estimates statistics."""
     if site in bank:
         apply_site_bn(model, bank[site])
         return
     if bank:
-        apply_site_bn(model, bank[route(model, bank, x)])
-    reestimate_statistics(model, x)
+        apply_site_bn(model, bank[route(model, bank, as_float(x))])
+    _reestimate(model, x, keep)
 
 
 def _fisher(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig) -> dict[str, Tensor]:
-    """The configured Fisher estimator at the trained weights (eval mode)."""
+    """The configured Fisher estimator at the trained weights (eval mode, float32, frozen parameters skipped)."""
     if cfg.fisher_estimator == "minibatch_squared":  # Avalanche's, kept for the benchmark's comparison
         return fisher_minibatch_squared(model, x, y, batch_size=cfg.batch_size)
-    return fisher_diagonal(model, x, y, max_samples=cfg.fisher_samples)
+    return fisher_diagonal(model, x, y, chunk_size=cfg.fisher_chunk, max_samples=cfg.fisher_samples,
+                           memory_budget=cfg.fisher_memory_mb << 20 if cfg.fisher_memory_mb else None)
 
 
 def _fit(
-    model: nn.Module, data: tuple[Tensor, Tensor, Tensor | None, Tensor | None], ewc: EWCState, cfg: TrainConfig,
-    frozen: list[nn.Module], progress: Callable[[dict], None] | None, rehearsal: Rehearsal | None = None,
+    model: nn.Module, data: tuple[Tensor, Tensor, Tensor | None, Tensor | None], loop: Loop, cfg: TrainConfig,
+    still: list[BN], progress: Callable[[dict], None] | None,
 ) -> tuple[list[dict[str, float]], int | None]:
-    """The epochs, with early stopping on the validation loss when there is a split; restores the best epoch."""
+    """The warm-up, then the epochs, with early stopping on the validation loss when there is a split; restores
+    the best epoch. The warm-up is the curve's epoch 0."""
     x, y, xv, yv = data
-    opt = _optimizer(model, cfg)
-    weights = _class_weights(y, last_linear(model).out_features, cfg.class_weighted)
-    gen = torch.Generator().manual_seed(cfg.seed)
     curve: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, Tensor]] | None = None
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / max(1, math.ceil(len(x) / cfg.batch_size))))
+    if cfg.warmup_steps:
+        curve.append({"epoch": 0, "epochs": epochs, **warm_up(model, x, y, loop, cfg.warmup_steps)})
+        if progress is not None:
+            progress(dict(curve[-1]))
     for epoch in range(1, epochs + 1):
-        _set_train_mode(model, frozen)
-        row = {"epoch": epoch, "epochs": epochs, **_epoch(model, opt, x, y, ewc, weights, cfg, gen, rehearsal)}
+        optim.set_train_mode(model, still)
+        row = {"epoch": epoch, "epochs": epochs, **epoch_steps(model, x, y, loop)[0]}
         if xv is not None and yv is not None:
             row["val_loss"] = _val_loss(model, xv, yv)
             if best is None or row["val_loss"] < best[0]:
@@ -301,12 +256,23 @@ def train_site(
     site's BatchNorm state; the result carries it with this site's entry added or replaced. `replay` holds
     remembered samples of earlier sites (learner.replay): each step also trains on a minibatch of one of
     them, through its own BatchNorm; afterwards their BatchNorm statistics are re-estimated on them, since
-    the shared weights they normalise have moved.
+    the shared weights they normalise have moved. The first cfg.freeze_blocks encoder blocks stay fixed
+    (requires_grad False until it returns).
 
     Raises:
         DataError: x or y do not fit the model.
         WeightsError: the EWC state or BatchNorm bank does not fit the model or the configured mode.
     """
+    with optim.requires_grad_off(optim.frozen_parameters(model, cfg.freeze_blocks)):
+        return _train_site(model, x, y, site, ewc, cfg, progress, bn_bank, replay)
+
+
+def _train_site(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, site: str, ewc: EWCState, cfg: TrainConfig,
+    progress: Callable[[dict], None] | None, bn_bank: bytes | None,
+    replay: Mapping[str, tuple[np.ndarray, np.ndarray]] | None,
+) -> TrainResult:
+    """train_site with the frozen blocks already frozen: setup, train, consolidate."""
     # Setup: seeds, device, data, BatchNorm policy.
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -320,25 +286,30 @@ def train_site(
         ewc = _without(ewc, bn_param_names(model))
     ewc = state_to_device(ewc, device)
     model.to(device)
-    xt, yt = xt.to(device), yt.to(device)
-    data = _split(xt, yt, cfg.val_fraction, cfg.seed)
+    data = _split(xt.to(device), yt.to(device), cfg.val_fraction, cfg.seed)
     bank = bank_from_bytes(bn_bank) if per_site and bn_bank is not None else {}
+    keep = optim.frozen_norms(model, cfg.freeze_blocks)
     if per_site:
-        _enter_site(model, bank, site, data[0])
-    frozen = _frozen_norms(model, cfg.bn_policy)
+        _enter_site(model, bank, site, data[0], keep)
+    still = optim.still_norms(model, cfg.bn_policy, cfg.freeze_blocks)
     remembered = _remembered(replay, site, device) if cfg.replay_weight > 0 else {}
     if remembered and not per_site:  # one shared BatchNorm: replayed samples simply join the training data
-        data = (torch.cat([data[0], *(rx for rx, _ in remembered.values())]),
+        data = (_joined([data[0], *(rx for rx, _ in remembered.values())]),
                 torch.cat([data[1], *(ry for _, ry in remembered.values())]), data[2], data[3])
     rehearsal = Rehearsal(remembered, bank, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 2)) \
         if remembered and per_site else None
+    frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+    loop = Loop(optim.optimizer(model, cfg.lr, cfg.head_lr_multiplier, cfg.bn_lr_multiplier),
+                _without(ewc, frozen) if frozen else ewc, cfg.ewc_lambda, cfg.replay_weight, cfg.batch_size,
+                class_weights(data[1], last_linear(model).out_features, cfg.class_weighted),
+                torch.Generator().manual_seed(cfg.seed), optim.precision(device, cfg.mixed_precision), rehearsal)
 
     # Train.
-    curve, best_epoch = _fit(model, data, ewc, cfg, frozen, progress, rehearsal)
+    curve, best_epoch = _fit(model, data, loop, cfg, still, progress)
 
     # Consolidate: this site's Fisher at the trained weights becomes part of the penalty for the next site.
     if per_site:  # statistics that match the final shared weights, then the site's entry in the bank
-        reestimate_statistics(model, data[0])
+        _reestimate(model, data[0], keep)
         bank[site] = extract_site_bn(model)
     model.eval()
     fisher_started = time.perf_counter()
@@ -346,10 +317,10 @@ def train_site(
     if per_site:
         skip = bn_param_names(model)
         fisher, anchor = ({k: v for k, v in d.items() if k not in skip} for d in (fisher, anchor))
-    new_state = consolidate(ewc, site, fisher, anchor)
+    new_state = consolidate(ewc, site, *_carried(ewc, fisher, anchor, model))
     fisher_s = time.perf_counter() - fisher_started
     if rehearsal:
-        _refresh_statistics(model, bank, remembered, site)
+        _refresh_statistics(model, bank, remembered, site, keep)
     return TrainResult(
         weights=weights_to_bytes(model),
         ewc_state=state_to_bytes(new_state),
@@ -362,19 +333,40 @@ def train_site(
     )
 
 
+def _joined(parts: list[Tensor]) -> Tensor:
+    """Image tensors concatenated at their size: uint8 when every part is, else float32."""
+    if all(p.dtype == torch.uint8 for p in parts):
+        return torch.cat(parts)
+    return torch.cat([as_float(p) for p in parts])
+
+
+def _carried(ewc: EWCState, fisher: dict[str, Tensor], anchor: dict[str, Tensor],
+             model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Online mode: a frozen parameter the running entry covers keeps its importance (this site adds 0), where
+    consolidation would otherwise drop it; separate mode keeps the earlier entries as they are."""
+    old = ewc.entries.get("online") if ewc.mode == "online" else None
+    if old is None:
+        return fisher, anchor
+    params = dict(model.named_parameters())
+    missing = [k for k in old.fisher if k not in fisher]
+    return ({**fisher, **{k: torch.zeros_like(old.fisher[k]) for k in missing}},
+            {**anchor, **{k: params[k].detach() for k in missing}})
+
+
 def _remembered(replay: Mapping[str, tuple[np.ndarray, np.ndarray]] | None, site: str,
                 device: torch.device) -> dict[str, tuple[Tensor, Tensor]]:
-    """Earlier sites' remembered samples as tensors on the device (the site being learnt is not replayed)."""
-    return {s: (to_tensor(x).to(device), torch.as_tensor(np.asarray(y)).long().to(device))
+    """Earlier sites' remembered samples as tensors on the device, images at their size (uint8 where exact:
+    a minibatch is made float32 only when drawn); the site being learnt is not replayed."""
+    return {s: (stored(x).to(device), torch.as_tensor(np.asarray(y)).long().to(device))
             for s, (x, y) in (replay or {}).items() if s != site and len(y) >= 2}
 
 
 def _refresh_statistics(model: nn.Module, bank: Bank, remembered: Mapping[str, tuple[Tensor, Tensor]],
-                        site: str) -> None:
+                        site: str, keep: list[BN]) -> None:
     """Re-estimate each replayed site's BatchNorm statistics at the new shared weights; the model keeps `site`'s."""
     for other, (x, _) in remembered.items():
         if other in bank:
             apply_site_bn(model, bank[other])
-            reestimate_statistics(model, x)
+            _reestimate(model, x, keep)
             bank[other] = extract_site_bn(model)
     apply_site_bn(model, bank[site])

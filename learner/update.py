@@ -2,21 +2,26 @@
 remembered ones, then the result scored on validation data that no candidate trained on.
 
 This is what one candidate of a candidate search runs (learner.remote runs K of them as Ray tasks); the
-caller compares candidates by `val_accuracy` and sends only the chosen one to the gate.
+caller compares candidates by `score` (the model's task metric, as the gate judges it) and sends only the
+chosen one to the gate.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from torch import nn
 
-from clreg.learner.evaluate import site_metrics
+from clreg.learner import taskmetric
+from clreg.learner.evaluate import predict_proba
 from clreg.learner.ewc import EWCState, state_from_bytes
 from clreg.learner.models import load_weights
-from clreg.learner.sitebn import bank_from_bytes
+from clreg.learner.sitebn import apply_site_bn, bank_from_bytes
+from clreg.learner.taskmetric import Scoring
 from clreg.learner.train import TrainConfig, TrainResult, train_site
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -30,22 +35,31 @@ class UpdateData:
     replay: dict[str, Arrays] = field(default_factory=dict)  # remembered samples of earlier sites
     replayable: frozenset[str] = frozenset()  # new sites whose data may be replayed while later ones train
     val: dict[str, Arrays] = field(default_factory=dict)  # held apart from training, for choosing a candidate
+    scoring: Scoring = Scoring()  # how the validation data is scored: the model's task metric
 
 
 @dataclass
 class UpdateResult:
     """The trained candidate: the last site's TrainResult (weights, EWC state, bank), the curves of all its
-    sites, and its accuracy per site on the validation data."""
+    sites, its accuracy per site on the validation data, and its task metric there (`val_values`, nan where the
+    metric is undefined on a site's validation samples, e.g. AUROC of one class)."""
 
     result: TrainResult
     curve: list[dict[str, float]]
     val_accuracy: dict[str, float]
     fisher_seconds: float
+    metric: str = "accuracy"
+    val_values: dict[str, float] = field(default_factory=dict)
+    higher_is_better: bool = True
 
     @property
     def score(self) -> float:
-        """Mean validation accuracy over sites: the selection criterion (every site counts the same)."""
-        return float(np.mean(list(self.val_accuracy.values()))) if self.val_accuracy else float("nan")
+        """Mean over sites of the validation metric where it is defined, oriented so higher is better (a cost
+        negated): the selection criterion (every site counts the same); nan where it is defined on none."""
+        values = [v for v in self.val_values.values() if not math.isnan(v)]
+        if not values:
+            return float("nan")
+        return (1.0 if self.higher_is_better else -1.0) * float(np.mean(values))
 
 
 def train_update(model: nn.Module, data: UpdateData, ewc: EWCState, cfg: TrainConfig, bn_bank: bytes | None,
@@ -67,10 +81,24 @@ def train_update(model: nn.Module, data: UpdateData, ewc: EWCState, cfg: TrainCo
             replay[site] = (x, y)
     if result is None:
         raise ValueError("an update needs at least one site")
-    return UpdateResult(result, curve, _val_accuracy(model, bn_bank, data.val), fisher_s)
+    accuracy, values = _validate(model, bn_bank, data.val, data.scoring)
+    return UpdateResult(result, curve, accuracy, fisher_s, data.scoring.metric, values,
+                        data.scoring.higher_is_better)
 
 
-def _val_accuracy(model: nn.Module, bn_bank: bytes | None, val: Mapping[str, Arrays]) -> dict[str, float]:
+def _validate(model: nn.Module, bn_bank: bytes | None, val: Mapping[str, Arrays],
+              scoring: Scoring) -> tuple[dict[str, float], dict[str, float]]:
+    """Per validation site, under its own BatchNorm: accuracy, and the task metric."""
     bank = bank_from_bytes(bn_bank) if bn_bank else {}
-    return {site: site_metrics(model, x, y, site_bn=bank.get(site)).accuracy
-            for site, (x, y) in val.items() if len(y)}
+    accuracy, values = {}, {}
+    for site, (x, y) in val.items():
+        if not len(y):
+            continue
+        net = model
+        if site in bank:
+            net = copy.deepcopy(model)
+            apply_site_bn(net, bank[site])
+        proba = predict_proba(net, x)
+        accuracy[site] = float(np.mean(proba.argmax(axis=1) == np.asarray(y)))
+        values[site] = taskmetric.value(scoring, y, proba)
+    return accuracy, values

@@ -1,12 +1,15 @@
 """DICOM ingest: a zip of single-frame DICOM images plus `labels.csv` becomes the canonical npz batch.
 
+Predictions take the same images (one file, or a study without labels) through the same conversion
+(`dicom_image`), so a DICOM file is answered exactly as the npz ingest made of it.
+
 Everything is read in memory (no name from the zip ever touches a path), sizes are checked before
-anything is inflated, and the conversion is deterministic: the same zip always gives the same npz bytes,
-hence the same batch id, so a re-sent study is a duplicate. Per image: pixel data through the modality
-LUT (rescale slope/intercept), then the VOI window where the file has one; values are scaled to [0, 1]
-over the range the file's bit depth allows (not per image: a site's darker scanner must stay visible to
-the drift check); MONOCHROME1 is inverted so that bright means dense in every image; each image is
-area-resized to the model's input size and stored as uint8 like any pushed npz.
+anything is inflated (then one file at a time), and the conversion is deterministic: the same zip always
+gives the same npz bytes, hence the same batch id, so a re-sent study is a duplicate. Per image: pixel
+data through the modality LUT (rescale slope/intercept), then the VOI window where the file has one;
+values are scaled to [0, 1] over the range the file's bit depth allows (not per image: a site's darker
+scanner must stay visible to the drift check); MONOCHROME1 is inverted so that bright means dense in
+every image; each image is area-resized to the model's input size and stored as uint8 like any pushed npz.
 """
 
 from __future__ import annotations
@@ -67,39 +70,77 @@ def dicom_zip_to_npz(data: bytes, spec: InputSpec, limits: DicomLimits) -> bytes
         BatchMismatch: too many or too large members, labels and files that do not match, or images
             clreg cannot use (compressed transfer syntax, several frames, colour models it does not map).
     """
-    members = _members(data, limits)
-    labels = _labels(members.pop(LABELS_FILE))
-    missing, unlabelled = sorted(set(labels) - set(members)), sorted(set(members) - set(labels))
+    study = _Study.open(data, limits)
+    labels = _labels(study.labels())
+    images = study.images()
+    missing, unlabelled = sorted(set(labels) - set(images)), sorted(set(images) - set(labels))
     if missing or unlabelled:
         raise BatchMismatch(f"{LABELS_FILE} and the DICOM files must match: labelled but absent {missing[:3]}, "
                             f"present but unlabelled {unlabelled[:3]}")
     names = sorted(labels)
-    x = np.stack([_image(name, members[name], spec, limits) for name in names])
+    x = np.stack([dicom_image(name, study.read(name), spec, limits) for name in names])
     return _npz(x, np.array([labels[n] for n in names], dtype=np.int64))
 
 
-def _members(data: bytes, limits: DicomLimits) -> dict[str, bytes]:
-    """Every file in the zip by name, after checking counts and declared sizes (folders are skipped)."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as e:
-        raise MalformedBatch(f"the body is not a readable zip: {e}") from e
-    infos = [i for i in archive.infolist() if not i.is_dir() and not _clutter(i.filename)]
-    for info in infos:
-        if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise MalformedBatch(f"{info.filename} is encrypted or uses compression method {info.compress_type}; "
-                                 "send a plain zip (stored or deflated members)")
-    if len(infos) > limits.max_files + 1:
-        raise BatchMismatch(f"the zip holds {len(infos)} files; send at most {limits.max_files} images")
-    if sum(i.file_size for i in infos) > limits.max_unzipped_bytes:
-        raise BatchMismatch(f"the zip inflates to more than {limits.max_unzipped_bytes} bytes")
-    top = _common_folder([i.filename for i in infos])
-    if LABELS_FILE not in {_name(i.filename, top) for i in infos}:
-        raise MalformedBatch(f"the zip must hold {LABELS_FILE} (columns file,label) at its top level")
-    try:  # read() stops at the declared size and checks the CRC, so a lying header cannot inflate more
-        return {_name(i.filename, top): archive.read(i) for i in infos}
-    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error) as e:
-        raise MalformedBatch(f"the zip is damaged: {e}") from e
+def dicom_zip_images(data: bytes, spec: InputSpec, limits: DicomLimits) -> tuple[list[str], np.ndarray]:
+    """A study's images as ingest converts them (uint8 [N, C, H, W], file-name order) and each one's path in the
+    zip: what a prediction answers. labels.csv, if there is one, is ignored.
+
+    Raises:
+        MalformedBatch, BatchMismatch: as dicom_zip_to_npz, and a zip that holds no DICOM file.
+    """
+    study = _Study.open(data, limits)
+    names = study.images()
+    if not names:
+        raise BatchMismatch("the zip holds no DICOM file")
+    x = np.stack([dicom_image(name, study.read(name), spec, limits) for name in names])
+    return [study.infos[n].filename for n in names], x
+
+
+@dataclass(frozen=True)
+class _Study:
+    """A zip's files by name (its one top-level folder, if any, left out), read one at a time when needed, so
+    that no more than one inflated file is held at once."""
+
+    archive: zipfile.ZipFile
+    infos: dict[str, zipfile.ZipInfo]
+
+    @classmethod
+    def open(cls, data: bytes, limits: DicomLimits) -> _Study:
+        """The zip's directory, after checking methods, the number of images and the declared sizes."""
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(data))
+        except zipfile.BadZipFile as e:
+            raise MalformedBatch(f"the body is not a readable zip: {e}") from e
+        infos = [i for i in archive.infolist() if not i.is_dir() and not _clutter(i.filename)]
+        for info in infos:
+            if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise MalformedBatch(f"{info.filename} is encrypted or uses compression method "
+                                     f"{info.compress_type}; send a plain zip (stored or deflated members)")
+        top = _common_folder([i.filename for i in infos])
+        named = {_name(i.filename, top): i for i in infos}
+        images = len(named) - (LABELS_FILE in named)
+        if images > limits.max_files:
+            raise BatchMismatch(f"the zip holds {images} images; send at most {limits.max_files} images")
+        if sum(i.file_size for i in infos) > limits.max_unzipped_bytes:
+            raise BatchMismatch(f"the zip inflates to more than {limits.max_unzipped_bytes} bytes")
+        return cls(archive, named)
+
+    def images(self) -> list[str]:
+        """Every file but labels.csv, in name order."""
+        return sorted(n for n in self.infos if n != LABELS_FILE)
+
+    def labels(self) -> bytes:
+        """The raw labels.csv, which a pushed study must hold."""
+        if LABELS_FILE not in self.infos:
+            raise MalformedBatch(f"the zip must hold {LABELS_FILE} (columns file,label) at its top level")
+        return self.read(LABELS_FILE)
+
+    def read(self, name: str) -> bytes:
+        try:  # read() stops at the declared size and checks the CRC, so a lying header cannot inflate more
+            return self.archive.read(self.infos[name])
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error) as e:
+            raise MalformedBatch(f"the zip is damaged: {e}") from e
 
 
 def _clutter(name: str) -> bool:
@@ -163,8 +204,14 @@ def _read(name: str, raw: bytes, limits: DicomLimits) -> pydicom.Dataset:
         raise MalformedBatch(f"{name} is not a readable DICOM file: {type(e).__name__}: {e!s:.200}") from e
 
 
-def _image(name: str, raw: bytes, spec: InputSpec, limits: DicomLimits) -> np.ndarray:
-    """One DICOM file as uint8 [C, H, W] at the model's size."""
+def dicom_image(name: str, raw: bytes, spec: InputSpec, limits: DicomLimits) -> np.ndarray:
+    """One DICOM file as uint8 [C, H, W] at the model's size: the one conversion ingest and prediction share.
+
+    Raises:
+        MalformedBatch: the bytes are not a readable DICOM file.
+        BatchMismatch: a file clreg cannot use (no pixels, compressed, several frames, past max_pixels, a
+            colour model it does not map, pixel data that does not decode).
+    """
     ds = _read(name, raw, limits)
     if "PixelData" not in ds:
         raise BatchMismatch(f"{name} holds no pixel data")
@@ -234,11 +281,11 @@ def _npz(x: np.ndarray, y: np.ndarray) -> bytes:
 def deidentified_study(data: bytes, limits: DicomLimits) -> bytes:
     """The study with every DICOM file reduced to the attributes in KEPT and fresh UIDs derived from its pixels
     (so the same study gives the same bytes), plus labels.csv: what is kept at rest when sources are kept."""
-    members = _members(data, limits)
-    labels = members.pop(LABELS_FILE)
+    study = _Study.open(data, limits)
+    labels = study.labels()
     files = {}
-    for name, raw in sorted(members.items()):
-        ds = _read(name, raw, limits)
+    for name in study.images():
+        ds = _read(name, study.read(name), limits)
         for element in list(ds):
             if element.keyword not in KEPT:
                 del ds[element.tag]

@@ -1,23 +1,31 @@
 """The promotion verdict: is a candidate non-inferior to production on the earlier sites, and no worse on its new one?
 
-Held-out sets are small, so the gate uses bounds, not raw deltas: candidate and production are scored on the
-same samples. Three rules protect the earlier sites:
-- together: the one-sided lower confidence bound of the mean paired accuracy difference (each earlier site
-  weighing the same) must stay above -tolerance. Pooling is what gives the test its power: measured with
-  ~75 held-out samples a site, a per-site bound at the same margin rejected 30-40% of candidates that were
-  as good as production (churn alone, the samples on which the two disagree, widens each site's bound);
+The gate judges the model's task metric (accuracy, balanced accuracy, AUROC or expected cost: at a
+10%-prevalence site a model answering only "normal" scores 0.9 accuracy but 0.5 AUROC), from per-site figures
+the caller computes (`SiteFigures`); every change is oriented so that positive means the candidate is better,
+and every tolerance is in the metric's units. Held-out sets are small, so the gate uses bounds, not raw deltas:
+candidate and production are scored on the same samples. Three rules protect the earlier sites:
+- together: the one-sided lower confidence bound of the mean paired change (each earlier site weighing the
+  same) must stay above -tolerance. Pooling is what gives the test its power: measured with ~75 held-out
+  samples a site, a per-site bound at the same margin rejected 30-40% of candidates that were as good as
+  production (churn alone, the samples on which the two disagree, widens each site's bound);
 - each on its own: its lower bound must stay above -site_tolerance, a wider margin that catches one site
   being damaged while the others hold;
-- over time: its accuracy's upper confidence bound must reach the best accuracy it has had since it was
-  learnt minus a cumulative budget, so that ten updates each losing a little cannot add up to a lot.
+- over time: the candidate's optimistic bound (upper for a score, lower for a cost) must reach the best value
+  the site has had since it was learnt less a cumulative budget, so ten updates each losing a little cannot
+  add up to a lot.
 A site the candidate learnt for the first time must not get worse at all.
+
+Every line also says what its held-out set can see: the smallest change it distinguishes at the gate's
+confidence. A site is too small when that exceeds the pooled `tolerance` (the margin the gate is there to
+enforce): its own verdict cannot tell a tolerable change from an intolerable one.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 
 import numpy as np
@@ -30,7 +38,34 @@ class GateRules:
     tolerance: float = 0.05  # earlier sites together
     site_tolerance: float = 0.15  # any one earlier site
     confidence: float = 0.8  # one-sided, for every bound
-    budget: float = 0.05  # from the best accuracy since a site was learnt, cumulative
+    budget: float = 0.05  # from the best value since a site was learnt, cumulative
+    metric: str = "accuracy"  # the model's task metric: tolerances and budget are in its units
+
+
+@dataclass(frozen=True)
+class SiteFigures:
+    """One site's held-out set scored for the gate, in the units of `metric` (the model's, or accuracy where
+    it is undefined on this set); `delta`/`lower_bound`/`se` are the paired change, positive = candidate better.
+
+    `optimistic` is the candidate value's one-sided bound on its good side (the budget rule); `detectable_drop`
+    the smallest change this set distinguishes at the gate's confidence (inf: it cannot); `samples_needed` how
+    many more labelled samples would bring it down to the tolerance (None: no number of them would).
+    """
+
+    samples: int
+    class_counts: tuple[int, ...]
+    metric: str
+    candidate: float
+    optimistic: float
+    candidate_accuracy: float
+    production: float | None = None
+    production_accuracy: float | None = None
+    delta: float | None = None
+    lower_bound: float | None = None
+    se: float | None = None
+    detectable_drop: float | None = None
+    samples_needed: int | None = None
+    higher_is_better: bool = True  # False for a cost: `optimistic` is then its lower bound
 
 
 @dataclass(frozen=True)
@@ -39,29 +74,29 @@ class Verdict:
     reasons: list[str]
     pooled_delta: float | None = None
     pooled_lower_bound: float | None = None
+    too_small: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def paired_lower_bound(candidate: np.ndarray, production: np.ndarray, confidence: float) -> tuple[float, float]:
     """Mean paired difference of per-sample correctness and its one-sided lower bound (normal approx.)."""
-    d = candidate.astype(np.float64) - production.astype(np.float64)
-    n = d.size
-    mean = float(d.mean())
-    if n < 2:
-        return mean, -math.inf
-    se = float(d.std(ddof=1)) / math.sqrt(n)
+    mean, se = _paired(candidate, production)
     return mean, mean - NormalDist().inv_cdf(confidence) * se
 
 
-def pooled_lower_bound(pairs: list[tuple[np.ndarray, np.ndarray]], confidence: float) -> tuple[float, float]:
-    """Mean over sites of each site's mean paired difference, and its one-sided lower bound (sites independent)."""
-    deltas, variances = [], []
-    for cand, prod in pairs:
-        d = cand.astype(np.float64) - prod.astype(np.float64)
-        deltas.append(float(d.mean()))
-        variances.append(float(d.var(ddof=1)) / d.size if d.size > 1 else math.inf)
-    k = len(deltas)
-    mean = float(np.mean(deltas))
-    se = math.sqrt(sum(variances)) / k
+def _paired(candidate: np.ndarray, production: np.ndarray) -> tuple[float, float]:
+    d = candidate.astype(np.float64) - production.astype(np.float64)
+    if d.size < 2:
+        return float(d.mean()), math.inf
+    return float(d.mean()), float(d.std(ddof=1)) / math.sqrt(d.size)
+
+
+def pooled_lower_bound(changes: list[tuple[float, float]], confidence: float) -> tuple[float, float]:
+    """Mean over sites of their (delta, se), and its one-sided lower bound (sites independent, each weighing
+    the same: se = sqrt(sum se^2) / k)."""
+    k = len(changes)
+    mean = float(np.mean([d for d, _ in changes]))
+    se = math.sqrt(sum(s * s for _, s in changes)) / k
     return mean, mean - NormalDist().inv_cdf(confidence) * se
 
 
@@ -76,49 +111,89 @@ def upper_bound(correct: np.ndarray, confidence: float) -> float:
     return min(1.0, centre + spread)
 
 
-def judge(candidate: Mapping[str, np.ndarray], production: Mapping[str, np.ndarray] | None, new_sites: set[str],
-          rules: GateRules, best: Mapping[str, float] | None = None) -> Verdict:
-    """Per-site lines, the reasons for rejection (none when the candidate passes), and the pooled figures.
+def outcome_figures(candidate: np.ndarray, production: np.ndarray | None, confidence: float,
+                    class_counts: tuple[int, ...] = ()) -> SiteFigures:
+    """A site's accuracy figures from per-sample correctness (boolean arrays on the same samples)."""
+    acc = float(candidate.mean()) if candidate.size else 0.0
+    alone = SiteFigures(samples=int(candidate.size), class_counts=class_counts, metric="accuracy", candidate=acc,
+                        optimistic=upper_bound(candidate, confidence), candidate_accuracy=acc)
+    if production is None:
+        return alone
+    delta, se = _paired(candidate, production)
+    prod, z = float(production.mean()), NormalDist().inv_cdf(confidence)
+    return replace(alone, production=prod, production_accuracy=prod, delta=delta, lower_bound=delta - z * se, se=se,
+                   detectable_drop=z * se)
 
-    `candidate`/`production` map site -> boolean array of per-sample correctness on that site's held-out set;
-    `best` maps an earlier site to the best accuracy a version has had on it since it was learnt.
+
+def judge(figures: Mapping[str, SiteFigures], new_sites: set[str], rules: GateRules,
+          best: Mapping[str, float] | None = None) -> Verdict:
+    """Per-site lines, the reasons for rejection (none when the candidate passes), the pooled figures, and the
+    sites whose held-out sets are too small to see the tolerance (with a note each).
+
+    A site without production figures is new (nothing to compare with); `best` maps an earlier site to the
+    best value of its figures' metric a version has had on it since it was learnt.
     """
     lines: list[SiteGate] = []
     reasons: list[str] = []
-    earlier: list[tuple[np.ndarray, np.ndarray]] = []
-    for site in sorted(candidate):
-        cand = candidate[site]
-        prod = production.get(site) if production is not None else None
-        is_new = site in new_sites or prod is None
-        if prod is not None and not is_new:
-            earlier.append((cand, prod))
-        lines.append(_line(site, cand, prod, is_new, rules, None if best is None else best.get(site), reasons))
+    notes: list[str] = []
+    earlier: list[tuple[float, float]] = []
+    for site in sorted(figures):
+        fig = figures[site]
+        is_new = site in new_sites or fig.delta is None
+        if not is_new:
+            earlier.append((fig.delta, math.inf if fig.se is None else fig.se))  # type: ignore[arg-type]
+        lines.append(_line(site, fig, is_new, rules, None if best is None else best.get(site), reasons))
+        if fig.metric != rules.metric:
+            notes.append(f"site {site}: judged by {fig.metric}; {rules.metric} is undefined on its held-out set "
+                         f"(samples of each class: {list(fig.class_counts)})")
+        if lines[-1].too_small:
+            notes.append(_too_small(lines[-1], fig, rules))
+    too_small = [line.site for line in lines if line.too_small]
     if not earlier:
-        return Verdict(lines, reasons)
+        return Verdict(lines, reasons, too_small=too_small, notes=notes)
     delta, bound = pooled_lower_bound(earlier, rules.confidence)
-    if bound <= -rules.tolerance:
-        reasons.append(f"earlier sites together: mean change {delta:+.3f}, lower bound {bound:+.3f} "
+    if not bound > -rules.tolerance:
+        reasons.append(f"earlier sites together: mean {rules.metric} change {delta:+.3f}, lower bound {bound:+.3f} "
                        f"<= -{rules.tolerance:.3f}")
-    return Verdict(lines, reasons, delta, None if math.isinf(bound) else bound)
+    return Verdict(lines, reasons, delta, _finite(bound), too_small, notes)
 
 
-def _line(site: str, cand: np.ndarray, prod: np.ndarray | None, is_new: bool, rules: GateRules,
-          top: float | None, reasons: list[str]) -> SiteGate:
+def _finite(x: float | None) -> float | None:
+    return None if x is None or math.isinf(x) or math.isnan(x) else x
+
+
+def _line(site: str, fig: SiteFigures, is_new: bool, rules: GateRules, top: float | None,
+          reasons: list[str]) -> SiteGate:
     """One site's line; its failures are appended to `reasons`."""
-    acc = float(cand.mean()) if cand.size else 0.0
-    if prod is None:
-        return SiteGate(site=site, samples=int(cand.size), candidate_accuracy=acc, production_accuracy=None,
-                        delta=None, lower_bound=None, new_site=True, passed=True)
-    delta, bound = paired_lower_bound(cand, prod, rules.confidence)
-    passed = delta >= 0.0 if is_new else bound > -rules.site_tolerance
+    first = SiteGate(site=site, samples=fig.samples, candidate_accuracy=fig.candidate_accuracy,
+                     production_accuracy=fig.production_accuracy, delta=None, lower_bound=None, new_site=True,
+                     passed=True, metric=fig.metric, candidate_value=fig.candidate,
+                     class_counts=list(fig.class_counts) or None)
+    if fig.delta is None or fig.production is None:
+        return first
+    bound = -math.inf if fig.lower_bound is None else fig.lower_bound
+    passed = fig.delta >= 0.0 if is_new else bound > -rules.site_tolerance
     if not passed:
         rule = "got worse on its new site" if is_new else f"lower bound {bound:+.3f} <= -{rules.site_tolerance:.3f}"
-        reasons.append(f"site {site}: accuracy {acc:.3f} vs production {float(prod.mean()):.3f}; {rule}")
+        reasons.append(f"site {site}: {fig.metric} {fig.candidate:.3f} vs production {fig.production:.3f}; {rule}")
     top = None if is_new else top
-    if top is not None and upper_bound(cand, rules.confidence) < top - rules.budget:
+    sign = 1.0 if fig.higher_is_better else -1.0
+    if top is not None and sign * fig.optimistic < sign * top - rules.budget:
         passed = False
-        reasons.append(f"site {site}: accuracy {acc:.3f} vs its best {top:.3f} since it was learnt; more than "
-                       f"the cumulative budget of {rules.budget:.3f} lost")
-    return SiteGate(site=site, samples=int(cand.size), candidate_accuracy=acc, production_accuracy=float(prod.mean()),
-                    delta=delta, lower_bound=None if math.isinf(bound) else bound, best_accuracy=top,
-                    new_site=is_new, passed=passed)
+        reasons.append(f"site {site}: {fig.metric} {fig.candidate:.3f} vs its best {top:.3f} since it was learnt; "
+                       f"more than the cumulative budget of {rules.budget:.3f} lost")
+    drop = math.inf if fig.detectable_drop is None else fig.detectable_drop
+    return first.model_copy(update={
+        "delta": fig.delta, "lower_bound": _finite(bound), "best_value": top, "new_site": is_new, "passed": passed,
+        "best_accuracy": top if fig.metric == "accuracy" else None, "production_value": fig.production,
+        "se": _finite(fig.se), "detectable_drop": _finite(drop), "too_small": not drop <= rules.tolerance,
+        "samples_needed": fig.samples_needed})
+
+
+def _too_small(line: SiteGate, fig: SiteFigures, rules: GateRules) -> str:
+    """What a too-small held-out set can see, and how many more labelled images would let it see the tolerance."""
+    sees = "cannot distinguish any change" if line.detectable_drop is None else \
+        f"distinguish only changes over {line.detectable_drop:.3f}"
+    more = "" if fig.samples_needed is None else f"; about {fig.samples_needed} more labelled images would close it"
+    return (f"site {line.site}: its {fig.samples} held-out images {sees} in {fig.metric} at confidence "
+            f"{rules.confidence:g} (tolerance {rules.tolerance:.3f}){more}")

@@ -52,4 +52,5 @@ def _readiness(registry: RedisRegistry, artifacts: ArtifactStore, model: Model,
                number: int | None) -> dict[str, SiteReadiness]:
     if number is None:
         return {}
-    return assess_sites(version_calibration(artifacts, registry.get_version(model.name, number)), model.readiness)
+    return assess_sites(version_calibration(artifacts, registry.get_version(model.name, number)), model.readiness,
+                        model.task_metric)

@@ -101,6 +101,16 @@ class Readiness(Record):
     # the label-free accuracy estimate on served answers this far under the held-out accuracy raises the
     # ClregSiteServedBelowValidation alert (exported as clreg_model_estimate_drop_limit)
     estimate_drop: float = Field(default=0.05, gt=0, le=1)
+    # The task metric's 95% interval (versions that record it) is judged, never accuracy alone at a binary site:
+    # its low end must reach metric_floor (None: accuracy_floor for accuracy and balanced_accuracy, 0.8 for
+    # auroc) and beat what answering every image the same class scores; for expected_cost its high end must stay
+    # under that constant answer's cost and, when set, under cost_limit (per case, in the costs' unit).
+    metric_floor: float | None = Field(default=None, ge=0, le=1)
+    cost_limit: float | None = Field(default=None, gt=0)
+    # Each class of a binary site's held-out set needs this many samples: fewer, and the site is not validated
+    # and a threshold chosen by cost there is not recommended (nor set by `clreg sites threshold --set`).
+    min_positives: int = Field(default=10, ge=0)
+    min_negatives: int = Field(default=10, ge=0)
 
 
 class ShadowPolicy(Record):
@@ -345,6 +355,20 @@ class SiteGate(Record):
     best_accuracy: float | None = None  # the best a version has had on this (earlier) site since it was learnt
     new_site: bool
     passed: bool
+    # The task metric the line was judged by (None in reports made before it: accuracy), both models' values of it;
+    # delta and lower_bound are in its units, positive = candidate better (a cost's fall is positive).
+    metric: str | None = None
+    candidate_value: float | None = None
+    production_value: float | None = None
+    best_value: float | None = None  # best_accuracy's counterpart in the metric's units
+    se: float | None = None  # the paired change's standard error
+    # The smallest change this held-out set distinguishes at the gate's confidence (None: it cannot, or there is
+    # nothing to compare with); too small when that exceeds the pooled tolerance; samples_needed: how many more
+    # labelled images would bring it down to the tolerance (None: none would, e.g. a tolerance of 0).
+    detectable_drop: float | None = None
+    too_small: bool = False
+    samples_needed: int | None = None
+    class_counts: list[int] | None = None  # held-out samples of each class (index = class)
 
 
 class GateReport(Record):
@@ -359,8 +383,11 @@ class GateReport(Record):
     reasons: list[str] = Field(default_factory=list)
     site_tolerance: float | None = None  # any one earlier site
     budget: float | None = None  # cumulative, from each earlier site's best since it was learnt
-    pooled_delta: float | None = None  # mean over earlier sites of the paired accuracy change
+    pooled_delta: float | None = None  # mean over earlier sites of the paired change in the metric
     pooled_lower_bound: float | None = None
+    metric: str | None = None  # the task metric judged by, tolerances in its units (None in older reports: accuracy)
+    too_small: list[str] = Field(default_factory=list)  # sites whose held-out set cannot see the tolerance
+    notes: list[str] = Field(default_factory=list)  # what the verdict cannot see (never a reason to reject)
     created_at: float = Field(default_factory=now)
 
 
@@ -394,6 +421,16 @@ class SiteCalibration(Record):
     sensitivity: dict[str, tuple[float, float, float]] | None = None
     reliability_before: list[tuple[float, float, int]] | None = None
     reliability_after: list[tuple[float, float, int]] | None = None
+    # The model's task metric when the version was made (Model.task_metric), on the held-out labels and the
+    # cross-fitted calibrated probabilities: its value and 95% class-stratified bootstrap interval (None where it is
+    # undefined: AUROC of one class), the figure of the best constant answer (every image the same class: the
+    # majority's accuracy, AUROC 0.5, the cheaper of flagging all or none), and the held-out count of each class.
+    # None in versions made before them: readiness then judges accuracy as it did.
+    metric: Metric | None = None
+    metric_value: float | None = None
+    metric_interval: tuple[float, float] | None = None
+    metric_baseline: float | None = None
+    class_counts: list[int] | None = None
 
 
 class Calibration(Record):

@@ -51,6 +51,7 @@ class ServingConfig(BaseModel):
     poll_interval_s: float = Field(default=0.1, gt=0)
     beat_interval_s: float = Field(default=1.0, gt=0)  # replicas say what they serve (a batch is then "served")
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_weights_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # an uploaded checkpoint (POST /v1/artifacts)
     max_samples: int = Field(default=10_000, ge=1)
     max_unzipped_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # a DICOM zip, inflated
     heldout_fraction: float = Field(default=0.3, gt=0, lt=1)

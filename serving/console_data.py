@@ -83,11 +83,25 @@ def model(reg: RedisRegistry, name: str) -> dict[str, Any]:
     drift = reg.reports.drift(name, limit=200)
     versions = [{"number": v.version.number, "status": v.status.value, "aliases": v.aliases,
                  "created": when(v.version.created_at), "sites": v.version.lineage.sites,
-                 "gate": gates.get(v.gate_report_id or ""),
+                 "gate": gates.get(v.gate_report_id or ""), "gate_notes": gate_notes(gates.get(v.gate_report_id or "")),
                  "shadow": _shadow(v.shadow)} for v in reversed(Shadows(reg).attach(name, views))]
     return {"model": record, "production": reg.resolve(name), "versions": versions,
             "history": list(reversed(reg.alias_history(name))), "matrix_svg": chart, "matrix": matrix,
             "drift_svg": _drift_chart(drift), "drift": list(reversed(drift))[:50], "queue": queue(reg, name)}
+
+
+def gate_notes(gate: GateReport | None) -> str:
+    """What a gate report judged by and what it could not see: the sites whose held-out sets are too small to
+    distinguish its tolerance, each with how many more labelled images would let it."""
+    if gate is None:
+        return ""
+    text = f"judged by {gate.metric or 'accuracy'}"
+    if gate.too_small:
+        more = {line.site: line.samples_needed for line in gate.sites}
+        sites = ", ".join(s if more.get(s) is None else f"{s} (about {more[s]} more labelled images)"
+                          for s in gate.too_small)
+        text += f"; held-out sets too small to see a change of {gate.tolerance:.3f}: {sites}"
+    return text
 
 
 def _shadow(figures: dict[str, Any] | None) -> str:
@@ -120,7 +134,7 @@ def sites(reg: RedisRegistry, artifacts: ArtifactStore) -> list[dict[str, Any]]:
     names = [s.name for s in records]
     rows = []
     for m in reg.list_models():
-        counts, rules = reg.batches.site_counts(m, names), reg.get_model(m).readiness
+        counts, record = reg.batches.site_counts(m, names), reg.get_model(m)
         version = reg.version_by_alias(m)
         calibration = version_calibration(artifacts, version) if version else None
         for site in records:
@@ -128,10 +142,11 @@ def sites(reg: RedisRegistry, artifacts: ArtifactStore) -> list[dict[str, Any]]:
             if site.name not in counts and fit is None:
                 continue
             c = counts.get(site.name)
+            ready = assess(site.name, calibration, record.readiness, record.task_metric) if version else None
             rows.append({"site": site.name, "model": m, "version": version.number if version else None,
                          "prevalence": _prevalence(c.prevalence) if c else "", "samples": c.samples if c else None,
                          "threshold": site.threshold, "fit": fit, "point": _point(fit, site.threshold),
-                         "validated": assess(site.name, calibration, rules).validated if version else None})
+                         "validated": ready.validated if ready else None})
     return rows
 
 

@@ -19,11 +19,19 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from clreg.learner.models import check_factory, network_for
-from clreg.learner.operating import Costs, expected_cost, operating_point, threshold_for_cost, threshold_for_sensitivity
+from clreg.learner.operating import (
+    Costs,
+    cost_threshold_shortfall,
+    expected_cost,
+    operating_point,
+    point_interval,
+    threshold_for_cost,
+    threshold_for_sensitivity,
+)
 from clreg.registry import promotion
 from clreg.registry.artifacts import ArtifactStore, version_calibration
 from clreg.registry.batches import token_sha256
-from clreg.registry.errors import NotFound, RegistryError
+from clreg.registry.errors import Conflict, NotFound, RegistryError
 from clreg.registry.events import EventLog, IngestQueue
 from clreg.registry.inputs import InputLog
 from clreg.registry.readiness import assess
@@ -31,10 +39,14 @@ from clreg.registry.records import (
     NAME_PATTERN,
     BatchId,
     BatchStatus,
+    Digest,
+    ErrorCosts,
     InputSpec,
+    Metric,
     Model,
     ModelVersion,
     Name,
+    Normalisation,
     Readiness,
     ShadowPolicy,
     Site,
@@ -46,7 +58,7 @@ from clreg.registry.shadow import Shadows
 from clreg.registry.status import pipeline_status
 from clreg.registry.store import RedisRegistry
 from clreg.registry.webhooks import WebhookStore
-from clreg.serving import boundary, console, metrics, validation, webhooks
+from clreg.serving import boundary, console, metrics, uploads, validation, webhooks
 from clreg.serving.auth import Tokens, bearer, matches
 from clreg.serving.config import ServingConfig
 from clreg.serving.errors import (
@@ -71,6 +83,10 @@ class NewModel(BaseModel):
     input: InputSpec
     readiness: Readiness = Readiness()  # when a site counts as validated, and the policy for one that is not
     shadow: ShadowPolicy | None = None  # mirror each candidate on live traffic before it may be promoted
+    weights: Digest | None = None  # sha256 of a checkpoint uploaded with POST /v1/artifacts: the initial weights
+    normalisation: Normalisation | None = None  # with weights and none given: ImageNet's (see serving.uploads)
+    metric: Metric | None = None  # what the gate, search and readiness judge; None: auroc if binary, else accuracy
+    costs: ErrorCosts = ErrorCosts()  # of a false positive and a false negative (expected_cost, thresholds)
 
 
 class NewSite(BaseModel):
@@ -150,6 +166,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     app.include_router(webhooks.router(WebhookStore(reg), cfg.webhooks, admin, reader))
     app.include_router(validation.router(reg, artifacts, inputs, reader))
     app.include_router(console.router(reg, artifacts, events, tokens, cfg.evidently_ui_url, inputs))
+    uploads.install(app, uploads.Uploads(artifacts, tokens, cfg.max_weights_bytes))
 
     @app.post("/v1/sites/{site}/batches", status_code=202)
     async def push_batch(request: Request, site_rec: Annotated[Site, Depends(site_token)],
@@ -181,11 +198,18 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
 
     @app.post("/v1/models", status_code=201)
     def create_model(body: NewModel, _: Admin) -> dict:
-        """Register a model; its factory must come from an allowed module and build, or nothing is stored."""
+        """Register a model; its factory must come from an allowed module and build, and uploaded `weights` must
+        fit its network, or nothing is stored."""
+        norm = body.normalisation or (uploads.default_normalisation(body.input.channels) if body.weights else None)
         model = Model(name=body.name, factory=body.factory, factory_kwargs=body.factory_kwargs, input=body.input,
-                      readiness=body.readiness, shadow=body.shadow)
+                      readiness=body.readiness, shadow=body.shadow, normalisation=norm, metric=body.metric,
+                      costs=body.costs)
         check_factory(model.factory, cfg.factory_prefixes)
-        network_for(model)  # it must build with its input spec before anything is stored
+        net = network_for(model)  # it must build with its input spec before anything is stored
+        if body.weights is not None:
+            if body.name in reg.list_models():  # before the checkpoint is converted and stored
+                raise Conflict(f"model {body.name!r} already exists")
+            model = model.model_copy(update=uploads.initial_weights(artifacts, net, body.weights))
         reg.create_model(model)
         return model.model_dump()
 
@@ -232,12 +256,13 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         models = reg.list_models()
         counts = {m: reg.batches.site_counts(m, names) for m in models}
         production = {m: (reg.get_model(m), reg.version_by_alias(m)) for m in models}
-        ready = {m: (record.readiness, version_calibration(artifacts, v) if v else None)
+        ready = {m: (record, version_calibration(artifacts, v) if v else None)
                  for m, (record, v) in production.items()}
 
         def validated(model: str, site: str) -> bool | None:
-            rules, calibration = ready[model]
-            return assess(site, calibration, rules).validated if production[model][1] else None
+            record, calibration = ready[model]
+            return assess(site, calibration, record.readiness, record.task_metric).validated \
+                if production[model][1] else None
 
         return [{**s.model_dump(exclude={"token_sha256"}),
                  "models": {m: {**c[s.name].model_dump(), "prevalence": c[s.name].prevalence,
@@ -273,10 +298,12 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
 
         The threshold is the one given, else the one reaching the given sensitivity, else the one with the
         lowest expected cost for the given error costs, else the site's own. With costs, the expected cost per
-        case at that threshold and at 0.5; prevalence is the held-out one unless given.
+        case at that threshold and at 0.5; prevalence is the held-out one unless given. Every figure comes with its
+        95% bootstrap interval and the positives and negatives it rests on; a threshold chosen by cost on fewer
+        than the model's min_positives / min_negatives is answered with "recommended": false and the reason.
         """
         record = reg.get_site(site)
-        reg.get_model(model)  # 404 for a model that does not exist
+        rules = reg.get_model(model).readiness  # 404 for a model that does not exist
         version = reg.version_by_alias(model)
         if version is None:
             raise NotReady(f"model {model!r} has no production version")
@@ -289,6 +316,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
             if cost_fp is not None and cost_fn is not None else None
         if threshold is None and sensitivity is not None:
             threshold = threshold_for_sensitivity(scores, labels, sensitivity)
+        by_cost = threshold is None and costs is not None
         if threshold is None and costs is not None:
             threshold = threshold_for_cost(scores, labels, costs, prevalence)
         threshold = threshold if threshold is not None else record.threshold
@@ -300,8 +328,11 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
             "priced_at_prevalence": point.prevalence if prevalence is None else prevalence,
             "expected_cost": expected_cost(point, costs, prevalence),
             "expected_cost_at_half": expected_cost(operating_point(scores, labels, 0.5), costs, prevalence)}
+        shortfall = cost_threshold_shortfall(labels, rules.min_positives, rules.min_negatives) if by_cost else None
+        advice = {"recommended": shortfall is None, "reason": shortfall} if by_cost else {}
         return {"model": model, "version": number, "site": site, "site_threshold": record.threshold,
-                "target_sensitivity": sensitivity, **point.as_dict(), **priced}
+                "target_sensitivity": sensitivity, **point.as_dict(),
+                **point_interval(scores, labels, threshold, costs, prevalence).as_dict(), **priced, **advice}
 
     @app.get("/v1/alerts")
     def alerts(_: Reader, model: Name | None = None, since: Time = 0.0, site: Name | None = None,

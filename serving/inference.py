@@ -27,11 +27,12 @@ class Loaded:
     spec: InputSpec
     device: str = "cpu"
     rules: Readiness = Readiness()
+    metric: str = "accuracy"  # the model's task metric (Model.task_metric) that readiness judges
     readiness: dict[str, SiteReadiness] = field(default_factory=dict)  # per learnt site, under these rules
 
     def readiness_of(self, site: str) -> SiteReadiness:
         """Whether this version is validated at `site` (a site it never learnt is not: `assess` says why)."""
-        return self.readiness.get(site) or assess(site, self.answerer.calibration, self.rules)
+        return self.readiness.get(site) or assess(site, self.answerer.calibration, self.rules, self.metric)
 
 
 @dataclass(frozen=True)

@@ -234,7 +234,8 @@ class ModelServer:
             for net in answerer.networks():
                 net(torch.zeros(1, spec.channels, spec.height, spec.width, device=self.device))
         return Loaded(version=version.number, answerer=answerer, spec=spec, device=str(self.device),
-                      rules=model.readiness, readiness=assess_sites(answerer.calibration, model.readiness))
+                      rules=model.readiness, metric=model.task_metric,
+                      readiness=assess_sites(answerer.calibration, model.readiness, model.task_metric))
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -245,15 +246,18 @@ class ModelServer:
     async def _predict(self, request: Request) -> Response:
         check_host(request.headers.get("host"), self.cfg.allowed_hosts)
         if request.method != "POST":
-            raise MethodNotAllowed("use POST /v1/predict with a JSON or npz body")
+            raise MethodNotAllowed("use POST /v1/predict with a JSON, npz or DICOM body")
         if self.cfg.predict_needs_token:
             self.tokens.require_reader(request.headers.get("authorization"))
         name = self._model_name(request.query_params.get("model"))
         loaded = await self._current(name)
         body = await read_body(request.headers.get("content-length"), request.stream(),
                                self.cfg.predict_max_body_bytes)
-        x, site = parse_inputs(body, request.headers.get("content-type", ""), loaded.spec,
-                               self.cfg.predict_max_samples)
+        # in a thread: a DICOM study takes a while to convert, and the replica keeps answering meanwhile
+        parsed = await asyncio.to_thread(parse_inputs, body, request.headers.get("content-type", ""), loaded.spec,
+                                         self.cfg.predict_max_samples, request.query_params.get("site"),
+                                         self.cfg.max_unzipped_bytes)
+        x, site = parsed.x, parsed.site
         inputs = to_tensor(x)
         job = Job(loaded, inputs, site)
         scores = await self._batched(job) if self.cfg.batch_max_requests > 1 else infer([job])[0]
@@ -262,7 +266,8 @@ class ModelServer:
         threshold = self.thresholds.get(site) if site and loaded.spec.classes == 2 else None
         self._record(name, x, loaded.version, answered_site, expected_correct(probs, threshold))
         self.mirror.offer(name, inputs, site, answered_site, probs, threshold)
-        answer.update({"probabilities": probs.round(6).tolist(), "labels": probs.argmax(axis=1).tolist()})
+        answer.update({"inputs": parsed.names, "probabilities": probs.round(6).tolist(),
+                       "labels": probs.argmax(axis=1).tolist()})
         if scores.bn_site is not None:  # which site's BatchNorm answered, and whether MAP routing chose it
             answer["normalisation"] = {"site": scores.bn_site, "routed": scores.routed}
         answer["calibration"] = {"site": scores.temperature_site, "temperature": round(scores.temperature, 6)}

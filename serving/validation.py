@@ -3,9 +3,10 @@
 No `from __future__ import annotations` here: FastAPI must see the real dependency types of the routes.
 
 What ops need to decide whether a model may be used at a site: what the site pushed, its latest drift
-check, held-out accuracy and per-class sensitivity with 95% intervals, calibration before and after
-(reliability diagram), the readiness verdict with its reasons and, for binary models, what the site's
-threshold means at its own prevalence and at others (PPV and NPV move with prevalence, sensitivity does not).
+check, the model's task metric, held-out accuracy and per-class sensitivity with 95% intervals, calibration
+before and after (reliability diagram), the readiness verdict with its reasons and, for binary models, what the
+site's threshold means at its own prevalence and at others (PPV and NPV move with prevalence, sensitivity does
+not), with the intervals of its sensitivity, specificity and expected cost and the positives and negatives behind.
 """
 
 import html
@@ -16,7 +17,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query
 from starlette.responses import HTMLResponse
 
-from clreg.learner.operating import Costs, expected_cost, operating_point
+from clreg.learner.operating import Costs, expected_cost, operating_point, point_interval
 from clreg.registry.artifacts import ArtifactStore, version_calibration
 from clreg.registry.inputs import InputLog
 from clreg.registry.readiness import assess
@@ -44,14 +45,17 @@ def _binary(fit: SiteCalibration, threshold: float | None, site_prevalence: floa
     if fit.scores is None or fit.labels is None:
         return {}
     used = 0.5 if threshold is None else threshold
-    point = operating_point(np.array(fit.scores), np.array(fit.labels), used)
+    scores, labels = np.array(fit.scores), np.array(fit.labels)
+    point = operating_point(scores, labels, used)
     curve = []
     if point.sensitivity is not None and point.specificity is not None:
         for p in sorted({*PREVALENCES, *([site_prevalence] if site_prevalence else [])}):
             ppv, npv = ppv_npv(point.sensitivity, point.specificity, p)
             curve.append({"prevalence": p, "ppv": ppv, "npv": npv, "expected_cost": expected_cost(point, costs, p)})
     cost = expected_cost(point, costs, site_prevalence)
-    return {"threshold": {"value": used, "site_threshold": threshold, **point.as_dict(), "expected_cost": cost,
+    spread = point_interval(scores, labels, used, costs, site_prevalence)
+    return {"threshold": {"value": used, "site_threshold": threshold, **point.as_dict(), **spread.as_dict(),
+                          "expected_cost": cost,
                           "costs": {"false_positive": costs.false_positive, "false_negative": costs.false_negative}},
             "ppv_npv_curve": curve}
 
@@ -60,18 +64,19 @@ def report(reg: RedisRegistry, artifacts: ArtifactStore, model: str, site: str, 
            inputs: InputLog | None = None) -> dict[str, Any]:
     """The validation report of `site` under `model`'s production version (binary models: the threshold priced
     at `costs`, 1 and 1 by default); with `inputs`, how the site is served now, estimated without labels."""
-    record, rules = reg.get_site(site), reg.get_model(model).readiness
+    record, served = reg.get_site(site), reg.get_model(model)
+    rules = served.readiness
     version = reg.version_by_alias(model)
     if version is None:
         raise NotReady(f"model {model!r} has no production version")
     calibration = version_calibration(artifacts, version)
-    ready = assess(site, calibration, rules)
+    ready = assess(site, calibration, rules, served.task_metric)
     counts = reg.batches.site_counts(model, [site]).get(site)
     drift = [r for r in reg.reports.drift(model, limit=200) if r.site == site]
     fit = calibration.sites.get(site) if calibration else None
     out: dict[str, Any] = {
         "model": model, "version": version.number, "site": site, "validated": ready.validated,
-        "reasons": ready.reasons, "rules": rules.model_dump(),
+        "reasons": ready.reasons, "rules": rules.model_dump(), "metric": served.task_metric,
         "data": {**counts.model_dump(), "prevalence": counts.prevalence} if counts else None,
         "drift": {"report": drift[-1].id, "drift": drift[-1].drift, "drifted_share": drift[-1].drifted_share,
                   "reference_version": drift[-1].reference_version, "at": drift[-1].created_at} if drift else None,
@@ -123,11 +128,21 @@ def _reliability(held: dict[str, Any]) -> list[str]:
     return out
 
 
+def _span(pair: Any) -> str:
+    """A 95% interval as "low - high" ("-" where there is none)."""
+    return "-" if not pair else f"{pair[0]:.3f} - {pair[1]:.3f}"
+
+
 def _threshold(point: dict[str, Any], curve: list[dict[str, Any]]) -> list[str]:
     costs = point["costs"]
     return [f"<h2>Threshold {point['value']:g}</h2><table>" + _rows([
-                ("sensitivity", _fmt(point.get("sensitivity"))), ("specificity", _fmt(point.get("specificity"))),
-                ("expected cost per case at the site's prevalence", _fmt(point.get("expected_cost"))),
+                ("held-out positives, negatives", f"{point.get('positives', '-')}, {point.get('negatives', '-')}"),
+                ("sensitivity (95% interval)",
+                 f"{_fmt(point.get('sensitivity'))} ({_span(point.get('sensitivity_interval'))})"),
+                ("specificity (95% interval)",
+                 f"{_fmt(point.get('specificity'))} ({_span(point.get('specificity_interval'))})"),
+                ("expected cost per case at the site's prevalence (95% interval)",
+                 f"{_fmt(point.get('expected_cost'))} ({_span(point.get('expected_cost_interval'))})"),
                 ("costs (false positive, false negative)", f"{costs['false_positive']:g}, {costs['false_negative']:g}"),
             ]) + "</table>",
             line_chart("PPV and NPV by prevalence", "prevalence", "predictive value",
@@ -155,7 +170,12 @@ def render_html(r: dict[str, Any]) -> str:
     parts = [f"<h1>{html.escape(r['site'])} under {html.escape(r['model'])} v{r['version']}</h1>",
              f"<p><b>{html.escape(verdict)}</b> (rules: {html.escape(str(r['rules']))})</p>",
              "<h2>Held-out figures</h2><table>" + _rows([
-                 ("samples", held.get("samples")), ("accuracy", _fmt(held.get("accuracy"))),
+                 ("samples", held.get("samples")), ("samples per class", held.get("class_counts") or "-"),
+                 (f"{r.get('metric', 'task metric')} (the model's task metric; 95% interval)",
+                  f"{_fmt(held.get('metric_value'))} ({_span(held.get('metric_interval'))})"
+                  if held.get("metric") else "- (not recorded by this version)"),
+                 ("the same, answering every image the same class", _fmt(held.get("metric_baseline"))),
+                 ("accuracy", _fmt(held.get("accuracy"))),
                  ("95% interval", held.get("accuracy_interval")), ("temperature", _fmt(held.get("temperature"))),
                  ("ECE before / after", f"{_fmt(held.get('ece'))} / {_fmt(held.get('ece_calibrated'))}"),
                  ("ECE of a perfectly calibrated model on these samples", _fmt(held.get("ece_floor"))),

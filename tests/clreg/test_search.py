@@ -63,4 +63,6 @@ def test_a_site_that_forbids_replay_is_never_remembered_nor_validated_on(
     lines = last.lineage.search
     assert len(lines) == 2 and sum(line["chosen"] for line in lines) == 1
     assert all(set(line["val_accuracy"]) == {"keep", "third"} for line in lines)  # never "private"
+    assert all(line["metric"] == "accuracy" and line["val_values"] == line["val_accuracy"] for line in lines)
+    assert all(abs(line["score"] - np.mean(list(line["val_values"].values()))) < 1e-4 for line in lines)
     assert last.lineage.timings["candidates"] == 2

@@ -8,10 +8,11 @@ import copy
 import numpy as np
 import torch
 
+from clreg.learner import tensorfile
 from clreg.learner.evaluate import predict_logits, site_metrics
 from clreg.learner.ewc import EWCState
 from clreg.learner.models import load_weights, small_cnn
-from clreg.learner.replay import Memory, memory_from_bytes, memory_to_bytes, site_logits
+from clreg.learner.replay import FORMAT, Memory, memory_from_bytes, memory_to_bytes, site_logits
 from clreg.learner.sitebn import bank_from_bytes, site_model
 from clreg.learner.streams import digits_sites
 from clreg.learner.train import TrainConfig, train_site
@@ -35,7 +36,42 @@ def test_the_reservoir_is_bounded_deterministic_and_round_trips() -> None:
     back = memory_from_bytes(memory_to_bytes(memory))
     assert (back.sites["a"].x == site.x).all() and back.sites["a"].seen == 100
     x, _ = back.arrays("a")
-    assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    assert x.dtype == np.uint8 and x is back.sites["a"].x  # as stored: float32 only where it is used
+
+
+def test_a_uint8_batch_stays_uint8_at_a_quarter_of_the_bytes() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 1, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 3, 40)
+    memory = Memory()
+    memory.add("a", images, labels, capacity=100, seed=0)
+    back = memory_from_bytes(memory_to_bytes(memory))
+    assert back.sites["a"].x.dtype == np.uint8 and np.array_equal(back.sites["a"].x, images)
+    as_float32 = tensorfile.dump({"0.x": torch.from_numpy(images.astype(np.float32) / 255.0),
+                                  "0.y": torch.from_numpy(labels)}, FORMAT, {"sites": ["a"], "seen": [40]})
+    ratio = len(memory_to_bytes(memory)) / len(as_float32)
+    assert 0.25 <= ratio < 0.27, ratio  # images dominate; the labels and the header add a little
+    float_batch = Memory()  # the registry's float32 (uint8 / 255) quantises back to the same bytes
+    float_batch.add("a", images.astype(np.float32) / 255.0, labels, capacity=100, seed=0)
+    assert memory_to_bytes(float_batch) == memory_to_bytes(memory)
+
+
+def test_training_on_uint8_images_equals_training_on_their_float32() -> None:
+    base, inverted = digits_sites(seed=5, names=("base", "inverted"))
+    as_uint8 = lambda x: np.rint(x * 255).astype(np.uint8)  # noqa: E731
+    memory = Memory()
+    memory.add("base", as_uint8(base.x[:64]), base.y[:64], capacity=64, seed=0)
+    cfg = TrainConfig(epochs=1, fisher_samples=16)
+    torch.manual_seed(0)
+    start = small_cnn(1, 16, 16, 10)
+    first = train_site(copy.deepcopy(start), base.x[:64], base.y[:64], "base", EWCState(), cfg)
+    results = []
+    for x, replay in ((as_uint8(inverted.x[:64]), memory.arrays("base")),
+                      (as_uint8(inverted.x[:64]).astype(np.float32) / 255.0,
+                       (memory.arrays("base")[0].astype(np.float32) / 255.0, memory.arrays("base")[1]))):
+        results.append(train_site(copy.deepcopy(start), x, inverted.y[:64], "inverted", EWCState(), cfg,
+                                  bn_bank=first.bn_bank, replay={"base": replay}))
+    assert results[0].weights == results[1].weights and results[0].bn_bank == results[1].bn_bank
 
 
 def test_a_replayed_minibatch_is_scored_as_its_site_is_served() -> None:

@@ -84,3 +84,16 @@ def test_interval_brackets_the_value_and_a_drop_needs_samples() -> None:
     assert low < value(Scoring("auroc"), y, p) < high
     assert detectable_drop(0.05, 0.8) == pytest.approx(0.05 * 0.8416, abs=1e-4)
     assert samples_needed(60, 0.10, 0.05) == 240 and samples_needed(60, 0.04, 0.05) == 60
+
+
+def test_the_vectorised_resamples_equal_the_metric_on_each_resample() -> None:
+    from clreg.learner.taskmetric import _resamples, _value, _values
+
+    rng = np.random.default_rng(3)
+    y = np.array([0] * 30 + [1] * 12)
+    p = _binary(np.round(np.clip(y * 0.3 + rng.random(42) * 0.7, 0, 1), 1).tolist())  # rounded: many ties
+    idx = _resamples(y, 50, seed=0)
+    for scoring in (Scoring("auroc"), Scoring("accuracy"), Scoring("balanced_accuracy"),
+                    Scoring("expected_cost", cost_fn=5)):
+        expected = [_value(scoring, y[i], p[i]) for i in idx]
+        np.testing.assert_allclose(_values(scoring, y, p, idx), expected, atol=1e-12, err_msg=scoring.metric)

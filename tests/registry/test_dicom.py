@@ -124,3 +124,41 @@ def test_a_kept_study_is_de_identified_and_keeps_its_pixels() -> None:
     assert {e.keyword for e in ds} <= KEPT | {"SOPInstanceUID"}
     original = pydicom.dcmread(io.BytesIO(dcm(pixels, **tags)))
     assert (ds.pixel_array == original.pixel_array).all() and ds.SOPInstanceUID != original.SOPInstanceUID
+
+
+def test_a_prediction_study_converts_as_ingest_does_and_names_its_files() -> None:
+    """Labels optional; the images equal ingest's, in file-name order, named by their path in the zip."""
+    from clreg.registry.dicom import dicom_image, dicom_zip_images
+
+    ramp = np.tile(np.arange(40) * 90, (40, 1))
+    files = {"b.dcm": dcm(ramp, RescaleSlope=1, RescaleIntercept=-1000, WindowCenter=500, WindowWidth=2000),
+             "a.dcm": dcm(square("br", size=40), photometric="MONOCHROME1")}
+    ingested, _ = _arrays(dicom_zip_to_npz(study(files, "file,label\na.dcm,0\nb.dcm,1\n"), GREY, DicomLimits()))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name in ("b.dcm", "a.dcm"):
+            archive.writestr(f"study/{name}", files[name])
+        archive.writestr("study/.DS_Store", b"\x00")
+    names, x = dicom_zip_images(buf.getvalue(), GREY, DicomLimits())
+    assert names == ["study/a.dcm", "study/b.dcm"] and x.dtype == np.uint8 and (x == ingested).all()
+    labelled_names, labelled = dicom_zip_images(study(files, "file,label\na.dcm,0\n"), GREY, DicomLimits())
+    assert labelled_names == ["a.dcm", "b.dcm"] and (labelled == ingested).all()  # labels.csv ignored
+    assert (dicom_image("b.dcm", files["b.dcm"], GREY, DicomLimits()) == ingested[1]).all()
+    assert len(np.unique(ingested[1])) > 8 and ingested[0, 0, 0, 0] == 255  # a windowed ramp; MONOCHROME1 inverted
+
+
+@pytest.mark.parametrize(("body", "limits", "words"), [
+    (study({}, "file,label\n"), DicomLimits(), "holds no DICOM file"),
+    (study({f"{i}.dcm": dcm(square("tl")) for i in range(3)}, None), DicomLimits(max_files=2),
+     "holds 3 images; send at most 2"),
+    (study({f"{i}.dcm": dcm(square("tl")) for i in range(2)}, "file,label\n"), DicomLimits(max_files=2), None),
+    (study({"a.dcm": b"\x00" * 200}, None), DicomLimits(), "a.dcm is not a readable DICOM"),
+])
+def test_a_prediction_study_is_refused_with_the_reason(body: bytes, limits: DicomLimits, words: str | None) -> None:
+    from clreg.registry.dicom import dicom_zip_images
+
+    if words is None:  # labels.csv does not count as an image
+        assert len(dicom_zip_images(body, GREY, limits)[0]) == 2
+        return
+    with pytest.raises((BatchMismatch, MalformedBatch), match=words):
+        dicom_zip_images(body, GREY, limits)

@@ -18,7 +18,7 @@ import numpy as np
 import pydicom
 
 from clreg.registry.dicom import dicom_file
-from tests.registry.dicomdata import study
+from tests.registry.dicomdata import dcm, study
 
 MODEL, SITE = "hx", "hx-site"
 BATCH = "0" * 64
@@ -224,6 +224,69 @@ def predictions() -> list[Case]:
     ]
 
 
+def _inflating(data: bytes, size: int = 2**31 - 1) -> bytes:
+    """The zip with every member's declared (central directory) inflated size rewritten to `size`."""
+    raw = bytearray(data)
+    at = raw.find(b"PK\x01\x02")
+    while at >= 0:
+        raw[at + 24:at + 28] = size.to_bytes(4, "little")
+        at = raw.find(b"PK\x01\x02", at + 4)
+    return bytes(raw)
+
+
+def _without_pixels() -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(_dcm()))
+    del ds.PixelData
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _ybr() -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(dicom_file(np.zeros((8, 8, 3)), "RGB")))
+    ds.PhotometricInterpretation = "YBR_FULL"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def predict_dicom(predict_limit: int = 16 * 1024 * 1024) -> list[Case]:
+    """DICOM bodies for /v1/predict (one file as application/dicom, a study as application/zip): each a 422
+    naming what is wrong, before anything is answered or recorded; 413 past the body limit, 415 a wrong type."""
+    one = {"a.dcm": _dcm()}
+    huge = pydicom.dcmread(io.BytesIO(_dcm()))
+    huge.Rows, huge.Columns = 60_000, 60_000
+    declared = io.BytesIO()
+    huge.save_as(declared, enforce_file_format=True)
+    files = [
+        ("not-dicom", b"hello"), ("empty", b""), ("zeros", bytes(200)), ("truncated", _dcm()[:-40]),
+        ("compressed", dcm(np.zeros((8, 8)), compressed=True)), ("multiframe", _dcm(NumberOfFrames=3)),
+        ("deflated-syntax", _dcm_syntax("1.2.840.10008.1.2.1.99")), ("unknown-syntax", _dcm_syntax("1.2.3.4.5")),
+        ("huge-rows", declared.getvalue()), ("no-pixels", _without_pixels()), ("ybr", _ybr()),
+        ("a-study", study(one, None)),
+    ]
+    studies = [
+        ("not-a-zip", b"PK\x03\x04 nope"), ("empty", study({}, None)), ("labels-only", study({}, "file,label\n")),
+        ("not-dicom", study({"a.dcm": b"hello"}, None)), ("npz", _npz(x=_good_x())),
+        ("compressed", study({"a.dcm": dcm(np.zeros((8, 8)), compressed=True)}, None)),
+        ("nested-zip", study({"inner.zip": study(one, None)}, None)),
+        ("encrypted", _rewritten(study(one, None), encrypted=True)), ("deflate64", _rewritten(study(one, None), 9)),
+        ("1025-files", study({f"{i:04d}.dcm": b"x" for i in range(1025)}, None)),
+        ("inflates-2gib", _inflating(study(one, None))), ("one-bad-of-two", study({**one, "b.dcm": b"\0"}, None)),
+    ]
+
+    def p(name: str, status: int, code: str, kind: str, body: bytes, **params: str) -> Case:
+        return Case(f"predict-{name}", "POST", "/v1/predict", status, code, auth="none",
+                    params={"model": MODEL, **params}, headers={"Content-Type": kind}, content=body)
+
+    cases = [p(f"dicom-{n}", 422, "unprocessable", "application/dicom", b) for n, b in files]
+    cases += [p(f"study-{n}", 422, "unprocessable", "application/zip", b) for n, b in studies]
+    return [*cases,
+            p("dicom-site", 400, "bad_request", "application/dicom", _dcm(), site="../etc"),
+            p("dicom-json-type", 415, "unsupported_media_type", "application/dicom+json", _dcm()),
+            p("dicom-past-limit", 413, "payload_too_large", "application/dicom", bytes(predict_limit + 1))]
+
+
 READ_ROUTES = ["/v1/models", f"/v1/models/{MODEL}/versions", f"/v1/models/{MODEL}/versions/1",
                f"/v1/models/{MODEL}/aliases", "/v1/sites", f"/v1/sites/{SITE}/operating-point?model={MODEL}",
                "/v1/alerts", f"/v1/events?model={MODEL}", "/v1/drift/d-x", "/v1/status", "/metrics",
@@ -292,7 +355,8 @@ def edges() -> list[Case]:
 
 
 def corpus() -> list[Case]:
-    return [*names(), *numbers(), *push_bodies(), *dicom_bodies(), *predictions(), *access(), *edges()]
+    return [*names(), *numbers(), *push_bodies(), *dicom_bodies(), *predictions(), *predict_dicom(), *access(),
+            *edges()]
 
 
 def as_json(case: Case) -> str:

@@ -62,10 +62,11 @@ def _reject_a_version(reg: RedisRegistry) -> None:
                                                 artifacts=production.artifacts))
     gate = GateReport(id=f"gate-{MODEL}-reject", model=MODEL, candidate=version.number,
                       production=production.number, tolerance=0.02, confidence=0.95, passed=False,
-                      reasons=["site console-base lost 0.120 (tolerance 0.02)"],
+                      reasons=["site console-base lost 0.120 (tolerance 0.02)"], metric="auroc",
+                      too_small=[f"{MODEL}-base"],
                       sites=[SiteGate(site=f"{MODEL}-base", samples=72, candidate_accuracy=0.8,
                                       production_accuracy=0.92, delta=-0.12, lower_bound=-0.2, new_site=False,
-                                      passed=False)])
+                                      passed=False, metric="auroc", too_small=True, samples_needed=83)])
     reg.reports.put_gate(gate)
     reg.set_status(MODEL, version.number, VersionStatus.REJECTED, gate_report_id=gate.id)
 
@@ -110,6 +111,9 @@ def test_every_page_shows_what_the_api_says(stack: Stack, learnt: dict, browser:
              for r in page.locator("#versions tr[data-version]").all()}
     assert shown == {str(v["version"]["number"]): v["status"] for v in versions}
     assert "rejected" in shown.values() and "production" in shown.values()
+    too_small = f"{MODEL}-base (about 83 more labelled images)"  # the rejected version's gate report
+    assert f"judged by auroc; held-out sets too small to see a change of 0.020: {too_small}" in \
+        _cells(page, "#versions .gate-notes")
     gates = [api.get(f"/v1/models/{MODEL}/versions/{v['version']['number']}")["gate_report"] for v in versions]
     expected = sorted(f"{line['candidate_accuracy']:.3f}" for g in gates if g for line in g["sites"])
     assert sorted(_cells(page, "svg text.cell")) == expected  # the accuracy matrix, cell by cell

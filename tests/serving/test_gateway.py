@@ -162,6 +162,9 @@ def test_operating_points_and_site_thresholds(stack: Stack, client: Client, toke
     priced = client.get("/v1/sites/gw-site/operating-point", model="bin", cost_fp=1, cost_fn=10)
     assert (priced["threshold"], priced["priced_at_prevalence"]) == (0.4, 0.4)  # a miss costs 10 false alarms
     assert (priced["expected_cost"], priced["expected_cost_at_half"]) == pytest.approx((0.2, 1.2))
+    assert (priced["positives"], priced["negatives"], priced["recommended"]) == (4, 6, False)  # too few to choose by
+    assert priced["reason"].startswith("4 positives in the held-out set, fewer than the 10 needed to choose")
+    assert priced["sensitivity_interval"] == [1.0, 1.0] and len(priced["expected_cost_interval"]) == 2  # all 4 found
     rare = client.get("/v1/sites/gw-site/operating-point", model="bin", cost_fp=1, cost_fn=10, prevalence=0.01)
     assert rare["threshold"] > 0.4 and rare["expected_cost"] < rare["expected_cost_at_half"] + 1e-12
     with pytest.raises(ApiError) as err:
@@ -184,6 +187,13 @@ def test_operating_points_and_site_thresholds(stack: Stack, client: Client, toke
                                    "10", "--json"], env=env)
     assert out.exit_code == 0, out.output
     assert (json.loads(out.output)["threshold"], json.loads(out.output)["expected_cost"]) == (0.4, pytest.approx(0.2))
+    by_cost = ["sites", "threshold", "gw-site", "--model", "bin", "--cost-fp", "1", "--cost-fn", "10", "--set"]
+    out = CliRunner().invoke(app, by_cost, env=env)  # 4 positives and 6 negatives: not recommended, not set
+    assert out.exit_code == 1 and "not set" in out.output and "4 positives" in out.output, out.output
+    assert next(s for s in client.get("/v1/sites") if s["name"] == "gw-site")["threshold"] == 0.7
+    out = CliRunner().invoke(app, [*by_cost, "--force", "--json"], env=env)
+    assert out.exit_code == 0 and json.loads(out.output)["set"] is True, out.output
+    assert next(s for s in client.get("/v1/sites") if s["name"] == "gw-site")["threshold"] == 0.4
     for model, status in (("tri", 422), ("nobody-serves-this", 404)):
         if model == "tri":
             _serve_version(stack, "tri", 3, binary_scores=False)

@@ -1,0 +1,107 @@
+"""A pretrained ResNet-18 through the whole path, as a radiology team brings one.
+
+A checkpoint file in torchvision's layout (3 input channels, 10 classes, trained here on another task: the
+transfer case without a download) is uploaded; the model is a 1-channel, 2-class ResNet-18 at 64x64 made from
+it (RGB filters summed, new head). Three binary sites of their own prevalence push over HTTP; the daemon learns
+each. Each site's served AUROC (its held-out set through /v1/predict naming the site) is then held against a
+joint fine-tune of the same network from the same checkpoint on the same training data, trained in the test.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from clreg import context
+from clreg.client import Client, npz_bytes
+from clreg.daemon import Daemon
+from clreg.embedded import Stack
+from clreg.learner.evaluate import predict_proba
+from clreg.learner.ewc import EWCState
+from clreg.learner.models import load_weights, network_for, resnet18
+from clreg.learner.streams import binary_sites, digits_sites, site_batch, to_uint8
+from clreg.learner.train import TrainConfig, train_site
+
+pytestmark = pytest.mark.integration
+MODEL = "xray"
+SIDE = 64
+PREVALENCE = {"base": 0.5, "contrast": 0.3, "blur-noise": 0.15}
+PER_SITE = 150
+MARGIN = 0.05  # served AUROC at each site at most this far under the joint fine-tune's
+
+
+def _upsample(x: np.ndarray, channels: int = 1) -> np.ndarray:
+    """16x16 digits -> [N, channels, 64, 64] in [0, 1] (bilinear)."""
+    big = F.interpolate(torch.from_numpy(x), size=(SIDE, SIDE), mode="bilinear", align_corners=False)
+    return big.clamp(0, 1).repeat(1, channels, 1, 1).numpy()
+
+
+def _checkpoint() -> bytes:
+    """A torchvision-layout ResNet-18 (3 channels, 10 classes) trained briefly on ten-class digits, as .pth bytes."""
+    torch.manual_seed(0)
+    net = resnet18(channels=3, height=SIDE, width=SIDE, classes=10)
+    source = digits_sites(seed=7, names=("speckle",))[0]
+    x, y = _upsample(source.x[:400], channels=3), source.y[:400]
+    train_site(net, x, y, "pretrain", EWCState(), TrainConfig(epochs=2, bn_policy="update", ewc_lambda=0))
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def running(stack: Stack) -> Iterator[tuple[Client, context.Context]]:
+    ctx = context.build(stack.settings, stack.store, stack.url)
+    daemon = Daemon(ctx)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    client = Client(stack.url, stack.admin_token)
+    client.wait_ready()
+    yield client, ctx
+    daemon.stop()
+    thread.join(timeout=30)
+
+
+def _joint(ctx: context.Context, batch_ids: list[str]) -> torch.nn.Module:
+    """The same network from the same initial weights, fine-tuned on every site's training split at once."""
+    model = ctx.registry.get_model(MODEL)
+    train = ctx.stores.split_by_site(model, batch_ids, "train")
+    x = np.concatenate([xs for xs, _ in train.values()])
+    y = np.concatenate([ys for _, ys in train.values()])
+    net = network_for(model)
+    assert model.weights is not None
+    load_weights(net, ctx.stores.artifacts.get(model.weights))
+    train_site(net, x, y, "joint", EWCState(), TrainConfig(epochs=6, bn_policy="update", ewc_lambda=0))
+    return net
+
+
+def test_a_pretrained_resnet_learns_three_binary_sites(running: tuple[Client, context.Context]) -> None:
+    client, ctx = running
+    upload = client.upload(_checkpoint())
+    client.create_model(MODEL, "clreg.learner.models:resnet18", (1, SIDE, SIDE), classes=2, weights=upload["sha256"])
+    model = ctx.registry.get_model(MODEL)
+    assert model.weights_source == upload["sha256"] and model.task_metric == "auroc"
+    assert model.normalisation is not None and model.normalisation.mean == [0.449]
+    batch_ids = []
+    for i, site in enumerate(binary_sites(seed=0, prevalences=PREVALENCE)):
+        x, y = site_batch(site, PER_SITE, seed=i)
+        token = client.add_site(site.name, models=[MODEL])["token"]
+        pushed = client.push(site.name, token, npz_bytes(to_uint8(_upsample(x)), y), MODEL)
+        state = client.wait_batch(pushed["batch_id"], timeout_s=600)
+        assert state["status"] == "promoted", state
+        batch_ids.append(pushed["batch_id"])
+    heldout = ctx.stores.split_by_site(model, batch_ids, "heldout")
+    joint = _joint(ctx, batch_ids)
+    for site, (x, y) in heldout.items():
+        answer, version = client.predict(x, MODEL, site=site)
+        assert version == 3
+        served = roc_auc_score(y, np.asarray(answer["probabilities"])[:, 1])
+        ceiling = roc_auc_score(y, predict_proba(joint, x)[:, 1])
+        assert served >= ceiling - MARGIN, (site, served, ceiling)
+        assert served > 0.8, (site, served)
