@@ -30,19 +30,8 @@ from clreg import embedded  # noqa: E402
 from clreg.learner.models import small_cnn, weights_to_bytes  # noqa: E402
 from clreg.registry.artifacts import ArtifactStore  # noqa: E402
 from clreg.registry.events import EventLog  # noqa: E402
-from clreg.registry.records import (  # noqa: E402
-    Calibration,
-    DriftReport,
-    GateReport,
-    InputSpec,
-    Lineage,
-    Model,
-    ModelVersion,
-    Site,
-    SiteCalibration,
-    SiteGate,
-    VersionStatus,
-)
+from clreg.registry.findings import Calibration, DriftReport, GateReport, SiteCalibration, SiteGate  # noqa: E402
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, Site, VersionStatus  # noqa: E402
 from clreg.registry.store import RedisRegistry  # noqa: E402
 from clreg.serving.config import ServingConfig  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402

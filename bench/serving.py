@@ -39,7 +39,8 @@ from clreg import embedded  # noqa: E402
 from clreg.learner.models import load_weights, small_cnn, weights_to_bytes  # noqa: E402
 from clreg.learner.sitebn import bank_to_bytes, extract_site_bn  # noqa: E402
 from clreg.registry.artifacts import ArtifactStore  # noqa: E402
-from clreg.registry.records import Calibration, InputSpec, Lineage, Model, ModelVersion, SiteCalibration  # noqa: E402
+from clreg.registry.findings import Calibration, SiteCalibration
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion
 from clreg.registry.store import RedisRegistry  # noqa: E402
 from clreg.serving import model_server  # noqa: E402
 from clreg.serving.config import ServingConfig  # noqa: E402

@@ -16,7 +16,8 @@ from clreg.learner.models import to_tensor
 from clreg.learner.sitebn import Bank
 from clreg.learner.taskmetric import DRAWS, Scoring
 from clreg.learner.validation import metric_figures, site_figures
-from clreg.registry.records import Calibration, Model, SiteCalibration
+from clreg.registry.findings import Calibration, SiteCalibration
+from clreg.registry.records import Model
 
 
 def calibrate_version(stores: Stores, model: Model, weights_sha: str, bank: Bank | None, batch_ids: list[str],

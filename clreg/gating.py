@@ -14,8 +14,9 @@ from clreg.learner.answer import Answerer
 from clreg.learner.evaluate import predict_proba
 from clreg.learner.models import to_tensor
 from clreg.learner.taskmetric import Metric, Scoring
+from clreg.registry.findings import GateReport
 from clreg.registry.gates import GateRules, SiteFigures, judge, upper_bound
-from clreg.registry.records import GateReport, Model, ModelVersion
+from clreg.registry.records import Model, ModelVersion
 from clreg.registry.store import RedisRegistry
 from clreg.settings import GateConfig
 

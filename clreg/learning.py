@@ -19,7 +19,8 @@ from clreg.learner.train import TrainConfig
 from clreg.monitor.features import FeatureConfig
 from clreg.reference import build_reference
 from clreg.registry.artifacts import Artifact, VersionArtifacts
-from clreg.registry.records import Batch, Calibration, Lineage, Model, ModelVersion
+from clreg.registry.findings import Calibration
+from clreg.registry.records import Batch, Lineage, Model, ModelVersion
 from clreg.settings import SearchConfig
 
 Progress = Callable[[int, str, dict[str, float]], None]  # (candidate, site, curve row) as each epoch finishes

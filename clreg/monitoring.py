@@ -17,7 +17,8 @@ from clreg.monitor.errors import MonitorError
 from clreg.monitor.features import Reference, batch_features
 from clreg.reference import embed_fn, load_reference
 from clreg.registry.artifacts import Artifact
-from clreg.registry.records import Batch, DriftReport, Model, ModelVersion
+from clreg.registry.findings import DriftReport
+from clreg.registry.records import Batch, Model, ModelVersion
 
 log = logging.getLogger(__name__)
 

@@ -24,14 +24,13 @@ from clreg.monitor.errors import MonitorError
 from clreg.monitoring import check_batch
 from clreg.registry import promotion
 from clreg.registry.errors import StoreUnavailable
+from clreg.registry.findings import DriftReport, GateReport
 from clreg.registry.leases import Lease, tool
 from clreg.registry.records import (
     FINAL_BATCH,
     Batch,
     BatchState,
     BatchStatus,
-    DriftReport,
-    GateReport,
     Incarnation,
     Model,
     ModelVersion,

@@ -23,8 +23,8 @@ from clreg.monitor.drift import check_drift
 from clreg.monitor.errors import MonitorError
 from clreg.registry.artifacts import Artifact, version_calibration
 from clreg.registry.errors import RegistryError
+from clreg.registry.findings import DriftReport
 from clreg.registry.inputs import CheckedEstimate, InputLog
-from clreg.registry.records import DriftReport
 from clreg.settings import WatchConfig
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from clreg.learner.sitebn import Bank, route, site_model
-from clreg.registry.records import Calibration
+from clreg.registry.findings import Calibration
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clreg.registry.records import ColumnDrift, DriftReport
+from clreg.registry.findings import ColumnDrift, DriftReport
 
 
 def _test(drift: ColumnDrift | None) -> dict[str, Any] | None:

@@ -42,7 +42,8 @@ from scipy.stats import chi2_contingency
 from clreg.monitor.columns import ColumnValueDrift
 from clreg.monitor.errors import DriftCheckFailed, InvalidInput
 from clreg.monitor.features import LABEL_COLUMN, Reference
-from clreg.registry.records import ColumnDrift, DriftReport, check_batch_id, check_name
+from clreg.registry.findings import ColumnDrift, DriftReport
+from clreg.registry.records import check_batch_id, check_name
 
 # Tests whose score is a p-value (drift when small); every other method scores a distance (drift when
 # large). Evidently's defaults (K-S, chi-square, z up to 1,000 reference rows) are all here.

@@ -15,7 +15,8 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from clreg.registry.errors import ArtifactCorrupt, StoreUnavailable
-from clreg.registry.records import Calibration, ModelVersion, parse
+from clreg.registry.findings import Calibration
+from clreg.registry.records import ModelVersion, parse
 
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs"}  # flat namespaces where a PUT is atomic
 

@@ -30,7 +30,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from clreg.registry.records import SiteGate
+from clreg.registry.findings import SiteGate
 
 
 @dataclass(frozen=True)

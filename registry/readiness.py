@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clreg.registry.records import Calibration, Readiness, SiteCalibration
+from clreg.registry.findings import Calibration, SiteCalibration
+from clreg.registry.records import Readiness
 
 AUROC_FLOOR = 0.8  # the auroc interval's low end must reach it unless the model sets metric_floor
 

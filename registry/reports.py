@@ -12,7 +12,8 @@ import redis
 
 from clreg.registry.connection import translated
 from clreg.registry.errors import NotFound
-from clreg.registry.records import DriftReport, GateReport, check_name, parse
+from clreg.registry.findings import DriftReport, GateReport
+from clreg.registry.records import check_name, parse
 
 
 class Reports:

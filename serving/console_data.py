@@ -15,8 +15,9 @@ import numpy as np
 from clreg.learner.operating import OperatingPoint, operating_point
 from clreg.registry.artifacts import ArtifactStore, version_calibration
 from clreg.registry.events import EventLog
+from clreg.registry.findings import GateReport, SiteCalibration
 from clreg.registry.readiness import assess
-from clreg.registry.records import BatchStatus, GateReport, SiteCalibration, VersionView
+from clreg.registry.records import BatchStatus, VersionView
 from clreg.registry.shadow import Shadows
 from clreg.registry.store import RedisRegistry
 from clreg.serving.charts import heatmap, line_chart

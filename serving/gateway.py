@@ -33,6 +33,7 @@ from clreg.registry.artifacts import ArtifactStore, version_calibration
 from clreg.registry.batches import token_sha256
 from clreg.registry.errors import Conflict, NotFound, RegistryError
 from clreg.registry.events import EventLog, IngestQueue
+from clreg.registry.findings import SiteCalibration
 from clreg.registry.inputs import InputLog
 from clreg.registry.readiness import assess
 from clreg.registry.records import (
@@ -50,7 +51,6 @@ from clreg.registry.records import (
     Readiness,
     ShadowPolicy,
     Site,
-    SiteCalibration,
     VersionStatus,
 )
 from clreg.registry.replicas import Replicas

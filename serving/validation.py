@@ -19,9 +19,10 @@ from starlette.responses import HTMLResponse
 
 from clreg.learner.operating import Costs, expected_cost, operating_point, point_interval
 from clreg.registry.artifacts import ArtifactStore, version_calibration
+from clreg.registry.findings import SiteCalibration
 from clreg.registry.inputs import InputLog
 from clreg.registry.readiness import assess
-from clreg.registry.records import Name, SiteCalibration
+from clreg.registry.records import Name
 from clreg.registry.store import RedisRegistry
 from clreg.serving.charts import line_chart
 from clreg.serving.errors import NotReady

@@ -22,17 +22,9 @@ from clreg.learner.train import TrainConfig, train_site
 from clreg.registry.artifacts import Artifact, ArtifactStore
 from clreg.registry.batches import Limits, ingest
 from clreg.registry.events import EventLog, IngestQueue
+from clreg.registry.findings import GateReport, SiteGate
 from clreg.registry.gates import GateRules, judge
-from clreg.registry.records import (
-    ErrorCosts,
-    GateReport,
-    InputSpec,
-    Lineage,
-    Model,
-    ModelVersion,
-    SiteGate,
-    VersionStatus,
-)
+from clreg.registry.records import ErrorCosts, InputSpec, Lineage, Model, ModelVersion, VersionStatus
 from clreg.registry.store import RedisRegistry
 from clreg.settings import GateConfig
 

@@ -12,7 +12,8 @@ from clreg.learner.streams import digits_sites, to_uint8
 from clreg.learner.train import TrainConfig
 from clreg.registry.batches import Limits, ingest
 from clreg.registry.events import IngestQueue
-from clreg.registry.records import BatchStatus, GateReport, InputSpec, Model, SiteGate, VersionStatus
+from clreg.registry.findings import GateReport, SiteGate
+from clreg.registry.records import BatchStatus, InputSpec, Model, VersionStatus
 from clreg.registry.store import RedisRegistry, StoreConfig
 from clreg.settings import GateConfig, RedisSettings, Settings
 from tests import cheap

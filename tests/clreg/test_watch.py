@@ -21,8 +21,8 @@ from clreg.dispatch import Dispatcher
 from clreg.embedded import Stack
 from clreg.learner.estimate import expected_accuracy
 from clreg.learner.streams import digits_sites, shift, to_uint8
+from clreg.registry.findings import DriftReport
 from clreg.registry.inputs import InputLog
-from clreg.registry.records import DriftReport
 from clreg.registry.webhooks import WebhookConfig, WebhookStore, new_subscription
 from clreg.settings import WatchConfig
 from tests.monitor.hook import Hook, hook, url  # noqa: F401 (the fixture is used by name)

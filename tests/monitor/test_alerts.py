@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clreg.monitor.alerts import alert_payload
-from clreg.registry.records import ColumnDrift, DriftReport
+from clreg.registry.findings import ColumnDrift, DriftReport
 
 
 def report() -> DriftReport:

@@ -16,7 +16,7 @@ from clreg.monitor.columns import ColumnValueDrift
 from clreg.monitor.drift import DriftConfig, check_drift, save_snapshot
 from clreg.monitor.errors import DriftCheckFailed, InvalidInput
 from clreg.monitor.features import IMAGE_STAT_COLUMNS, FeatureConfig, Reference, batch_features, fit_reference
-from clreg.registry.records import DriftReport
+from clreg.registry.findings import DriftReport
 from tests.monitor.data import embed, images, labels
 
 BATCH = "ab" * 32

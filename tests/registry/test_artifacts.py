@@ -46,7 +46,8 @@ def test_no_temporary_files_left(tmp_path: Path) -> None:
 
 def test_a_version_reads_its_artifacts_by_name_only(tmp_path: Path) -> None:
     from clreg.registry.artifacts import Artifact, VersionArtifacts
-    from clreg.registry.records import Calibration, Lineage, ModelVersion, SiteCalibration
+    from clreg.registry.findings import Calibration, SiteCalibration
+    from clreg.registry.records import Lineage, ModelVersion
 
     store = ArtifactStore(str(tmp_path))
     fit = SiteCalibration(temperature=1.5, samples=10, ece=0.1, ece_calibrated=0.05, nll=0.5, nll_calibrated=0.4)

@@ -7,9 +7,10 @@ import pytest
 from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.errors import Conflict, LeaseLost, NotFound
 from clreg.registry.events import EventLog
+from clreg.registry.findings import Calibration, SiteCalibration
 from clreg.registry.leases import Lease
 from clreg.registry.promotion import promote
-from clreg.registry.records import Calibration, InputSpec, Lineage, Model, ModelVersion, SiteCalibration, VersionStatus
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
 from clreg.registry.store import RedisRegistry
 
 

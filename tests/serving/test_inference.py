@@ -11,7 +11,8 @@ import torch
 from clreg.learner.answer import Answerer
 from clreg.learner.models import small_cnn
 from clreg.registry.connection import StoreConfig
-from clreg.registry.records import Calibration, InputSpec, SiteCalibration
+from clreg.registry.findings import Calibration, SiteCalibration
+from clreg.registry.records import InputSpec
 from clreg.serving.inference import Job, Loaded, infer
 
 SPEC = InputSpec(channels=1, height=16, width=16, classes=10)

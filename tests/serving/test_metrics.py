@@ -11,8 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.connection import StoreConfig
 from clreg.registry.events import EventLog
+from clreg.registry.findings import Calibration, SiteCalibration
 from clreg.registry.inputs import InputLog, InputLogConfig
-from clreg.registry.records import Calibration, Event, InputSpec, Lineage, Model, ModelVersion, SiteCalibration
+from clreg.registry.records import Event, InputSpec, Lineage, Model, ModelVersion
 from clreg.registry.status import StuckRule
 from clreg.registry.store import RedisRegistry
 from clreg.registry.webhooks import Delivery, DeliveryStatus, WebhookStore, new_subscription

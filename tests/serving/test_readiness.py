@@ -25,7 +25,8 @@ def _serve(stack: Stack, client: Client, name: str, policy: str) -> int:
     """A production version validated at site "good" (accuracy 0.93, from 0.88) and not at "weak" (from 0.71)."""
     from clreg.learner.models import small_cnn, weights_to_bytes
     from clreg.registry.artifacts import ArtifactStore
-    from clreg.registry.records import Calibration, Lineage, ModelVersion, SiteCalibration
+    from clreg.registry.findings import Calibration, SiteCalibration
+    from clreg.registry.records import Lineage, ModelVersion
     from clreg.registry.store import RedisRegistry
 
     client.create_model(name, "clreg.learner.models:small_cnn", (1, 8, 8), classes=3,

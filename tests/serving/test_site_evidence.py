@@ -13,7 +13,8 @@ from clreg.learner.calibration import calibrate_sites
 from clreg.learner.operating import point_interval
 from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.batches import token_sha256
-from clreg.registry.records import Calibration, InputSpec, Lineage, Model, ModelVersion, Readiness, Site
+from clreg.registry.findings import Calibration
+from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, Readiness, Site
 from clreg.registry.store import RedisRegistry, StoreConfig
 from clreg.serving.config import ServingConfig
 from clreg.serving.gateway import create_app

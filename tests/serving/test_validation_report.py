@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import confusion_matrix
 
 from clreg.learner.operating import Costs
-from clreg.registry.records import SiteCalibration
+from clreg.registry.findings import SiteCalibration
 from clreg.serving.validation import _binary, render_html
 
 
