@@ -99,6 +99,7 @@ def assemble(stores: Stores, features: FeatureConfig, reference_samples: int, mo
                         code_version=__version__, search=found.lines,
                         timings={"train_s": round(learnt.train_s, 3),
                                  "fisher_s": round(found.chosen.fisher_seconds, 3), "candidates": len(found.lines),
+                                 **_epoch_seconds(found.chosen.curve),
                                  "reference_s": round(referenced - trained, 3),
                                  "calibration_s": round(time.perf_counter() - referenced, 3)}),
         artifacts={Artifact.WEIGHTS: weights_sha, Artifact.EWC: artifacts.put(result.ewc_state),
@@ -118,3 +119,9 @@ def assemble(stores: Stores, features: FeatureConfig, reference_samples: int, mo
 def _site_mean(calibration: Calibration, figure: str) -> float:
     """Mean over learnt sites of one calibration figure (ECE before, or cross-fitted after, scaling)."""
     return float(np.mean([getattr(s, figure) for s in calibration.sites.values()]))
+
+
+def _epoch_seconds(curve: list[dict[str, float]]) -> dict[str, float]:
+    """{"epoch_s": the chosen candidate's mean seconds per training epoch (its steps alone)}, if the curve has them."""
+    times = [row["seconds"] for row in curve if row.get("epoch", 0) >= 1 and "seconds" in row]
+    return {"epoch_s": round(float(np.mean(times)), 3)} if times else {}

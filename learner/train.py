@@ -229,7 +229,9 @@ def _fit(
             progress(dict(curve[-1]))
     for epoch in range(1, epochs + 1):
         optim.set_train_mode(model, still)
+        started = time.perf_counter()
         row = {"epoch": epoch, "epochs": epochs, **epoch_steps(model, x, y, loop)[0]}
+        row["seconds"] = time.perf_counter() - started  # the training steps alone: what a Fisher is held against
         if xv is not None and yv is not None:
             row["val_loss"] = _val_loss(model, xv, yv)
             if best is None or row["val_loss"] < best[0]:
@@ -311,13 +313,8 @@ def _train_site(
     if per_site:  # statistics that match the final shared weights, then the site's entry in the bank
         _reestimate(model, data[0], keep)
         bank[site] = extract_site_bn(model)
-    model.eval()
     fisher_started = time.perf_counter()
-    fisher, anchor = _fisher(model, data[0], data[1], cfg), trainable_params(model)
-    if per_site:
-        skip = bn_param_names(model)
-        fisher, anchor = ({k: v for k, v in d.items() if k not in skip} for d in (fisher, anchor))
-    new_state = consolidate(ewc, site, *_carried(ewc, fisher, anchor, model))
+    new_state = _consolidated(model, ewc, site, data[0], data[1], cfg)
     fisher_s = time.perf_counter() - fisher_started
     if rehearsal:
         _refresh_statistics(model, bank, remembered, site, keep)
@@ -331,6 +328,17 @@ def _train_site(
         best_epoch=best_epoch,
         fisher_seconds=fisher_s,
     )
+
+
+def _consolidated(model: nn.Module, ewc: EWCState, site: str, x: Tensor, y: Tensor, cfg: TrainConfig) -> EWCState:
+    """The EWC state with this site's Fisher at the trained weights (eval mode) consolidated into it; per-site
+    BatchNorm parameters are the site's own, so neither penalised nor consolidated."""
+    model.eval()
+    fisher, anchor = _fisher(model, x, y, cfg), trainable_params(model)
+    if cfg.bn_policy == "per_site":
+        skip = bn_param_names(model)
+        fisher, anchor = ({k: v for k, v in d.items() if k not in skip} for d in (fisher, anchor))
+    return consolidate(ewc, site, *_carried(ewc, fisher, anchor, model))
 
 
 def _joined(parts: list[Tensor]) -> Tensor:

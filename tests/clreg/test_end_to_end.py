@@ -7,17 +7,13 @@ recomputes the gate's per-site accuracies from the stored weights and held-out s
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from clreg import context
 from clreg.client import ApiError, Client, npz_bytes
-from clreg.daemon import Daemon
-from clreg.embedded import Stack
 from clreg.learner.calibration import scaled_proba
 from clreg.learner.evaluate import predict_logits, site_metrics
 from clreg.learner.sitebn import site_model
@@ -26,19 +22,6 @@ from clreg.registry.records import VersionStatus
 
 pytestmark = pytest.mark.integration
 MODEL = "digits"
-
-
-@pytest.fixture(scope="module")
-def running(stack: Stack) -> Iterator[tuple[Client, context.Context]]:
-    ctx = context.build(stack.settings, stack.store, stack.url)
-    daemon = Daemon(ctx)
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    client = Client(stack.url, stack.admin_token)
-    client.wait_ready()
-    yield client, ctx
-    daemon.stop()
-    thread.join(timeout=30)
 
 
 def _served(client: Client, x: np.ndarray, expected: int, timeout_s: float = 15.0) -> int:

@@ -10,8 +10,6 @@ joint fine-tune of the same network from the same checkpoint on the same trainin
 from __future__ import annotations
 
 import io
-import threading
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -21,8 +19,6 @@ from sklearn.metrics import roc_auc_score
 
 from clreg import context
 from clreg.client import Client, npz_bytes
-from clreg.daemon import Daemon
-from clreg.embedded import Stack
 from clreg.learner.evaluate import predict_proba
 from clreg.learner.ewc import EWCState
 from clreg.learner.models import load_weights, network_for, resnet18
@@ -53,19 +49,6 @@ def _checkpoint() -> bytes:
     buffer = io.BytesIO()
     torch.save(net.state_dict(), buffer)
     return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def running(stack: Stack) -> Iterator[tuple[Client, context.Context]]:
-    ctx = context.build(stack.settings, stack.store, stack.url)
-    daemon = Daemon(ctx)
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    client = Client(stack.url, stack.admin_token)
-    client.wait_ready()
-    yield client, ctx
-    daemon.stop()
-    thread.join(timeout=30)
 
 
 def _joint(ctx: context.Context, batch_ids: list[str]) -> torch.nn.Module:
