@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from clreg.context import Stores
+from clreg.gating import scoring_of
 from clreg.learner.answer import Answerer
 from clreg.learner.calibration import CalibrationFit, calibrate_sites, scaled_proba
 from clreg.learner.evaluate import predict_logits
@@ -32,12 +33,6 @@ def calibrate_version(stores: Stores, model: Model, weights_sha: str, bank: Bank
     scoring = scoring_of(model)
     return Calibration(model=model.name, pooled=site_record(pooled), sites={
         s: site_record(fit, *scored[s], scoring=scoring, seed=seed) for s, fit in sites.items()})
-
-
-def scoring_of(model: Model) -> Scoring:
-    """The model's task metric, with its error costs, at threshold 0.5 and each site's own prevalence."""
-    return Scoring(metric=model.task_metric, cost_fp=model.costs.false_positive,
-                   cost_fn=model.costs.false_negative)
 
 
 def site_record(fit: CalibrationFit, logits: np.ndarray | None = None, labels: np.ndarray | None = None,

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clreg.calibration import scoring_of, site_record
+from clreg.calibration import site_record
+from clreg.gating import scoring_of
 from clreg.learner.calibration import calibrate_sites
 from clreg.learner.operating import point_interval
 from clreg.registry.artifacts import ArtifactStore
