@@ -78,3 +78,30 @@ def test_a_chunk_size_below_one_is_refused() -> None:
     model = small_cnn(1, 8, 8, 5)
     with pytest.raises(ValueError, match="chunk_size must be at least 1"):
         fisher_diagonal(model, torch.rand(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), chunk_size=0)
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "side", "stride", "way"),
+    [
+        (64, 1024, 2, 1, "_conv2d_sq_paired"),  # 4 output positions, 589,824 weights
+        (32, 64, 4, 1, "_conv2d_sq_unfolded"),  # 18,432 weights over 16 positions
+        (2, 3, 8, 2, "_conv2d_sq_grouped"),  # 54 weights over 16 positions (strided)
+    ],
+)
+def test_each_convolution_way_is_exact_and_the_rule_picks_it(
+    c_in: int, c_out: int, side: int, stride: int, way: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clreg.learner import fisher
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.Flatten(),
+                          nn.LazyLinear(3)).eval()
+    x, y = torch.randn(5, c_in, side, side), torch.tensor([0, 1, 2, 1, 0])
+    model(x)
+    called: list[str] = []
+    original = getattr(fisher, way)
+    monkeypatch.setattr(fisher, way, lambda *a: called.append(way) or original(*a))
+    got, want = fisher_diagonal(model, x, y, chunk_size=5), fisher_per_sample_loop(model, x, y)
+    assert called == [way]
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-6 * float(want[k].abs().max()))
