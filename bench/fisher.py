@@ -23,6 +23,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, versions, write_result  # noqa: E402
+from clreg.learner import fisher as fisher_module  # noqa: E402
+from clreg.learner import zoo  # noqa: E402
 from clreg.learner.ewc import (  # noqa: E402
     EWCState,
     fisher_diagonal,
@@ -30,8 +32,6 @@ from clreg.learner.ewc import (  # noqa: E402
     fisher_minibatch_squared,
     fisher_per_sample_loop,
 )
-from clreg.learner import fisher as fisher_module  # noqa: E402
-from clreg.learner import zoo  # noqa: E402
 from clreg.learner.models import small_cnn  # noqa: E402
 from clreg.learner.streams import digits_sites  # noqa: E402
 from clreg.learner.train import TrainConfig, train_site  # noqa: E402
