@@ -4,7 +4,8 @@ A checkpoint file in torchvision's layout (3 input channels, 10 classes, trained
 transfer case without a download) is uploaded; the model is a 1-channel, 2-class ResNet-18 at 64x64 made from
 it (RGB filters summed, new head). Three binary sites of their own prevalence push over HTTP; the daemon learns
 each. Each site's served AUROC (its held-out set through /v1/predict naming the site) is then held against a
-joint fine-tune of the same network from the same checkpoint on the same training data, trained in the test.
+joint fine-tune of the same network from the same checkpoint on the same training data, trained in the test:
+their mean and each site's gap.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ MODEL = "xray"
 SIDE = 64
 PREVALENCE = {"base": 0.5, "contrast": 0.3, "blur-noise": 0.15}
 PER_SITE = 150
-MARGIN = 0.05  # served AUROC at each site at most this far under the joint fine-tune's
+# 45 held-out images a site: one site's AUROC difference has a standard error of 0.02-0.04 (the gate reports
+# measure it), so the mean over the three sites is held to 0.03 under the joint fine-tune and each site to 0.08
+POOLED_MARGIN, SITE_MARGIN = 0.03, 0.08
 
 
 def _upsample(x: np.ndarray, channels: int = 1) -> np.ndarray:
@@ -75,6 +78,7 @@ def _joint(ctx: context.Context, batch_ids: list[str]) -> torch.nn.Module:
     return net
 
 
+@pytest.mark.timeout(900)  # about 3 min on 2 cores: three updates of a ResNet-18, the joint fine-tune
 def test_a_pretrained_resnet_learns_three_binary_sites(running: tuple[Client, context.Context],
                                                        one_thread: None) -> None:
     client, ctx = running
@@ -95,13 +99,13 @@ def test_a_pretrained_resnet_learns_three_binary_sites(running: tuple[Client, co
     heldout = ctx.stores.split_by_site(model, batch_ids, "heldout")
     joint = _joint(ctx, batch_ids)
     production = ctx.registry.aliases(MODEL)["production"]
-    for view in ctx.registry.list_versions(MODEL):
-        gate = ctx.registry.reports.get_gate(view.gate_report_id) if view.gate_report_id else None
-        print(view.version.number, view.status, gate.reasons if gate else None)
+    served, ceiling = {}, {}
     for site, (x, y) in heldout.items():
         answer, version = client.predict(x, MODEL, site=site)
         assert version == production
-        served = roc_auc_score(y, np.asarray(answer["probabilities"])[:, 1])
-        ceiling = roc_auc_score(y, predict_proba(joint, x)[:, 1])
-        assert served >= ceiling - MARGIN, (site, served, ceiling)
-        assert served > 0.8, (site, served)
+        served[site] = roc_auc_score(y, np.asarray(answer["probabilities"])[:, 1])
+        ceiling[site] = roc_auc_score(y, predict_proba(joint, x)[:, 1])
+    gaps = {site: served[site] - ceiling[site] for site in served}
+    assert len(gaps) == 3 and min(served.values()) > 0.85, (served, ceiling)
+    assert np.mean(list(gaps.values())) >= -POOLED_MARGIN, (served, ceiling)
+    assert min(gaps.values()) >= -SITE_MARGIN, (served, ceiling)
