@@ -160,12 +160,17 @@ def _join(address: str, attempts: int = 3, wait_s: float = 2.0) -> None:
             time.sleep(wait_s * attempt)
 
 
-def serving_config(settings: Settings, store: StoreConfig, secrets: dict[str, str]) -> ServingConfig:
-    """The serving settings with what only the running stack knows: its Redis, artifacts and token digests."""
+def serving_config(settings: Settings, store: StoreConfig, secrets: dict[str, str] | None) -> ServingConfig:
+    """The serving settings with what only the running stack knows: its Redis, artifacts and token digests.
+
+    `secrets`: the admin and ops tokens, whose digests are served; None keeps the digests settings.serve already
+    has (CLREG_SERVE__ADMIN_TOKEN_SHA256, CLREG_SERVE__OPS_TOKEN_SHA256: a Kubernetes Secret's, see serve_apps).
+    """
+    digests = {} if secrets is None else {
+        "admin_token_sha256": token_sha256(secrets["admin"]), "ops_token_sha256": token_sha256(secrets["ops"])}
     return settings.serve.model_copy(update={
         "store": store, "artifacts_url": settings.artifacts(), "heldout_fraction": settings.heldout_fraction,
-        "admin_token_sha256": token_sha256(secrets["admin"]), "ops_token_sha256": token_sha256(secrets["ops"]),
-        "inputs": settings.watch.inputs, "webhooks": settings.webhook,
+        **digests, "inputs": settings.watch.inputs, "webhooks": settings.webhook,
         "stuck": StuckRule(after_s=settings.daemon.stuck_after_s,
                            waiting_after_s=settings.trigger.flush_interval_s + settings.daemon.stuck_after_s)})
 
