@@ -1,10 +1,12 @@
-"""The README's benchmark tables, rendered from bench/results/*.json so that no figure is copied by hand.
+"""The benchmark pages' tables, rendered from bench/results/*.json so that no figure is copied by hand.
 
-    python bench/tables.py          # rewrite every table in README.md from the results
-    python bench/tables.py --check  # exit 1, naming the tables, when README.md differs from the results
+    python bench/tables.py          # rewrite every table in docs/ from the results
+    python bench/tables.py --check  # exit 1, naming the tables, when a page under docs/ differs from the results
 
-A table sits between `<!-- table:NAME -->` and `<!-- /table:NAME -->`; below it a line names the result
-file, its commit and the CPU it ran on. The prose around the tables is written by hand.
+A table sits between `<!-- table:NAME -->` and `<!-- /table:NAME -->` on one page under docs/ (the benchmark
+pages, docs/benchmarks/); below it a line names the result file, its commit and the CPU it ran on. A result
+that does not exist yet (or predates the figures a table needs) gives a one-line placeholder that says what
+to run. The prose around the tables is written by hand.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 Json = dict[str, Any]
+
+
+class NotMeasured(Exception):
+    """A result exists but lacks what the table needs (it predates the measurement)."""
 
 
 def num(x: float, digits: int = 3) -> str:
@@ -29,7 +35,7 @@ def num(x: float, digits: int = 3) -> str:
 
 
 def lam(x: float) -> str:
-    """An EWC lambda as the README writes it: 300, 3e3, 1e4."""
+    """An EWC lambda as the docs write it: 300, 3e3, 1e4."""
     return f"{x:.0f}" if x < 1000 else f"{x:.0e}".replace("e+0", "e").replace("e+", "e")
 
 
@@ -165,6 +171,71 @@ def fisher(r: Json) -> str:
              f"{f['cosine']:.3f}", f"{f['mass_ratio']:.2f}"] for f in r["figures"]]
     return table(["estimator", "seconds", "/ minibatch-squared", "relative error vs the loop", "cosine",
                   "mass / exact"], rows)
+
+
+CONV_WAYS = ("rule", "best", "grouped", "unfolded", "paired")
+
+
+def fisher_zoo(r: Json) -> str:
+    """The zoo's exact Fisher against one training epoch, and the convolution ways (bench/fisher.py's "zoo")."""
+    if "zoo" not in r:
+        raise NotMeasured("`bench/results/fisher.json` predates the zoo's figures")
+    rows = []
+    for z in r["zoo"]:
+        ways = z["conv_ways_s_16_samples"]
+        rows.append([z["network"], f"1x{z['side']}x{z['side']}", str(z["samples"]), num(z["epoch_s"], 2),
+                     num(z["fisher_s"], 2), f"**{z['fisher_over_epoch']:.2f}**",
+                     " / ".join("-" if ways.get(w) is None else num(ways[w], 2) for w in CONV_WAYS)])
+    return table(["network", "input", "samples", "epoch s", "Fisher s", "Fisher / epoch",
+                  "convolutions on 16 samples, s: rule / best / grouped / unfolded / paired"], rows)
+
+
+# --- real networks ----------------------------------------------------------------------------------------
+
+def seconds(x: float | None, digits: int = 2) -> str:
+    """Seconds with `digits` significant digits; "-" for a figure not taken (None or NaN)."""
+    return "-" if x is None or x != x else num(x, digits)
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+def realnet(r: Json) -> str:
+    """bench/realnet.py: each update's steps and bytes, serving against a bare deployment, swaps and memory."""
+    updates = []
+    for net in r["results"]:
+        for u, b in zip(net["updates"], net["bytes"], strict=True):
+            updates.append([net["network"], u["site"], u["status"], f"**{seconds(u['push_to_verdict'])}**",
+                            seconds(u["drift"]), seconds(u["epoch"]), seconds(u["fisher"]),
+                            seconds(u["fisher_over_epoch"]), seconds(u["gate"]), seconds(u["reference_calibration"]),
+                            seconds(u.get("swap")), mib(b["bytes"]), mib(b["new_bytes"]), mib(b["weights_bytes"]),
+                            f"{b['new_over_weights']:.2f}"])
+    side = r.get("side", 224)
+    steps = table(["network", "site", "status", "push to verdict s", "drift s", "epoch s", "Fisher s",
+                   "Fisher / epoch", "gate s", "reference + calibration s", "swap s", "stored MiB", "new MiB",
+                   "weights MiB", "new / weights"], updates)
+    served = []
+    for net in r["results"]:
+        by = {(row["side"], row["clients"]): row for row in net["serving"]}
+        for clients in sorted({c for _, c in by}):
+            ours, bare = by[("clreg", clients)], by[("bare", clients)]
+            served.append([net["network"], str(clients), f"{bare['rps']:.1f}", f"{ours['rps']:.1f}",
+                           f"**{ours['rps'] / bare['rps']:.2f}**", f"{num(bare['p50_ms'])} / {num(bare['p99_ms'])}",
+                           f"{num(ours['p50_ms'])} / {num(ours['p99_ms'])}", str(ours["failed"] + bare["failed"])])
+    serving_table = table(["network", "clients", "req/s bare Serve", "req/s clreg", "clreg / bare",
+                           "p50 / p99 ms bare", "p50 / p99 ms clreg", "failed"], served)
+    rest = []
+    for net in r["results"]:
+        s, rss = net["swaps"], net["peak_rss_mib"]
+        rest.append([net["network"], net.get("device", "-"), str(len(s.get("swap_s", [])) or "-"),
+                     str(s["requests"]), str(s["failed"]), f"{s['worst_over_steady_p99']:.2f}",
+                     f"{rss['worker']:.0f}", f"{rss['replica']:.0f}"])
+    rest_table = table(["network", "device", "swaps under 16 clients", "requests", "failed", "worst / steady p99",
+                        "peak RSS MiB, training worker", "peak RSS MiB, replica"], rest)
+    return (f"Updates through the daemon at 1x{side}x{side} ({r.get('images_per_batch', '?')} images a batch, "
+            f"{r.get('epochs', '?')} epochs):\n\n{steps}\n\nServing one {side}x{side} npz image a request:\n\n"
+            f"{serving_table}\n\nSwaps under load and peak memory:\n\n{rest_table}")
 
 
 CALIBRATION_SITES = ("base", "contrast", "blur-noise", "speckle", "inverted", "mean")
@@ -313,10 +384,14 @@ def console(r: Json) -> str:
     return table(["page", "p50 ms", "p95 ms", "KiB", "JSON route with the same figures", "its p50 ms"], rows)
 
 
-# --- README ------------------------------------------------------------------------------------------------
+# --- pages ------------------------------------------------------------------------------------------------
 
 def load(name: str) -> Json:
     return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def available(name: str) -> bool:
+    return (RESULTS / f"{name}.json").exists()
 
 
 RENDERERS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {  # block: (result files, its table)
@@ -325,6 +400,7 @@ RENDERERS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {  # block: (r
     "ewc-paired": (("ewc", "ewc-freeze-10seeds"), lambda: ewc_paired(load("ewc"), load("ewc-freeze-10seeds"))),
     "continual": (("continual", "continual-selection"), lambda: continual(load("continual"))),
     "fisher": (("fisher",), lambda: fisher(load("fisher"))),
+    "fisher-zoo": (("fisher",), lambda: fisher_zoo(load("fisher"))),
     "calibration": (("calibration",), lambda: calibration(load("calibration"))),
     "drift": (("drift",), lambda: drift(load("drift"))),
     "serving": (("serving",), lambda: serving(load("serving"))),
@@ -333,14 +409,30 @@ RENDERERS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {  # block: (r
     "console": (("console",), lambda: console(load("console"))),
     "swap": (("swap",), lambda: swap(load("swap"))),
     "multiplex": (("multiplex",), lambda: multiplex(load("multiplex"))),
+    "realnet": (("realnet",), lambda: realnet(load("realnet"))),
 }
 BLOCK = re.compile(r"<!-- table:(?P<name>[\w-]+) -->\n.*?<!-- /table:(?P=name) -->", re.S)
 
 
+def producer(name: str) -> str:
+    """The command that writes a result file (bench/ewc.py also writes ewc-freeze-10seeds, see its page)."""
+    script = ROOT / "bench" / f"{name.split('-')[0]}.py"
+    return f"`python bench/{script.name}`" if script.exists() else "its benchmark"
+
+
 def render(name: str) -> str:
+    """The block of one table; while its result is missing or predates it, one line saying what to run."""
     results, body = RENDERERS[name]
-    sources = "; ".join(source(result, load(result)) for result in results)
-    return f"<!-- table:{name} -->\n{body()}\n\n<sub>{sources}</sub>\n<!-- /table:{name} -->"
+    missing = [r for r in results if not available(r)]
+    try:
+        if missing:
+            files = ", ".join(f"`bench/results/{r}.json`" for r in missing)
+            raise NotMeasured(f"{files} does not exist", missing[0])
+        rendered = f"{body()}\n\n<sub>{'; '.join(source(r, load(r)) for r in results)}</sub>"
+    except NotMeasured as e:
+        reason, result = e.args[0], e.args[1] if len(e.args) > 1 else results[0]
+        rendered = f"*Not measured yet: {reason}. Run {producer(result)}, then `python bench/tables.py`.*"
+    return f"<!-- table:{name} -->\n{rendered}\n<!-- /table:{name} -->"
 
 
 def regenerate(text: str) -> tuple[str, list[str]]:
@@ -356,22 +448,51 @@ def regenerate(text: str) -> tuple[str, list[str]]:
     return BLOCK.sub(one, text), changed
 
 
+def pages() -> dict[Path, str]:
+    """Every Markdown page under docs/ that holds a table block, with its text."""
+    out = {}
+    for path in sorted(DOCS.rglob("*.md")):
+        text = path.read_text()
+        if BLOCK.search(text):
+            out[path] = text
+    return out
+
+
+def placement(found: dict[Path, str]) -> list[str]:
+    """What is wrong with where the blocks are: a table without a block, a block twice, a block of no table."""
+    where: dict[str, list[Path]] = {}
+    for path, text in found.items():
+        for m in BLOCK.finditer(text):
+            where.setdefault(m["name"], []).append(path)
+    problems = [f"no block for {name}" for name in RENDERERS if name not in where]
+    problems += [f"{name} appears {len(paths)} times ({', '.join(str(p.relative_to(ROOT)) for p in paths)})"
+                 for name, paths in where.items() if len(paths) > 1]
+    problems += [f"no renderer for the block {name}" for name in where if name not in RENDERERS]
+    return problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a table is stale")
     args = parser.parse_args()
-    text = README.read_text()
-    fresh, changed = regenerate(text)
-    missing = sorted(set(RENDERERS) - {m["name"] for m in BLOCK.finditer(text)})
-    if missing:
-        print(f"README.md has no block for: {', '.join(missing)}", file=sys.stderr)
+    found = pages()
+    problems = placement(found)
+    if problems:
+        print("docs/ table blocks: " + "; ".join(problems), file=sys.stderr)
         return 1
+    stale = []
+    for path, text in found.items():
+        fresh, changed = regenerate(text)
+        if not changed:
+            continue
+        stale.append(f"{path.relative_to(ROOT)}: {', '.join(changed)}")
+        if not args.check:
+            path.write_text(fresh)
     if args.check:
-        if changed:
-            print(f"stale tables in README.md: {', '.join(changed)} (run python bench/tables.py)", file=sys.stderr)
-        return 1 if changed else 0
-    README.write_text(fresh)
-    print(f"rewrote {', '.join(changed) or 'nothing'}")
+        if stale:
+            print(f"stale tables in {'; '.join(stale)} (run python bench/tables.py)", file=sys.stderr)
+        return 1 if stale else 0
+    print(f"rewrote {'; '.join(stale) or 'nothing'}")
     return 0
 
 

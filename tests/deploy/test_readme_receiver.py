@@ -1,4 +1,5 @@
-"""The README's webhook receiver, run as printed against a real delivery from the dispatcher."""
+"""The documented webhook receiver (docs/operations/integrations.md), run as printed against a real delivery from
+the dispatcher."""
 
 from __future__ import annotations
 
@@ -14,15 +15,15 @@ from clreg.registry.store import RedisRegistry
 from clreg.registry.webhooks import WebhookConfig, WebhookStore, new_subscription
 from tests.monitor.hook import Hook, hook, url  # noqa: F401 (the fixture is used by name)
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "operations" / "integrations.md"
 
 
 def readme_receiver() -> Callable[..., bool]:
-    text = README.read_text()
-    section = text[text.index("### Webhooks"):text.index("### Prometheus")]
+    text = PAGE.read_text()
+    section = text[text.index("## Webhooks"):text.index("## Prometheus")]
     [code] = re.findall(r"```python\n(.*?)```", section, re.S)
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (our own README's example)
+    exec(compile(code, str(PAGE), "exec"), scope)  # noqa: S102 (our own documentation's example)
     return scope["verified"]
 
 
