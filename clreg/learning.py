@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clreg import __version__, search
+from clreg import __version__, parts, search
 from clreg.calibration import calibrate_version
 from clreg.context import Stores
-from clreg.learner.replay import Memory, memory_to_bytes
+from clreg.learner.replay import Memory
 from clreg.learner.sitebn import bank_from_bytes
 from clreg.learner.train import TrainConfig
 from clreg.monitor.features import FeatureConfig
@@ -69,8 +69,8 @@ def parent_artifacts(stores: Stores, model: Model, production: ModelVersion | No
     if production is None:
         return (stores.artifacts.get(model.weights) if model.weights else None), None, None
     stored = VersionArtifacts(stores.artifacts, production)
-    weights, ewc, bank = (stored.optional(a) for a in (Artifact.WEIGHTS, Artifact.EWC, Artifact.BN_BANK))
-    return weights, ewc, bank
+    weights, bank = (stored.optional(a) for a in (Artifact.WEIGHTS, Artifact.BN_BANK))
+    return weights, parts.get_ewc(stores.artifacts, production.artifacts), bank
 
 
 def assemble(stores: Stores, features: FeatureConfig, reference_samples: int, model: Model,
@@ -102,11 +102,12 @@ def assemble(stores: Stores, features: FeatureConfig, reference_samples: int, mo
                                  **_epoch_seconds(found.chosen.curve),
                                  "reference_s": round(referenced - trained, 3),
                                  "calibration_s": round(time.perf_counter() - referenced, 3)}),
-        artifacts={Artifact.WEIGHTS: weights_sha, Artifact.EWC: artifacts.put(result.ewc_state),
+        artifacts={**parts.put_ewc(artifacts, result.ewc_state, result.weights, weights_sha,
+                                                  production.artifacts if production else None),
                    Artifact.REFERENCE: artifacts.put(reference),
                    Artifact.CALIBRATION: artifacts.put(calibration.model_dump_json().encode()),
                    **({Artifact.BN_BANK: artifacts.put(bank)} if bank is not None else {}),
-                   **({Artifact.REPLAY: artifacts.put(memory_to_bytes(memory))} if memory.sites else {})},
+                   **parts.put_replay(artifacts, memory)},
         metrics={"final_loss": float(found.chosen.curve[-1]["loss"]) if found.chosen.curve else float("nan"),
                  "validation_accuracy": next(line["mean_val_accuracy"] for line in found.lines if line["chosen"]),
                  "validation_score": next(line["score"] for line in found.lines if line["chosen"]),

@@ -15,14 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clreg import parts
 from clreg.gating import scoring_of
 from clreg.learner.errors import TrainingFailed
 from clreg.learner.models import normalisation_of
 from clreg.learner.remote import search_on_ray
-from clreg.learner.replay import Memory, memory_from_bytes
+from clreg.learner.replay import Memory
 from clreg.learner.train import TrainConfig
 from clreg.learner.update import UpdateData, UpdateResult
-from clreg.registry.artifacts import Artifact, ArtifactStore
+from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.errors import NotFound
 from clreg.registry.records import Model, ModelVersion
 from clreg.registry.store import RedisRegistry
@@ -61,8 +62,7 @@ def allows_replay(registry: RedisRegistry, site: str) -> bool:
 
 
 def memory_of(artifacts: ArtifactStore, version: ModelVersion | None) -> Memory:
-    digest = version.artifacts.get(Artifact.REPLAY) if version else None
-    return memory_from_bytes(artifacts.get(digest)) if digest else Memory()
+    return parts.get_replay(artifacts, version.artifacts) if version else Memory()
 
 
 def update_data(registry: RedisRegistry, new: dict[str, Arrays], memory: Memory, fraction: float, seed: int,

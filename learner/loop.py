@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clreg.learner import optim
-from clreg.learner.ewc import EWCState, ewc_penalty
+from clreg.learner.ewc import Quadratic, quadratic_penalty
 from clreg.learner.images import as_float
 from clreg.learner.replay import Rehearsal
 from clreg.learner.sitebn import BN
@@ -27,7 +27,7 @@ class Loop:
     """What every optimizer step needs besides the data: the objective's parts and how a step is taken."""
 
     opt: torch.optim.Optimizer
-    ewc: EWCState  # the penalised part of the state (frozen parameters left out: their penalty is constant)
+    ewc: Quadratic | None  # every earlier entry folded into one (frozen parameters left out: constant penalty)
     ewc_lambda: float
     replay_weight: float
     batch_size: int
@@ -50,7 +50,7 @@ def _step(model: nn.Module, x: Tensor, y: Tensor, loop: Loop) -> dict[str, Tenso
     with loop.precision.autocast():
         ce = F.cross_entropy(model(as_float(x)), y, weight=loop.weights)
         replayed = loop.rehearsal.loss(model) if loop.rehearsal else torch.zeros((), device=x.device)
-    penalty = ewc_penalty(model, loop.ewc) if loop.ewc.entries else torch.zeros((), device=x.device)
+    penalty = quadratic_penalty(model, loop.ewc) if loop.ewc else torch.zeros((), device=x.device)
     loss = ce.float() + loop.replay_weight * replayed.float() + (loop.ewc_lambda / 2.0) * penalty
     loop.precision.step(loop.opt, loss)
     return {"loss": loss, "ce": ce, "replay": replayed, "penalty": penalty}

@@ -39,3 +39,14 @@ def load(data: bytes, fmt: str, what: str) -> tuple[dict[str, Tensor], dict[str,
     if not isinstance(info, dict) or info.get("format") != fmt:
         raise WeightsError(f"{what} lacks the {fmt!r} metadata: it was not written by clreg")
     return tensors, info
+
+
+def format_of(data: bytes) -> str | None:
+    """The format tag of bytes written by `dump`; None for anything else."""
+    try:
+        header_len = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+        info = json.loads(metadata.get("clreg", "{}"))
+    except (ValueError, AttributeError):
+        return None
+    return info.get("format") if isinstance(info, dict) else None

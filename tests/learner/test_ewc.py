@@ -18,6 +18,8 @@ from clreg.learner.ewc import (
     fisher_diagonal_vmap,
     fisher_minibatch_squared,
     fisher_per_sample_loop,
+    quadratic,
+    quadratic_penalty,
     state_from_bytes,
     state_to_bytes,
     trainable_params,
@@ -52,6 +54,25 @@ def test_penalty_matches_hand_computation() -> None:
     state = consolidate(consolidate(EWCState(), "a", fisher_a, anchor_a), "b", fisher_b, anchor_b)
     # a: 2*(1-0)^2 + 3*(2-2)^2 + 4*(0.5-1)^2 = 3;  b: 1*(1-1)^2 + 1*(2-0)^2 + 0 = 4
     assert ewc_penalty(model, state).item() == pytest.approx(7.0, abs=1e-6)
+
+
+def test_the_folded_quadratic_is_the_sum_of_every_entry_in_value_and_gradient() -> None:
+    torch.manual_seed(0)
+    model = small_cnn(1, 16, 16, 10)
+    params = trainable_params(model)
+    state = EWCState()
+    for site in ("a", "b", "c"):
+        state = consolidate(state, site, {k: torch.rand_like(p) for k, p in params.items()},
+                            {k: p + 0.1 * torch.randn_like(p) for k, p in params.items()})
+    state.entries["a"].fisher["0.0.weight"].zero_()  # a parameter no entry cares about in part
+    separate = sum((e.fisher[k] * (dict(model.named_parameters())[k] - e.anchor[k]).pow(2)).sum()
+                   for e in state.entries.values() for k in e.fisher)
+    (g_separate,) = torch.autograd.grad(separate, [model.get_parameter("0.0.weight")])
+    folded = quadratic_penalty(model, quadratic(state))
+    (g_folded,) = torch.autograd.grad(folded, [model.get_parameter("0.0.weight")])
+    assert folded.item() == pytest.approx(separate.item(), rel=1e-5)
+    torch.testing.assert_close(g_folded, g_separate, rtol=1e-4, atol=1e-6)
+    assert len(quadratic(state).fisher) == len(params)  # one tensor per parameter, whatever the number of sites
 
 
 def test_penalty_gradient_is_two_f_delta() -> None:
