@@ -95,6 +95,35 @@ def memory_from_bytes(data: bytes) -> Memory:
                    for i, (site, seen) in enumerate(zip(info["sites"], info["seen"], strict=True))})
 
 
+# A memory stored in parts (clreg.parts): one artifact per site, so a site's unchanged reservoir is stored once.
+SITE_FORMAT = "clreg-replay-site/1"
+INDEX_FORMAT = "clreg-replay-index/1"
+
+
+def is_index(data: bytes) -> bool:
+    """Whether replay bytes are an index of per-site parts rather than a whole memory (memory_to_bytes)."""
+    return tensorfile.format_of(data) == INDEX_FORMAT
+
+
+def index_to_bytes(memory: Memory) -> bytes:
+    return tensorfile.dump({}, INDEX_FORMAT, {"sites": sorted(memory.sites)})
+
+
+def index_from_bytes(data: bytes) -> list[str]:
+    """The sites an index names (WeightsError for bytes index_to_bytes did not write)."""
+    return list(tensorfile.load(data, INDEX_FORMAT, "replay index")[1]["sites"])
+
+
+def site_to_bytes(memory: SiteMemory) -> bytes:
+    return tensorfile.dump({"x": torch.from_numpy(memory.x), "y": torch.from_numpy(memory.y)}, SITE_FORMAT,
+                           {"seen": memory.seen})
+
+
+def site_from_bytes(data: bytes) -> SiteMemory:
+    tensors, info = tensorfile.load(data, SITE_FORMAT, "replay site")
+    return SiteMemory(tensors["x"].numpy(), tensors["y"].numpy(), int(info["seen"]))
+
+
 @contextlib.contextmanager
 def fixed_norms(model: nn.Module) -> Iterator[None]:
     """BatchNorm layers in eval mode for the block: normalise with the running statistics, update none."""
@@ -119,24 +148,43 @@ def site_logits(model: nn.Module, site_bn: Mapping[str, Tensor], x: Tensor) -> T
 
 
 class Rehearsal:
-    """Replayed minibatches: every step draws one from each remembered site, so every earlier site weighs as
-    much in the update as the new one does (an update that mostly sees the new site forgets the others)."""
+    """Replayed minibatches: every step draws one from each of `sites_per_step` remembered sites (all of them
+    when None), so the remembered sites weigh in the update as the new one does while a step's cost stays
+    bounded however many sites there are. With fewer sites per step than sites, the sites take turns in
+    shuffled rounds: each is replayed equally often."""
 
     def __init__(self, data: Mapping[str, tuple[Tensor, Tensor]], bank: Mapping[str, SiteBN] | None,
-                 batch_size: int, gen: torch.Generator) -> None:
+                 batch_size: int, gen: torch.Generator, sites_per_step: int | None = None) -> None:
         self.sites = [s for s, (x, _) in data.items() if len(x) >= 2]
         self.data = data
         self.bank = bank
         self.batch_size = batch_size
         self.gen = gen
+        self.per_step = len(self.sites) if sites_per_step is None else min(sites_per_step, len(self.sites))
+        self._round: list[str] = []
 
     def __bool__(self) -> bool:
         return bool(self.sites)
 
+    def _turn(self) -> list[str]:
+        """The sites replayed at this step."""
+        if self.per_step >= len(self.sites):
+            return self.sites
+        chosen: list[str] = []
+        while len(chosen) < self.per_step:
+            if not self._round:  # a new round: every site once, in a fresh order
+                self._round = [self.sites[i] for i in torch.randperm(len(self.sites), generator=self.gen).tolist()]
+            site = self._round.pop()
+            if site in chosen:  # met again across a round's end: it waits for the next step
+                self._round.insert(0, site)
+                continue
+            chosen.append(site)
+        return chosen
+
     def draw(self) -> list[tuple[str, Tensor, Tensor]]:
-        """One minibatch per remembered site."""
+        """One minibatch from each site whose turn it is."""
         out = []
-        for site in self.sites:
+        for site in self._turn():
             x, y = self.data[site]
             idx = torch.randperm(len(x), generator=self.gen)[: self.batch_size]
             out.append((site, as_float(x[idx]), y[idx]))  # float32 for this minibatch only

@@ -191,3 +191,40 @@ def site_batch(site: SiteData, n: int, seed: int) -> tuple[np.ndarray, np.ndarra
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """Images in [0,1] -> uint8 [0,255], rounded, for compact npz payloads."""
     return np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _acquisition(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
+    """One site's scanner, drawn at random: rotation, translation, blur, gamma, contrast, a bias field, noise,
+    and inversion for one site in five; the images through it, and its parameters."""
+    from scipy.ndimage import rotate
+    from scipy.ndimage import shift as translate
+
+    p = {"angle": float(rng.uniform(-15, 15)), "dx": float(rng.uniform(-1.5, 1.5)), "dy": float(rng.uniform(-1.5, 1.5)),
+         "sigma": float(rng.uniform(0, 1.2)), "gamma": float(rng.uniform(0.6, 1.6)),
+         "contrast": float(rng.uniform(0.5, 1.0)), "bias": float(rng.uniform(0, 0.3)),
+         "bias_angle": float(rng.uniform(0, 2 * np.pi)), "noise": float(rng.uniform(0, 0.12)),
+         "inverted": float(rng.random() < 0.2)}
+    out = rotate(x, p["angle"], axes=(2, 3), reshape=False, order=1)
+    out = translate(out, (0, 0, p["dy"], p["dx"]), order=1)
+    out = gaussian_filter(out, sigma=(0, 0, p["sigma"], p["sigma"]))
+    out = (np.clip(out, 0, 1) ** p["gamma"] - 0.5) * p["contrast"] + 0.5
+    ramp = np.cos(p["bias_angle"]) * np.linspace(-1, 1, SIDE)[None, :] + \
+        np.sin(p["bias_angle"]) * np.linspace(-1, 1, SIDE)[:, None]
+    out = out + p["bias"] * ramp[None, None] + rng.normal(0, p["noise"], size=out.shape)
+    out = np.clip(out, 0, 1)
+    return (1 - out if p["inverted"] else out).astype(np.float32), p
+
+
+def acquisition_sites(n_sites: int, per_site: int, seed: int) -> list[tuple[SiteData, dict[str, float]]]:
+    """Any number of sites (`site-00`, `site-01`, ...), each `per_site` digits drawn at random through its own
+    random acquisition shift (_acquisition); sites may share source digits, never within a site."""
+    if not 1 <= per_site <= len(_digits()[1]):
+        raise DataError(f"a site holds 1 to {len(_digits()[1])} digits, got {per_site}")
+    x, y = _digits()
+    out = []
+    for i in range(n_sites):
+        rng = np.random.default_rng([seed, i])
+        idx = np.sort(rng.choice(len(y), size=per_site, replace=False))
+        images, params = _acquisition(x[idx], rng)
+        out.append((SiteData(f"site-{i:02d}", images, y[idx].copy()), params))
+    return out

@@ -49,8 +49,8 @@ from clreg.learner.ewc import (
     consolidate,
     fisher_diagonal,
     fisher_minibatch_squared,
+    quadratic,
     state_to_bytes,
-    state_to_device,
     trainable_params,
 )
 from clreg.learner.images import as_float, stored
@@ -98,6 +98,9 @@ class TrainConfig(BaseModel):
     mixed_precision: bool = True  # autocast in the training forward on CUDA (learner.optim); no effect on CPU
     val_fraction: float = Field(default=0.0, ge=0, lt=1)  # 0: no validation split, no early stopping
     replay_weight: float = Field(default=1.0, ge=0)  # weight of the replayed minibatch's loss (0: no rehearsal)
+    # Remembered sites replayed per step (a minibatch each, taking turns); None: every one of them, every step,
+    # so a step's cost grows with the number of sites.
+    replay_sites_per_step: int | None = Field(default=None, ge=1)
     # At least this many optimizer steps: a small site's few minibatches per epoch would otherwise leave it
     # under-trained (epochs are raised to reach it).
     min_steps: int = Field(default=0, ge=0)
@@ -286,7 +289,6 @@ def _train_site(
     per_site = cfg.bn_policy == "per_site"
     if per_site:  # BatchNorm is the site's own: neither penalised nor consolidated
         ewc = _without(ewc, bn_param_names(model))
-    ewc = state_to_device(ewc, device)
     model.to(device)
     data = _split(xt.to(device), yt.to(device), cfg.val_fraction, cfg.seed)
     bank = bank_from_bytes(bn_bank) if per_site and bn_bank is not None else {}
@@ -298,11 +300,13 @@ def _train_site(
     if remembered and not per_site:  # one shared BatchNorm: replayed samples simply join the training data
         data = (_joined([data[0], *(rx for rx, _ in remembered.values())]),
                 torch.cat([data[1], *(ry for _, ry in remembered.values())]), data[2], data[3])
-    rehearsal = Rehearsal(remembered, bank, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 2)) \
-        if remembered and per_site else None
+    rehearsal = Rehearsal(remembered, bank, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 2),
+                          cfg.replay_sites_per_step) if remembered and per_site else None
     frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+    penalised = _without(ewc, frozen) if frozen else ewc
     loop = Loop(optim.optimizer(model, cfg.lr, cfg.head_lr_multiplier, cfg.bn_lr_multiplier),
-                _without(ewc, frozen) if frozen else ewc, cfg.ewc_lambda, cfg.replay_weight, cfg.batch_size,
+                quadratic(penalised, device) if penalised.entries else None, cfg.ewc_lambda, cfg.replay_weight,
+                cfg.batch_size,
                 class_weights(data[1], last_linear(model).out_features, cfg.class_weighted),
                 torch.Generator().manual_seed(cfg.seed), optim.precision(device, cfg.mixed_precision), rehearsal)
 

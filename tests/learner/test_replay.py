@@ -12,7 +12,7 @@ from clreg.learner import tensorfile
 from clreg.learner.evaluate import predict_logits, site_metrics
 from clreg.learner.ewc import EWCState
 from clreg.learner.models import load_weights, small_cnn
-from clreg.learner.replay import FORMAT, Memory, memory_from_bytes, memory_to_bytes, site_logits
+from clreg.learner.replay import FORMAT, Memory, Rehearsal, memory_from_bytes, memory_to_bytes, site_logits
 from clreg.learner.sitebn import bank_from_bytes, site_model
 from clreg.learner.streams import digits_sites
 from clreg.learner.train import TrainConfig, train_site
@@ -108,3 +108,16 @@ def test_replaying_an_earlier_site_keeps_it() -> None:
         bank = bank_from_bytes(result.bn_bank)
         scores[replay] = site_metrics(net, base.x[300:], base.y[300:], site_bn=bank["base"]).accuracy
     assert scores[True] > scores[False] + 0.1, scores
+
+
+def test_sites_take_turns_under_a_per_step_budget_and_each_is_replayed_equally_often() -> None:
+    data = {s: (torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)) for s in "abcde"}
+    rehearsal = Rehearsal(data, None, 2, torch.Generator().manual_seed(0), sites_per_step=2)
+    steps = [[site for site, _, _ in rehearsal.draw()] for _ in range(25)]
+    assert all(len(step) == 2 and len(set(step)) == 2 for step in steps)  # two distinct sites a step
+    counts = {s: sum(step.count(s) for step in steps) for s in "abcde"}
+    assert set(counts.values()) == {10}  # 50 draws over 5 sites: 10 each
+    again = Rehearsal(data, None, 2, torch.Generator().manual_seed(0), sites_per_step=2)
+    assert [[s for s, _, _ in again.draw()] for _ in range(25)] == steps  # seeded
+    every = Rehearsal(data, None, 2, torch.Generator().manual_seed(0))
+    assert [s for s, _, _ in every.draw()] == list("abcde")  # no budget: every site, every step

@@ -68,7 +68,7 @@ def test_progress_is_relayed_while_the_task_runs(ray_session: None) -> None:
     cfg = CFG.model_copy(update={"epochs": 3})
     result = train_on_ray(DEFAULT_FACTORY, {}, SPEC, None, None, x, y, "a", cfg, progress=rows.append, poll_s=0.05)
     assert rows == result.curve and [r["epoch"] for r in rows] == [1, 2, 3]
-    assert all(set(r) == {"epoch", "epochs", "loss", "ce", "replay", "penalty"} for r in rows)
+    assert all(set(r) == {"epoch", "epochs", "loss", "ce", "replay", "penalty", "seconds"} for r in rows)
 
 
 @pytest.mark.integration
