@@ -34,7 +34,7 @@ def gate(stores: Stores, cfg: GateConfig, model: Model, candidate: ModelVersion,
     heldout = stores.split_by_site(model, stores.learnt_batches(candidate), "heldout")
     scoring = scoring_of(model)
     rules = GateRules(tolerance=cfg.tolerance, site_tolerance=cfg.site_tolerance, confidence=cfg.confidence,
-                      budget=cfg.forgetting_budget, metric=scoring.metric)
+                      budget=cfg.forgetting_budget, metric=scoring.metric, min_images=cfg.min_images)
     cand = _probabilities(stores.answerer(model, candidate), heldout)
     prod = _probabilities(stores.answerer(model, production), heldout) if production is not None else None
     figures = {site: site_figures(scoring, y, cand[site], None if prod is None else prod[site], rules)
@@ -48,7 +48,8 @@ def gate(stores: Stores, cfg: GateConfig, model: Model, candidate: ModelVersion,
                         confidence=rules.confidence, sites=verdict.lines, passed=not verdict.reasons,
                         reasons=verdict.reasons, site_tolerance=rules.site_tolerance, budget=rules.budget,
                         pooled_delta=verdict.pooled_delta, pooled_lower_bound=verdict.pooled_lower_bound,
-                        metric=scoring.metric, too_small=verdict.too_small, notes=verdict.notes)
+                        metric=scoring.metric, too_small=verdict.too_small, notes=verdict.notes,
+                        pooled_only=verdict.pooled_only, min_images=rules.min_images)
     stores.registry.reports.put_gate(report)
     return report
 
@@ -73,7 +74,8 @@ def site_figures(scoring: Scoring, y: np.ndarray, candidate: np.ndarray, product
     common = {"samples": n, "class_counts": tuple(int(c) for c in np.bincount(y, minlength=candidate.shape[1])),
               "metric": scoring.metric, "candidate": taskmetric.value(scoring, y, candidate),
               "optimistic": optimistic, "candidate_accuracy": float(correct.mean()),
-              "higher_is_better": scoring.higher_is_better}
+              "higher_is_better": scoring.higher_is_better,
+              "one_image": taskmetric.one_image(scoring, y, candidate.shape[1])}
     if production is None:
         return SiteFigures(**common)  # type: ignore[arg-type]
     paired = taskmetric.paired_change(scoring, y, candidate, production, conf, draws=draws)

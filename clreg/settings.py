@@ -51,6 +51,9 @@ class GateConfig(BaseModel):
     # A candidate that forgot an earlier site is retrained this many times, each with lambda x factor.
     forgetting_retries: int = Field(default=1, ge=0, le=5)
     retry_lambda_factor: float = Field(default=3.0, gt=1)
+    # No site rejects a candidate by itself for a drop that fewer of its held-out images could make (small sites
+    # are still pooled); 1 turns the rule off.
+    min_images: int = Field(default=3, ge=1)
 
 
 class DaemonConfig(BaseModel):

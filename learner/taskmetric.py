@@ -189,3 +189,24 @@ def samples_needed(samples: int, drop: float, target: float) -> int:
     if drop <= target:
         return samples
     return math.ceil(samples * (drop / target) ** 2)
+
+
+def one_image(scoring: Scoring, y: np.ndarray, classes: int) -> float:
+    """The most one held-out image can move the metric on this set (a changed answer, or for AUROC one case's
+    rank moved from one end to the other): how coarse the set's figure is. inf where the metric is undefined.
+    accuracy 1/N; balanced accuracy 1/(K n_min); AUROC 1/min(n_pos, n_neg) (binary; one-vs-rest: 1/n_min);
+    expected cost the larger of cost_fn p / n_pos and cost_fp (1 - p) / n_neg."""
+    counts = np.bincount(np.asarray(y).astype(np.int64), minlength=classes)
+    present = counts[counts > 0]
+    if len(present) == 0:
+        return math.inf
+    if scoring.metric == "accuracy":
+        return 1.0 / int(counts.sum())
+    if scoring.metric == "balanced_accuracy":
+        return 1.0 / (len(present) * int(present.min()))
+    if len(present) < 2:
+        return math.inf
+    if scoring.metric == "auroc":
+        return 1.0 / int(present.min())
+    p = counts[1] / counts.sum() if scoring.prevalence is None else scoring.prevalence
+    return max(scoring.cost_fn * p / counts[1], scoring.cost_fp * (1 - p) / counts[0])

@@ -70,6 +70,10 @@ class SiteGate(Record):
     too_small: bool = False
     samples_needed: int | None = None
     class_counts: list[int] | None = None  # held-out samples of each class (index = class)
+    # The most one of its held-out images moves the metric; a site is judged alone (can reject a candidate by
+    # itself) only where fewer than the gate's min_images images cannot make a drop of its site tolerance.
+    one_image: float | None = None
+    judged_alone: bool = True
 
 
 class GateReport(Record):
@@ -88,6 +92,8 @@ class GateReport(Record):
     pooled_lower_bound: float | None = None
     metric: str | None = None  # the task metric judged by, tolerances in its units (None in older reports: accuracy)
     too_small: list[str] = Field(default_factory=list)  # sites whose held-out set cannot see the tolerance
+    pooled_only: list[str] = Field(default_factory=list)  # earlier sites too small to be judged alone
+    min_images: int | None = None  # no site rejects alone for a drop fewer held-out images could make
     notes: list[str] = Field(default_factory=list)  # what the verdict cannot see (never a reason to reject)
     created_at: float = Field(default_factory=now)
 

@@ -149,3 +149,53 @@ def test_a_cost_is_judged_lower_is_better_and_its_budget_from_its_lowest() -> No
     drifted = judge({"a": _cost(0.10, -0.01, 0.095)}, set(), rules, best={"a": 0.04})  # 0.095 > 0.04 + 0.05
     assert [r.split(";")[-1] for r in drifted.reasons] == [" more than the cumulative budget of 0.050 lost"]
     assert judge({"a": _cost(0.10, -0.01, 0.085)}, set(), rules, best={"a": 0.04}).reasons == []
+
+
+def _twenty_small_sites(lost: int, at_size: int = 20) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(candidate, production) correctness at 20 earlier sites, 19 of 20 images each with the candidate as good
+    as production, some churn (a right answer traded for a wrong one) and one site (`s00`, `at_size` images)
+    where the candidate loses `lost` right answers."""
+    rng = np.random.default_rng(1)
+    sites = {}
+    for i in range(20):
+        n = at_size if i == 0 else 20
+        prod = rng.random(n) < 0.85
+        cand = prod.copy()
+        if i % 3 == 1:  # churn: one answer lost, another won
+            cand[np.flatnonzero(prod)[0]], cand[np.flatnonzero(~prod)[:1]] = False, True
+        if i == 0:
+            cand[np.flatnonzero(prod)[:lost]] = False
+        sites[f"s{i:02d}"] = (cand, prod)
+    return sites
+
+
+def _verdict(sites: dict[str, tuple[np.ndarray, np.ndarray]], rules: GateRules) -> Verdict:
+    return _judge({s: c for s, (c, _) in sites.items()}, {s: p for s, (_, p) in sites.items()}, set(), rules)
+
+
+def test_two_images_at_a_20_image_site_do_not_reject_but_three_do() -> None:
+    rules = GateRules(tolerance=0.05, site_tolerance=0.15, confidence=0.8, min_images=3)
+    two = _verdict(_twenty_small_sites(lost=2), rules)
+    line = next(line for line in two.lines if line.site == "s00")
+    assert line.delta == -0.1 and line.lower_bound is not None and line.lower_bound <= -0.15
+    assert line.passed and two.reasons == [] and line.one_image == 0.05 and line.judged_alone
+    three = _verdict(_twenty_small_sites(lost=3), rules)
+    assert [r.split(";")[0] for r in three.reasons] == ["site s00: accuracy 0.750 vs production 0.900"]
+    before = _verdict(_twenty_small_sites(lost=2), GateRules(tolerance=0.05, site_tolerance=0.15, confidence=0.8,
+                                                             min_images=1))  # the rule off: two images veto
+    assert [r.split(":")[0] for r in before.reasons] == ["site s00"]
+
+
+def test_a_site_too_small_to_be_judged_alone_is_named_and_a_real_drop_there_still_rejects() -> None:
+    rules = GateRules(tolerance=0.05, site_tolerance=0.15, confidence=0.8, min_images=3)
+    churn = _verdict(_twenty_small_sites(lost=2, at_size=10), rules)  # two of 10 images: 20 points
+    assert churn.reasons == [] and churn.pooled_only == ["s00"]
+    assert not next(line for line in churn.lines if line.site == "s00").judged_alone
+    real = _verdict(_twenty_small_sites(lost=5, at_size=10), rules)  # five of its (about) 8 right answers
+    assert [r.split(":")[0] for r in real.reasons] == ["site s00"]
+
+
+def test_the_pooled_change_weighs_each_site_by_its_held_out_size() -> None:
+    delta, bound = pooled_lower_bound([(-0.1, 0.01), (0.0, 0.01)], 0.8, weights=[300, 100])
+    assert math.isclose(delta, -0.075)
+    assert math.isclose(bound, -0.075 - 0.8416212335729143 * math.sqrt(300**2 + 100**2) * 0.01 / 400)
