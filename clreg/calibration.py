@@ -8,31 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from clreg.context import Stores
 from clreg.gating import scoring_of
-from clreg.learner.answer import Answerer
 from clreg.learner.calibration import CalibrationFit, calibrate_sites, scaled_proba
-from clreg.learner.evaluate import predict_logits
-from clreg.learner.models import to_tensor
-from clreg.learner.sitebn import Bank
 from clreg.learner.taskmetric import DRAWS, Scoring
 from clreg.learner.validation import metric_figures, site_figures
 from clreg.registry.findings import Calibration, SiteCalibration
 from clreg.registry.records import Model
+from clreg.scores import Scores
 
 
-def calibrate_version(stores: Stores, model: Model, weights_sha: str, bank: Bank | None, batch_ids: list[str],
-                      seed: int) -> Calibration:
-    """Per-site temperatures of a trained network, each site's logits taken as /v1/predict computes them."""
-    answerer = Answerer.of(stores.module(model, weights_sha), bank)
-    scored = {}
-    for site, (x, y) in stores.split_by_site(model, batch_ids, "heldout").items():
-        net, _, _ = answerer.pick(site, to_tensor(x))
-        scored[site] = (predict_logits(net, x), y)
-    pooled, sites = calibrate_sites(scored, seed=seed)
+def calibrate_version(model: Model, scored: Scores, seed: int) -> Calibration:
+    """Per-site temperatures of a version from its held-out logits (clreg.scores: as /v1/predict computes them)."""
+    logits = {site: (s.logits, s.labels) for site, s in scored.items()}
+    pooled, sites = calibrate_sites(logits, seed=seed)
     scoring = scoring_of(model)
     return Calibration(model=model.name, pooled=site_record(pooled), sites={
-        s: site_record(fit, *scored[s], scoring=scoring, seed=seed) for s, fit in sites.items()})
+        s: site_record(fit, *logits[s], scoring=scoring, seed=seed) for s, fit in sites.items()})
 
 
 def site_record(fit: CalibrationFit, logits: np.ndarray | None = None, labels: np.ndarray | None = None,

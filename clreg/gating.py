@@ -8,13 +8,11 @@ from typing import cast
 
 import numpy as np
 
+from clreg import scores
 from clreg.context import Stores
 from clreg.learner import taskmetric
-from clreg.learner.answer import Answerer
-from clreg.learner.evaluate import predict_proba
-from clreg.learner.models import to_tensor
 from clreg.learner.taskmetric import Metric, Scoring
-from clreg.registry.findings import GateReport
+from clreg.registry.findings import GateReport, SiteGate
 from clreg.registry.gates import GateRules, SiteFigures, judge, upper_bound
 from clreg.registry.records import Model, ModelVersion
 from clreg.registry.store import RedisRegistry
@@ -31,25 +29,26 @@ def scoring_of(model: Model) -> Scoring:
 def gate(stores: Stores, cfg: GateConfig, model: Model, candidate: ModelVersion,
          production: ModelVersion | None) -> GateReport:
     """The GateReport of `candidate` against `production` (stored; the caller acts on `passed`)."""
-    heldout = stores.split_by_site(model, stores.learnt_batches(candidate), "heldout")
+    by_site = scores.batches_by_site(stores, stores.learnt_batches(candidate))
     scoring = scoring_of(model)
     rules = GateRules(tolerance=cfg.tolerance, site_tolerance=cfg.site_tolerance, confidence=cfg.confidence,
                       budget=cfg.forgetting_budget, metric=scoring.metric, min_images=cfg.min_images)
-    cand = _probabilities(stores.answerer(model, candidate), heldout)
-    prod = _probabilities(stores.answerer(model, production), heldout) if production is not None else None
-    figures = {site: site_figures(scoring, y, cand[site], None if prod is None else prod[site], rules)
-               for site, (_, y) in heldout.items()}
+    cand = scores.of_version(stores, model, candidate, by_site)
+    prod = scores.of_version(stores, model, production, by_site) if production is not None else None
+    figures = {site: site_figures(scoring, s.labels, s.proba, None if prod is None else prod[site].proba, rules)
+               for site, s in cand.items()}
     earlier = set(production.lineage.sites) if production else set()
     best = best_since_learnt(stores.registry, production)
     tops = {s: best[s][f.metric] for s, f in figures.items() if f.metric in best.get(s, {})}
-    verdict = judge(figures, set(heldout) - earlier, rules, best=tops)
+    verdict = judge(figures, set(by_site) - earlier, rules, best=tops)
     report = GateReport(id=f"g-{model.name}-{candidate.number}", model=model.name, candidate=candidate.number,
                         production=production.number if production else None, tolerance=rules.tolerance,
                         confidence=rules.confidence, sites=verdict.lines, passed=not verdict.reasons,
                         reasons=verdict.reasons, site_tolerance=rules.site_tolerance, budget=rules.budget,
                         pooled_delta=verdict.pooled_delta, pooled_lower_bound=verdict.pooled_lower_bound,
                         metric=scoring.metric, too_small=verdict.too_small, notes=verdict.notes,
-                        pooled_only=verdict.pooled_only, min_images=rules.min_images)
+                        pooled_only=verdict.pooled_only, min_images=rules.min_images,
+                        best=with_lines(best, verdict.lines))
     stores.registry.reports.put_gate(report)
     return report
 
@@ -88,20 +87,32 @@ def site_figures(scoring: Scoring, y: np.ndarray, candidate: np.ndarray, product
 
 
 def best_since_learnt(registry: RedisRegistry, production: ModelVersion | None) -> Best:
-    """Per site and metric, the best held-out value any version in production's line has had (from their gate
-    reports; a report from before the task metric gives accuracy only)."""
-    best: Best = {}
+    """Per site and metric, the best held-out value any version in production's line has had: the `best` its own
+    gate report carries (one read); for a production without one (forced, or gated before reports kept it), from
+    the gate reports of its line (a report from before the task metric gives accuracy only)."""
     if production is None:
-        return best
+        return {}
+    report_id = registry.gate_report_id(production.model, production.number)
+    if report_id:
+        report = registry.reports.get_gate(report_id)
+        if report.best:
+            return {site: dict(values) for site, values in report.best.items()}
+    best: Best = {}
     reports = {v.version.number: v.gate_report_id for v in registry.list_versions(production.model)}
     number: int | None = production.number
     while number is not None:
         if reports.get(number):
-            for line in registry.reports.get_gate(reports[number]).sites:  # type: ignore[arg-type]
-                _keep(best.setdefault(line.site, {}), "accuracy", line.candidate_accuracy)
-                if line.metric and line.candidate_value is not None:
-                    _keep(best[line.site], line.metric, line.candidate_value)
+            with_lines(best, registry.reports.get_gate(reports[number]).sites)  # type: ignore[arg-type]
         number = registry.get_version(production.model, number).lineage.parent
+    return best
+
+
+def with_lines(best: Best, lines: list[SiteGate]) -> Best:
+    """`best` updated in place with a report's lines: each site's accuracy and its value in the line's metric."""
+    for line in lines:
+        _keep(best.setdefault(line.site, {}), "accuracy", line.candidate_accuracy)
+        if line.metric and line.candidate_value is not None:
+            _keep(best[line.site], line.metric, line.candidate_value)
     return best
 
 
@@ -112,14 +123,3 @@ def _keep(best: dict[str, float], metric: str, value: float) -> None:
         return
     higher = Scoring(metric=cast(Metric, metric)).higher_is_better
     best[metric] = max(best[metric], value) if higher else min(best[metric], value)
-
-
-def _probabilities(answerer: Answerer, heldout: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Class probabilities [N, K] per site, each site's held-out set answered as one /v1/predict request naming
-    the site would be (a site the version never learnt is routed to the BatchNorm that explains its images best).
-    Temperature scaling is left out: it changes no label, no ranking of P(class 1) and no decision at 0.5."""
-    out = {}
-    for site, (x, _) in heldout.items():
-        net, _, _ = answerer.pick(site, to_tensor(x))
-        out[site] = predict_proba(net, x)
-    return out

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clreg import __version__, parts, search
+from clreg import __version__, parts, scores, search
 from clreg.calibration import calibrate_version
 from clreg.context import Stores
+from clreg.learner.answer import Answerer
 from clreg.learner.replay import Memory
 from clreg.learner.sitebn import bank_from_bytes
 from clreg.learner.train import TrainConfig
@@ -88,8 +89,9 @@ def assemble(stores: Stores, features: FeatureConfig, reference_samples: int, mo
     reference = build_reference(stores, features, reference_samples, learnt.seed, model, weights_sha, every_batch)
     referenced = time.perf_counter()
     bank = result.bn_bank
-    calibration = calibrate_version(stores, model, weights_sha, bank_from_bytes(bank) if bank else None,
-                                    every_batch, learnt.seed)
+    answerer = Answerer.of(stores.module(model, weights_sha), bank_from_bytes(bank) if bank else None)
+    scored = scores.answer(stores, model, answerer, scores.batches_by_site(stores, every_batch))
+    calibration = calibrate_version(model, scored, learnt.seed)
     version = ModelVersion(
         model=model.name,
         number=1,  # a placeholder: the store assigns the real number
@@ -106,6 +108,7 @@ def assemble(stores: Stores, features: FeatureConfig, reference_samples: int, mo
                                                   production.artifacts if production else None),
                    Artifact.REFERENCE: artifacts.put(reference),
                    Artifact.CALIBRATION: artifacts.put(calibration.model_dump_json().encode()),
+                   Artifact.SCORES: artifacts.put(scores.to_bytes(scored)),
                    **({Artifact.BN_BANK: artifacts.put(bank)} if bank is not None else {}),
                    **parts.put_replay(artifacts, memory)},
         metrics={"final_loss": float(found.chosen.curve[-1]["loss"]) if found.chosen.curve else float("nan"),

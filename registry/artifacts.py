@@ -117,6 +117,7 @@ class Artifact(str, Enum):
     REFERENCE = "reference"  # npz: the drift reference's features
     CALIBRATION = "calibration"  # JSON: per-site temperatures (a Calibration record)
     REPLAY = "replay"  # safetensors: the rehearsal memory of sites that allow replay
+    SCORES = "scores"  # npz: its logits on every learnt site's held-out set (clreg.scores)
 
 
 class VersionArtifacts:

@@ -27,9 +27,10 @@ EVENT_KINDS = frozenset({
     "update.failed", "update.abandoned", "gate.passed", "gate.failed", "alias.moved",
     "serving.swapped", "serving.failed", "retention.archived", "site.readiness",
     "shadow.started", "shadow.failed", "shadow.finished",
+    "batch.waiting", "batch.rejected", "batch.withdrawn",
 })
 ALERT_KINDS = frozenset({"drift.alert", "gate.failed", "update.failed", "serving.failed", "update.abandoned",
-                         "site.readiness", "shadow.failed"})
+                         "site.readiness", "shadow.failed", "batch.rejected"})
 
 
 class EventLog:

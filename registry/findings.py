@@ -94,6 +94,9 @@ class GateReport(Record):
     too_small: list[str] = Field(default_factory=list)  # sites whose held-out set cannot see the tolerance
     pooled_only: list[str] = Field(default_factory=list)  # earlier sites too small to be judged alone
     min_images: int | None = None  # no site rejects alone for a drop fewer held-out images could make
+    # Per site and metric, the best held-out value of any version in the candidate's line, the candidate included:
+    # once it is production, the next gate's forgetting budget reads it here instead of walking the line.
+    best: dict[str, dict[str, float]] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)  # what the verdict cannot see (never a reason to reject)
     created_at: float = Field(default_factory=now)
 

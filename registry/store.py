@@ -178,6 +178,12 @@ class RedisRegistry:
         self.r.transaction(txn, self.key("model", model, "status"), self.key("model", model, "aliases"))
 
     @translated
+    def gate_report_id(self, model: str, number: int) -> str | None:
+        """The id of a version's gate report (one HGET); None where it was never gated."""
+        raw = self.r.hget(self.key("model", check_name(model), "gate"), int(number))
+        return None if raw is None else str(raw)
+
+    @translated
     def list_versions(self, model: str, status: VersionStatus | None = None, *, site: str | None = None,
                       parent: int | None = None, since: float | None = None,
                       until: float | None = None) -> list[VersionView]:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from clreg import context
+from clreg import context, scores
 from clreg.calibration import calibrate_version
 from clreg.client import npz_bytes
+from clreg.learner.answer import Answerer
 from clreg.learner.calibration import CROSS_FOLDS, out_of_fold_proba
 from clreg.learner.evaluate import predict_logits
 from clreg.learner.models import small_cnn, weights_to_bytes
@@ -39,8 +40,9 @@ def test_calibrates_each_site_and_keeps_binary_scores(registry: RedisRegistry, s
         ids.append(batch.id)
     torch.manual_seed(0)
     net = small_cnn(1, 16, 16, classes).eval()
-    calibration = calibrate_version(ctx.stores, model, ctx.artifacts.put(weights_to_bytes(net)), None, ids,
-                                    ctx.train.seed)
+    answerer = Answerer.of(ctx.stores.module(model, ctx.artifacts.put(weights_to_bytes(net))), None)
+    scored = scores.answer(ctx.stores, model, answerer, scores.batches_by_site(ctx.stores, ids))
+    calibration = calibrate_version(model, scored, ctx.train.seed)
     heldout = ctx.stores.split_by_site(model, ids, "heldout")
     # what the scores must be: out-of-fold calibrated probabilities (temperatures fitted on the other folds)
     oof = out_of_fold_proba({s: (predict_logits(net, x), y) for s, (x, y) in heldout.items()}, CROSS_FOLDS,
