@@ -230,6 +230,11 @@ def status(as_json: JsonOpt = False) -> None:
                       f"{b['detail']}")
     for v in pipeline["abandoned"]:
         console.print(f"[yellow]abandoned[/] {v['model']} v{v['version']}: {v['reason']}")
+    for s in pipeline.get("not_learnt", []):
+        console.print(f"[yellow]not learnt[/] {s['model']}: site {s['site']} ({s['batches']} batches, "
+                      f"{s['waiting']} waiting)")
+    for w in pipeline.get("waiting", []):
+        console.print(f"[yellow]waiting[/] batch {w['batch_id'][:12]} of {w['model']} at {w['site']}: {w['detail']}")
 
 
 @app.command()
@@ -306,6 +311,13 @@ def rollback(name: str, reason: str = "rollback by ops") -> None:
         raise typer.BadParameter(f"{name} has no earlier production version to roll back to")
     change = client.promote(name, history[-1]["from_version"], reason)
     console.print(f"{name}: production v{change['from_version']} -> v{change['to_version']}")
+
+
+@app.command()
+def withdraw(batch_id: str, reason: str = "withdrawn by ops") -> None:
+    """Take a batch that waits (received, drift-checked, or waiting after a rejected update) out for good (admin)."""
+    state = _client(admin=True).withdraw(batch_id, reason)
+    console.print(f"batch {batch_id[:12]}: {state['status']} ({state['detail']})")
 
 
 @app.command()

@@ -119,6 +119,9 @@ class Client:
         body = {"version": version, "reason": reason, "force": force}
         return self._call("POST", f"/v1/models/{model}/aliases/production", self.admin_token, json=body).json()
 
+    def withdraw(self, batch_id: str, reason: str) -> dict:
+        return self._call("POST", f"/v1/batches/{batch_id}/withdraw", self.admin_token, json={"reason": reason}).json()
+
     def subscribe(self, url: str, events: list[str], model: str | None = None, description: str = "") -> dict:
         """A webhook subscription; the answer carries its signing secret, shown this once."""
         body = {"url": url, "events": events, "model": model, "description": description}

@@ -166,10 +166,14 @@ class Daemon:
             log.warning("shadow verdicts skipped: %s", e)
 
     def flush_pending(self) -> None:
-        """Periodic job: learn batches that arrived but never reached a trigger on their own."""
+        """Periodic job: learn batches that arrived but never reached a trigger on their own. Batches waiting
+        after a rejected update are not enough: the same data from the same production would be rejected again,
+        so they join the next update that another batch starts."""
         try:
             for name in self.ctx.registry.list_models():
-                if self.ctx.registry.batches.pending(name) and not self.stopping:
+                batches = self.ctx.registry.batches
+                fresh = [b for b in batches.pending(name) if batches.state(b).status is not BatchStatus.WAITING]
+                if fresh and not self.stopping:
                     pipeline.update(self.ctx, self.worker, self.ctx.registry.get_model(name))
         except (RegistryError, TrainingInterrupted) as e:  # the next run, or the entries' owners, finish it
             log.warning("flush of pending batches stopped: %s", e)

@@ -224,8 +224,29 @@ def _reject(ctx: Context, model: Model, candidate: ModelVersion, report: GateRep
         ctx.events.append(model.name, "gate.failed", version=candidate.number, reasons=report.reasons,
                           report=report.id)
     if final:
-        _set_states(ctx, ids, BatchStatus.REJECTED, version=candidate.number, detail="; ".join(report.reasons))
-        ctx.registry.batches.clear_pending(model.name, ids)
+        _wait_or_give_up(ctx, model, candidate.number, "; ".join(report.reasons), ids)
+
+
+def _wait_or_give_up(ctx: Context, model: Model, version: int, reasons: str, ids: list[str]) -> None:
+    """Each batch of a rejected update waits in the pending set for the model's next update, until it has been in
+    `model.retry.updates` rejected updates: then it is rejected for good. A replay counts a rejection once."""
+    given_up = []
+    for batch_id in ids:
+        previous = ctx.registry.batches.state(batch_id)
+        if previous.status in FINAL_BATCH or (previous.status is BatchStatus.WAITING and previous.version == version):
+            given_up += [batch_id] if previous.status in FINAL_BATCH else []
+            continue  # this rejection is counted already
+        updates = previous.updates + 1
+        waits = updates < model.retry.updates
+        detail = f"{reasons}; rejected in {updates} of at most {model.retry.updates} updates" + \
+            ("; joins the model's next update" if waits else "")
+        ctx.registry.batches.set_state(batch_id, BatchState(
+            status=BatchStatus.WAITING if waits else BatchStatus.REJECTED, version=version,
+            drift_report_id=previous.drift_report_id, detail=detail, updates=updates))
+        given_up += [] if waits else [batch_id]
+        ctx.events.append(model.name, "batch.waiting" if waits else "batch.rejected", batch=batch_id,
+                          version=version, updates=updates)
+    ctx.registry.batches.clear_pending(model.name, given_up)
 
 
 def _promote(ctx: Context, lease: Lease, model: Model, candidate: ModelVersion, report: GateReport,
@@ -264,4 +285,4 @@ def _set_states(ctx: Context, ids: list[str], status: BatchStatus, version: int 
         previous = ctx.registry.batches.state(batch_id)
         ctx.registry.batches.set_state(batch_id, BatchState(
             status=status, version=version if version is not None else previous.version,
-            drift_report_id=previous.drift_report_id, detail=detail))
+            drift_report_id=previous.drift_report_id, detail=detail, updates=previous.updates))

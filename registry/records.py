@@ -145,6 +145,14 @@ class Normalisation(Record):
         return self
 
 
+class RetryPolicy(BaseModel):
+    """A batch whose update was rejected waits (BatchStatus.WAITING) and joins the model's next update, until it
+    has been in `updates` rejected updates; then it is rejected for good. 1: rejected at once (no retry)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    updates: int = Field(default=3, ge=1, le=100)
+
+
 class Model(Record):
     name: Name
     factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -157,6 +165,7 @@ class Model(Record):
     # number of classes (auroc for binary, accuracy otherwise; see `task_metric`).
     metric: Metric | None = None
     costs: ErrorCosts = ErrorCosts()  # what each error costs, for the expected_cost metric and thresholds
+    retry: RetryPolicy = RetryPolicy()  # what becomes of a batch whose update's candidate was rejected
     # Initial weights (an uploaded checkpoint converted to this network, sha256 of an artifact) that the first
     # version trains from; None: the factory's own initialisation. `weights_source`: the file as uploaded.
     weights: Digest | None = None
@@ -281,6 +290,8 @@ class BatchStatus(str, Enum):
     PROMOTED = "promoted"
     REJECTED = "rejected"
     FAILED = "failed"
+    # rejected by its update's gate, kept in the pending set to join the model's next update (Model.retry)
+    WAITING = "waiting"
 
 
 class Batch(Record):
@@ -310,6 +321,7 @@ class BatchState(BaseModel):
     drift_report_id: str | None = None
     detail: str = ""
     updated_at: float = Field(default_factory=now)
+    updates: int = Field(default=0, ge=0)  # updates it joined whose candidate was rejected
 
 
 class AliasChange(Record):

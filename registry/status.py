@@ -3,6 +3,8 @@ batches are stuck, which candidates were abandoned by a process that died."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from clreg.registry.daemons import Daemons
@@ -39,12 +41,53 @@ class AbandonedVersion(BaseModel):
     reason: str
 
 
+class WaitingBatch(BaseModel):
+    """A batch whose update was rejected, waiting in the pending set to join the model's next update."""
+
+    model: str
+    site: str
+    batch_id: str
+    updates: int  # rejected updates it was in
+    detail: str
+
+
+class SiteLearning(BaseModel):
+    """Whether a site that pushed data for a model is learnt by its production version."""
+
+    model: str
+    site: str
+    learnt: bool
+    batches: int
+    waiting: int  # of its batches, how many wait after a rejected update
+
+
 class PipelineStatus(BaseModel):
     daemons: list[DaemonLine]
     stuck: list[StuckBatch]
     abandoned: list[AbandonedVersion]
     backlog: int  # ingest entries delivered but not acked, plus entries not yet delivered
     rule: StuckRule
+    waiting: list[WaitingBatch] = Field(default_factory=list)
+    not_learnt: list[SiteLearning] = Field(default_factory=list)  # sites with data that production has not learnt
+
+
+def waiting_batches(registry: RedisRegistry, model: str) -> list[WaitingBatch]:
+    """The model's batches waiting after a rejected update (its pending set, WAITING ones), oldest first."""
+    ids = registry.batches.pending(model)
+    states = {i: registry.batches.state(i) for i in ids}
+    out = [(registry.batches.get(i), st) for i, st in states.items() if st.status is BatchStatus.WAITING]
+    return [WaitingBatch(model=model, site=b.site, batch_id=b.id, updates=st.updates, detail=st.detail)
+            for b, st in sorted(out, key=lambda bs: bs[0].created_at)]
+
+
+def site_learning(registry: RedisRegistry, model: str) -> list[SiteLearning]:
+    """Every site that pushed data for the model, and whether its production version learnt it."""
+    number = registry.resolve(model)
+    learnt = set(registry.get_version(model, number).lineage.sites) if number is not None else set()
+    counts = registry.batches.site_counts(model, registry.list_sites())
+    waiting = Counter(w.site for w in waiting_batches(registry, model))
+    return [SiteLearning(model=model, site=site, learnt=site in learnt, batches=c.batches, waiting=waiting[site])
+            for site, c in sorted(counts.items())]
 
 
 def pipeline_status(registry: RedisRegistry, rule: StuckRule) -> PipelineStatus:
@@ -53,6 +96,8 @@ def pipeline_status(registry: RedisRegistry, rule: StuckRule) -> PipelineStatus:
                for b, alive in Daemons(registry).listing()]
     stuck = []
     for batch_id, state in registry.batches.active(min(rule.after_s, rule.waiting_after_s)):
+        if state.status is BatchStatus.WAITING:  # waits for another batch by design: listed under `waiting`
+            continue
         waiting = state.status in (BatchStatus.DRIFT_CHECKED, BatchStatus.SHADOWING)
         limit = rule.waiting_after_s if waiting else rule.after_s
         if at - state.updated_at >= limit:
@@ -62,5 +107,7 @@ def pipeline_status(registry: RedisRegistry, rule: StuckRule) -> PipelineStatus:
                for e in EventLog(registry).alerts(kind="update.abandoned", count=100_000)}
     abandoned = [AbandonedVersion(model=m, version=v.version.number, reason=reasons.get((m, v.version.number), ""))
                  for m in registry.list_models() for v in registry.list_versions(m, VersionStatus.ABANDONED)]
+    models = registry.list_models()
     return PipelineStatus(daemons=daemons, stuck=stuck, abandoned=abandoned, backlog=IngestQueue(registry).backlog(),
-                          rule=rule)
+                          rule=rule, waiting=[w for m in models for w in waiting_batches(registry, m)],
+                          not_learnt=[s for m in models for s in site_learning(registry, m) if not s.learnt])

@@ -19,6 +19,7 @@ from clreg.registry.findings import GateReport, SiteCalibration
 from clreg.registry.readiness import assess
 from clreg.registry.records import BatchStatus, VersionView
 from clreg.registry.shadow import Shadows
+from clreg.registry.status import waiting_batches
 from clreg.registry.store import RedisRegistry
 from clreg.serving.charts import heatmap, line_chart
 
@@ -102,6 +103,9 @@ def gate_notes(gate: GateReport | None) -> str:
         sites = ", ".join(s if more.get(s) is None else f"{s} (about {more[s]} more labelled images)"
                           for s in gate.too_small)
         text += f"; held-out sets too small to see a change of {gate.tolerance:.3f}: {sites}"
+    if gate.pooled_only:
+        text += (f"; judged only with the others (a drop of {gate.site_tolerance or 0:.3f} is within "
+                 f"{(gate.min_images or 1) - 1} images there): {', '.join(gate.pooled_only)}")
     return text
 
 
@@ -137,6 +141,7 @@ def sites(reg: RedisRegistry, artifacts: ArtifactStore) -> list[dict[str, Any]]:
     for m in reg.list_models():
         counts, record = reg.batches.site_counts(m, names), reg.get_model(m)
         version = reg.version_by_alias(m)
+        waiting = Counter(w.site for w in waiting_batches(reg, m))
         calibration = version_calibration(artifacts, version) if version else None
         for site in records:
             fit = calibration.sites.get(site.name) if calibration else None
@@ -145,6 +150,7 @@ def sites(reg: RedisRegistry, artifacts: ArtifactStore) -> list[dict[str, Any]]:
             c = counts.get(site.name)
             ready = assess(site.name, calibration, record.readiness, record.task_metric) if version else None
             rows.append({"site": site.name, "model": m, "version": version.number if version else None,
+                         "learnt": bool(version and site.name in version.lineage.sites), "waiting": waiting[site.name],
                          "prevalence": _prevalence(c.prevalence) if c else "", "samples": c.samples if c else None,
                          "threshold": site.threshold, "fit": fit, "point": _point(fit, site.threshold),
                          "validated": ready.validated if ready else None})

@@ -58,7 +58,7 @@ from clreg.registry.shadow import Shadows
 from clreg.registry.status import pipeline_status
 from clreg.registry.store import RedisRegistry
 from clreg.registry.webhooks import WebhookStore
-from clreg.serving import boundary, console, metrics, uploads, validation, webhooks
+from clreg.serving import boundary, console, metrics, uploads, validation, webhooks, withdrawals
 from clreg.serving.auth import Tokens, bearer, matches
 from clreg.serving.config import ServingConfig
 from clreg.serving.errors import (
@@ -165,6 +165,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     Reader = Annotated[str, Depends(reader)]
     app.include_router(webhooks.router(WebhookStore(reg), cfg.webhooks, admin, reader))
     app.include_router(validation.router(reg, artifacts, inputs, reader))
+    app.include_router(withdrawals.router(reg, events, admin))
     app.include_router(console.router(reg, artifacts, events, tokens, cfg.evidently_ui_url, inputs))
     uploads.install(app, uploads.Uploads(artifacts, tokens, cfg.max_weights_bytes))
 

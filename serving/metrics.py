@@ -160,7 +160,15 @@ def _pipeline(status: PipelineStatus) -> list[Metric]:
     for line in status.daemons:
         up.add_metric([line.heartbeat.incarnation.name], float(line.alive))
         beat.add_metric([line.heartbeat.incarnation.name], line.heartbeat.at)
-    return [backlog, stuck, up, beat]
+    waiting = GaugeMetricFamily("clreg_batches_waiting", "Batches waiting after a rejected update to join the "
+                                "model's next one", labels=["model", "site"])
+    for (model, site), n in sorted(collections.Counter((w.model, w.site) for w in status.waiting).items()):
+        waiting.add_metric([model, site], n)
+    not_learnt = GaugeMetricFamily("clreg_site_not_learnt", "1 for a site that pushed data its model's production "
+                                   "version has not learnt", labels=["model", "site"])
+    for line in status.not_learnt:
+        not_learnt.add_metric([line.model, line.site], 1.0)
+    return [backlog, stuck, up, beat, waiting, not_learnt]
 
 
 def _alerts_by_kind(alerts: list[Event]) -> CounterMetricFamily:

@@ -13,7 +13,8 @@ from clreg.learner.train import TrainConfig
 from clreg.registry.batches import Limits, ingest
 from clreg.registry.events import IngestQueue
 from clreg.registry.findings import GateReport, SiteGate
-from clreg.registry.records import BatchStatus, InputSpec, Model, VersionStatus
+from clreg.registry.records import BatchStatus, InputSpec, Model, RetryPolicy, VersionStatus
+from clreg.registry.status import StuckRule, pipeline_status
 from clreg.registry.store import RedisRegistry, StoreConfig
 from clreg.settings import GateConfig, RedisSettings, Settings
 from tests import cheap
@@ -45,7 +46,8 @@ def test_forgetting_is_retried_with_a_stronger_penalty(registry: RedisRegistry, 
                         train=TrainConfig(epochs=2), gate=GateConfig(tolerance=0.0, retry_lambda_factor=4.0))
     ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
     registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
-                                input=InputSpec(channels=1, height=16, width=16, classes=10)))
+                                input=InputSpec(channels=1, height=16, width=16, classes=10),
+                                retry=RetryPolicy(updates=1)))  # rejected for good at once
     queue = IngestQueue(registry)
     queue.ensure_group()
     ids = []
@@ -67,3 +69,38 @@ def test_forgetting_is_retried_with_a_stronger_penalty(registry: RedisRegistry, 
     state = registry.batches.state(ids[1])
     assert (state.status, state.version) == (BatchStatus.REJECTED, 3) and "base" in state.detail
     assert registry.batches.pending("m") == []
+
+
+@pytest.mark.integration
+def test_a_rejected_batch_waits_and_joins_the_next_update(registry: RedisRegistry, store_cfg: StoreConfig,
+                                                          tmp_path: Path, ray_session: None) -> None:
+    def ctx_with(gate: GateConfig) -> context.Context:
+        settings = Settings(home=tmp_path, redis=RedisSettings(url=store_cfg.url, prefix=store_cfg.prefix),
+                            search=cheap.SEARCH, train=TrainConfig(epochs=2), gate=gate)
+        return context.build(settings, store_cfg, "http://127.0.0.1:0")
+
+    strict, usual = ctx_with(GateConfig(tolerance=0.0, forgetting_retries=0)), ctx_with(GateConfig())
+    registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
+                                input=InputSpec(channels=1, height=16, width=16, classes=10)))
+    queue = IngestQueue(registry)
+    queue.ensure_group()
+    sites = digits_sites(seed=4, names=("base", "inverted", "contrast"))
+    ids = [ingest(registry, usual.artifacts, queue, usual.events, "m", s.name,
+                  npz_bytes(to_uint8(s.x[:120]), s.y[:120]), Limits())[0].id for s in sites]
+    pipeline.process(usual, pipeline.Worker(), ids[0])
+    pipeline.process(strict, pipeline.Worker(), ids[1])  # tolerance 0: earlier sites cannot pass
+    state = registry.batches.state(ids[1])
+    assert (state.status, state.updates, state.version) == (BatchStatus.WAITING, 1, 2)
+    assert "rejected in 1 of at most 3 updates; joins the model's next update" in state.detail
+    assert registry.batches.pending("m") == [ids[1]] and registry.resolve("m") == 1
+    status = pipeline_status(registry, StuckRule(after_s=1e-6, waiting_after_s=1e-6))
+    assert [(w.batch_id, w.updates) for w in status.waiting] == [(ids[1], 1)]
+    assert [(s.site, s.learnt, s.waiting) for s in status.not_learnt] == [("inverted", False, 1)]
+    assert ids[1] not in {b.batch_id for b in status.stuck}  # waiting by design, not stuck
+    pipeline.process(usual, pipeline.Worker(), ids[2])  # the next batch's update learns both
+    production = registry.get_version("m", registry.resolve("m"))
+    assert sorted(production.lineage.batch_ids) == sorted(ids[1:]) and production.number == 3
+    assert registry.batches.state(ids[1]).status is BatchStatus.PROMOTED and registry.batches.pending("m") == []
+    assert not pipeline_status(registry, StuckRule()).not_learnt
+    kinds = [e.kind for e in usual.events.read("m")]
+    assert kinds.count("batch.waiting") == 1 and "batch.rejected" not in kinds
