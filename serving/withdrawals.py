@@ -1,6 +1,7 @@
-"""POST /v1/batches/{batch_id}/withdraw (admin): ops take a batch out before it is learnt (registry.withdrawal)."""
+"""POST /v1/batches/{batch_id}/withdraw (admin): ops take a batch out before it is learnt (registry.withdrawal).
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI must see the real dependency types of the route.
+"""
 
 from collections.abc import Callable
 from typing import Annotated

@@ -243,3 +243,22 @@ def test_cli_pushes_a_folder_of_dicom_files(stack: Stack, client: Client, token:
     assert out.exit_code == 0, out.output
     answer = json.loads(out.output)
     assert (answer["status"], answer["samples"]) == ("accepted", 3)
+
+
+def test_an_admin_withdraws_a_waiting_batch_and_nobody_else_can(stack: Stack, client: Client, token: str) -> None:
+    body = npz_bytes(np.full((6, 8, 8), 9, np.uint8), np.array([0, 1, 2, 0, 1, 2]))
+    batch = client.push("gw-site", token, body, "gw")["batch_id"]  # no daemon here: it stays received
+    for tok, status in ((None, 401), (stack.ops_token, 403), (token, 401)):
+        r = httpx.post(f"{stack.url}/v1/batches/{batch}/withdraw", json={"reason": "r"},
+                       headers={"Authorization": f"Bearer {tok}"} if tok else {})
+        assert r.status_code == status and set(r.json()) == {"error", "detail"}
+    assert client.get(f"/v1/batches/{batch}")["status"] == "received"
+    withdrawn = client.withdraw(batch, "mislabelled")
+    assert withdrawn["status"] == "rejected" and withdrawn["detail"].endswith(": mislabelled")
+    assert client.get(f"/v1/batches/{batch}")["status"] == "rejected"
+    with pytest.raises(ApiError) as err:
+        client.withdraw(batch, "again")
+    assert err.value.status == 409 and "can be withdrawn" in err.value.detail
+    with pytest.raises(ApiError) as err:
+        client.withdraw("0" * 64, "unknown")
+    assert err.value.status == 404
