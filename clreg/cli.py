@@ -31,7 +31,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from clreg import context, demo, doctor, embedded, faults, site_cli, terminal
+from clreg import context, demo, doctor, embedded, faults, site_cli, status_view, terminal
 from clreg.client import ApiError, Client, npz_bytes
 from clreg.daemon import Daemon
 from clreg.errors import ClregError
@@ -206,35 +206,13 @@ app.command("doctor")(doctor.command)
 
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
-    """Models and their production version; daemons with their last heartbeat; stuck batches; abandoned candidates."""
+    """Models and their production version; daemons with their last heartbeat and the stack's memory; stuck,
+    waiting and not learnt batches and sites; abandoned candidates."""
     client = _client()
     models, pipeline = client.get("/v1/models"), client.get("/v1/status")
     if as_json:
         return _emit({"models": models, **pipeline}, True)
-    table = Table("model", "production", "input", "classes")
-    for m in models:
-        spec = m["input"]
-        table.add_row(m["name"], str(m["aliases"].get("production", "-")),
-                      f"{spec['channels']}x{spec['height']}x{spec['width']}", str(spec["classes"]))
-    console.print(table)
-    daemons = Table("daemon", "state", "process", "last heartbeat", "doing", "finished")
-    for d in pipeline["daemons"]:
-        who, beat = d["heartbeat"]["incarnation"], d["heartbeat"]
-        state = "alive" if d["alive"] else ("stopped" if beat["stopped"] else "[red]dead[/]")
-        daemons.add_row(who["name"], state, f"{who['pid']}@{who['host']}", f"{d['seconds_since_beat']:.0f} s ago",
-                        beat["doing"] or "-", str(beat["processed"]))
-    console.print(daemons)
-    console.print(f"ingest backlog: {pipeline['backlog']}")
-    for b in pipeline["stuck"]:
-        console.print(f"[yellow]stuck[/] batch {b['batch_id'][:12]} {b['status']} for {b['seconds']:.0f} s "
-                      f"{b['detail']}")
-    for v in pipeline["abandoned"]:
-        console.print(f"[yellow]abandoned[/] {v['model']} v{v['version']}: {v['reason']}")
-    for s in pipeline.get("not_learnt", []):
-        console.print(f"[yellow]not learnt[/] {s['model']}: site {s['site']} ({s['batches']} batches, "
-                      f"{s['waiting']} waiting)")
-    for w in pipeline.get("waiting", []):
-        console.print(f"[yellow]waiting[/] batch {w['batch_id'][:12]} of {w['model']} at {w['site']}: {w['detail']}")
+    status_view.show(console, models, pipeline)
 
 
 @app.command()

@@ -21,6 +21,7 @@ from clreg import pipeline, shadowing, watch
 from clreg.context import Context
 from clreg.dispatch import Dispatcher
 from clreg.learner.errors import TrainingInterrupted
+from clreg.memory import stack_memory
 from clreg.registry.daemons import Daemons, incarnation, this_host
 from clreg.registry.errors import LeaseLost, NotFound, RegistryError, StoreUnavailable
 from clreg.registry.events import IngestQueue
@@ -142,7 +143,7 @@ class Daemon:
     def heartbeat(self) -> None:
         """Periodic job: say this daemon lives, and keep its pending entries from being claimed."""
         try:
-            self.daemons.beat(self.me, doing=self.doing, processed=self.processed)
+            self.daemons.beat(self.me, doing=self.doing, processed=self.processed, memory=stack_memory())
             self.queue.touch()
         except RegistryError as e:
             log.warning("heartbeat failed: %s", e)

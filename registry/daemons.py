@@ -17,7 +17,7 @@ import uuid
 
 from clreg.registry.connection import translated
 from clreg.registry.errors import Conflict
-from clreg.registry.records import Heartbeat, Incarnation, check_name, parse
+from clreg.registry.records import Heartbeat, Incarnation, ProcessMemory, check_name, parse
 from clreg.registry.store import RedisRegistry
 
 
@@ -98,8 +98,9 @@ class Daemons:
         return None if raw is None else parse(Heartbeat, raw)
 
     @translated
-    def beat(self, me: Incarnation, doing: str = "", processed: int = 0, stopped: bool = False) -> None:
-        beat = Heartbeat(incarnation=me, doing=doing, processed=processed, stopped=stopped)
+    def beat(self, me: Incarnation, doing: str = "", processed: int = 0, stopped: bool = False,
+             memory: list[ProcessMemory] | None = None) -> None:
+        beat = Heartbeat(incarnation=me, doing=doing, processed=processed, stopped=stopped, memory=memory or [])
         pipe = self._reg.r.pipeline(transaction=True)
         if stopped:
             pipe.delete(self._key(me.name))

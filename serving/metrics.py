@@ -168,7 +168,12 @@ def _pipeline(status: PipelineStatus) -> list[Metric]:
                                    "version has not learnt", labels=["model", "site"])
     for line in status.not_learnt:
         not_learnt.add_metric([line.model, line.site], 1.0)
-    return [backlog, stuck, up, beat, waiting, not_learnt]
+    rss = GaugeMetricFamily("clreg_process_resident_bytes", "Resident memory of each process under a live daemon "
+                            "(under clreg up: the whole local stack)", labels=["daemon", "pid", "process"])
+    for line in status.daemons:
+        for proc in line.heartbeat.memory if line.alive else []:
+            rss.add_metric([line.heartbeat.incarnation.name, str(proc.pid), proc.name], proc.rss_bytes)
+    return [backlog, stuck, up, beat, waiting, not_learnt, rss]
 
 
 def _alerts_by_kind(alerts: list[Event]) -> CounterMetricFamily:
