@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,10 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

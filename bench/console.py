@@ -46,8 +46,8 @@ PAGES = {  # page -> the JSON route with the same figures
 }
 
 
-def fill(reg: RedisRegistry, store: ArtifactStore) -> None:
-    """The model, its sites, versions with gate reports, drift reports and alerts."""
+def fill(reg: RedisRegistry, store: ArtifactStore, count: int = VERSIONS) -> None:
+    """The model, its sites, `count` versions with gate reports, drift reports and alerts."""
     reg.create_model(Model(name=MODEL, factory="clreg.learner.models:small_cnn",
                            input=InputSpec(channels=1, height=16, width=16, classes=2)))
     for s in SITES:
@@ -60,7 +60,7 @@ def fill(reg: RedisRegistry, store: ArtifactStore) -> None:
     artifacts = {"weights": store.put(weights_to_bytes(small_cnn(1, 16, 16, 2))),
                  "calibration": store.put(Calibration(model=MODEL, sites=dict.fromkeys(SITES, fit),
                                                       pooled=fit).model_dump_json().encode())}
-    for n in range(1, VERSIONS + 1):
+    for n in range(1, count + 1):
         version = reg.register_version(ModelVersion(model=MODEL, number=n, lineage=Lineage(sites=list(SITES)),
                                                     artifacts=artifacts))
         passed = n % 4 != 0

@@ -214,16 +214,47 @@ def verdicts(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "failed_requests": sum(r["errors"] for r in rows)}
 
 
+def alone(seconds: float, rounds: int) -> dict[str, Any]:
+    """The row a user meets (bench/serving_alone.py): clreg up against bare Serve alone on the box, per clients,
+    medians over rounds, and the ratio."""
+    from bench import serving_alone
+
+    rows = serving_alone.run(seconds, rounds, CLIENTS)
+    cells = {}
+    for clients in CLIENTS:
+        for side in ("clreg up", "bare alone"):
+            cell = [r for r in rows if (r["side"], r["clients"]) == (side, clients)]
+            medians = {k: float(np.median([c[k] for c in cell])) for k in ("rps", "p50_ms", "p99_ms")}
+            cells[f"{side}@{clients}"] = {**medians, "errors": sum(c["errors"] for c in cell)}
+    ratios = {c: cells[f"clreg up@{c}"]["rps"] / cells[f"bare alone@{c}"]["rps"] for c in CLIENTS}
+    table = Table(title="the stack as clreg up starts it against bare Serve alone on the box (small CNN, 1x16x16)")
+    for col in ("clients", "req/s clreg up", "req/s bare alone", "clreg up / bare", "p50 / p99 ms clreg up",
+                "p50 / p99 ms bare", "failed"):
+        table.add_column(col)
+    for c in CLIENTS:
+        a, b = cells[f"clreg up@{c}"], cells[f"bare alone@{c}"]
+        table.add_row(str(c), f"{a['rps']:.0f}", f"{b['rps']:.0f}", f"{ratios[c]:.2f}",
+                      f"{a['p50_ms']:.1f} / {a['p99_ms']:.1f}", f"{b['p50_ms']:.1f} / {b['p99_ms']:.1f}",
+                      str(int(a["errors"] + b["errors"])))
+    Console(width=160).print(table)
+    return {"rows": rows, "cells": cells, "ratios": {str(c): r for c, r in ratios.items()},
+            "clreg_up>=0.9x_bare_alone": all(r >= 0.9 for r in ratios.values()),
+            "failed_requests": sum(r["errors"] for r in rows)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=4.0, help="per cell (model x clients x setting)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--alone-seconds", type=float, default=8.0, help="per cell of the clreg up row")
+    parser.add_argument("--alone-rounds", type=int, default=2)
     args = parser.parse_args()
     started = time.perf_counter()
     rows = run(args.seconds, args.rounds)
     summary = summarise(rows)
     print_table(summary)
     checks = verdicts(summary)
+    stack_row = alone(args.alone_seconds, args.alone_rounds)
     Console().print(checks)
     settings = {"seconds_per_cell": args.seconds, "rounds": args.rounds, "models": MODELS, "batching": SETTINGS,
                 "clients": CLIENTS,
@@ -232,6 +263,7 @@ def main() -> None:
                 "baseline": "bare Serve deployment of the same networks (JSON in, softmax out), same replica options"}
     path = write_result("serving", {"machine": machine_info(), "versions": versions("ray", "torch", "httpx"),
                                     "settings": settings, "summary": summary, "verdicts": checks, "rows": rows,
+                                    "clreg_up_vs_bare_alone": stack_row,
                                     "seconds": time.perf_counter() - started})
     Console().print(f"wrote {path}")
 
