@@ -238,6 +238,42 @@ def realnet(r: Json) -> str:
             f"{serving_table}\n\nSwaps under load and peak memory:\n\n{rest_table}")
 
 
+def scale(r: Json) -> str:
+    """bench/scale.py: each step's seconds at the checkpoints, quality against the ceiling, verdicts, costs."""
+    s, res = r["summary"], r["result"]
+    steps = ("push_to_verdict", "drift", "train", "fisher", "reference", "calibration", "gate", "promote")
+    rows = [[str(k), *(f"**{seconds(row[st])}**" if st == "push_to_verdict" else seconds(row[st]) for st in steps)]
+            for k, row in s["steps_at"].items()]
+    timing = table(["learnt sites", "push to verdict s", "drift s", "train s", "Fisher s", "reference s",
+                    "calibration s", "gate s", "promote s"], rows)
+    served, cand = s["served"], s["candidates"]
+    quality = table(["", "ACC", "BWT", "forgetting", "ACC / joint"], [
+        ["served versions", num(served["ACC"]), f"{served['BWT']:+.3f}", num(served["forgetting"]),
+         f"**{served['ACC'] / s['joint_ACC']:.3f}**"],
+        ["candidates before their gate", num(cand["ACC"]), f"{cand['BWT']:+.3f}", num(cand["forgetting"]),
+         f"{cand['ACC'] / s['joint_ACC']:.3f}"],
+        ["joint training, per-site BatchNorm (ceiling)", num(s["joint_ACC"]), "-", "-", "1.000"]])
+    cost, pages, idle = res["registry_cost"], res["pages_at_1000_versions"], res["idle_stack"]
+    verdicts = ", ".join(f"{n} {k}" for k, n in sorted(s["verdicts"].items()))
+    veto = "none" if s["smallest_veto_images"] is None else f"{s['smallest_veto_images']:g} images"
+    new_bytes = cost["artifact_new_bytes_per_version"]
+    lines = [
+        f"Push to verdict at the {max(s['steps_at'])}th site / at the {min(s['steps_at'])}th: "
+        f"**{s['push_to_verdict_ratio']:.2f}x**. Verdicts: {verdicts}; sites in the final served lineage: "
+        f"{s['sites_in_final_lineage']} of {len(res['updates'])}; the smallest veto: {veto}.",
+        f"Worst site {s['worst_site']}: {num(s['worst_site_acc'])} ({s['worst_site_over_its_joint']:.2f}x its "
+        "ceiling).",
+        f"Registry: Valkey {mib(cost['valkey_bytes'])} MiB, {cost['valkey_bytes_per_version'] / 1024:.1f} KiB a "
+        f"version, {cost['valkey_bytes_per_site'] / 1024:.1f} KiB a site; artifacts "
+        f"{mib(sum(new_bytes) / max(len(new_bytes), 1))} MiB new a version (mean).",
+        f"At {pages['versions']} versions: `{pages['versions_json']['path']}` p50 "
+        f"{num(pages['versions_json']['p50_ms'])} ms, the console's model page p50 "
+        f"{num(pages['console_model_page']['p50_ms'])} ms.",
+        f"Idle `clreg up` after one update: **{idle['rss_bytes'] / 2**30:.2f} GiB** in {len(idle['processes'])} "
+        "processes."]
+    return f"{timing}\n\n{quality}\n\n" + "\n".join(f"- {line}" for line in lines)
+
+
 CALIBRATION_SITES = ("base", "contrast", "blur-noise", "speckle", "inverted", "mean")
 
 
@@ -410,6 +446,7 @@ RENDERERS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {  # block: (r
     "swap": (("swap",), lambda: swap(load("swap"))),
     "multiplex": (("multiplex",), lambda: multiplex(load("multiplex"))),
     "realnet": (("realnet",), lambda: realnet(load("realnet"))),
+    "scale": (("scale",), lambda: scale(load("scale"))),
 }
 BLOCK = re.compile(r"<!-- table:(?P<name>[\w-]+) -->\n.*?<!-- /table:(?P=name) -->", re.S)
 
