@@ -98,9 +98,10 @@ class TrainConfig(BaseModel):
     mixed_precision: bool = True  # autocast in the training forward on CUDA (learner.optim); no effect on CPU
     val_fraction: float = Field(default=0.0, ge=0, lt=1)  # 0: no validation split, no early stopping
     replay_weight: float = Field(default=1.0, ge=0)  # weight of the replayed minibatch's loss (0: no rehearsal)
-    # Remembered sites replayed per step (a minibatch each, taking turns); None: every one of them, every step,
-    # so a step's cost grows with the number of sites.
-    replay_sites_per_step: int | None = Field(default=None, ge=1)
+    # Remembered sites replayed per step (a minibatch each, taking turns in shuffled rounds); None: every one of
+    # them, every step, so a step's cost grows with the number of sites (at fifty sites a step ran fifty replayed
+    # minibatches). 2: a step costs what it did with two earlier sites; bench/scale.py measures the forgetting.
+    replay_sites_per_step: int | None = Field(default=2, ge=1)
     # At least this many optimizer steps: a small site's few minibatches per epoch would otherwise leave it
     # under-trained (epochs are raised to reach it).
     min_steps: int = Field(default=0, ge=0)

@@ -77,4 +77,6 @@ def test_learn_relays_each_epoch_while_the_task_runs(registry: RedisRegistry, st
     assert registry.register_version(version).number == 1
     assert version.lineage.train_settings["epochs"] == chosen["settings"].get("epochs", 3)
     assert chosen["score"] == max(line["score"] for line in version.lineage.search)
-    assert set(version.artifacts) == {"weights", "ewc", "reference", "bn_bank", "calibration", "replay"}
+    assert set(version.artifacts) == {"weights", "ewc", "ewc/base/fisher", "ewc/base/anchor", "reference", "bn_bank",
+                                      "calibration", "replay", "replay/base", "scores"}
+    assert version.artifacts["ewc/base/anchor"] == version.artifacts["weights"]  # anchored at its own weights

@@ -13,10 +13,10 @@ from clreg.learner.train import TrainConfig
 from clreg.registry.batches import Limits, ingest
 from clreg.registry.events import IngestQueue
 from clreg.registry.findings import GateReport, SiteGate
-from clreg.registry.records import BatchStatus, InputSpec, Model, RetryPolicy, VersionStatus
+from clreg.registry.records import BatchStatus, InputSpec, Model, RetryPolicy, Site, VersionStatus
 from clreg.registry.status import StuckRule, pipeline_status
 from clreg.registry.store import RedisRegistry, StoreConfig
-from clreg.settings import GateConfig, RedisSettings, Settings
+from clreg.settings import GateConfig, RedisSettings, SearchConfig, Settings
 from tests import cheap
 
 
@@ -74,17 +74,23 @@ def test_forgetting_is_retried_with_a_stronger_penalty(registry: RedisRegistry, 
 @pytest.mark.integration
 def test_a_rejected_batch_waits_and_joins_the_next_update(registry: RedisRegistry, store_cfg: StoreConfig,
                                                           tmp_path: Path, ray_session: None) -> None:
-    def ctx_with(gate: GateConfig) -> context.Context:
+    def ctx_with(gate: GateConfig, search: SearchConfig) -> context.Context:
         settings = Settings(home=tmp_path, redis=RedisSettings(url=store_cfg.url, prefix=store_cfg.prefix),
-                            search=cheap.SEARCH, train=TrainConfig(epochs=2), gate=gate)
+                            search=search, train=TrainConfig(epochs=2), gate=gate)
         return context.build(settings, store_cfg, "http://127.0.0.1:0")
 
-    strict, usual = ctx_with(GateConfig(tolerance=0.0, forgetting_retries=0)), ctx_with(GateConfig())
+    # tolerance 0 without rehearsal (as above): base cannot be shown better, so v2 is rejected
+    no_replay = cheap.SEARCH.model_copy(update={"candidates": [{**c, "replay_weight": 0.0}
+                                                               for c in cheap.SEARCH.candidates]})
+    strict = ctx_with(GateConfig(tolerance=0.0, forgetting_retries=0), no_replay)
+    usual = ctx_with(GateConfig(), cheap.SEARCH)
     registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
                                 input=InputSpec(channels=1, height=16, width=16, classes=10)))
     queue = IngestQueue(registry)
     queue.ensure_group()
     sites = digits_sites(seed=4, names=("base", "inverted", "contrast"))
+    for site in sites:
+        registry.add_site(Site(name=site.name, token_sha256="0" * 64))
     ids = [ingest(registry, usual.artifacts, queue, usual.events, "m", s.name,
                   npz_bytes(to_uint8(s.x[:120]), s.y[:120]), Limits())[0].id for s in sites]
     pipeline.process(usual, pipeline.Worker(), ids[0])
@@ -95,7 +101,9 @@ def test_a_rejected_batch_waits_and_joins_the_next_update(registry: RedisRegistr
     assert registry.batches.pending("m") == [ids[1]] and registry.resolve("m") == 1
     status = pipeline_status(registry, StuckRule(after_s=1e-6, waiting_after_s=1e-6))
     assert [(w.batch_id, w.updates) for w in status.waiting] == [(ids[1], 1)]
-    assert [(s.site, s.learnt, s.waiting) for s in status.not_learnt] == [("inverted", False, 1)]
+    # contrast pushed already, not learnt yet either
+    assert [(s.site, s.learnt, s.waiting) for s in status.not_learnt] == [("contrast", False, 0),
+                                                                         ("inverted", False, 1)]
     assert ids[1] not in {b.batch_id for b in status.stuck}  # waiting by design, not stuck
     pipeline.process(usual, pipeline.Worker(), ids[2])  # the next batch's update learns both
     production = registry.get_version("m", registry.resolve("m"))

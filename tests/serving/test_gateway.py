@@ -248,7 +248,7 @@ def test_cli_pushes_a_folder_of_dicom_files(stack: Stack, client: Client, token:
 def test_an_admin_withdraws_a_waiting_batch_and_nobody_else_can(stack: Stack, client: Client, token: str) -> None:
     body = npz_bytes(np.full((6, 8, 8), 9, np.uint8), np.array([0, 1, 2, 0, 1, 2]))
     batch = client.push("gw-site", token, body, "gw")["batch_id"]  # no daemon here: it stays received
-    for tok, status in ((None, 401), (stack.ops_token, 403), (token, 401)):
+    for tok, status in ((None, 401), (stack.ops_token, 403), (token, 403)):
         r = httpx.post(f"{stack.url}/v1/batches/{batch}/withdraw", json={"reason": "r"},
                        headers={"Authorization": f"Bearer {tok}"} if tok else {})
         assert r.status_code == status and set(r.json()) == {"error", "detail"}
