@@ -36,7 +36,6 @@ from clreg.client import ApiError, Client, npz_bytes
 from clreg.daemon import Daemon
 from clreg.errors import ClregError
 from clreg.model_cli import models_app
-from clreg.registry.connection import StoreConfig
 from clreg.registry.dicom import dicom_study
 from clreg.registry.errors import RegistryError, StoreUnavailable
 from clreg.registry.store import RedisRegistry
@@ -85,7 +84,7 @@ def daemon_cmd(name: Annotated[str | None, typer.Option(help="consumer name, one
         settings = settings.model_copy(update={"daemon": settings.daemon.model_copy(update={"name": name})})
     _logging()
     faults.arm(settings.faults)
-    store = StoreConfig(url=embedded.redis_url(settings), prefix=settings.redis.prefix)
+    store = settings.redis.store(embedded.redis_url(settings))
     RedisRegistry(store).ping()  # before Ray starts: a Redis that does not answer is one line, at once
     embedded.start_ray(settings.ray)
     daemon = Daemon(context.build(settings, store, _public_url(settings)), settings.daemon)
@@ -103,7 +102,7 @@ def serve_cmd() -> None:
     """Deploy or update the Serve applications on the Ray cluster (CLREG_RAY__ADDRESS), then exit."""
     settings = _settings()
     _logging()
-    store = StoreConfig(url=embedded.redis_url(settings), prefix=settings.redis.prefix)
+    store = settings.redis.store(embedded.redis_url(settings))
     RedisRegistry(store).ping()  # before Ray starts: a Redis that does not answer is one line, at once
     embedded.start_ray(settings.ray)
     try:

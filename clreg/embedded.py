@@ -118,8 +118,8 @@ def start_valkey(home: Home, password: str, notes: list[str]) -> Valkey:
 
 def redis_url(settings: Settings) -> str:
     """The Redis a role talks to: CLREG_REDIS__URL, else the embedded Valkey a `clreg up` runs for this home."""
-    if settings.redis.url:
-        return settings.redis.url
+    if settings.redis.url or settings.redis.sentinels:  # through Sentinel the url is optional: user, password, TLS
+        return settings.redis.url or "redis://127.0.0.1:6379/0"
     home = Home(settings.home)
     rec = home.recorded("valkey")
     if rec and start_time(rec["pid"]) == rec.get("started"):
@@ -189,7 +189,7 @@ class Stack:
 
     @property
     def store(self) -> StoreConfig:
-        return StoreConfig(url=self.redis_url, prefix=self.settings.redis.prefix)
+        return self.settings.redis.store(self.redis_url)
 
     def serving(self) -> ServingConfig:
         return serving_config(self.settings, self.store, self.secrets)

@@ -23,7 +23,6 @@ from typing import Any
 from ray.serve import Application
 
 from clreg import embedded
-from clreg.registry.connection import StoreConfig
 from clreg.serving import deploy
 from clreg.serving.config import ServingConfig
 from clreg.settings import Settings
@@ -35,7 +34,7 @@ DIGEST_VARIABLES = {"admin_token_sha256": "CLREG_SERVE__ADMIN_TOKEN_SHA256",
 
 def serving_config(settings: Settings) -> ServingConfig:
     """The serving settings as `clreg serve` makes them, with the token digests from the settings when given."""
-    store = StoreConfig(url=embedded.redis_url(settings), prefix=settings.redis.prefix)
+    store = settings.redis.store(embedded.redis_url(settings))
     given = {field: getattr(settings.serve, field) for field in DIGEST_VARIABLES}
     if not any(given.values()):
         return embedded.serving_config(settings, store, embedded.secrets(settings.home))

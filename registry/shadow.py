@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from clreg.registry.connection import translated
+from clreg.registry.connection import Command, Write, translated
 from clreg.registry.errors import Conflict
 from clreg.registry.records import Name, Record, ShadowPolicy, VersionView, check_name, now, parse
 from clreg.registry.store import RedisRegistry
@@ -91,20 +91,20 @@ class Shadows:
         key, generation = self._run_key(run.model), self._reg.key("serving", "generation")
         started: list[bool] = []
 
-        def txn(pipe: redis.client.Pipeline) -> None:
+        def txn(pipe: redis.client.Pipeline) -> list[Write]:
             raw = pipe.get(key)
             if raw is not None:
                 current = parse(ShadowRun, raw)
                 if current.version != run.version:
                     raise Conflict(f"version {current.version} of {run.model} is mirrored already")
                 started[:] = [False]
-                return
+                return []
             pipe.multi()
             pipe.set(key, run.model_dump_json())
-            pipe.incr(generation)
             started[:] = [True]
+            return [Command("INCR", generation)]  # on a cluster right after EXEC (see RedisRegistry.promote)
 
-        self._reg.r.transaction(txn, key)
+        self._reg.writer.transaction(txn, key)
         return started[0]
 
     @translated
@@ -112,15 +112,15 @@ class Shadows:
         """Stop mirroring `version` (nothing when another version, or none, is mirrored)."""
         key = self._run_key(model)
 
-        def txn(pipe: redis.client.Pipeline) -> None:
+        def txn(pipe: redis.client.Pipeline) -> list[Write]:
             raw = pipe.get(key)
             if raw is None or parse(ShadowRun, raw).version != version:
-                return
+                return []
             pipe.multi()
             pipe.delete(key)
-            pipe.incr(self._reg.key("serving", "generation"))
+            return [Command("INCR", self._reg.key("serving", "generation"))]
 
-        self._reg.r.transaction(txn, key)
+        self._reg.writer.transaction(txn, key)
 
     @translated
     def active(self, model: str) -> ShadowRun | None:

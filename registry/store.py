@@ -23,6 +23,11 @@ Key schema (every key under `cfg.prefix`, so deployments can share one Redis):
     {p}:serving:generation          int   bumped by every alias move and site change: what replicas poll
     {p}:serving:replicas            hash  what each live replica serves (registry/replicas.py)
     {p}:model:{m}:shadow            JSON  the candidate mirrored on live traffic; replicas watch it (registry/shadow.py)
+
+On a Redis Cluster (StoreConfig.cluster) the same keys carry a hash tag naming what they belong to, so that a
+model's keys, its events stream and its lease share one slot: `{p}:{model:m}:status`, `{p}:{model:m}:events`,
+`{p}:{model:m}:lock`, `{p}:{daemons}:daemon:x`, `{p}:{webhooks}:due` (registry.connection.key_name). Keys on one
+Redis keep the names above.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from collections.abc import Callable, Sequence
 import redis
 
 from clreg.registry.batchstore import Batches
-from clreg.registry.connection import Durability, StoreConfig, StreamEntry, connect, translated
+from clreg.registry.connection import Command, StoreConfig, StreamEntry, Write, connect, key_name, translated
 from clreg.registry.errors import Conflict, LeaseLost, NotFound, StoreRefused
 from clreg.registry.records import (
     NEVER_SERVED,
@@ -49,6 +54,7 @@ from clreg.registry.records import (
     parse,
 )
 from clreg.registry.reports import Reports
+from clreg.registry.writes import Writer
 
 # Number and write a version in one step: no gaps, no duplicates, whatever the number of writers; with a
 # fence (KEYS[5] must still hold ARGV[3], the writer's lease), nothing at all once the lease was lost.
@@ -79,12 +85,12 @@ class RedisRegistry:
         self.r = client if client is not None else connect(cfg)
         self._register = self.r.register_script(_REGISTER)
         self._by_alias = self.r.register_script(_BY_ALIAS)
-        self.durability = Durability(self.r, cfg)
-        self.reports = Reports(self.r, self.key)
-        self.batches = Batches(self.r, self.key, self.durability)
+        self.writer = Writer(self.r, cfg)
+        self.reports = Reports(self.r, self.key, self.writer)
+        self.batches = Batches(self.r, self.key, self.writer)
 
     def key(self, *parts: str | int) -> str:
-        return ":".join([self.cfg.prefix, *map(str, parts)])
+        return key_name(self.cfg, parts)
 
     @translated
     def ping(self) -> bool:
@@ -175,7 +181,7 @@ class RedisRegistry:
             if gate_report_id is not None:
                 pipe.hset(self.key("model", model, "gate"), number, gate_report_id)
 
-        self.r.transaction(txn, self.key("model", model, "status"), self.key("model", model, "aliases"))
+        self.writer.transaction(txn, self.key("model", model, "status"), self.key("model", model, "aliases"))
 
     @translated
     def gate_report_id(self, model: str, number: int) -> str | None:
@@ -252,7 +258,7 @@ class RedisRegistry:
         status_key, alias_key = self.key("model", model, "status"), self.key("model", model, "aliases")
         change: list[AliasChange] = []
 
-        def txn(pipe: redis.client.Pipeline) -> None:
+        def txn(pipe: redis.client.Pipeline) -> list[Write]:
             if fence is not None and pipe.get(fence[0]) != fence[1]:
                 raise LeaseLost(f"{model} v{number} not promoted: the update lease was taken over")
             status = pipe.hget(status_key, number)
@@ -270,13 +276,13 @@ class RedisRegistry:
                     pipe.hset(status_key, previous, VersionStatus.BLESSED.value)
                 pipe.hset(status_key, number, VersionStatus.PRODUCTION.value)
             pipe.rpush(self.key("model", model, "alias", alias, "history"), rec.model_dump_json())
-            pipe.incr(self.key("serving", "generation"))
-            for entry in audit(rec) if audit else ():
-                entry.add_to(pipe)
             change[:] = [rec]
+            # On a cluster the generation bump (and an alert's copy on the alerts stream) follow EXEC: a process
+            # dying in between leaves replicas on the old version until the next bump, and a retried promotion
+            # (the same move again) bumps it; the alias, its history and the model's events are atomic.
+            return [Command("INCR", self.key("serving", "generation")), *(audit(rec) if audit else ())]
 
-        self.r.transaction(txn, status_key, alias_key, *([fence[0]] if fence else []))
-        self.durability.wait()
+        self.writer.transaction(txn, status_key, alias_key, *([fence[0]] if fence else []), acknowledge=True)
         return change[0]
 
     @translated
@@ -326,7 +332,7 @@ class RedisRegistry:
     def sites(self) -> list[Site]:
         """Every site record in two round trips (the replicas poll this for thresholds)."""
         names = self.list_sites()
-        raws = self.r.mget([self.key("site", n) for n in names]) if names else []
+        raws = self.writer.mget([self.key("site", n) for n in names])
         return [parse(Site, raw) for raw in raws if raw is not None]
 
 
