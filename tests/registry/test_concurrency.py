@@ -10,6 +10,8 @@ from clreg.registry.errors import Conflict, NotFound
 from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
 from clreg.registry.store import RedisRegistry, StoreConfig
 
+ON_CLUSTER = True  # tests that take a registry run on one Redis and on a Redis Cluster (conftest.py)
+
 UNSERVABLE = {VersionStatus.REJECTED, VersionStatus.ARCHIVED, VersionStatus.CANDIDATE}
 
 

@@ -14,6 +14,8 @@ from clreg.registry.errors import Conflict
 from clreg.registry.events import IngestQueue
 from clreg.registry.store import RedisRegistry
 
+ON_CLUSTER = True  # tests that take a registry run on one Redis and on a Redis Cluster (conftest.py)
+
 
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import redis
 
+from clreg.registry.connection import connect
 from clreg.registry.inputs import CheckedEstimate, InputLog, InputLogConfig
 from clreg.registry.store import RedisRegistry, StoreConfig
+
+ON_CLUSTER = True  # tests that take a registry run on one Redis and on a Redis Cluster (conftest.py)
 
 
 def log(store_cfg: StoreConfig, **cfg: float) -> InputLog:
@@ -23,7 +25,7 @@ def test_recent_gives_back_the_exact_images_oldest_first(registry: RedisRegistry
     np.testing.assert_array_equal(inputs.recent("cnn", 2), x[3:])
     assert inputs.recent("other", 10).shape[0] == 0
     # Raw bytes, not pickle: the entry is the image's float32 buffer and its shape.
-    fields = redis.Redis.from_url(store_cfg.url).xrange("clreg-test:inputs:cnn", count=1)[0][1]
+    fields = connect(store_cfg, decode_responses=False).xrange("clreg-test:inputs:cnn", count=1)[0][1]
     assert fields == {b"x": x[0].tobytes(), b"shape": b"1,4,3", b"version": b"1", b"site": b""}
 
 

@@ -16,6 +16,8 @@ from clreg.registry.leases import Lease
 from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion
 from clreg.registry.store import RedisRegistry
 
+ON_CLUSTER = True  # tests that take a registry run on one Redis and on a Redis Cluster (conftest.py)
+
 
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -19,6 +19,8 @@ from clreg.registry.store import RedisRegistry
 from clreg.registry.webhooks import WebhookStore, new_subscription
 from tests.registry.test_batches import _npz
 
+ON_CLUSTER = True  # tests that take a registry run on one Redis and on a Redis Cluster (conftest.py)
+
 
 def _deployment(store_cfg: StoreConfig, prefix: str, tmp_path: Path) -> RedisRegistry:
     """One deployment's every kind of write, under `prefix`."""

@@ -13,6 +13,8 @@ from clreg.registry.promotion import promote
 from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
 from clreg.registry.store import RedisRegistry
 
+ON_CLUSTER = True  # tests that take a registry run on one Redis and on a Redis Cluster (conftest.py)
+
 
 @pytest.fixture
 def two(registry: RedisRegistry) -> RedisRegistry:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from clreg.registry.replicas import ReplicaBeat, Replicas
 from clreg.registry.store import RedisRegistry
 
+ON_CLUSTER = True  # tests that take a registry run on one Redis and on a Redis Cluster (conftest.py)
+
 
 def test_served_means_every_live_replica(registry: RedisRegistry) -> None:
     replicas = Replicas(registry, beat_interval_s=1.0)

@@ -25,6 +25,8 @@ from clreg.registry.records import (
 from clreg.registry.retention import Retention, RetentionConfig, select
 from clreg.registry.store import RedisRegistry
 
+ON_CLUSTER = True  # tests that take a registry run on one Redis and on a Redis Cluster (conftest.py)
+
 POLICY = RetentionConfig(keep_last=3, protect_promotions=2, min_age_s=0)
 WIDE = POLICY.model_copy(update={"statuses": frozenset({VersionStatus.CANDIDATE, VersionStatus.REJECTED,
                                                         VersionStatus.BLESSED})})

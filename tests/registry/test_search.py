@@ -7,6 +7,8 @@ import pytest
 from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, VersionStatus
 from clreg.registry.store import RedisRegistry
 
+ON_CLUSTER = True  # tests that take a registry run on one Redis and on a Redis Cluster (conftest.py)
+
 T0 = 1_700_000_000.0
 
 

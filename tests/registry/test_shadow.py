@@ -10,6 +10,8 @@ from clreg.registry.records import ShadowPolicy
 from clreg.registry.shadow import NO_SITE, ShadowCounts, ShadowRun, Shadows
 from clreg.registry.store import RedisRegistry
 
+ON_CLUSTER = True  # tests that take a registry run on one Redis and on a Redis Cluster (conftest.py)
+
 
 def test_a_run_starts_once_and_moves_the_serving_generation(registry: RedisRegistry) -> None:
     shadows = Shadows(registry)

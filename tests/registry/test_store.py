@@ -13,6 +13,7 @@ from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, Vers
 from clreg.registry.store import RedisRegistry
 
 SPEC = InputSpec(channels=1, height=16, width=16, classes=10)
+ON_CLUSTER = True  # tests that take a registry run on one Redis and on a Redis Cluster (conftest.py)
 
 
 def _model(reg: RedisRegistry, name: str = "m") -> Model:
@@ -154,3 +155,29 @@ def test_production_holder_keeps_its_status_until_the_alias_moves(registry: Redi
     registry.promote("m", v2.number, who="ops", reason="second")
     registry.set_status("m", v1.number, VersionStatus.REJECTED)
     assert (registry.status("m", 1), registry.status("m", 2)) == (VersionStatus.REJECTED, VersionStatus.PRODUCTION)
+
+
+def test_a_models_keys_share_one_slot_on_a_cluster_and_keep_their_names_on_one_redis(registry: RedisRegistry,
+                                                                                       backend: str) -> None:
+    from redis.crc import key_slot
+
+    from clreg.registry.leases import Lease
+
+    _model(registry)
+    lease = Lease(registry, "m")
+    assert lease.acquire()
+    registry.register_version(ModelVersion(model="m", number=1, lineage=Lineage()), fence=lease.fence())
+    registry.promote("m", 1, who="ops", reason="slots", fence=lease.fence())
+    EventLog(registry).append("m", "gate.failed", version=1)
+    keys = {k for k in registry.r.scan_iter() if k.startswith("clreg-test:")}
+    if backend == "cluster":
+        of_model = {k for k in keys if k.startswith("clreg-test:{model:m}")}
+        assert {"clreg-test:{model:m}", "clreg-test:{model:m}:lock", "clreg-test:{model:m}:events",
+                "clreg-test:{model:m}:aliases", "clreg-test:{model:m}:v:1"} <= of_model
+        assert len({key_slot(k.encode()) for k in of_model}) == 1
+        assert keys - of_model == {"clreg-test:models", "clreg-test:serving:generation", "clreg-test:alerts"}
+    else:  # the names existing deployments have
+        assert {"clreg-test:model:m", "clreg-test:lock:m", "clreg-test:events:m", "clreg-test:model:m:aliases",
+                "clreg-test:model:m:v:1", "clreg-test:models", "clreg-test:serving:generation",
+                "clreg-test:alerts"} <= keys
+    lease.release()

@@ -22,6 +22,7 @@ from clreg.registry.webhooks import (
 )
 
 SECRET = "whsec_test"
+ON_CLUSTER = True  # tests that take a registry run on one Redis and on a Redis Cluster (conftest.py)
 
 
 def test_signature_is_hmac_sha256_over_timestamp_and_body() -> None:

@@ -18,6 +18,8 @@ from clreg.registry.records import BatchState, BatchStatus, InputSpec, Model
 from clreg.registry.store import RedisRegistry
 from clreg.registry.withdrawal import withdraw
 
+ON_CLUSTER = True  # tests that take a registry run on one Redis and on a Redis Cluster (conftest.py)
+
 
 def _batch(registry: RedisRegistry, tmp_path: Path, seed: int) -> str:
     registry.create_model(Model(name="m", factory="clreg.learner.models:small_cnn",
