@@ -107,6 +107,7 @@ def ingest(registry: RedisRegistry, artifacts: ArtifactStore, queue: IngestQueue
     batch_id = batch_key(model, site, data)
     existing = _existing(registry, batch_id)
     if existing is not None:
+        registry.batches.settle(existing)  # answered like the first push: only once it is acknowledged
         return existing, False
     train, heldout = split(y, batch_id, limits.heldout_fraction)
     batch = Batch(id=batch_id, model=model, site=site, samples=int(y.size),
@@ -119,7 +120,9 @@ def ingest(registry: RedisRegistry, artifacts: ArtifactStore, queue: IngestQueue
                queue.entry(model, batch_id)]
     stored = len(data) + (len(source) if source is not None else 0)
     if not registry.batches.add(batch, entries, stored_bytes=stored):  # a concurrent push of the same bytes won
-        return registry.batches.get(batch_id), False
+        existing = registry.batches.get(batch_id)
+        registry.batches.settle(existing)
+        return existing, False
     return batch, True
 
 

@@ -119,6 +119,16 @@ class Batches:
         self._writer.apply([Command("SET", record, (batch.model_dump_json(), "NX"))], acknowledge=True)
         return new
 
+    @translated
+    def settle(self, batch: Batch) -> None:
+        """Acknowledge a batch found stored (a duplicate push) as `add` acknowledges a new one: the first push may
+        have failed its WAIT, and its record may not be on a replica yet. WAIT waits for what its own connection
+        wrote, so this writes something after the record (a count of duplicate pushes) and waits for that. On a
+        cluster, where a batch's keys lie on several primaries, a duplicate is answered without waiting."""
+        if not self._writer.cluster:
+            self._writer.apply([Command("HINCRBY", self._key("site", batch.site, "usage"), ("duplicates", 1))],
+                               acknowledge=True)
+
     def _indexes(self, batch: Batch, state: BatchState, nx: bool) -> list[Command]:
         """The new batch's state, its place among the active batches and (on one Redis) in its model's listing."""
         state_key, active = self._key("batch", batch.id, "state"), self._key("batches", "active")

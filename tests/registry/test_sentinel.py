@@ -54,9 +54,13 @@ def test_the_registry_works_through_sentinel_and_waits_for_the_replica(sentinel:
     reg = RedisRegistry(sentinel.store("basic"))
     assert reg.cfg.replicas == 1  # Sentinel's default: an acknowledged write is on the replica too
     queue, log = _setup(reg)
-    batch, new = ingest(reg, ArtifactStore(str(tmp_path)), queue, log, "m", "s", _npz(0), Limits())
+    artifacts = ArtifactStore(str(tmp_path))
+    batch, new = ingest(reg, artifacts, queue, log, "m", "s", _npz(0), Limits())
     replica = sentinel.replica.client()
     assert new and replica.get(reg.key("batch", batch.id)) is not None  # WAITed for: on the replica on return
+    again, new_again = ingest(reg, artifacts, queue, log, "m", "s", _npz(0), Limits())
+    assert not new_again and again == batch  # a duplicate is acknowledged too (Batches.settle waited for this count):
+    assert replica.hget(reg.key("site", "s", "usage"), "duplicates") == "1"
     v = reg.register_version(ModelVersion(model="m", number=1, lineage=Lineage()))
     reg.promote("m", v.number, who="ops", reason="sentinel")
     assert replica.hget(reg.key("model", "m", "aliases"), "production") == "1"
