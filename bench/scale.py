@@ -163,10 +163,11 @@ def main() -> None:
     parser.add_argument("--per-site", type=int, default=70)
     parser.add_argument("--test-per-site", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoints", default=",".join(map(str, CHECKPOINTS)), help="learnt sites to report at")
     args = parser.parse_args()
     started = time.perf_counter()
     result = run(args)
-    summary = scale_parts.summarise(result, CHECKPOINTS)
+    summary = scale_parts.summarise(result, tuple(int(k) for k in args.checkpoints.split(",")))
     scale_parts.print_tables(result, summary)
     path = write_result("scale", {"machine": machine_info(), "versions": versions("torch", "ray", "evidently"),
                                   "settings": vars(args), "summary": summary, "result": result,

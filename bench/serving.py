@@ -248,7 +248,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--alone-seconds", type=float, default=8.0, help="per cell of the clreg up row")
     parser.add_argument("--alone-rounds", type=int, default=2)
+    parser.add_argument("--only-alone", action="store_true", help="only the clreg up row (a look, no result file)")
     args = parser.parse_args()
+    if args.only_alone:
+        Console().print(alone(args.alone_seconds, args.alone_rounds)["ratios"])
+        return
     started = time.perf_counter()
     rows = run(args.seconds, args.rounds)
     summary = summarise(rows)

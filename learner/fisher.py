@@ -14,6 +14,7 @@ The Fisher is always computed in float32, outside any autocast.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -131,7 +132,8 @@ def _conv2d_sq_grouped(m: nn.Conv2d, a: Tensor, d: Tensor) -> Tensor:
 
 def _unfolded(m: nn.Conv2d, a: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
     """The layer's input patches [N, C_in*k*k, P] and output gradients [N, C_out, P] (P output positions)."""
-    patches = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+    padding = cast(tuple[int, ...], m.padding)  # never a string here: _hookable leaves 'same' to vmap
+    patches = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=padding, stride=m.stride)
     return patches, d.flatten(2)
 
 

@@ -160,20 +160,30 @@ def _pipeline(status: PipelineStatus) -> list[Metric]:
     for line in status.daemons:
         up.add_metric([line.heartbeat.incarnation.name], float(line.alive))
         beat.add_metric([line.heartbeat.incarnation.name], line.heartbeat.at)
+    return [backlog, stuck, up, beat, *_learning(status), _memory(status)]
+
+
+def _learning(status: PipelineStatus) -> list[Metric]:
+    """Batches waiting after a rejected update, and sites with data their model's production has not learnt."""
     waiting = GaugeMetricFamily("clreg_batches_waiting", "Batches waiting after a rejected update to join the "
                                 "model's next one", labels=["model", "site"])
     for (model, site), n in sorted(collections.Counter((w.model, w.site) for w in status.waiting).items()):
         waiting.add_metric([model, site], n)
     not_learnt = GaugeMetricFamily("clreg_site_not_learnt", "1 for a site that pushed data its model's production "
                                    "version has not learnt", labels=["model", "site"])
-    for line in status.not_learnt:
-        not_learnt.add_metric([line.model, line.site], 1.0)
+    for learning in status.not_learnt:
+        not_learnt.add_metric([learning.model, learning.site], 1.0)
+    return [waiting, not_learnt]
+
+
+def _memory(status: PipelineStatus) -> Metric:
+    """Each live daemon's process tree, process by process (under clreg up: the whole local stack)."""
     rss = GaugeMetricFamily("clreg_process_resident_bytes", "Resident memory of each process under a live daemon "
                             "(under clreg up: the whole local stack)", labels=["daemon", "pid", "process"])
     for line in status.daemons:
         for proc in line.heartbeat.memory if line.alive else []:
             rss.add_metric([line.heartbeat.incarnation.name, str(proc.pid), proc.name], proc.rss_bytes)
-    return [backlog, stuck, up, beat, waiting, not_learnt, rss]
+    return rss
 
 
 def _alerts_by_kind(alerts: list[Event]) -> CounterMetricFamily:

@@ -11,7 +11,7 @@ from clreg.memory import stack_memory
 from clreg.registry.daemons import Daemons, incarnation
 from clreg.registry.status import StuckRule, pipeline_status
 from clreg.registry.store import RedisRegistry
-from clreg.serving.metrics import _pipeline
+from clreg.serving.metrics import _memory
 
 
 def test_the_process_tree_is_read_largest_first_and_reaches_the_heartbeat(registry: RedisRegistry) -> None:
@@ -31,7 +31,7 @@ def test_the_process_tree_is_read_largest_first_and_reaches_the_heartbeat(regist
         status = pipeline_status(registry, StuckRule())
         line = next(d for d in status.daemons if d.heartbeat.incarnation.name == "mem-test")
         assert line.alive and line.heartbeat.memory == memory
-        [rss] = [f for f in _pipeline(status) if f.name == "clreg_process_resident_bytes"]
+        rss = _memory(status)
         samples = {(s.labels["daemon"], s.labels["pid"]): s.value for s in rss.samples}
         assert samples[("mem-test", str(child.pid))] == mine.rss_bytes
     finally:
