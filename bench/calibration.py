@@ -35,6 +35,11 @@ from clreg.learner.sitebn import bank_from_bytes, site_model  # noqa: E402
 from clreg.learner.streams import digits_sites  # noqa: E402
 from clreg.learner.train import TrainConfig, train_site  # noqa: E402
 
+# what its results describe (bench/freshness.py: a later change to these makes them stale)
+EXERCISES = (
+    'learner/',
+)
+
 METHODS = ("none", "pooled", "per_site")
 Scored = dict[str, tuple[np.ndarray, np.ndarray]]  # site -> (held-out logits, labels)
 

@@ -36,6 +36,15 @@ from clreg.registry.store import RedisRegistry  # noqa: E402
 from clreg.serving.config import ServingConfig  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
 
+# what its results describe (bench/freshness.py: a later change to these makes them stale)
+EXERCISES = (
+    'serving/console.py',
+    'serving/console_data.py',
+    'serving/templates/',
+    'serving/gateway.py',
+    'bench/console.py',
+)
+
 MODEL, VERSIONS, ALERTS, DRIFT = "busy", 200, 1000, 200
 SITES = ("site-a", "site-b", "site-c", "site-d", "site-e")
 PAGES = {  # page -> the JSON route with the same figures

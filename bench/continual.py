@@ -52,6 +52,14 @@ from clreg.registry.events import IngestQueue  # noqa: E402
 from clreg.registry.records import InputSpec, Model, ModelVersion  # noqa: E402
 from clreg.settings import DEFAULT_CANDIDATES, RaySettings, RedisSettings, SearchConfig, Settings  # noqa: E402
 
+# what its results describe (bench/freshness.py: a later change to these makes them stale)
+EXERCISES = (
+    'learner/',
+    'clreg/',
+    'registry/gates.py',
+    'monitor/',
+)
+
 STREAMS = ("digits", "permuted", "harsh")
 METHODS: dict[str, list[dict[str, Any]]] = {
     "product": [dict(c) for c in DEFAULT_CANDIDATES],

@@ -44,6 +44,12 @@ from clreg.learner.train import TrainConfig, train_site
 from clreg.monitor.drift import DriftConfig, check_drift
 from clreg.monitor.features import FeatureConfig, Reference, batch_features, fit_reference
 
+# what its results describe (bench/freshness.py: a later change to these makes them stale)
+EXERCISES = (
+    'monitor/',
+    'learner/models.py',
+)
+
 SITE_SHIFTS: dict[str, tuple[str, dict[str, float]]] = {
     "contrast": ("contrast", {}),
     "blur-noise": ("blur-noise", {}),

@@ -37,6 +37,11 @@ from clreg.learner.sitebn import bank_from_bytes, route  # noqa: E402
 from clreg.learner.streams import SiteData, digits_sites, permuted_pixels_stream  # noqa: E402
 from clreg.learner.train import TrainConfig, train_site  # noqa: E402
 
+# what its results describe (bench/freshness.py: a later change to these makes them stale)
+EXERCISES = (
+    'learner/',
+)
+
 STREAMS = ("digits", "permuted")
 POLICIES = ("freeze", "update", "per_site")
 TRAIN_PER_SITE = 250  # the rest of each site (~109 samples) is its held-out test set

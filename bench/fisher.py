@@ -36,6 +36,13 @@ from clreg.learner.models import small_cnn  # noqa: E402
 from clreg.learner.streams import digits_sites  # noqa: E402
 from clreg.learner.train import TrainConfig, train_site  # noqa: E402
 
+# what its results describe (bench/freshness.py: a later change to these makes them stale)
+EXERCISES = (
+    'learner/fisher.py',
+    'learner/zoo.py',
+    'learner/models.py',
+)
+
 Fisher = dict[str, torch.Tensor]
 K = TypeVar("K")
 

@@ -47,6 +47,11 @@ from clreg.serving.config import ServingConfig  # noqa: E402
 from clreg.serving.model_server import read_moves  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
 
+# what its results describe (bench/freshness.py: a later change to these makes them stale)
+EXERCISES = (
+    'serving/',
+)
+
 KIND, N_MODELS, PER_REPLICA, REPLICAS, CLIENTS, MIXED_S = "wide", 50, 8, 2, 8, 20.0
 
 

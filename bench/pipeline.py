@@ -41,6 +41,15 @@ from clreg.registry.store import RedisRegistry  # noqa: E402
 from clreg.serving.config import ServingConfig  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
 
+# what its results describe (bench/freshness.py: a later change to these makes them stale)
+EXERCISES = (
+    'clreg/',
+    'learner/',
+    'registry/',
+    'monitor/',
+    'serving/',
+)
+
 SAMPLES = 1000
 PORT = 8793
 CLREG = str(Path(sys.executable).parent / "clreg")

@@ -56,6 +56,14 @@ from clreg.registry.replicas import Replicas  # noqa: E402
 from clreg.serving.config import ServingConfig  # noqa: E402
 from clreg.settings import RedisSettings, SearchConfig, Settings  # noqa: E402
 
+# what its results describe (bench/freshness.py: a later change to these makes them stale)
+EXERCISES = (
+    'learner/',
+    'clreg/',
+    'serving/',
+    'registry/',
+)
+
 SIDE = 224
 PREVALENCE = {"base": 0.5, "contrast": 0.3, "blur-noise": 0.15}
 CLIENTS = (1, 4, 16)

@@ -41,6 +41,11 @@ from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion  # no
 from clreg.registry.store import RedisRegistry, StoreConfig  # noqa: E402
 from tests.registry.sentinel_cluster import start_cluster, start_sentinel  # noqa: E402
 
+# what its results describe (bench/freshness.py: a later change to these makes them stale)
+EXERCISES = (
+    'registry/',
+)
+
 OPS = ("register", "promote", "resolve-alias", "resolve+record", "list", "list-cold")
 TOPOLOGIES = {"redis": "clreg", "sentinel": "clreg-sentinel", "cluster": "clreg-cluster"}  # -> the JSON's figures key
 HEADLINE = "resolve+record"  # the like-for-like row: both sides return the version record

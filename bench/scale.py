@@ -49,6 +49,16 @@ from clreg.registry.events import IngestQueue  # noqa: E402
 from clreg.registry.records import InputSpec, Model, ModelVersion  # noqa: E402
 from clreg.settings import RaySettings, RedisSettings, Settings  # noqa: E402
 
+# what its results describe (bench/freshness.py: a later change to these makes them stale)
+EXERCISES = (
+    'learner/',
+    'clreg/',
+    'registry/',
+    'serving/',
+    'monitor/',
+    'bench/scale_parts.py',
+)
+
 MODEL = "m"
 SPEC = InputSpec(channels=1, height=16, width=16, classes=10)
 CHECKPOINTS = (5, 20, 50)

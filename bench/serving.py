@@ -46,6 +46,16 @@ from clreg.serving import model_server  # noqa: E402
 from clreg.serving.config import ServingConfig  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
 
+# what its results describe (bench/freshness.py: a later change to these makes them stale)
+EXERCISES = (
+    'serving/',
+    'learner/answer.py',
+    'registry/replicas.py',
+    'registry/inputs.py',
+    'clreg/embedded.py',
+    'bench/serving_alone.py',
+)
+
 MODELS = {"small": (16, 1), "wide": (64, 4)}  # name -> (image side, width multiplier)
 SETTINGS = {"off": (1, 0.0), "on": (16, 0.0), "wait-2ms": (16, 0.002)}  # -> (max requests per batch, wait s)
 BARE = "bare"  # the baseline: a bare Serve deployment of the same networks

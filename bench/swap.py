@@ -38,6 +38,13 @@ from clreg.registry.store import RedisRegistry  # noqa: E402
 from clreg.serving.config import ServingConfig  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
 
+# what its results describe (bench/freshness.py: a later change to these makes them stale)
+EXERCISES = (
+    'serving/',
+    'registry/replicas.py',
+    'registry/promotion.py',
+)
+
 MODEL, REPLICAS, CLIENTS, PROMOTIONS = "small", 2, 16, 10
 STEADY_S, EVERY_S, TAIL_S = 10.0, 1.5, 3.0
 

@@ -19,6 +19,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import freshness  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
@@ -312,9 +316,9 @@ def drift(r: Json) -> str:
 def sites(r: Json) -> str:
     rows = []
     for site, f in r["summary"].items():
-        rows.append([site, f"{f['prevalence']:.2f}", f"{f['ece_uncalibrated']:.3f}", f"{f['ece_calibrated']:.3f}",
-                     f"{f['ece_floor']:.3f}", f"**{f['calibration_error']:.3f}** ({f['calibration_error_low']:.3f} to "
-                     f"{f['calibration_error_high']:.3f})", f"{f['calibration_error_bias_corrected']:.3f}",
+        rows.append([site, f"{f['prevalence']:.2f}", f"{f['ece_uncalibrated']:.3f}", at_least_floor(
+                     f["ece_calibrated"], f["ece_floor"]), f"{f['ece_floor']:.3f}", _calibration_error(f),
+                     at_least_floor(f["calibration_error_bias_corrected"], f.get("calibration_error_floor")),
                      f"{f['threshold']:.2f}", f"{f['cost_chosen']:.3f}", f"{f['cost_half']:.3f}",
                      f"{f['accuracy']:.3f} / {f['estimate']:.3f} / {f['checked']:.3f}", _shifted(f, "casemix"),
                      _shifted(f, "noise")])
@@ -322,6 +326,19 @@ def sites(r: Json) -> str:
                   "corrected for its bias", "cost threshold", "cost there", "cost at 0.5",
                   "accuracy / estimate / checked", "harder cases: acc. / est. / checked (drift)",
                   "pixel noise: acc. / est. / checked (drift)"], rows)
+
+
+def at_least_floor(value: float, floor: float | None) -> str:
+    """An estimate, or "<= floor" where it lies under what a perfectly calibrated model shows on as many samples
+    (it cannot be told from perfect calibration: printing 0.000 would read as proven)."""
+    return f"<= {floor:.3f}" if floor is not None and value <= floor else f"{value:.3f}"
+
+
+def _calibration_error(f: Json) -> str:
+    """The debiased calibration error in bold with its 95% interval; "<= floor" under its noise floor (results
+    from before the floor was measured print the estimate as it is)."""
+    point = at_least_floor(f["calibration_error"], f.get("calibration_error_floor"))
+    return f"**{point}** ({f['calibration_error_low']:.3f} to {f['calibration_error_high']:.3f})"
 
 
 def _shifted(f: Json, kind: str) -> str:
@@ -508,6 +525,12 @@ def placement(found: dict[Path, str]) -> list[str]:
     return problems
 
 
+def outdated() -> dict[str, str]:
+    """Every result a table shows that no longer describes the code (bench/freshness.py), with why."""
+    names = sorted({r for results, _ in RENDERERS.values() for r in results if available(r)})
+    return {name: why for name in names if (why := freshness.stale(name, load(name)))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a table is stale")
@@ -528,7 +551,11 @@ def main() -> int:
     if args.check:
         if stale:
             print(f"stale tables in {'; '.join(stale)} (run python bench/tables.py)", file=sys.stderr)
-        return 1 if stale else 0
+        old = outdated()
+        for name, why in old.items():
+            print(f"bench/results/{name}.json is out of date: {why}; rerun {producer(name)}, or record in "
+                  "bench/results/still-valid.json why the changes leave its figures as they are", file=sys.stderr)
+        return 1 if stale or old else 0
     print(f"rewrote {'; '.join(stale) or 'nothing'}")
     return 0
 

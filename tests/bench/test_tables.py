@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +98,29 @@ def test_placement_names_a_table_without_a_block_and_a_block_twice() -> None:
     problems = tables.placement({Path(tables.DOCS / "a.md"): every, Path(tables.DOCS / "b.md"): twice})
     assert problems == ["no block for swap", "drift appears 2 times (docs/a.md, docs/b.md)",
                         "no renderer for the block nosuch"]
+
+
+def test_a_result_older_than_a_change_to_what_it_exercises_is_out_of_date(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:
+    from bench import freshness
+
+    head = freshness._git("rev-parse", "HEAD")
+    first = freshness._git("rev-list", "--max-parents=0", "HEAD").splitlines()[0]
+    monkeypatch.setattr(freshness, "STILL_VALID", tmp_path / "still-valid.json")
+    assert freshness.exercised("drift")[:2] == ("bench/drift.py", "monitor/")
+    assert freshness.stale("drift", {"commit": head}) is None  # nothing changed since
+    why = freshness.stale("drift", {"commit": first})  # the repository's first commit: everything changed since
+    assert why is not None and "later commit(s) changed what it exercises" in why
+    assert "uncommitted" in (freshness.stale("drift", {"commit": head + "+dirty"}) or "")
+    assert freshness.stale("drift", {}) == "it names no commit"
+    (tmp_path / "still-valid.json").write_text(json.dumps({"drift": {"commit": head, "reason": "reviewed"}}))
+    assert freshness.stale("drift", {"commit": first}) is None  # reviewed up to HEAD, with its reason
+    monkeypatch.setattr(tables, "outdated", lambda: {"drift": why})
+    monkeypatch.setattr(sys, "argv", ["tables.py", "--check"])
+    assert tables.main() == 1
+
+
+def test_an_estimate_under_its_noise_floor_prints_as_at_most_the_floor() -> None:
+    assert tables.at_least_floor(0.0, 0.021) == "<= 0.021"
+    assert tables.at_least_floor(0.044, 0.021) == "0.044"
+    assert tables.at_least_floor(0.0, None) == "0.000"  # a result from before the floor was measured
