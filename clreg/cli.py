@@ -31,7 +31,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from clreg import context, demo, doctor, embedded, faults, site_cli, status_view, terminal
+from clreg import approval_cli, context, demo, doctor, embedded, faults, site_cli, status_view, terminal
 from clreg.client import ApiError, Client, npz_bytes
 from clreg.daemon import Daemon
 from clreg.errors import ClregError
@@ -48,6 +48,10 @@ sites_app = typer.Typer(help="Register sites (hospitals) and issue their tokens"
 app.add_typer(models_app, name="models")
 app.add_typer(sites_app, name="sites")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(approval_cli.approvers_app, name="approvers")
+app.command("approvals")(approval_cli.approvals)
+app.command("approve")(approval_cli.approve)
+app.command("decline")(approval_cli.decline)
 console = terminal.console
 JsonOpt = terminal.JsonOpt
 
@@ -275,8 +279,17 @@ def events(model: str = "digits", since: float = 0.0, as_json: JsonOpt = False) 
 @app.command()
 def promote(name: str, version: int, reason: str = "promoted by ops", force: bool = False) -> None:
     """Point production at a version (admin); gates are not bypassed unless --force."""
-    change = _client(admin=True).promote(name, version, reason, force)
-    console.print(f"{name}: production v{change['from_version']} -> v{change['to_version']}")
+    _moved(name, _client(admin=True).promote(name, version, reason, force))
+
+
+def _moved(name: str, change: dict) -> None:
+    """A move, or (an approval model) the request it became."""
+    if "request" in change:
+        request = change["request"]
+        console.print(f"{name}: production v{change['from_version']} -> v{change['to_version']} waits for "
+                      f"{request['needs']} approver(s): request {request['id']} (clreg approvals {name})")
+    else:
+        console.print(f"{name}: production v{change['from_version']} -> v{change['to_version']}")
 
 
 @app.command()
@@ -286,8 +299,7 @@ def rollback(name: str, reason: str = "rollback by ops") -> None:
     history = client.get(f"/v1/models/{name}/aliases")["history"]
     if not history or history[-1]["from_version"] is None:
         raise typer.BadParameter(f"{name} has no earlier production version to roll back to")
-    change = client.promote(name, history[-1]["from_version"], reason)
-    console.print(f"{name}: production v{change['from_version']} -> v{change['to_version']}")
+    _moved(name, client.promote(name, history[-1]["from_version"], reason))
 
 
 @app.command()

@@ -65,17 +65,20 @@ class Client:
     def create_model(self, name: str, factory: str, spec: tuple[int, int, int], classes: int,
                      readiness: dict[str, Any] | None = None, shadow: dict[str, Any] | None = None,
                      weights: str | None = None, normalisation: dict[str, list[float]] | None = None,
-                     metric: str | None = None, costs: dict[str, float] | None = None) -> dict:
+                     metric: str | None = None, costs: dict[str, float] | None = None,
+                     approval: dict[str, Any] | None = None) -> dict:
         """Register a model; `readiness` (accuracy_floor, ece_limit, policy) decides where it is validated,
         `shadow` (share, min_requests, min_agreement) mirrors each candidate on live traffic before promotion,
         `weights` (the sha256 `upload` answered) are its initial weights, `normalisation` ({"mean", "std"} per
-        channel) is applied to its input everywhere (ImageNet's by default when weights are given)."""
+        channel) is applied to its input everywhere (ImageNet's by default when weights are given), `approval`
+        ({"mode": "approval", "approvers": 2}) makes every move of production wait for approvers."""
         body = {"name": name, "factory": factory, "input": dict(zip(("channels", "height", "width"), spec, strict=True),
                                                                    classes=classes),
                 **({"readiness": readiness} if readiness else {}), **({"shadow": shadow} if shadow else {}),
                 **({"weights": weights} if weights else {}),
                 **({"normalisation": normalisation} if normalisation else {}),
-                **({"metric": metric} if metric else {}), **({"costs": costs} if costs else {})}
+                **({"metric": metric} if metric else {}), **({"costs": costs} if costs else {}),
+                **({"approval": approval} if approval else {})}
         return self._call("POST", "/v1/models", self.admin_token, json=body).json()
 
     def upload(self, data: bytes) -> dict:
@@ -118,6 +121,18 @@ class Client:
     def promote(self, model: str, version: int, reason: str, force: bool = False) -> dict:
         body = {"version": version, "reason": reason, "force": force}
         return self._call("POST", f"/v1/models/{model}/aliases/production", self.admin_token, json=body).json()
+
+    def add_approver(self, name: str) -> dict:
+        """Create an approver; the answer carries its token, shown this once."""
+        return self._call("POST", "/v1/approvers", self.admin_token, json={"name": name}).json()
+
+    def remove_approver(self, name: str) -> dict:
+        return self._call("DELETE", f"/v1/approvers/{name}", self.admin_token).json()
+
+    def decide(self, model: str, version: int, verdict: str, reason: str, token: str) -> dict:
+        """Approve or decline (`verdict`) the request waiting for a version, with an approver's token."""
+        return self._call("POST", f"/v1/models/{model}/versions/{version}/{verdict}", token,
+                          json={"reason": reason}).json()
 
     def withdraw(self, batch_id: str, reason: str) -> dict:
         return self._call("POST", f"/v1/batches/{batch_id}/withdraw", self.admin_token, json={"reason": reason}).json()

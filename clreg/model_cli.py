@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -27,6 +27,9 @@ def models_create(name: str, factory: Annotated[str, typer.Option()] = "clreg.le
                       help="what the gate, search and readiness judge (default: auroc if binary)")] = None,
                   cost_fp: Annotated[float, typer.Option(help="cost of a false positive (expected_cost)")] = 1.0,
                   cost_fn: Annotated[float, typer.Option(help="cost of a false negative (expected_cost)")] = 1.0,
+                  approval: Annotated[Literal["auto", "approval"], typer.Option(
+                      help="auto: a version that passes its gates is promoted; approval: approvers decide")] = "auto",
+                  approvers: Annotated[int, typer.Option(help="distinct approvals each move needs")] = 1,
                   as_json: JsonOpt = False) -> None:
     """Register a model: its factory and input spec, and optionally a pretrained checkpoint to start from."""
     spec = tuple(int(v) for v in input.split(","))
@@ -35,7 +38,8 @@ def models_create(name: str, factory: Annotated[str, typer.Option()] = "clreg.le
     norm, client = _normalisation(normalisation), terminal.client(admin=True)
     digest = client.upload(weights.read_bytes())["sha256"] if weights is not None else None  # the bytes travel
     created = client.create_model(name, factory, spec, classes, weights=digest, normalisation=norm, metric=metric,
-                                 costs={"false_positive": cost_fp, "false_negative": cost_fn})
+                                 costs={"false_positive": cost_fp, "false_negative": cost_fn},
+                                 approval={"mode": approval, "approvers": approvers})
     terminal.emit(created, as_json)
 
 

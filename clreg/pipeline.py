@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from enum import Enum
 
-from clreg import faults, recovery, shadowing
+from clreg import approving, faults, recovery, shadowing
 from clreg.context import Context
 from clreg.gating import gate
 from clreg.learner.errors import LearnerError, TrainingInterrupted
@@ -124,6 +124,8 @@ def _update(ctx: Context, worker: Worker, lease: Lease, model: Model) -> None:
     """Learn, gate, promote; a candidate rejected for forgetting an earlier site is retried with a stronger
     EWC penalty (lambda x retry factor, up to `forgetting_retries` times) before the batches are given up."""
     if Shadows(ctx.registry).active(model.name) is not None:  # batches wait for the mirrored candidate's verdict
+        return
+    if approving.blocking(ctx.stores, model.name):  # and for the approvers' verdict on a blessed version
         return
     production = ctx.stores.production(model.name)
     batches = recovery.settle(ctx.stores, model.name, production)
@@ -258,6 +260,8 @@ def _promote(ctx: Context, lease: Lease, model: Model, candidate: ModelVersion, 
     if model.shadow is not None and ctx.registry.resolve(model.name) is not None:
         # mirrored beside production first (a first version has nothing to agree with); judge() decides
         shadowing.begin(ctx.stores, model, candidate)
+        return
+    if approving.waits(ctx.stores, model, candidate, f"passed gate {report.id}"):  # an approval model's approvers
         return
     promotion.promote(ctx.registry, ctx.events, model.name, candidate.number, who="daemon",
                       reason=f"passed gate {report.id}", fence=lease.fence(), artifacts=ctx.artifacts)

@@ -191,7 +191,7 @@ class Settings(BaseSettings):
         return self
 
 
-NOT_SETTINGS = ("CLREG_TOKEN", "CLREG_SITE_TOKEN")  # read by the client commands, not settings
+NOT_SETTINGS = ("CLREG_TOKEN", "CLREG_SITE_TOKEN", "CLREG_APPROVER_TOKEN")  # read by client commands, not settings
 TEST_VARIABLES = "CLREG_TEST_"  # the test harness's own
 
 

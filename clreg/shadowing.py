@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from clreg import approving
 from clreg.context import Stores
 from clreg.registry import promotion
 from clreg.registry.errors import Conflict
@@ -83,6 +84,9 @@ def _judge(stores: Stores, shadows: Shadows, run: ShadowRun, lease: Lease) -> st
 
 
 def _promote(stores: Stores, run: ShadowRun, lease: Lease, reason: str) -> None:
+    model = stores.registry.get_model(run.model)
+    if approving.waits(stores, model, stores.registry.get_version(run.model, run.version), reason):
+        return  # an approval model: the approvers decide, after the shadow run
     try:
         promotion.promote(stores.registry, stores.events, run.model, run.version, who="daemon", reason=reason,
                           fence=lease.fence(), artifacts=stores.artifacts)
@@ -103,6 +107,10 @@ def _reject(stores: Stores, run: ShadowRun, reason: str) -> None:
 def _finish(stores: Stores, shadows: Shadows, run: ShadowRun, version: ModelVersion, status: VersionStatus) -> None:
     """The batches' final states, the pending set, the end of the run: in that order, so a replay completes it."""
     ids = version.lineage.batch_ids
+    if status is VersionStatus.AWAITING_APPROVAL:  # its batches wait with it, pending (clreg/approving.py)
+        shadows.end(run.model, run.version)
+        stores.events.append(run.model, "shadow.finished", version=run.version, verdict=status.value)
+        return
     if status is VersionStatus.PRODUCTION or stores.registry.resolve(run.model) == run.version:
         _set_states(stores, version, BatchStatus.PROMOTED)
     elif ids and stores.registry.batches.state(ids[0]).status is not BatchStatus.REJECTED:

@@ -30,11 +30,12 @@ PREFIX = "clreg-docs"
 Json = dict[str, Any]
 
 # Dependencies that check a token, by function name (serving/gateway.py, serving/uploads.py).
-DEPENDENCY_AUTH = {"admin": "admin", "_admin": "admin", "reader": "ops", "site_token": "site"}
+DEPENDENCY_AUTH = {"admin": "admin", "_admin": "admin", "reader": "ops", "site_token": "site", "approver": "approver"}
 # Routes that read the Authorization header themselves: what they accept, as the route's docstring says.
 AUTH = {
     ("GET", "/v1/batches/{batch_id}"): "ops, or the token of the site that pushed it",
     ("POST", "/v1/predict"): "none (ops with `CLREG_SERVE__PREDICT_NEEDS_TOKEN=true`)",
+    ("POST", "/v1/models/{name}/aliases/production"): "admin (an approval model: admin or approver, answered 202)",
 }
 # Bodies a route reads raw, which the OpenAPI document therefore does not describe (see the API overview).
 RAW_BODIES = {
@@ -48,7 +49,8 @@ AREAS = (  # path prefix -> section, in the page's order
     ("/v1/sites/{site}/batches", "Ingest"), ("/v1/batches", "Ingest"), ("/v1/artifacts", "Models"),
     ("/v1/models", "Models"), ("/v1/sites", "Sites"), ("/v1/predict", "Prediction"),
     ("/v1/alerts", "Monitoring"), ("/v1/events", "Monitoring"), ("/v1/drift", "Monitoring"),
-    ("/v1/status", "Monitoring"), ("/v1/webhooks", "Webhooks"), ("/", "Health and metrics"),
+    ("/v1/status", "Monitoring"), ("/v1/webhooks", "Webhooks"), ("/v1/approv", "Approvals"),
+    ("/", "Health and metrics"),
 )
 
 
@@ -239,7 +241,8 @@ def render(spec: Json, auth: dict[str, str]) -> str:
         f"{spec['info']['title']} {spec['info']['version']}: every route of the OpenAPI document the gateway serves "
         "at `/openapi.json` (and as a page at `/docs`), rendered by `docs/gen_http.py`; a test fails when this "
         "page and the routes disagree. **Auth** is the token a route needs in `Authorization: Bearer <token>`: "
-        "`admin`, `ops` (the ops or the admin token), `site` (that site's token) or none; see "
+        "`admin`, `ops` (the ops or the admin token; an approver's token reads too), `site` (that site's token), "
+        "`approver` (an approver's token, see [Change control](../guides/change-control.md)) or none; see "
         "[Security](../operations/security.md). Every error is JSON `{\"error\": code, \"detail\": text}` with "
         "the status the [API overview](api.md) lists. `/v1/predict` is answered by the ModelServer application "
         "on the same proxy; the gateway's route only documents it.",

@@ -28,6 +28,8 @@ EVENT_KINDS = frozenset({
     "serving.swapped", "serving.failed", "retention.archived", "site.readiness",
     "shadow.started", "shadow.failed", "shadow.finished",
     "batch.waiting", "batch.rejected", "batch.withdrawn",
+    "approval.requested", "approval.approved", "approval.declined",
+    "batch.locked", "locked.scored", "protocol.changed",
 })
 ALERT_KINDS = frozenset({"drift.alert", "gate.failed", "update.failed", "serving.failed", "update.abandoned",
                          "site.readiness", "shadow.failed", "batch.rejected"})
@@ -58,8 +60,9 @@ class EventLog:
 
     def alias_moved(self, change: AliasChange, **extra: Any) -> list[StreamEntry]:
         """The alias.moved event of a change, for the promotion's own transaction (see RedisRegistry.promote)."""
+        approved = {"approvers": change.approvers, "request": change.request} if change.request else {}
         return self.entries(change.model, "alias.moved", alias=change.alias, to=change.to_version,
-                            frm=change.from_version, who=change.who, reason=change.reason, **extra)
+                            frm=change.from_version, who=change.who, reason=change.reason, **approved, **extra)
 
     @translated
     def read(self, model: str, since: float = 0.0, count: int = 1000) -> list[Event]:

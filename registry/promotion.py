@@ -10,23 +10,30 @@ readiness the move changes (validated before and not now, or the reverse, or a s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from clreg.registry.artifacts import ArtifactStore, version_calibration
 from clreg.registry.connection import StreamEntry
 from clreg.registry.errors import Conflict
 from clreg.registry.events import EventLog
 from clreg.registry.readiness import SiteReadiness, assess_sites
-from clreg.registry.records import SERVABLE, AliasChange, Model
+from clreg.registry.records import SERVABLE, AliasChange, Model, VersionStatus
 from clreg.registry.store import RedisRegistry
 
 
 def promote(registry: RedisRegistry, events: EventLog, model: str, version: int, *, who: str, reason: str,
             force: bool = False, fence: tuple[str, str] | None = None,
-            artifacts: ArtifactStore | None = None) -> AliasChange:
+            artifacts: ArtifactStore | None = None, approvers: Sequence[str] = (),
+            request: str | None = None) -> AliasChange:
     """Point production at `version`; NotFound for an unknown model or version, Conflict for one that may not
-    serve (or has not passed its gates, without `force`), LeaseLost when the fence no longer holds."""
+    serve (or has not passed its gates, without `force`), LeaseLost when the fence no longer holds.
+
+    An `approval` model's moves come here only from registry/approvals.py, with the `approvers` who allowed it
+    and their `request` (a version awaiting approval is promotable then); its other callers ask there first."""
     record = registry.get_model(model)
     status = registry.status(model, version)
-    if status not in SERVABLE and not force:
+    approved = request is not None and status is VersionStatus.AWAITING_APPROVAL
+    if status not in SERVABLE and not force and not approved:
         raise Conflict(f"version {version} is {status.value}: it has not passed the gates "
                        "(send \"force\": true to promote a candidate anyway)")
     previous = registry.resolve(model)
@@ -45,7 +52,8 @@ def promote(registry: RedisRegistry, events: EventLog, model: str, version: int,
                                               was=None if then is None else then.validated)
         return entries
 
-    return registry.promote(model, version, who=who, reason=reason, fence=fence, audit=audit)
+    return registry.promote(model, version, who=who, reason=reason, fence=fence, audit=audit, approvers=approvers,
+                            request=request)
 
 
 def _readiness(registry: RedisRegistry, artifacts: ArtifactStore, model: Model,

@@ -153,6 +153,14 @@ class RetryPolicy(BaseModel):
     updates: int = Field(default=3, ge=1, le=100)
 
 
+class ApprovalPolicy(Record):
+    """Who moves production: `auto` (a version that passes its gates is promoted, an admin moves it at will) or
+    `approval` (every move waits for `approvers` distinct approvers, none its requester: registry/approvals.py)."""
+
+    mode: Literal["auto", "approval"] = "auto"
+    approvers: int = Field(default=1, ge=1, le=5)
+
+
 class Model(Record):
     name: Name
     factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -166,6 +174,7 @@ class Model(Record):
     metric: Metric | None = None
     costs: ErrorCosts = ErrorCosts()  # what each error costs, for the expected_cost metric and thresholds
     retry: RetryPolicy = RetryPolicy()  # what becomes of a batch whose update's candidate was rejected
+    approval: ApprovalPolicy = ApprovalPolicy()  # who moves production (auto: the gate; approval: approvers)
     # Initial weights (an uploaded checkpoint converted to this network, sha256 of an artifact) that the first
     # version trains from; None: the factory's own initialisation. `weights_source`: the file as uploaded.
     weights: Digest | None = None
@@ -197,10 +206,13 @@ class VersionStatus(str, Enum):
     REJECTED = "rejected"
     ARCHIVED = "archived"
     ABANDONED = "abandoned"  # left without a verdict by a process that died; closed by the one that resumed
+    AWAITING_APPROVAL = "awaiting_approval"  # passed its gates; its model's approvers have not decided yet
+    DECLINED = "declined"  # passed its gates, declined by an approver (the reason is in its approval request)
 
 
 SERVABLE = frozenset({VersionStatus.BLESSED, VersionStatus.PRODUCTION})
-NEVER_SERVED = frozenset({VersionStatus.REJECTED, VersionStatus.ARCHIVED, VersionStatus.ABANDONED})
+NEVER_SERVED = frozenset({VersionStatus.REJECTED, VersionStatus.ARCHIVED, VersionStatus.ABANDONED,
+                          VersionStatus.DECLINED})
 
 
 class Lineage(Record):
@@ -214,6 +226,7 @@ class Lineage(Record):
     code_version: str = ""
     timings: dict[str, float] = Field(default_factory=dict)
     search: list[dict[str, Any]] = Field(default_factory=list)  # every candidate: settings, validation, chosen
+    protocol: int | None = None  # the revision of the model's modification protocol it was made under
 
 
 class ModelVersion(Record):
@@ -292,6 +305,8 @@ class BatchStatus(str, Enum):
     FAILED = "failed"
     # rejected by its update's gate, kept in the pending set to join the model's next update (Model.retry)
     WAITING = "waiting"
+    AWAITING_APPROVAL = "awaiting_approval"  # its version passed the gate and waits for the model's approvers
+    LOCKED = "locked"  # a locked test set: never learnt, scored for every version (registry/locked.py)
 
 
 class Batch(Record):
@@ -306,10 +321,11 @@ class Batch(Record):
     heldout_index: list[int]
     artifact: str  # sha256 of the npz bytes (the id hashes model and site with them: see batches.batch_key)
     source_artifact: str | None = None  # sha256 of the upload it was converted from (a DICOM zip), kept as sent
+    locked: bool = False  # a locked test set (pushed with ?locked=true): never trained on, replayed or selected on
     created_at: float = Field(default_factory=now)
 
 
-FINAL_BATCH = frozenset({BatchStatus.PROMOTED, BatchStatus.REJECTED, BatchStatus.FAILED})
+FINAL_BATCH = frozenset({BatchStatus.PROMOTED, BatchStatus.REJECTED, BatchStatus.FAILED, BatchStatus.LOCKED})
 
 
 class BatchState(BaseModel):
@@ -325,6 +341,9 @@ class BatchState(BaseModel):
 
 
 class AliasChange(Record):
+    """A line of an alias's history: a move (`moved`), or a step of an approval request for one (`requested`,
+    `approved`, `declined`: from_version is production then, to_version the version asked for)."""
+
     model: Name
     alias: Name
     from_version: int | None
@@ -332,6 +351,9 @@ class AliasChange(Record):
     who: str
     reason: str
     at: float = Field(default_factory=now)
+    action: Literal["moved", "requested", "approved", "declined"] = "moved"
+    approvers: list[str] = Field(default_factory=list)  # who approved the move (an `approval` model's moves)
+    request: str | None = None  # the approval request it belongs to
 
 
 class Event(Record):

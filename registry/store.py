@@ -248,11 +248,13 @@ class RedisRegistry:
     @translated
     def promote(self, model: str, number: int, who: str, reason: str, alias: str = "production", *,
                 fence: tuple[str, str] | None = None,
-                audit: Callable[[AliasChange], Sequence[StreamEntry]] | None = None) -> AliasChange:
+                audit: Callable[[AliasChange], Sequence[StreamEntry]] | None = None,
+                approvers: Sequence[str] = (), request: str | None = None) -> AliasChange:
         """Move `alias` to `number` and record the change, in one transaction; unservable versions refused.
 
         `audit(change)` gives stream entries (the alias.moved event) written in the same transaction; with
-        `fence` (a lease's key and value) nothing is written unless that lease still holds.
+        `fence` (a lease's key and value) nothing is written unless that lease still holds. `approvers` and
+        `request` name the approval that allowed the move (registry/approvals.py), kept in its history line.
         """
         check_name(alias)
         status_key, alias_key = self.key("model", model, "status"), self.key("model", model, "aliases")
@@ -268,7 +270,7 @@ class RedisRegistry:
                 raise Conflict(f"version {number} is {status} and can never be served")
             previous = pipe.hget(alias_key, alias)
             rec = AliasChange(model=model, alias=alias, from_version=None if previous is None else int(previous),
-                              to_version=number, who=who, reason=reason)
+                              to_version=number, who=who, reason=reason, approvers=list(approvers), request=request)
             pipe.multi()
             pipe.hset(alias_key, alias, number)
             if alias == "production":
@@ -290,9 +292,16 @@ class RedisRegistry:
         return {a: int(n) for a, n in self.r.hgetall(self.key("model", check_name(model), "aliases")).items()}
 
     @translated
-    def alias_history(self, model: str, alias: str = "production") -> list[AliasChange]:
+    def alias_history(self, model: str, alias: str = "production", moves_only: bool = True) -> list[AliasChange]:
+        """The alias's moves, oldest first; with `moves_only=False` also the approval lines between them."""
         raws = self.r.lrange(self.key("model", check_name(model), "alias", check_name(alias), "history"), 0, -1)
-        return [parse(AliasChange, raw) for raw in raws]
+        lines = [parse(AliasChange, raw) for raw in raws]
+        return [c for c in lines if c.action == "moved"] if moves_only else lines
+
+    def alias_line(self, change: AliasChange) -> Command:
+        """The write that appends a line (an approval step, not a move) to an alias's history, for a transaction."""
+        key = self.key("model", check_name(change.model), "alias", check_name(change.alias), "history")
+        return Command("RPUSH", key, (change.model_dump_json(),))
 
     def alias_at(self, model: str, at: float, alias: str = "production") -> int | None:
         """Which version held `alias` at time `at` (None before the first promotion)."""

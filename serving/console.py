@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from clreg.registry import promotion
+from clreg.registry.approvals import request_move
 from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.errors import RegistryError
 from clreg.registry.events import EventLog
@@ -145,9 +146,13 @@ def router(reg: RedisRegistry, artifacts: ArtifactStore, events: EventLog, token
                 raise BadRequest("give a reason: it is kept in the alias history")
             current = reg.resolve(name)
             force = form.get("force") == "yes"  # a version that did not pass its gates, knowingly
+            approval = reg.get_model(name).approval  # an approval model's move becomes a request approvers decide
             if form.get("confirmed") != "yes":
                 return page(request, cookie, "confirm.html", name=name, version=version, reason=reason,
-                            current=current, force=force, status=reg.status(name, version).value)
+                            current=current, force=force, status=reg.status(name, version).value, approval=approval)
+            if approval.mode == "approval":
+                request_move(reg, events, name, version, who="admin (console)", reason=reason, force=force)
+                return RedirectResponse("/ui/approvals", status_code=303)
             promotion.promote(reg, events, name, version, who="admin (console)", reason=reason, force=force,
                               artifacts=artifacts)
         except (ServingError, RegistryError, ValueError) as e:

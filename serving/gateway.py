@@ -28,7 +28,7 @@ from clreg.learner.operating import (
     threshold_for_cost,
     threshold_for_sensitivity,
 )
-from clreg.registry import promotion
+from clreg.registry.approvers import Approvers
 from clreg.registry.artifacts import ArtifactStore, version_calibration
 from clreg.registry.batches import token_sha256
 from clreg.registry.errors import Conflict, NotFound, RegistryError
@@ -38,6 +38,7 @@ from clreg.registry.inputs import InputLog
 from clreg.registry.readiness import assess
 from clreg.registry.records import (
     NAME_PATTERN,
+    ApprovalPolicy,
     BatchId,
     BatchStatus,
     Digest,
@@ -58,7 +59,7 @@ from clreg.registry.shadow import Shadows
 from clreg.registry.status import pipeline_status
 from clreg.registry.store import RedisRegistry
 from clreg.registry.webhooks import WebhookStore
-from clreg.serving import boundary, console, metrics, uploads, validation, webhooks, withdrawals
+from clreg.serving import approvals, boundary, console, metrics, uploads, validation, webhooks, withdrawals
 from clreg.serving.auth import Tokens, bearer, matches
 from clreg.serving.config import ServingConfig
 from clreg.serving.errors import (
@@ -87,6 +88,7 @@ class NewModel(BaseModel):
     normalisation: Normalisation | None = None  # with weights and none given: ImageNet's (see serving.uploads)
     metric: Metric | None = None  # what the gate, search and readiness judge; None: auroc if binary, else accuracy
     costs: ErrorCosts = ErrorCosts()  # of a false positive and a false negative (expected_cost, thresholds)
+    approval: ApprovalPolicy = ApprovalPolicy()  # auto: the gate promotes; approval: approvers decide every move
 
 
 class NewSite(BaseModel):
@@ -105,12 +107,6 @@ class PredictRequest(BaseModel):
 
 class NewThreshold(BaseModel):
     threshold: float | None = Field(ge=0.0, le=1.0)
-
-
-class AliasMove(BaseModel):
-    version: int = Field(ge=1)
-    reason: str = Field(min_length=1, max_length=500)
-    force: bool = False
 
 
 def _site_calibration(artifacts: ArtifactStore, version: ModelVersion, site: str) -> SiteCalibration:
@@ -141,7 +137,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     inputs = InputLog(cfg.store, cfg.inputs)
     metric_registry, batch_counter = metrics.build(reg, cfg.stuck, inputs, artifacts)
     pushes = Ingest(cfg, reg, artifacts, events, queue)
-    tokens = Tokens(cfg.admin_token_sha256, cfg.ops_token_sha256)
+    tokens = Tokens(cfg.admin_token_sha256, cfg.ops_token_sha256, Approvers(reg))
     replicas = Replicas(reg, cfg.beat_interval_s)
     shadows = Shadows(reg)
 
@@ -166,6 +162,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     app.include_router(webhooks.router(WebhookStore(reg), cfg.webhooks, admin, reader))
     app.include_router(validation.router(reg, artifacts, inputs, reader))
     app.include_router(withdrawals.router(reg, events, admin))
+    app.include_router(approvals.router(reg, events, artifacts, tokens, admin, reader))  # and its console page
     app.include_router(console.router(reg, artifacts, events, tokens, cfg.evidently_ui_url, inputs))
     uploads.install(app, uploads.Uploads(artifacts, tokens, cfg.max_weights_bytes))
 
@@ -204,7 +201,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         norm = body.normalisation or (uploads.default_normalisation(body.input.channels) if body.weights else None)
         model = Model(name=body.name, factory=body.factory, factory_kwargs=body.factory_kwargs, input=body.input,
                       readiness=body.readiness, shadow=body.shadow, normalisation=norm, metric=body.metric,
-                      costs=body.costs)
+                      costs=body.costs, approval=body.approval)
         check_factory(model.factory, cfg.factory_prefixes)
         net = network_for(model)  # it must build with its input spec before anything is stored
         if body.weights is not None:
@@ -239,14 +236,9 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     @app.get("/v1/models/{name}/aliases")
     def aliases(name: Name, _: Reader) -> dict:
         reg.get_model(name)
-        return {"aliases": reg.aliases(name),
-                "history": [c.model_dump() for c in reg.alias_history(name)]}
-
-    @app.post("/v1/models/{name}/aliases/production")
-    def move_production(name: Name, body: AliasMove, who: Admin) -> dict:
-        change = promotion.promote(reg, events, name, body.version, who=who, reason=body.reason, force=body.force,
-                                   artifacts=artifacts)
-        return change.model_dump()
+        log = reg.alias_history(name, moves_only=False)  # moves and the approval steps between them
+        return {"aliases": reg.aliases(name), "history": [c.model_dump() for c in log if c.action == "moved"],
+                "log": [c.model_dump() for c in log]}
 
     @app.get("/v1/sites")
     def list_sites(_: Reader) -> list[dict]:

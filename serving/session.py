@@ -11,7 +11,8 @@ import hashlib
 import hmac
 import time
 
-from clreg.serving.auth import Tokens
+from clreg.registry.records import NAME_PATTERN
+from clreg.serving.auth import APPROVER, Tokens
 from clreg.serving.errors import Forbidden, Unauthorized
 
 COOKIE = "clreg_console"
@@ -19,7 +20,16 @@ LIFETIME_S = 8 * 3600
 
 
 def _digest(tokens: Tokens, role: str) -> str:
-    return tokens.admin if role == "admin" else tokens.ops
+    """The key a role's sessions are signed with: its token's digest (an approver removed has none: unsigned)."""
+    digest = tokens.digest(role)
+    if not digest:
+        raise Unauthorized("this console session is not valid; sign in again")
+    return digest
+
+
+def _known(role: str) -> bool:
+    name = role.removeprefix(APPROVER)
+    return role in ("admin", "ops") or (role.startswith(APPROVER) and bool(NAME_PATTERN.fullmatch(name)))
 
 
 def _sign(key: str, message: str) -> str:
@@ -30,11 +40,11 @@ def issue(tokens: Tokens, token: str, now: float | None = None) -> tuple[str, st
     """The role of a token and the cookie value signing it in.
 
     Raises:
-        Unauthorized: the token is neither the admin nor the ops token.
+        Unauthorized: the token is not the admin's, the ops' or an approver's.
     """
     role = tokens.role(f"Bearer {token}")
     if role is None:
-        raise Unauthorized("the console takes the ops or the admin token")
+        raise Unauthorized("the console takes the ops or the admin token, or an approver's")
     expires = int((time.time() if now is None else now) + LIFETIME_S)
     message = f"{role}.{expires}"
     return role, f"{message}.{_sign(_digest(tokens, role), message)}"
@@ -47,7 +57,7 @@ def role_of(tokens: Tokens, cookie: str | None, now: float | None = None) -> str
         Unauthorized: no cookie, a forged or malformed one, or one that expired.
     """
     parts = (cookie or "").split(".")
-    if len(parts) != 3 or parts[0] not in ("admin", "ops") or not parts[1].isdigit():
+    if len(parts) != 3 or not _known(parts[0]) or not parts[1].isdigit():
         raise Unauthorized("sign in to the console first")
     role, expires, signature = parts
     if not hmac.compare_digest(signature, _sign(_digest(tokens, role), f"{role}.{expires}")):
@@ -72,3 +82,17 @@ def check_action(tokens: Tokens, cookie: str | None, sent_csrf: str | None) -> N
         raise Forbidden("this action needs the admin token; you are signed in read-only")
     if not sent_csrf or not hmac.compare_digest(sent_csrf, csrf_token(tokens, cookie or "")):
         raise Forbidden("the form's CSRF token is missing or belongs to another session; reload the page")
+
+
+def check_decision(tokens: Tokens, cookie: str | None, sent_csrf: str | None) -> str:
+    """A decision on an approval request needs an approver's session and its CSRF token; the approver's name.
+
+    Raises:
+        Unauthorized: not signed in. Forbidden: not signed in as an approver, or the CSRF token is missing or wrong.
+    """
+    role = role_of(tokens, cookie)
+    if not role.startswith(APPROVER):
+        raise Forbidden("deciding an approval request needs an approver's token; sign in with yours")
+    if not sent_csrf or not hmac.compare_digest(sent_csrf, csrf_token(tokens, cookie or "")):
+        raise Forbidden("the form's CSRF token is missing or belongs to another session; reload the page")
+    return role.removeprefix(APPROVER)
