@@ -12,7 +12,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Cookie, Request
 from fastapi.responses import RedirectResponse, Response
 
-from clreg.registry.approvals import ApprovalRequest, Approvals, settle
+from clreg.registry.approvals import ApprovalRequest, Approvals, Verdict, settle
 from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.errors import RegistryError
 from clreg.registry.events import EventLog
@@ -68,8 +68,9 @@ def router(reg: RedisRegistry, artifacts: ArtifactStore, events: EventLog, token
         form = await _form(request)
         try:
             who = session.check_decision(tokens, cookie, form.get("csrf"))
-            verdict, reason = form.get("verdict", ""), form.get("reason", "").strip()
-            if verdict not in ("approve", "decline"):
+            verdict: Verdict = "approve" if form.get("verdict") == "approve" else "decline"
+            reason = form.get("reason", "").strip()
+            if form.get("verdict") not in ("approve", "decline"):
                 raise BadRequest("the verdict is approve or decline")
             if not reason:
                 raise BadRequest("give a reason: it is kept in the request and the alias history")
