@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from clreg.gating import scoring_of
-from clreg.learner.calibration import CalibrationFit, calibrate_sites, scaled_proba
+from clreg.learner.calibration import CalibrationFit, calibrate_sites, proba_nll, scaled_proba
+from clreg.learner.evaluate import calibration_error, ece_floor, expected_calibration_error
 from clreg.learner.taskmetric import DRAWS, Scoring
 from clreg.learner.validation import metric_figures, site_figures
 from clreg.registry.findings import Calibration, SiteCalibration
@@ -45,3 +46,17 @@ def site_record(fit: CalibrationFit, logits: np.ndarray | None = None, labels: n
         "accuracy": figures.accuracy, "accuracy_interval": figures.accuracy_interval,
         "sensitivity": figures.sensitivity, "reliability_before": figures.reliability_before,
         "reliability_after": figures.reliability_after})
+
+
+def fixed_record(model: Model, logits: np.ndarray, labels: np.ndarray, temperature: float,
+                 seed: int = 0) -> SiteCalibration:
+    """A site's figures on samples nothing was fitted on (a locked test set) at the temperature the version serves
+    there: the task metric with its interval, accuracy, calibration error before and after scaling, as readiness reads
+    them from a held-out set."""
+    labels = np.asarray(labels).astype(np.int64)
+    raw, after = scaled_proba(logits, 1.0), scaled_proba(logits, temperature)
+    fit = CalibrationFit(temperature=temperature, samples=len(labels), ece=expected_calibration_error(labels, raw),
+                         ece_calibrated=expected_calibration_error(labels, after), nll=proba_nll(raw, labels),
+                         nll_calibrated=proba_nll(after, labels), error_calibrated=calibration_error(labels, after),
+                         ece_floor=ece_floor(after), out_of_fold=after)
+    return site_record(fit, logits, labels, scoring=scoring_of(model), seed=seed)

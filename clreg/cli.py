@@ -157,7 +157,9 @@ def sites_add(site: str, threshold: float | None = None,
 @app.command()
 def push(site: str, file: Path, model: Annotated[str, typer.Option()] = "digits",
          token: Annotated[str, typer.Option(envvar="CLREG_SITE_TOKEN", help="the site's token")] = "",
-         wait: bool = False, as_json: JsonOpt = False) -> None:
+         wait: bool = False, locked: Annotated[bool, typer.Option(
+             help="a locked test set: never learnt; scored for every version")] = False,
+         as_json: JsonOpt = False) -> None:
     """Push a labelled batch for a site: an npz (arrays x and y), or DICOM files with a labels.csv, as a .zip
     or as a folder (its top-level files are zipped on the way)."""
     client = _client()
@@ -167,7 +169,7 @@ def push(site: str, file: Path, model: Annotated[str, typer.Option()] = "digits"
     else:
         kind = "application/zip" if file.suffix.lower() == ".zip" else "application/octet-stream"
         body = file.read_bytes()
-    answer = client.push(site, token, body, model, content_type=kind)
+    answer = client.push(site, token, body, model, content_type=kind, locked=locked)
     if wait:
         answer = _wait_with_progress(client, answer["batch_id"])
     _emit(answer, as_json)

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-FINAL_STATES = frozenset({"promoted", "rejected", "failed"})
+FINAL_STATES = frozenset({"promoted", "rejected", "failed", "locked"})
 
 
 class ApiError(Exception):
@@ -98,9 +98,11 @@ class Client:
         return self._call("PUT", f"/v1/sites/{site}/threshold", self.admin_token, json={"threshold": threshold}).json()
 
     def push(self, site: str, token: str, data: bytes, model: str,
-             content_type: str = "application/octet-stream") -> dict:
-        """Push npz bytes, or (content_type application/zip) a zip of DICOM files with labels.csv."""
-        return self._call("POST", f"/v1/sites/{site}/batches", token, params={"model": model}, content=data,
+             content_type: str = "application/octet-stream", locked: bool = False) -> dict:
+        """Push npz bytes, or (content_type application/zip) a zip of DICOM files with labels.csv; `locked`: a
+        locked test set (never learnt, scored for every version)."""
+        params = {"model": model, **({"locked": "true"} if locked else {})}
+        return self._call("POST", f"/v1/sites/{site}/batches", token, params=params, content=data,
                           headers={"Content-Type": content_type}).json()
 
     def wait_batch(self, batch_id: str, timeout_s: float = 300.0,

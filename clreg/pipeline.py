@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from enum import Enum
 
-from clreg import approving, faults, recovery, shadowing
+from clreg import approving, faults, locking, recovery, shadowing
 from clreg.context import Context
 from clreg.gating import gate
 from clreg.learner.errors import LearnerError, TrainingInterrupted
@@ -62,6 +62,9 @@ def process(ctx: Context, worker: Worker, batch_id: str) -> Outcome:
     model = ctx.registry.get_model(batch.model)
     state = ctx.registry.batches.state(batch_id)
     if state.status in FINAL_BATCH:
+        return Outcome.DONE
+    if batch.locked:  # a locked test set: scored for every version, never drift-checked, pending or learnt
+        locking.admit(ctx.stores, model, batch)
         return Outcome.DONE
     if state.status is BatchStatus.RECEIVED:
         faults.reach("after_receive")
@@ -171,6 +174,7 @@ def _candidate(ctx: Context, worker: Worker, lease: Lease, model: Model, product
     candidate = prior.version if prior is not None else _new(ctx, worker, lease, model, production, batches, scale)
     if candidate is None:
         return None
+    locking.score(ctx.stores, model, [candidate])  # on every locked set, before anyone judges it
     report = gate(ctx.stores, ctx.gate, model, candidate, production)
     _set_states(ctx, [b.id for b in batches], BatchStatus.GATED, version=candidate.number)
     return candidate, report

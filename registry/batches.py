@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clreg.registry.artifacts import ArtifactStore, sha256
-from clreg.registry.errors import BatchMismatch, NotFound, TooLarge
+from clreg.registry.errors import BatchMismatch, Conflict, NotFound, TooLarge
 from clreg.registry.events import EventLog, IngestQueue
 from clreg.registry.npz import NpzLimits, NpzReader
 from clreg.registry.records import Batch, InputSpec
@@ -97,33 +97,48 @@ def split(y: np.ndarray, batch_id: str, heldout_fraction: float) -> tuple[list[i
 
 
 def ingest(registry: RedisRegistry, artifacts: ArtifactStore, queue: IngestQueue, events: EventLog,
-           model: str, site: str, data: bytes, limits: Limits, source: bytes | None = None) -> tuple[Batch, bool]:
+           model: str, site: str, data: bytes, limits: Limits, source: bytes | None = None,
+           locked: bool = False) -> tuple[Batch, bool]:
     """Validate, store and enqueue a batch; returns (batch, is_new). Same bytes again: (stored batch, False).
 
     `source` is the upload `data` was converted from (a DICOM zip); it is stored beside the batch, as sent.
+    A `locked` batch (a locked test set, registry/locked.py) has every sample in its held-out part and none to
+    train on.
+
+    Raises:
+        Conflict: the same bytes were pushed before as a training batch and now as a locked set, or the reverse.
     """
     spec = registry.get_model(model).input
     x, y = parse_batch(data, spec, limits)
     batch_id = batch_key(model, site, data)
     existing = _existing(registry, batch_id)
     if existing is not None:
-        registry.batches.settle(existing)  # answered like the first push: only once it is acknowledged
-        return existing, False
-    train, heldout = split(y, batch_id, limits.heldout_fraction)
+        return _duplicate(registry, existing, locked), False
+    train, heldout = ([], list(range(int(y.size)))) if locked else split(y, batch_id, limits.heldout_fraction)
     batch = Batch(id=batch_id, model=model, site=site, samples=int(y.size),
                   class_counts=np.bincount(y, minlength=spec.classes).tolist(),
-                  train_index=train, heldout_index=heldout, artifact=sha256(data),
+                  train_index=train, heldout_index=heldout, artifact=sha256(data), locked=locked,
                   source_artifact=artifacts.put(source) if source is not None else None)
     artifacts.put(data)
     # The record, its event and its ingest entry in one transaction: a batch is never stored unqueued.
-    entries = [*events.entries(model, "batch.received", batch=batch_id, site=site, samples=batch.samples),
+    entries = [*events.entries(model, "batch.received", batch=batch_id, site=site, samples=batch.samples,
+                               **({"locked": True} if locked else {})),
                queue.entry(model, batch_id)]
     stored = len(data) + (len(source) if source is not None else 0)
     if not registry.batches.add(batch, entries, stored_bytes=stored):  # a concurrent push of the same bytes won
-        existing = registry.batches.get(batch_id)
-        registry.batches.settle(existing)
-        return existing, False
+        return _duplicate(registry, registry.batches.get(batch_id), locked), False
     return batch, True
+
+
+def _duplicate(registry: RedisRegistry, existing: Batch, locked: bool) -> Batch:
+    """A stored batch pushed again: answered like the first push, only once it is acknowledged. The same samples
+    cannot be both a locked test set and training data."""
+    if existing.locked != locked:
+        was = "a locked test set" if existing.locked else "a training batch"
+        raise Conflict(f"batch {existing.id[:12]} was pushed before as {was}; the same samples cannot be "
+                       f"{'learnt' if existing.locked else 'locked'} now")
+    registry.batches.settle(existing)
+    return existing
 
 
 def batch_key(model: str, site: str, data: bytes) -> str:

@@ -16,6 +16,7 @@ from clreg.registry.artifacts import ArtifactStore, version_calibration
 from clreg.registry.connection import StreamEntry
 from clreg.registry.errors import Conflict
 from clreg.registry.events import EventLog
+from clreg.registry.locked import overlaid
 from clreg.registry.readiness import SiteReadiness, assess_sites
 from clreg.registry.records import SERVABLE, AliasChange, Model, VersionStatus
 from clreg.registry.store import RedisRegistry
@@ -60,5 +61,5 @@ def _readiness(registry: RedisRegistry, artifacts: ArtifactStore, model: Model,
                number: int | None) -> dict[str, SiteReadiness]:
     if number is None:
         return {}
-    return assess_sites(version_calibration(artifacts, registry.get_version(model.name, number)), model.readiness,
-                        model.task_metric)
+    calibration = version_calibration(artifacts, registry.get_version(model.name, number))
+    return assess_sites(overlaid(registry, calibration, model.name, number), model.readiness, model.task_metric)

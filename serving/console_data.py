@@ -16,6 +16,7 @@ from clreg.learner.operating import OperatingPoint, operating_point
 from clreg.registry.artifacts import ArtifactStore, version_calibration
 from clreg.registry.events import EventLog
 from clreg.registry.findings import GateReport, SiteCalibration
+from clreg.registry.locked import overlaid
 from clreg.registry.readiness import assess
 from clreg.registry.records import BatchStatus, VersionView
 from clreg.registry.shadow import Shadows
@@ -148,7 +149,8 @@ def sites(reg: RedisRegistry, artifacts: ArtifactStore) -> list[dict[str, Any]]:
             if site.name not in counts and fit is None:
                 continue
             c = counts.get(site.name)
-            ready = assess(site.name, calibration, record.readiness, record.task_metric) if version else None
+            judged = overlaid(reg, calibration, m, version.number) if version else None  # locked sets first
+            ready = assess(site.name, judged, record.readiness, record.task_metric) if version else None
             rows.append({"site": site.name, "model": m, "version": version.number if version else None,
                          "learnt": bool(version and site.name in version.lineage.sites), "waiting": waiting[site.name],
                          "prevalence": _prevalence(c.prevalence) if c else "", "samples": c.samples if c else None,

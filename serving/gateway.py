@@ -35,6 +35,7 @@ from clreg.registry.errors import Conflict, NotFound, RegistryError
 from clreg.registry.events import EventLog, IngestQueue
 from clreg.registry.findings import SiteCalibration
 from clreg.registry.inputs import InputLog
+from clreg.registry.locked import overlaid
 from clreg.registry.readiness import assess
 from clreg.registry.records import (
     NAME_PATTERN,
@@ -168,15 +169,16 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
 
     @app.post("/v1/sites/{site}/batches", status_code=202)
     async def push_batch(request: Request, site_rec: Annotated[Site, Depends(site_token)],
-                         model: Annotated[Name, Query()]) -> JSONResponse:
+                         model: Annotated[Name, Query()], locked: bool = False) -> JSONResponse:
+        """Push a labelled batch; `locked=true`: a locked test set, never learnt, scored for every version."""
         try:
-            batch, new = await pushes.push(request, site_rec, model)
+            batch, new = await pushes.push(request, site_rec, model, locked)
         except (RegistryError, ServingError):
             batch_counter.labels("refused").inc()
             raise
         batch_counter.labels("accepted" if new else "duplicate").inc()
         return JSONResponse({"batch_id": batch.id, "status": "accepted" if new else "duplicate",
-                             "samples": batch.samples}, status_code=202 if new else 200)
+                             "samples": batch.samples, "locked": batch.locked}, status_code=202 if new else 200)
 
     @app.get("/v1/batches/{batch_id}")
     def batch_state(batch_id: BatchId, authorization: Annotated[str | None, Header()] = None) -> dict:
@@ -249,8 +251,8 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         models = reg.list_models()
         counts = {m: reg.batches.site_counts(m, names) for m in models}
         production = {m: (reg.get_model(m), reg.version_by_alias(m)) for m in models}
-        ready = {m: (record, version_calibration(artifacts, v) if v else None)
-                 for m, (record, v) in production.items()}
+        ready = {m: (record, overlaid(reg, version_calibration(artifacts, v), m, v.number) if v else None)
+                 for m, (record, v) in production.items()}  # a locked set's figures in place of held-out ones
 
         def validated(model: str, site: str) -> bool | None:
             record, calibration = ready[model]

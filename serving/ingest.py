@@ -34,8 +34,8 @@ class Ingest:
     events: EventLog
     queue: IngestQueue
 
-    async def push(self, request: Request, site: Site, model: str) -> tuple[Batch, bool]:
-        """Store and queue a pushed batch; (batch, is_new)."""
+    async def push(self, request: Request, site: Site, model: str, locked: bool = False) -> tuple[Batch, bool]:
+        """Store and queue a pushed batch (`locked`: a locked test set); (batch, is_new)."""
         kind = request.headers.get("content-type", "").split(";")[0].strip()
         if kind not in KINDS:
             raise UnsupportedMedia("send npz bytes as application/octet-stream, or a zip of DICOM files with "
@@ -45,9 +45,10 @@ class Ingest:
         spec = self.reg.get_model(model).input  # 404 before the body is read
         body = await read_body(request.headers.get("content-length"), request.stream(), self.cfg.max_body_bytes)
         self._check_quota(site, len(body))
-        return await run_in_threadpool(self._store, site, model, spec, body, kind)
+        return await run_in_threadpool(self._store, site, model, spec, body, kind, locked)
 
-    def _store(self, site: Site, model: str, spec, body: bytes, kind: str) -> tuple[Batch, bool]:  # noqa: ANN001
+    def _store(self, site: Site, model: str, spec, body: bytes, kind: str,  # noqa: ANN001
+               locked: bool) -> tuple[Batch, bool]:
         limits = Limits(max_samples=self.cfg.max_samples, heldout_fraction=self.cfg.heldout_fraction,
                         max_inflated_bytes=self.cfg.max_inflated_bytes)
         data, source = body, None
@@ -56,7 +57,7 @@ class Ingest:
             data = dicom_zip_to_npz(body, spec, dicom)
             source = deidentified_study(body, dicom) if self.cfg.keep_dicom_source else None
         return ingest(self.reg, self.artifacts, self.queue, self.events, model, site.name, data, limits,
-                      source=source)
+                      source=source, locked=locked)
 
     def _check_quota(self, site: Site, size: int) -> None:
         usage = self.reg.batches.site_usage(site.name)

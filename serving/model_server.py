@@ -45,6 +45,7 @@ from clreg.registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
 from clreg.registry.errors import NotFound, RegistryError, StoreUnavailable
 from clreg.registry.events import EventLog
 from clreg.registry.inputs import InputLog
+from clreg.registry.locked import overlaid
 from clreg.registry.readiness import assess_sites
 from clreg.registry.records import Model, ModelVersion, check_name
 from clreg.registry.replicas import Replicas
@@ -235,7 +236,8 @@ class ModelServer:
                 net(torch.zeros(1, spec.channels, spec.height, spec.width, device=self.device))
         return Loaded(version=version.number, answerer=answerer, spec=spec, device=str(self.device),
                       rules=model.readiness, metric=model.task_metric,
-                      readiness=assess_sites(answerer.calibration, model.readiness, model.task_metric))
+                      readiness=assess_sites(overlaid(self.registry, answerer.calibration, model.name, version.number),
+                                             model.readiness, model.task_metric))  # locked sets' figures first
 
     async def __call__(self, request: Request) -> Response:
         try:

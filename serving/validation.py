@@ -21,6 +21,7 @@ from clreg.learner.operating import Costs, expected_cost, operating_point, point
 from clreg.registry.artifacts import ArtifactStore, version_calibration
 from clreg.registry.findings import SiteCalibration
 from clreg.registry.inputs import InputLog
+from clreg.registry.locked import LockedSets, overlaid
 from clreg.registry.readiness import assess
 from clreg.registry.records import Name
 from clreg.registry.store import RedisRegistry
@@ -71,7 +72,8 @@ def report(reg: RedisRegistry, artifacts: ArtifactStore, model: str, site: str, 
     if version is None:
         raise NotReady(f"model {model!r} has no production version")
     calibration = version_calibration(artifacts, version)
-    ready = assess(site, calibration, rules, served.task_metric)
+    locked = LockedSets(reg, model).of_version(version.number).get(site)
+    ready = assess(site, overlaid(reg, calibration, model, version.number), rules, served.task_metric)
     counts = reg.batches.site_counts(model, [site]).get(site)
     drift = [r for r in reg.reports.drift(model, limit=200) if r.site == site]
     fit = calibration.sites.get(site) if calibration else None
@@ -82,6 +84,10 @@ def report(reg: RedisRegistry, artifacts: ArtifactStore, model: str, site: str, 
         "drift": {"report": drift[-1].id, "drift": drift[-1].drift, "drifted_share": drift[-1].drifted_share,
                   "reference_version": drift[-1].reference_version, "at": drift[-1].created_at} if drift else None,
         "heldout": fit.model_dump(exclude={"scores", "labels"}) if fit else None,
+        # the site's locked test set under this version: what readiness judged when there is one
+        "locked": {**locked.figures.model_dump(exclude={"scores", "labels"}), "digest": locked.digest,
+                   "batches": locked.batch_ids} if locked else None,
+        "judged_on": "locked" if locked else "heldout",
         "served": _served(inputs, model, site) if inputs is not None else None,
     }
     if fit is not None:
@@ -164,6 +170,17 @@ def _served_html(served: dict[str, Any]) -> str:
         ("inputs it rests on, version", f"{checked.get('answers', '-')}, v{checked.get('version', '-')}")]) + "</table>"
 
 
+def _locked_html(locked: dict[str, Any], metric: str) -> str:
+    """The locked test set's figures: what readiness judged (registry/locked.py)."""
+    return (f"<h2>Locked test set (readiness judges these; digest <code>{html.escape(locked['digest'])}</code>)</h2>"
+            "<table>" + _rows([
+                ("samples", locked.get("samples")), ("samples per class", locked.get("class_counts") or "-"),
+                (f"{metric} (95% interval)",
+                 f"{_fmt(locked.get('metric_value'))} ({_span(locked.get('metric_interval'))})"),
+                ("accuracy (95% interval)", f"{_fmt(locked.get('accuracy'))} ({locked.get('accuracy_interval')})"),
+                ("ECE at the served temperature", _fmt(locked.get("ece_calibrated")))]) + "</table>")
+
+
 def render_html(r: dict[str, Any]) -> str:
     """The report as one self-contained page (no script, no external asset)."""
     held = r["heldout"] or {}
@@ -181,6 +198,8 @@ def render_html(r: dict[str, Any]) -> str:
                  ("ECE before / after", f"{_fmt(held.get('ece'))} / {_fmt(held.get('ece_calibrated'))}"),
                  ("ECE of a perfectly calibrated model on these samples", _fmt(held.get("ece_floor"))),
                  ("calibration error after (debiased)", _fmt(held.get("error_calibrated")))]) + "</table>"]
+    if r.get("locked"):
+        parts.append(_locked_html(r["locked"], r.get("metric", "task metric")))
     if held.get("sensitivity"):
         parts.append("<h2>Sensitivity per class</h2>" + _table(
             ["class", "found", "95% low", "95% high"], [[k, *v] for k, v in held["sensitivity"].items()]))
