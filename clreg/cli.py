@@ -31,7 +31,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from clreg import approval_cli, context, demo, doctor, embedded, faults, site_cli, status_view, terminal
+from clreg import approval_cli, context, demo, doctor, embedded, faults, protocol_cli, site_cli, status_view, terminal
 from clreg.client import ApiError, Client, npz_bytes
 from clreg.daemon import Daemon
 from clreg.errors import ClregError
@@ -49,6 +49,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(sites_app, name="sites")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(approval_cli.approvers_app, name="approvers")
+app.add_typer(protocol_cli.protocol_app, name="protocol")
 app.command("approvals")(approval_cli.approvals)
 app.command("approve")(approval_cli.approve)
 app.command("decline")(approval_cli.decline)

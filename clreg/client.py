@@ -128,6 +128,13 @@ class Client:
         """Create an approver; the answer carries its token, shown this once."""
         return self._call("POST", "/v1/approvers", self.admin_token, json={"name": name}).json()
 
+    def change_protocol(self, model: str, reason: str, approval: dict[str, Any] | None = None,
+                        readiness: dict[str, Any] | None = None) -> dict:
+        """A new revision of the model's protocol with its approval policy or readiness rules changed."""
+        body = {"reason": reason, **({"approval": approval} if approval else {}),
+                **({"readiness": readiness} if readiness else {})}
+        return self._call("PUT", f"/v1/models/{model}/protocol", self.admin_token, json=body).json()
+
     def remove_approver(self, name: str) -> dict:
         return self._call("DELETE", f"/v1/approvers/{name}", self.admin_token).json()
 

@@ -18,6 +18,7 @@ from clreg.learner.evaluate import predict_logits
 from clreg.learner.models import to_tensor
 from clreg.registry.artifacts import Artifact, version_calibration
 from clreg.registry.locked import LockedScore, LockedSets, set_digest
+from clreg.registry.protocol import Protocols
 from clreg.registry.records import Batch, BatchState, BatchStatus, Model, ModelVersion
 
 
@@ -25,6 +26,10 @@ def admit(stores: Stores, model: Model, batch: Batch) -> None:
     """A locked batch joins its site's locked set; every version is scored on the set; the batch is `locked`."""
     sets = LockedSets(stores.registry, model.name)
     sets.add(batch.id, batch.site)
+    fixed = {site: {"digest": set_digest(ids), "batch_ids": ids} for site, ids in sets.sites().items()}
+    Protocols(stores.registry, stores.events).revise(  # the set's digest, fixed in the protocol
+        model, who=f"site:{batch.site}", reason=f"locked test set of site {batch.site}: batch {batch.id[:12]} added",
+        locked=fixed)
     ids = sets.sites()[batch.site]
     versions = [v.version for v in stores.registry.list_versions(model.name)]
     score(stores, model, versions)

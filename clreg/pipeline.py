@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from enum import Enum
 
-from clreg import approving, faults, locking, recovery, shadowing
+from clreg import approving, faults, locking, protocols, recovery, shadowing
 from clreg.context import Context
 from clreg.gating import gate
 from clreg.learner.errors import LearnerError, TrainingInterrupted
@@ -187,7 +187,7 @@ def _new(ctx: Context, worker: Worker, lease: Lease, model: Model, production: M
     if learnt is None:
         return None
     version = assemble(ctx.stores, ctx.features, ctx.trigger.reference_samples, model, production, learnt)
-    return _register(ctx, lease, version)
+    return _register(ctx, lease, protocols.stamp(ctx, model, version))  # made under the protocol in force
 
 
 def _learn(ctx: Context, worker: Worker, model: Model, production: ModelVersion | None,

@@ -36,6 +36,7 @@ from clreg.registry.events import EventLog, IngestQueue
 from clreg.registry.findings import SiteCalibration
 from clreg.registry.inputs import InputLog
 from clreg.registry.locked import overlaid
+from clreg.registry.protocol import Protocols, standing
 from clreg.registry.readiness import assess
 from clreg.registry.records import (
     NAME_PATTERN,
@@ -60,7 +61,7 @@ from clreg.registry.shadow import Shadows
 from clreg.registry.status import pipeline_status
 from clreg.registry.store import RedisRegistry
 from clreg.registry.webhooks import WebhookStore
-from clreg.serving import approvals, boundary, console, metrics, uploads, validation, webhooks, withdrawals
+from clreg.serving import approvals, boundary, console, metrics, protocols, uploads, validation, webhooks, withdrawals
 from clreg.serving.auth import Tokens, bearer, matches
 from clreg.serving.config import ServingConfig
 from clreg.serving.errors import (
@@ -164,6 +165,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     app.include_router(validation.router(reg, artifacts, inputs, reader))
     app.include_router(withdrawals.router(reg, events, admin))
     app.include_router(approvals.router(reg, events, artifacts, tokens, admin, reader))  # and its console page
+    app.include_router(protocols.router(reg, events, admin, reader))
     app.include_router(console.router(reg, artifacts, events, tokens, cfg.evidently_ui_url, inputs))
     uploads.install(app, uploads.Uploads(artifacts, tokens, cfg.max_weights_bytes))
 
@@ -211,6 +213,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
                 raise Conflict(f"model {body.name!r} already exists")
             model = model.model_copy(update=uploads.initial_weights(artifacts, net, body.weights))
         reg.create_model(model)
+        Protocols(reg, events).revise(model, who="admin", reason="model created")  # its protocol's revision 1
         return model.model_dump()
 
     @app.get("/v1/models/{name}/versions")
@@ -233,6 +236,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         calibration = version_calibration(artifacts, view.version)
         return {**view.model_dump(mode="json"), "gate_report": gate,
                 "calibration": calibration.model_dump() if calibration else None,
+                "protocol": standing(Protocols(reg, events), name, view.version.lineage.protocol),
                 **_served(replicas, name, number)}
 
     @app.get("/v1/models/{name}/aliases")

@@ -49,3 +49,15 @@ def test_the_admin_asks_and_approvers_decide_from_the_cli(gateway: Path, registr
     assert [r["status"] for r in every] == ["approved", "declined"]
     denied = run(app, ["approve", "cli", "1", "--reason", "x", "--token", "not-a-token"])
     assert denied.exit_code != 0
+
+
+def test_the_protocol_is_shown_and_its_approval_policy_changed_from_the_cli(gateway: Path,
+                                                                           registry: RedisRegistry) -> None:
+    run = CliRunner().invoke
+    assert run(app, ["models", "create", "proto", "--input", "1,8,8", "--classes", "3"]).exit_code == 0
+    changed = run(app, ["protocol", "set", "proto", "--approval", "approval", "--approvers", "2", "--reason", "pilot"])
+    assert changed.exit_code == 0 and "protocol revision 2 (approval)" in changed.output, changed.output
+    shown = json.loads(run(app, ["protocol", "show", "proto", "--json"]).output)
+    assert [(p["revision"], p["who"], p["reason"]) for p in shown["revisions"]] == [
+        (1, "admin", "model created"), (2, "admin", "pilot")]
+    assert registry.get_model("proto").approval == ApprovalPolicy(mode="approval", approvers=2)

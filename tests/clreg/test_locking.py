@@ -21,6 +21,7 @@ from clreg.registry.batches import Limits, ingest, token_sha256
 from clreg.registry.errors import Conflict
 from clreg.registry.events import IngestQueue
 from clreg.registry.locked import LockedSets, set_digest
+from clreg.registry.protocol import Protocols
 from clreg.registry.readiness import assess
 from clreg.registry.records import (
     BatchStatus,
@@ -97,6 +98,8 @@ def test_the_daemon_scores_every_version_on_a_locked_set_and_never_learns_it(ctx
     assert ctx.registry.batches.pending(M) == []  # never waits for an update
     sets = LockedSets(ctx.registry, M)
     assert sets.sites() == {"b": [first]}
+    fixed = Protocols(ctx.registry, ctx.events).current(M)  # the set's digest, fixed in the protocol
+    assert fixed is not None and fixed.who == "site:b" and fixed.locked["b"].digest == set_digest([first])
     scores = sets.scores()
     assert sorted(scores) == [(1, "b"), (2, "b")]
     for (number, _), score in scores.items():

@@ -126,7 +126,7 @@ def test_a_blessed_version_waits_unserved_until_an_approver_approves(setup: Setu
     assert [(c["action"], c["who"]) for c in aliases["log"]] == [
         ("requested", "daemon"), ("approved", "approver:alice"), ("moved", "daemon")]
     kinds = [e.kind for e in setup.stores.events.read(M)]
-    assert kinds == ["approval.requested", "approval.approved", "alias.moved"]
+    assert kinds == ["protocol.changed", "approval.requested", "approval.approved", "alias.moved"]
     moved = setup.stores.events.read(M)[-1]
     assert (moved.data["approvers"], moved.data["request"]) == (["alice"], "r-1-gate")
 

@@ -1,0 +1,49 @@
+"""GET and PUT /v1/models/{name}/protocol: a model's modification protocol, every revision, and the admin's change
+of its approval policy or readiness rules (registry/protocol.py), audited as a new revision.
+
+No `from __future__ import annotations` here: FastAPI must see the real dependency types of the routes.
+"""
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from clreg.registry.events import EventLog
+from clreg.registry.protocol import Protocols
+from clreg.registry.records import ApprovalPolicy, Name, Readiness
+from clreg.registry.store import RedisRegistry
+from clreg.serving.errors import BadRequest
+
+
+class ProtocolChange(BaseModel):
+    approval: ApprovalPolicy | None = None  # who moves production from now on
+    readiness: Readiness | None = None  # when a site counts as validated from now on
+    reason: str = Field(min_length=1, max_length=500, description="why: kept in the revision and its event")
+
+
+def router(reg: RedisRegistry, events: EventLog, admin: Callable[..., str], reader: Callable[..., str]) -> APIRouter:
+    routes = APIRouter()
+    protocols = Protocols(reg, events)
+    Admin = Annotated[str, Depends(admin)]
+    Reader = Annotated[str, Depends(reader)]
+
+    @routes.get("/v1/models/{name}/protocol")
+    def get_protocol(name: Name, _: Reader) -> dict:
+        """The current revision of the model's protocol and every revision before it (oldest first)."""
+        reg.get_model(name)
+        revisions = [p.model_dump(mode="json") for p in protocols.all(name)]
+        return {"current": revisions[-1] if revisions else None, "revisions": revisions}
+
+    @routes.put("/v1/models/{name}/protocol")
+    def change_protocol(name: Name, body: ProtocolChange, who: Admin) -> dict:
+        """Change the approval policy or the readiness rules: the model's record and a new protocol revision, with
+        its protocol.changed event, in one transaction (nothing changes without a revision)."""
+        changes = {k: v for k, v in (("approval", body.approval), ("readiness", body.readiness)) if v is not None}
+        if not changes:
+            raise BadRequest("give the approval policy or the readiness rules to change, with a reason")
+        model = reg.get_model(name).model_copy(update=changes)
+        return protocols.revise(model, who=who, reason=body.reason, record=True).model_dump(mode="json")
+
+    return routes
