@@ -51,6 +51,8 @@ app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(approval_cli.approvers_app, name="approvers")
 app.add_typer(protocol_cli.protocol_app, name="protocol")
 app.command("approvals")(approval_cli.approvals)
+app.command("report")(protocol_cli.report)
+app.command("note")(protocol_cli.note)
 app.command("approve")(approval_cli.approve)
 app.command("decline")(approval_cli.decline)
 console = terminal.console

@@ -135,6 +135,10 @@ class Client:
                 **({"readiness": readiness} if readiness else {})}
         return self._call("PUT", f"/v1/models/{model}/protocol", self.admin_token, json=body).json()
 
+    def write_note(self, model: str, version: int, text: str) -> dict:
+        return self._call("PUT", f"/v1/models/{model}/versions/{version}/note", self.admin_token,
+                          json={"text": text}).json()
+
     def remove_approver(self, name: str) -> dict:
         return self._call("DELETE", f"/v1/approvers/{name}", self.admin_token).json()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
@@ -40,3 +41,27 @@ def set_(model: str, reason: Annotated[str, typer.Option(help="why: kept in the 
     if as_json:
         return terminal.emit(answer, True)
     console.print(f"{model}: protocol revision {answer['revision']} ({', '.join(answer['changed']) or 'no change'})")
+
+
+def report(model: str, version: Annotated[int, typer.Option("--version", "-v", help="the pack runs from v1 to it")],
+           out: Annotated[Path, typer.Option(help="folder for MODEL-vN-evidence.html and .json")] = Path("."),
+           as_json: JsonOpt = False) -> None:
+    """Write the evidence pack of MODEL from version 1 to --version: one self-contained HTML page laid out along the
+    PCCP headings (print it to PDF from a browser) and the JSON it was made from (its sha256 is on the page)."""
+    from clreg.serving.evidence import pack_json, render  # the page is rendered here from the one JSON fetched
+
+    found = terminal.client().get(f"/v1/models/{model}/versions/{version}/evidence")
+    out.mkdir(parents=True, exist_ok=True)
+    page, data = out / f"{model}-v{version}-evidence.html", out / f"{model}-v{version}-evidence.json"
+    data.write_bytes(pack_json(found))
+    page.write_text(render(found))
+    if as_json:
+        return terminal.emit({"html": str(page), "json": str(data), "figures": len(found["figures"])}, True)
+    console.print(f"evidence pack of {model} v1-v{version}: {page} ({len(found['figures'])} figures, each linked to "
+                  f"its record) and {data}")
+
+
+def note(model: str, version: int, text: Annotated[str, typer.Argument(help="your words in the release note")]) -> None:
+    """Set the operator's own text of a version's release note (admin)."""
+    written = terminal.client(admin=True).write_note(model, version, text)
+    console.print(f"{model} v{version}: note by {written['who']} saved")

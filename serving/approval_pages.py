@@ -10,15 +10,16 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Cookie, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from clreg.registry.approvals import ApprovalRequest, Approvals, Verdict, settle
 from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.errors import RegistryError
 from clreg.registry.events import EventLog
+from clreg.registry.evidence import pack
 from clreg.registry.records import Name
 from clreg.registry.store import RedisRegistry
-from clreg.serving import session
+from clreg.serving import evidence, session
 from clreg.serving.auth import APPROVER, Tokens
 from clreg.serving.console import TEMPLATES, _form, _version
 from clreg.serving.errors import BadRequest, ServingError, Unauthorized
@@ -61,6 +62,15 @@ def router(reg: RedisRegistry, artifacts: ArtifactStore, events: EventLog, token
             "role": role, "csrf": session.csrf_token(tokens, cookie or ""), "evidently_ui": "",
             "waiting": [r for r in found if r["request"].status == "waiting"],
             "decided": [r for r in found if r["request"].status != "waiting"], "may_decide": may_decide})
+
+    @ui.get("/models/{name}/versions/{number}/evidence")
+    def evidence_page(request: Request, name: Name, number: str, cookie: Session = None) -> Response:
+        """The evidence pack's page (as GET /v1/models/{m}/versions/{n}/evidence?format=html) for a session."""
+        try:
+            session.role_of(tokens, cookie)
+        except Unauthorized:
+            return RedirectResponse("/ui/login", status_code=303)
+        return HTMLResponse(evidence.render(pack(reg, artifacts, events, name, _version(number))))
 
     @ui.post("/approvals/{name}/{number}")
     async def decide(request: Request, name: Name, number: str, cookie: Session = None) -> Response:

@@ -165,7 +165,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
     app.include_router(validation.router(reg, artifacts, inputs, reader))
     app.include_router(withdrawals.router(reg, events, admin))
     app.include_router(approvals.router(reg, events, artifacts, tokens, admin, reader))  # and its console page
-    app.include_router(protocols.router(reg, events, admin, reader))
+    app.include_router(protocols.router(reg, events, artifacts, admin, reader))  # with release notes, evidence
     app.include_router(console.router(reg, artifacts, events, tokens, cfg.evidently_ui_url, inputs))
     uploads.install(app, uploads.Uploads(artifacts, tokens, cfg.max_weights_bytes))
 

@@ -10,10 +10,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
+from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.events import EventLog
 from clreg.registry.protocol import Protocols
 from clreg.registry.records import ApprovalPolicy, Name, Readiness
 from clreg.registry.store import RedisRegistry
+from clreg.serving import evidence
 from clreg.serving.errors import BadRequest
 
 
@@ -23,8 +25,11 @@ class ProtocolChange(BaseModel):
     reason: str = Field(min_length=1, max_length=500, description="why: kept in the revision and its event")
 
 
-def router(reg: RedisRegistry, events: EventLog, admin: Callable[..., str], reader: Callable[..., str]) -> APIRouter:
+def router(reg: RedisRegistry, events: EventLog, artifacts: ArtifactStore, admin: Callable[..., str],
+           reader: Callable[..., str]) -> APIRouter:
+    """The protocol's routes, and the release notes' and evidence pack's (serving/evidence.py) that cite it."""
     routes = APIRouter()
+    routes.include_router(evidence.router(reg, events, artifacts, admin, reader))
     protocols = Protocols(reg, events)
     Admin = Annotated[str, Depends(admin)]
     Reader = Annotated[str, Depends(reader)]

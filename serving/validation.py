@@ -74,12 +74,13 @@ def report(reg: RedisRegistry, artifacts: ArtifactStore, model: str, site: str, 
     calibration = version_calibration(artifacts, version)
     locked = LockedSets(reg, model).of_version(version.number).get(site)
     ready = assess(site, overlaid(reg, calibration, model, version.number), rules, served.task_metric)
+    reasons = [r.replace("held-out", "locked-set") for r in ready.reasons] if locked else ready.reasons
     counts = reg.batches.site_counts(model, [site]).get(site)
     drift = [r for r in reg.reports.drift(model, limit=200) if r.site == site]
     fit = calibration.sites.get(site) if calibration else None
     out: dict[str, Any] = {
         "model": model, "version": version.number, "site": site, "validated": ready.validated,
-        "reasons": ready.reasons, "rules": rules.model_dump(), "metric": served.task_metric,
+        "reasons": reasons, "rules": rules.model_dump(), "metric": served.task_metric,
         "data": {**counts.model_dump(), "prevalence": counts.prevalence} if counts else None,
         "drift": {"report": drift[-1].id, "drift": drift[-1].drift, "drifted_share": drift[-1].drifted_share,
                   "reference_version": drift[-1].reference_version, "at": drift[-1].created_at} if drift else None,
