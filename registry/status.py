@@ -15,7 +15,8 @@ from clreg.registry.store import RedisRegistry
 
 class StuckRule(BaseModel):
     """When a batch counts as stuck: unchanged for `after_s`, or `waiting_after_s` while it waits (by design)
-    in the pending set for more samples (drift_checked) or for live traffic to judge its candidate (shadowing)."""
+    in the pending set for more samples (drift_checked), for live traffic to judge its candidate (shadowing) or for
+    the model's approvers (awaiting_approval)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     after_s: float = Field(default=900.0, gt=0)
@@ -98,7 +99,7 @@ def pipeline_status(registry: RedisRegistry, rule: StuckRule) -> PipelineStatus:
     for batch_id, state in registry.batches.active(min(rule.after_s, rule.waiting_after_s)):
         if state.status is BatchStatus.WAITING:  # waits for another batch by design: listed under `waiting`
             continue
-        waiting = state.status in (BatchStatus.DRIFT_CHECKED, BatchStatus.SHADOWING)
+        waiting = state.status in (BatchStatus.DRIFT_CHECKED, BatchStatus.SHADOWING, BatchStatus.AWAITING_APPROVAL)
         limit = rule.waiting_after_s if waiting else rule.after_s
         if at - state.updated_at >= limit:
             stuck.append(StuckBatch(batch_id=batch_id, status=state.status, seconds=round(at - state.updated_at, 1),

@@ -152,7 +152,7 @@ def _pipeline(status: PipelineStatus) -> list[Metric]:
     backlog.add_metric([], status.backlog)
     stuck = GaugeMetricFamily("clreg_batches_stuck", "Batches in a non-final state for longer than the stuck rule",
                               labels=["status"])
-    for state in ("received", "drift_checked", "training", "gated", "shadowing"):
+    for state in ("received", "drift_checked", "training", "gated", "shadowing", "awaiting_approval"):
         stuck.add_metric([state], sum(b.status.value == state for b in status.stuck))
     up = GaugeMetricFamily("clreg_daemon_up", "1 while a daemon beats, 0 once it stopped or died", labels=["daemon"])
     beat = GaugeMetricFamily("clreg_daemon_last_heartbeat_seconds", "Unix time of a daemon's last heartbeat",
