@@ -226,7 +226,8 @@ def status(as_json: JsonOpt = False) -> None:
 @app.command()
 def versions(name: Annotated[str, typer.Argument(help="the model")] = "digits", history: bool = False,
              as_json: JsonOpt = False,
-             status: Annotated[str | None, typer.Option(help="candidate|blessed|production|rejected|archived")] = None,
+             status: Annotated[str | None, typer.Option(
+                 help="candidate|blessed|awaiting_approval|production|rejected|declined|archived")] = None,
              site: Annotated[str | None, typer.Option(help="versions that have learnt this site")] = None,
              parent: Annotated[int | None, typer.Option(help="versions trained from this version")] = None,
              since: Annotated[datetime | None, typer.Option(help="created at or after (local time)")] = None,

@@ -266,3 +266,29 @@ def test_the_console_page_takes_an_approvers_decision_with_its_session_and_csrf(
     admin_csrf = _csrf(http.get("/ui/models/appr").text)
     refused = http.post(f"/ui/approvals/{M}/1", data={"verdict": "decline", "reason": "x", "csrf": admin_csrf})
     assert refused.status_code == 403 and "approver" in refused.text
+
+
+def test_a_shadowed_candidate_of_an_approval_model_waits_for_approvers_after_its_shadow_run(setup: Setup) -> None:
+    from clreg import shadowing
+    from clreg.registry.leases import tool
+    from clreg.registry.records import ShadowPolicy
+    from clreg.registry.shadow import ShadowCounts, ShadowRun, Shadows
+
+    _model(setup)
+    policy = ShadowPolicy(share=0.5, min_requests=10, min_agreement=0.5)
+    model = setup.registry.get_model(M).model_copy(update={"shadow": policy})
+    setup.registry.r.set(setup.registry.key("model", M), model.model_dump_json())
+    alice = setup.approver("alice")
+    setup.registry.promote(M, setup.version().number, who="test", reason="first")
+    v2 = setup.version()
+    shadows = Shadows(setup.registry)
+    shadows.start(ShadowRun(model=M, version=2, policy=policy))
+    shadows.record({(M, 2, "s1"): ShadowCounts(requests=10, samples=10, agreed=9, confidence_sum=9.0)})
+    assert shadowing.judge(setup.stores, tool(), 10.0) == [(M, 2, "awaiting_approval")]
+    reg = setup.registry
+    assert reg.resolve(M) == 1 and reg.status(M, 2) is VersionStatus.AWAITING_APPROVAL and shadows.active(M) is None
+    assert reg.batches.state(v2.lineage.batch_ids[0]).status is BatchStatus.AWAITING_APPROVAL
+    [request] = Approvals(reg, setup.stores.events).waiting(M)
+    assert request.reason.startswith("shadow agreement 90.0%")
+    setup.call("POST", f"/v1/models/{M}/versions/2/approve", alice, json={"reason": "shadow fine"})
+    assert reg.resolve(M) == 2 and reg.batches.state(v2.lineage.batch_ids[0]).status is BatchStatus.PROMOTED
