@@ -236,9 +236,10 @@ def versions(name: Annotated[str, typer.Argument(help="the model")] = "digits", 
     client = _client()
     if history:
         data = client.get(f"/v1/models/{name}/aliases")
-        table = Table("when", "from", "to", "who", "reason")
-        for c in data["history"]:
-            table.add_row(_when(c["at"]), str(c["from_version"] or "-"), str(c["to_version"]), c["who"], c["reason"])
+        table = Table("when", "action", "from", "to", "who", "approvers", "reason")
+        for c in data.get("log", data["history"]):  # moves, and the approval steps between them
+            table.add_row(_when(c["at"]), c.get("action", "moved"), str(c["from_version"] or "-"), str(c["to_version"]),
+                          c["who"], ", ".join(c.get("approvers", [])), c["reason"])
         return _emit(data, as_json, table)
     data = client.get(f"/v1/models/{name}/versions", status=status, site=site, parent=parent,
                       since=since.timestamp() if since else None, until=until.timestamp() if until else None)
