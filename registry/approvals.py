@@ -32,7 +32,7 @@ from pydantic import Field
 from clreg.registry import promotion
 from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.connection import Write, translated
-from clreg.registry.errors import Conflict, NotFound
+from clreg.registry.errors import Conflict, NotFound, NotPermitted
 from clreg.registry.events import EventLog
 from clreg.registry.records import (
     NEVER_SERVED,
@@ -135,7 +135,8 @@ class Approvals:
         """Record one approver's decision on the request waiting for `version`; the request as it is after it.
 
         Raises:
-            NotFound: no request waits for that version. Conflict: the approver requested it, or decided it already.
+            NotFound: no request waits for that version. NotPermitted: the approver requested it. Conflict: the
+            approver decided it already.
         """
         key, decided = self._key(model), list[ApprovalRequest]()
         decision = Decision(approver=check_name(approver), verdict=verdict, reason=reason)
@@ -176,7 +177,7 @@ class Approvals:
 
 def _check_decider(request: ApprovalRequest, approver: str) -> None:
     if request.requester == f"approver:{approver}":
-        raise Conflict(f"approver {approver!r} requested this move (request {request.id}); another approver must "
+        raise NotPermitted(f"approver {approver!r} requested this move (request {request.id}); another approver must "
                        "decide it")
     if any(d.approver == approver for d in request.decisions):
         raise Conflict(f"approver {approver!r} has decided request {request.id} already")
@@ -203,6 +204,8 @@ def request_move(registry: RedisRegistry, events: EventLog, model: str, version:
     status = registry.status(model, version)
     if status in NEVER_SERVED:
         raise Conflict(f"version {version} is {status.value} and can never be served")
+    if registry.resolve(model) == version:
+        raise Conflict(f"version {version} holds production already")
     waiting = Approvals(registry, events).waiting(model, version)
     if waiting:
         raise Conflict(f"request {waiting[0].id} waits for approvers to decide version {version} already")

@@ -4,6 +4,7 @@ RegistryError
  ├── NotFound             a model, site, version, batch or report does not exist
  ├── Conflict             the write contradicts what is stored (duplicate name, unservable version)
  │    └── LeaseLost       the update lease a write depends on is held by another process now
+ ├── NotPermitted         the caller may not do this to this record (an approver deciding its own request)
  ├── ArtifactCorrupt      an artifact's bytes no longer match their sha256, or it is missing
  ├── UnreadableRecord     a stored record was written by a newer schema than this code reads, or is damaged
  ├── TargetRefused        a webhook url is not http(s) or its host is not in the allow-list
@@ -30,6 +31,10 @@ class Conflict(RegistryError):
 
 class LeaseLost(Conflict):
     """The update lease protecting a write was taken over; the write did not happen."""
+
+
+class NotPermitted(RegistryError):
+    """The caller is not allowed this action on this record, whatever its token may do elsewhere."""
 
 
 class ArtifactCorrupt(RegistryError):

@@ -20,6 +20,7 @@ from clreg.registry.errors import (
     Conflict,
     MalformedBatch,
     NotFound,
+    NotPermitted,
     RegistryError,
     StoreUnavailable,
     TargetRefused,
@@ -33,6 +34,7 @@ RETRY_AFTER_S = 2
 _REGISTRY_STATUS: list[tuple[type[RegistryError], int, str]] = [
     (NotFound, 404, "not_found"),
     (Conflict, 409, "conflict"),
+    (NotPermitted, 403, "forbidden"),
     (MalformedBatch, 400, "malformed_batch"),
     (BatchMismatch, 422, "batch_mismatch"),
     (TooLarge, 413, "payload_too_large"),

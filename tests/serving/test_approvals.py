@@ -142,11 +142,14 @@ def test_the_requester_cannot_approve_its_own_request(setup: Setup) -> None:
     assert (asked["status"], asked["request"]["requester"], asked["request"]["kind"]) == (
         "awaiting_approval", "approver:alice", "manual")
     assert setup.registry.resolve(M) == 1  # asked, not moved
+    status, same = setup.call("POST", f"/v1/models/{M}/aliases/production", "admin", json={"version": 1,
+                                                                                           "reason": "no-op"})
+    assert status == 409 and "holds production already" in same["detail"]
     status, again = setup.call("POST", f"/v1/models/{M}/aliases/production", "admin", json={"version": 2,
                                                                                             "reason": "twice"})
     assert status == 409 and "waits for approvers" in again["detail"]
     status, own = setup.call("POST", f"/v1/models/{M}/versions/2/approve", alice, json={"reason": "mine"})
-    assert status == 409 and "another approver must decide it" in own["detail"]
+    assert status == 403 and "another approver must decide it" in own["detail"]
     status, ops = setup.call("POST", f"/v1/models/{M}/versions/2/approve", "ops", json={"reason": "x"})
     assert status == 403
     status, done = setup.call("POST", f"/v1/models/{M}/versions/2/approve", bob, json={"reason": "agreed"})
