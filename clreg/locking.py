@@ -16,14 +16,18 @@ from clreg.context import Stores
 from clreg.learner.answer import Answerer
 from clreg.learner.evaluate import predict_logits
 from clreg.learner.models import to_tensor
+from clreg.registry import promotion
 from clreg.registry.artifacts import Artifact, version_calibration
 from clreg.registry.locked import LockedScore, LockedSets, set_digest
 from clreg.registry.protocol import Protocols
+from clreg.registry.readiness import SiteReadiness
 from clreg.registry.records import Batch, BatchState, BatchStatus, Model, ModelVersion
 
 
 def admit(stores: Stores, model: Model, batch: Batch) -> None:
     """A locked batch joins its site's locked set; every version is scored on the set; the batch is `locked`."""
+    production = stores.registry.resolve(model.name)
+    before = promotion.readiness(stores.registry, stores.artifacts, model, production)  # on the sets as they were
     sets = LockedSets(stores.registry, model.name)
     sets.add(batch.id, batch.site)
     fixed = {site: {"digest": set_digest(ids), "batch_ids": ids} for site, ids in sets.sites().items()}
@@ -33,12 +37,26 @@ def admit(stores: Stores, model: Model, batch: Batch) -> None:
     ids = sets.sites()[batch.site]
     versions = [v.version for v in stores.registry.list_versions(model.name)]
     score(stores, model, versions)
+    _readiness_alerts(stores, model, production, before)
     stores.registry.batches.set_state(batch.id, BatchState(
         status=BatchStatus.LOCKED, detail=f"a locked test set of site {batch.site} ({len(ids)} batch"
                                          f"{'es' if len(ids) > 1 else ''}): never learnt; every version is scored "
                                          f"on it ({len(versions)} so far)"))
     stores.events.append(model.name, "batch.locked", batch=batch.id, site=batch.site, samples=batch.samples,
                          digest=set_digest(ids), batches=len(ids))
+
+
+def _readiness_alerts(stores: Stores, model: Model, production: int | None,
+                      before: dict[str, SiteReadiness]) -> None:
+    """A site.readiness alert for every site whose readiness under production the locked set changed (its figures
+    replace the held-out ones), as a promotion raises one for the sites it changes."""
+    after = promotion.readiness(stores.registry, stores.artifacts, model, production)
+    for site, now_ in after.items():
+        then = before.get(site)
+        if then is None or then.validated != now_.validated:
+            stores.events.append(model.name, "site.readiness", site=site, version=production,
+                                 validated=now_.validated, reasons=now_.reasons,
+                                 was=None if then is None else then.validated, judged_on="locked")
 
 
 def score(stores: Stores, model: Model, versions: list[ModelVersion]) -> list[LockedScore]:

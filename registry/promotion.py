@@ -40,7 +40,7 @@ def promote(registry: RedisRegistry, events: EventLog, model: str, version: int,
     previous = registry.resolve(model)
     before, after = {}, {}
     if artifacts is not None:
-        before, after = (_readiness(registry, artifacts, record, n) for n in (previous, version))
+        before, after = (readiness(registry, artifacts, record, n) for n in (previous, version))
 
     def audit(change: AliasChange) -> list[StreamEntry]:
         entries = events.alias_moved(change, forced=force)
@@ -57,8 +57,9 @@ def promote(registry: RedisRegistry, events: EventLog, model: str, version: int,
                             request=request)
 
 
-def _readiness(registry: RedisRegistry, artifacts: ArtifactStore, model: Model,
-               number: int | None) -> dict[str, SiteReadiness]:
+def readiness(registry: RedisRegistry, artifacts: ArtifactStore, model: Model,
+              number: int | None) -> dict[str, SiteReadiness]:
+    """Every site's readiness under a version (None: no version), judged on its locked set where it has one."""
     if number is None:
         return {}
     calibration = version_calibration(artifacts, registry.get_version(model.name, number))

@@ -16,13 +16,14 @@ from clreg import context, locking, pipeline
 from clreg.client import npz_bytes
 from clreg.learner.models import network_for, weights_to_bytes
 from clreg.learner.streams import digits_sites, to_uint8
+from clreg.registry import promotion
 from clreg.registry.artifacts import Artifact
 from clreg.registry.batches import Limits, ingest, token_sha256
 from clreg.registry.errors import Conflict
 from clreg.registry.events import IngestQueue
 from clreg.registry.locked import LockedSets, set_digest
 from clreg.registry.protocol import Protocols
-from clreg.registry.readiness import assess
+from clreg.registry.readiness import SiteReadiness, assess
 from clreg.registry.records import (
     BatchStatus,
     InputSpec,
@@ -168,3 +169,35 @@ def test_the_push_route_takes_locked_and_refuses_the_same_bytes_unlocked(ctx: co
         assert again.status_code == 409 and again.json()["error"] == "conflict"
         assert "locked test set" in again.json()["detail"]
     assert ctx.registry.batches.get(pushed.json()["batch_id"]).locked
+
+
+def test_a_locked_set_that_changes_productions_readiness_raises_the_alert(ctx: context.Context) -> None:
+    from clreg import scores
+    from clreg.calibration import calibrate_version
+    from clreg.learner.answer import Answerer
+
+    model = _model(ctx.registry).model_copy(update={"readiness": Readiness(accuracy_floor=0.0, ece_limit=1.0)})
+    data = digits_sites(seed=2, names=("contrast",))[0]
+    learnt = _push(ctx, "b", data.x[:100], data.y[:100], locked=False)
+    torch.manual_seed(0)
+    weights = ctx.artifacts.put(weights_to_bytes(network_for(model)))
+    scored = scores.answer(ctx.stores, model, Answerer.of(ctx.stores.module(model, weights), None), {"b": [learnt]})
+    calibration = calibrate_version(model, scored, 0)
+    version = ctx.registry.register_version(ModelVersion(model=M, number=1, lineage=Lineage(sites=["b"]), artifacts={
+        Artifact.WEIGHTS.value: weights,
+        Artifact.CALIBRATION.value: ctx.artifacts.put(calibration.model_dump_json().encode())}))
+    ctx.registry.promote(M, version.number, who="test", reason="served")
+    locked = _push(ctx, "b", data.x[100:160], data.y[100:160], locked=True)
+    heldout = promotion.readiness(ctx.registry, ctx.artifacts, model, 1)["b"]
+    locking.admit(ctx.stores, model, ctx.registry.batches.get(locked))
+    judged = promotion.readiness(ctx.registry, ctx.artifacts, model, 1)["b"]
+    assert judged != heldout  # judged on the locked set's figures now
+    raised = [e.data for e in ctx.events.read(M) if e.kind == "site.readiness"]
+    assert raised == ([] if judged.validated == heldout.validated else [{
+        "site": "b", "version": 1, "validated": judged.validated, "reasons": judged.reasons,
+        "was": heldout.validated, "judged_on": "locked"}])
+    flipped = SiteReadiness("b", not judged.validated)  # had it been the other verdict before: the alert
+    locking._readiness_alerts(ctx.stores, model, 1, {"b": flipped})
+    last = ctx.events.read(M)[-1]
+    assert (last.kind, last.data["was"], last.data["validated"]) == ("site.readiness", flipped.validated,
+                                                                     judged.validated)
