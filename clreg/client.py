@@ -66,7 +66,7 @@ class Client:
                      readiness: dict[str, Any] | None = None, shadow: dict[str, Any] | None = None,
                      weights: str | None = None, normalisation: dict[str, list[float]] | None = None,
                      metric: str | None = None, costs: dict[str, float] | None = None,
-                     approval: dict[str, Any] | None = None) -> dict:
+                     approval: dict[str, Any] | None = None, canary: dict[str, Any] | None = None) -> dict:
         """Register a model; `readiness` (accuracy_floor, ece_limit, policy) decides where it is validated,
         `shadow` (share, min_requests, min_agreement) mirrors each candidate on live traffic before promotion,
         `weights` (the sha256 `upload` answered) are its initial weights, `normalisation` ({"mean", "std"} per
@@ -78,7 +78,7 @@ class Client:
                 **({"weights": weights} if weights else {}),
                 **({"normalisation": normalisation} if normalisation else {}),
                 **({"metric": metric} if metric else {}), **({"costs": costs} if costs else {}),
-                **({"approval": approval} if approval else {})}
+                **({"approval": approval} if approval else {}), **({"canary": canary} if canary else {})}
         return self._call("POST", "/v1/models", self.admin_token, json=body).json()
 
     def upload(self, data: bytes) -> dict:

@@ -17,7 +17,7 @@ import time
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from clreg import pipeline, shadowing, watch
+from clreg import canarying, pipeline, shadowing, watch
 from clreg.context import Context
 from clreg.dispatch import Dispatcher
 from clreg.learner.errors import TrainingInterrupted
@@ -159,10 +159,13 @@ class Daemon:
                  report.skipped)
 
     def judge_shadows(self) -> None:
-        """Periodic job: promote or reject candidates mirrored on live traffic once they have enough requests."""
+        """Periodic job: promote or reject candidates mirrored on live traffic, or answering a share of it as a
+        canary, once they have enough requests."""
         try:
             for model, version, verdict in shadowing.judge(self.ctx.stores, self.me, self.cfg.lease_s):
                 log.info("shadowed version %s of %s: %s", version, model, verdict)
+            for model, version, verdict in canarying.judge(self.ctx.stores, self.me, self.cfg.lease_s):
+                log.info("canary version %s of %s: %s", version, model, verdict)
         except RegistryError as e:  # the next run judges
             log.warning("shadow verdicts skipped: %s", e)
 

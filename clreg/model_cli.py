@@ -30,6 +30,9 @@ def models_create(name: str, factory: Annotated[str, typer.Option()] = "clreg.le
                   approval: Annotated[Literal["auto", "approval"], typer.Option(
                       help="auto: a version that passes its gates is promoted; approval: approvers decide")] = "auto",
                   approvers: Annotated[int, typer.Option(help="distinct approvals each move needs")] = 1,
+                  canary: Annotated[float | None, typer.Option(
+                      help="share of a validated site's requests a candidate answers before it may replace "
+                           "production (default: no canary)")] = None,
                   as_json: JsonOpt = False) -> None:
     """Register a model: its factory and input spec, and optionally a pretrained checkpoint to start from."""
     spec = tuple(int(v) for v in input.split(","))
@@ -39,7 +42,8 @@ def models_create(name: str, factory: Annotated[str, typer.Option()] = "clreg.le
     digest = client.upload(weights.read_bytes())["sha256"] if weights is not None else None  # the bytes travel
     created = client.create_model(name, factory, spec, classes, weights=digest, normalisation=norm, metric=metric,
                                  costs={"false_positive": cost_fp, "false_negative": cost_fn},
-                                 approval={"mode": approval, "approvers": approvers})
+                                 approval={"mode": approval, "approvers": approvers},
+                                 canary={"share": canary} if canary is not None else None)
     terminal.emit(created, as_json)
 
 

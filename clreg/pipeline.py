@@ -15,14 +15,14 @@ import threading
 from dataclasses import dataclass, field
 from enum import Enum
 
-from clreg import approving, faults, locking, protocols, recovery, shadowing
+from clreg import approving, canarying, faults, locking, protocols, recovery, shadowing
 from clreg.context import Context
 from clreg.gating import gate
 from clreg.learner.errors import LearnerError, TrainingInterrupted
 from clreg.learning import Learnt, assemble, learn
 from clreg.monitor.errors import MonitorError
 from clreg.monitoring import check_batch
-from clreg.registry import promotion
+from clreg.registry import canary, promotion
 from clreg.registry.errors import StoreUnavailable
 from clreg.registry.findings import DriftReport, GateReport
 from clreg.registry.leases import Lease, tool
@@ -128,8 +128,8 @@ def _update(ctx: Context, worker: Worker, lease: Lease, model: Model) -> None:
     EWC penalty (lambda x retry factor, up to `forgetting_retries` times) before the batches are given up."""
     if Shadows(ctx.registry).active(model.name) is not None:  # batches wait for the mirrored candidate's verdict
         return
-    if approving.blocking(ctx.stores, model.name):  # and for the approvers' verdict on a blessed version
-        return
+    if approving.blocking(ctx.stores, model.name) or canarying.running(ctx.stores, model.name):  # and approvers,
+        return  # and a candidate answering a share of requests
     production = ctx.stores.production(model.name)
     batches = recovery.settle(ctx.stores, model.name, production)
     if not batches:
@@ -266,6 +266,8 @@ def _promote(ctx: Context, lease: Lease, model: Model, candidate: ModelVersion, 
         shadowing.begin(ctx.stores, model, candidate)
         return
     if approving.waits(ctx.stores, model, candidate, f"passed gate {report.id}"):  # an approval model's approvers
+        return
+    if canary.begin(ctx.registry, ctx.events, ctx.artifacts, model, candidate):  # a share of live requests first
         return
     promotion.promote(ctx.registry, ctx.events, model.name, candidate.number, who="daemon",
                       reason=f"passed gate {report.id}", fence=lease.fence(), artifacts=ctx.artifacts)

@@ -16,7 +16,8 @@ import logging
 
 from clreg import approving
 from clreg.context import Stores
-from clreg.registry import promotion
+from clreg.registry import canary, promotion
+from clreg.registry.canary import Canaries
 from clreg.registry.errors import Conflict
 from clreg.registry.leases import Lease
 from clreg.registry.records import BatchState, BatchStatus, Incarnation, Model, ModelVersion, VersionStatus
@@ -85,8 +86,11 @@ def _judge(stores: Stores, shadows: Shadows, run: ShadowRun, lease: Lease) -> st
 
 def _promote(stores: Stores, run: ShadowRun, lease: Lease, reason: str) -> None:
     model = stores.registry.get_model(run.model)
-    if approving.waits(stores, model, stores.registry.get_version(run.model, run.version), reason):
+    candidate = stores.registry.get_version(run.model, run.version)
+    if approving.waits(stores, model, candidate, reason):
         return  # an approval model: the approvers decide, after the shadow run
+    if canary.begin(stores.registry, stores.events, stores.artifacts, model, candidate):
+        return  # a share of live requests next, then the canary's verdict
     try:
         promotion.promote(stores.registry, stores.events, run.model, run.version, who="daemon", reason=reason,
                           fence=lease.fence(), artifacts=stores.artifacts)
@@ -107,7 +111,8 @@ def _reject(stores: Stores, run: ShadowRun, reason: str) -> None:
 def _finish(stores: Stores, shadows: Shadows, run: ShadowRun, version: ModelVersion, status: VersionStatus) -> None:
     """The batches' final states, the pending set, the end of the run: in that order, so a replay completes it."""
     ids = version.lineage.batch_ids
-    if status is VersionStatus.AWAITING_APPROVAL:  # its batches wait with it, pending (clreg/approving.py)
+    if status is VersionStatus.AWAITING_APPROVAL or Canaries(stores.registry).active(run.model) is not None:
+        # its batches wait with it, pending, for the approvers (clreg/approving.py) or the canary (registry/canary.py)
         shadows.end(run.model, run.version)
         stores.events.append(run.model, "shadow.finished", version=run.version, verdict=status.value)
         return

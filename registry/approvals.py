@@ -29,7 +29,7 @@ from typing import Literal
 import redis
 from pydantic import Field
 
-from clreg.registry import promotion
+from clreg.registry import canary, promotion
 from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.connection import Write, translated
 from clreg.registry.errors import Conflict, NotFound, NotPermitted
@@ -225,7 +225,9 @@ def settle(registry: RedisRegistry, events: EventLog, request: ApprovalRequest,
     and rejects its batches. A waiting or settled request is returned as it is."""
     if request.status == "waiting" or request.settled:
         return request
-    if request.status == "approved":
+    if request.status == "approved" and _canary(registry, events, request, artifacts):
+        pass  # the canary answers a share of requests first (registry/canary.py); its verdict moves production
+    elif request.status == "approved":
         if registry.resolve(request.model) != request.version:
             promotion.promote(registry, events, request.model, request.version, who=request.requester,
                               reason=_reasons(request), force=request.force, artifacts=artifacts,
@@ -237,6 +239,19 @@ def settle(registry: RedisRegistry, events: EventLog, request: ApprovalRequest,
         _batches(registry, request, BatchStatus.REJECTED,
                  f"version {request.version} declined by approver {decline.approver}: {decline.reason}")
     return Approvals(registry, events).mark_settled(request)
+
+
+def _canary(registry: RedisRegistry, events: EventLog, request: ApprovalRequest,
+            artifacts: ArtifactStore | None) -> bool:
+    """For an approved gate request of a model with a canary policy: the version blessed and its canary begun."""
+    model = registry.get_model(request.model)
+    if request.kind != "gate" or model.canary is None or artifacts is None:
+        return False
+    if registry.status(request.model, request.version) is VersionStatus.AWAITING_APPROVAL:
+        registry.set_status(request.model, request.version, VersionStatus.BLESSED,
+                            expect=frozenset({VersionStatus.AWAITING_APPROVAL}))
+    return canary.begin(registry, events, artifacts, model, registry.get_version(request.model, request.version),
+                        approvers=request.approvers, request=request.id)
 
 
 def _reasons(request: ApprovalRequest) -> str:

@@ -30,9 +30,10 @@ EVENT_KINDS = frozenset({
     "batch.waiting", "batch.rejected", "batch.withdrawn",
     "approval.requested", "approval.approved", "approval.declined",
     "batch.locked", "locked.scored", "protocol.changed",
+    "canary.started", "canary.failed", "canary.finished",
 })
 ALERT_KINDS = frozenset({"drift.alert", "gate.failed", "update.failed", "serving.failed", "update.abandoned",
-                         "site.readiness", "shadow.failed", "batch.rejected"})
+                         "site.readiness", "shadow.failed", "batch.rejected", "canary.failed"})
 
 
 class EventLog:

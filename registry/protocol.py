@@ -27,6 +27,7 @@ from clreg.registry.events import EventLog
 from clreg.registry.records import (
     ApprovalPolicy,
     BatchId,
+    CanaryPolicy,
     Digest,
     Metric,
     Model,
@@ -41,7 +42,7 @@ from clreg.registry.records import (
 )
 from clreg.registry.store import RedisRegistry
 
-PARTS = ("metric", "readiness", "approval", "shadow", "retry", "gate", "search", "locked")
+PARTS = ("metric", "readiness", "approval", "shadow", "canary", "retry", "gate", "search", "locked")
 
 
 class LockedSet(Record):
@@ -60,6 +61,7 @@ class Protocol(Record):
     readiness: Readiness
     approval: ApprovalPolicy
     shadow: ShadowPolicy | None = None
+    canary: CanaryPolicy | None = None
     retry: RetryPolicy = RetryPolicy()
     gate: dict[str, Any] = Field(default_factory=dict)  # the daemon's gate settings (tolerances, confidence, ...)
     search: dict[str, Any] = Field(default_factory=dict)  # the daemon's candidate search settings
@@ -78,6 +80,7 @@ def record_parts(model: Model) -> dict[str, Any]:
     return {"metric": model.task_metric, "readiness": model.readiness.model_dump(mode="json"),
             "approval": model.approval.model_dump(mode="json"),
             "shadow": model.shadow.model_dump(mode="json") if model.shadow else None,
+            "canary": model.canary.model_dump(mode="json") if model.canary else None,
             "retry": model.retry.model_dump(mode="json")}
 
 

@@ -121,6 +121,16 @@ class ShadowPolicy(Record):
     min_agreement: float = Field(default=0.95, ge=0, le=1)  # of mirrored samples answered as production does
 
 
+class CanaryPolicy(Record):
+    """Let a candidate answer a share of live requests before production moves (registry/canary.py): only requests
+    naming a site it is validated at; promoted or rolled back by its error rate and its label-free estimate."""
+
+    share: float = Field(default=0.1, gt=0, le=1)  # of the requests of each site it may answer
+    min_requests: int = Field(default=200, ge=1)  # answered by it before a verdict
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)  # of its answers that failed (production answered them)
+    max_estimate_drop: float = Field(default=0.05, gt=0, le=1)  # its estimate under its validated accuracy, per site
+
+
 Metric = Literal["accuracy", "balanced_accuracy", "auroc", "expected_cost"]
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
@@ -175,6 +185,7 @@ class Model(Record):
     costs: ErrorCosts = ErrorCosts()  # what each error costs, for the expected_cost metric and thresholds
     retry: RetryPolicy = RetryPolicy()  # what becomes of a batch whose update's candidate was rejected
     approval: ApprovalPolicy = ApprovalPolicy()  # who moves production (auto: the gate; approval: approvers)
+    canary: CanaryPolicy | None = None  # None: no canary; else a share of live requests first (registry/canary.py)
     # Initial weights (an uploaded checkpoint converted to this network, sha256 of an artifact) that the first
     # version trains from; None: the factory's own initialisation. `weights_source`: the file as uploaded.
     weights: Digest | None = None
@@ -306,6 +317,7 @@ class BatchStatus(str, Enum):
     # rejected by its update's gate, kept in the pending set to join the model's next update (Model.retry)
     WAITING = "waiting"
     AWAITING_APPROVAL = "awaiting_approval"  # its version passed the gate and waits for the model's approvers
+    CANARY = "canary"  # its version answers a share of live requests before production moves (Model.canary)
     LOCKED = "locked"  # a locked test set: never learnt, scored for every version (registry/locked.py)
 
 

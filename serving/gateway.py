@@ -43,6 +43,7 @@ from clreg.registry.records import (
     ApprovalPolicy,
     BatchId,
     BatchStatus,
+    CanaryPolicy,
     Digest,
     ErrorCosts,
     InputSpec,
@@ -91,6 +92,7 @@ class NewModel(BaseModel):
     metric: Metric | None = None  # what the gate, search and readiness judge; None: auroc if binary, else accuracy
     costs: ErrorCosts = ErrorCosts()  # of a false positive and a false negative (expected_cost, thresholds)
     approval: ApprovalPolicy = ApprovalPolicy()  # auto: the gate promotes; approval: approvers decide every move
+    canary: CanaryPolicy | None = None  # a share of validated sites' requests answered by a candidate first
 
 
 class NewSite(BaseModel):
@@ -205,7 +207,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:  # noqa: C901 (each route is a sm
         norm = body.normalisation or (uploads.default_normalisation(body.input.channels) if body.weights else None)
         model = Model(name=body.name, factory=body.factory, factory_kwargs=body.factory_kwargs, input=body.input,
                       readiness=body.readiness, shadow=body.shadow, normalisation=norm, metric=body.metric,
-                      costs=body.costs, approval=body.approval)
+                      costs=body.costs, approval=body.approval, canary=body.canary)
         check_factory(model.factory, cfg.factory_prefixes)
         net = network_for(model)  # it must build with its input spec before anything is stored
         if body.weights is not None:

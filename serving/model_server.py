@@ -26,9 +26,9 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from clreg.learner.estimate import expected_correct
 from clreg.learner.models import check_factory, load_weights, network_for, to_tensor
 from clreg.learner.sitebn import bank_from_bytes
 from clreg.registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
+from clreg.registry.canary import Canaries, CanaryRun
 from clreg.registry.errors import NotFound, RegistryError, StoreUnavailable
 from clreg.registry.events import EventLog
 from clreg.registry.inputs import InputLog
@@ -52,6 +53,7 @@ from clreg.registry.replicas import Replicas
 from clreg.registry.shadow import ShadowRun, Shadows
 from clreg.registry.store import RedisRegistry
 from clreg.serving.auth import Tokens
+from clreg.serving.canary import Canary
 from clreg.serving.config import ServingConfig
 from clreg.serving.errors import BadRequest, MethodNotAllowed, ModelNotFound, NotReady, SiteNotValidated
 from clreg.serving.guard import check_host, read_body
@@ -62,6 +64,7 @@ from clreg.serving.recorder import Recorder
 from clreg.serving.responses import error_response
 
 log = logging.getLogger(__name__)
+Run = TypeVar("Run", ShadowRun, CanaryRun)
 
 
 def read_moves(registry: RedisRegistry,
@@ -94,9 +97,11 @@ class ModelServer:
         self.inputs = InputLog(self.cfg.store, self.cfg.inputs)
         self.tokens = Tokens(self.cfg.admin_token_sha256, self.cfg.ops_token_sha256)
         self.shadows = Shadows(self.registry)
+        self.canaries = Canaries(self.registry)
         # Gathered in memory and written every interval in one round trip, never on a request's path.
-        self._recorder = Recorder(self.inputs, self.cfg.record_interval_s, self.shadows)
+        self._recorder = Recorder(self.inputs, self.cfg.record_interval_s, self.shadows, self.canaries)
         self.mirror = Mirror(self._recorder)
+        self.canary = Canary(self._recorder)
         self.replicas = Replicas(self.registry, self.cfg.beat_interval_s)
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._beaten = 0.0
@@ -156,7 +161,8 @@ class ModelServer:
             if slot is None and self._open is not None:  # loaded on demand, at its first request
                 continue
             swapped = self._swap(self.registry.get_model(name), target, slot) or swapped
-        self._sync_shadows(runs)
+        self.mirror.candidates = self._candidates(runs, self.mirror.candidates)
+        self.canary.candidates = self._candidates(self.canaries.active_all(list(targets)), self.canary.candidates)
         self._generation = generation
         return swapped
 
@@ -188,18 +194,20 @@ class ModelServer:
             log.error("version %s of %s not loaded: %s", number, model.name, e)
         return None
 
-    def _sync_shadows(self, runs: dict[str, ShadowRun]) -> None:
-        """Load each newly mirrored candidate (of a model held here); drop those whose run ended."""
+    def _candidates(self, runs: Mapping[str, Run], held: Mapping[str, tuple[Run, Loaded]]
+                    ) -> dict[str, tuple[Run, Loaded]]:
+        """The candidates of shadow or canary runs: each newly started one loaded (for a model held here), those
+        still running kept, those whose run ended dropped."""
         candidates = {}
         for name, run in runs.items():
-            held = self.mirror.candidates.get(name)
-            if held is not None and held[0].version == run.version:
-                candidates[name] = held
+            kept = held.get(name)
+            if kept is not None and kept[0].version == run.version:
+                candidates[name] = kept
             elif name in self.slots and self._failed.get(name) != run.version:
                 loaded = self._try_load(self.registry.get_model(name), run.version)
                 if loaded is not None:
                     candidates[name] = (run, loaded)
-        self.mirror.candidates = candidates
+        return candidates
 
     def _opener(self) -> Callable[[str], Awaitable[Slot]]:
         """Serve's multiplexing loader: a model's production version, loaded when a request first needs it."""
@@ -261,12 +269,14 @@ class ModelServer:
                                          self.cfg.max_unzipped_bytes)
         x, site = parsed.x, parsed.site
         inputs = to_tensor(x)
-        job = Job(loaded, inputs, site)
-        scores = await self._batched(job) if self.cfg.batch_max_requests > 1 else infer([job])[0]
+        loaded, scores, chosen = await self._answer(name, loaded, inputs, site)
         probs, answered_site = scores.probabilities, site or scores.bn_site
         answer: dict = {"model": name, "version": loaded.version, **self._validation(loaded, answered_site)}
         threshold = self.thresholds.get(site) if site and loaded.spec.classes == 2 else None
-        self._record(name, x, loaded.version, answered_site, expected_correct(probs, threshold))
+        correct = expected_correct(probs, threshold)
+        self._record(name, x, loaded.version, answered_site, correct)
+        if chosen and site:
+            self.canary.count(chosen, site, correct)
         self.mirror.offer(name, inputs, site, answered_site, probs, threshold)
         answer.update({"inputs": parsed.names, "probabilities": probs.round(6).tolist(),
                        "labels": probs.argmax(axis=1).tolist()})
@@ -277,6 +287,17 @@ class ModelServer:
             answer["threshold"] = threshold
             answer["decisions"] = (probs[:, 1] >= threshold).astype(int).tolist()
         return JSONResponse(answer, headers={"X-Model-Version": str(loaded.version)})
+
+    async def _answer(self, name: str, loaded: Loaded, inputs: torch.Tensor, site: str | None
+                      ) -> tuple[Loaded, Scores, tuple[CanaryRun, Loaded] | None]:
+        """Who answers and how: the model's canary for its share of a validated site's requests (serving/canary.py),
+        else production (also for any request the canary failed on)."""
+        chosen = self.canary.pick(name, site)
+        scores = self.canary.answer(chosen, inputs, site) if chosen is not None and site is not None else None
+        if scores is not None and chosen is not None:
+            return chosen[1], scores, chosen
+        job = Job(loaded, inputs, site)
+        return loaded, await self._batched(job) if self.cfg.batch_max_requests > 1 else infer([job])[0], None
 
     @staticmethod
     def _validation(loaded: Loaded, site: str | None) -> dict:

@@ -5,15 +5,16 @@ No `from __future__ import annotations` here: FastAPI must see the real dependen
 """
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.canary import Canaries
 from clreg.registry.events import EventLog
 from clreg.registry.protocol import Protocols
-from clreg.registry.records import ApprovalPolicy, Name, Readiness
+from clreg.registry.records import ApprovalPolicy, CanaryPolicy, Name, Readiness
 from clreg.registry.store import RedisRegistry
 from clreg.serving import evidence
 from clreg.serving.errors import BadRequest
@@ -22,6 +23,7 @@ from clreg.serving.errors import BadRequest
 class ProtocolChange(BaseModel):
     approval: ApprovalPolicy | None = None  # who moves production from now on
     readiness: Readiness | None = None  # when a site counts as validated from now on
+    canary: CanaryPolicy | None = None  # a candidate answering a share of requests first; null (sent) turns it off
     reason: str = Field(min_length=1, max_length=500, description="why: kept in the revision and its event")
 
 
@@ -43,12 +45,25 @@ def router(reg: RedisRegistry, events: EventLog, artifacts: ArtifactStore, admin
 
     @routes.put("/v1/models/{name}/protocol")
     def change_protocol(name: Name, body: ProtocolChange, who: Admin) -> dict:
-        """Change the approval policy or the readiness rules: the model's record and a new protocol revision, with
-        its protocol.changed event, in one transaction (nothing changes without a revision)."""
-        changes = {k: v for k, v in (("approval", body.approval), ("readiness", body.readiness)) if v is not None}
+        """Change the approval policy, the readiness rules or the canary (null: none): the model's record and a new
+        protocol revision, with its protocol.changed event, in one transaction (nothing changes without one)."""
+        changes: dict[str, Any] = {k: getattr(body, k) for k in ("approval", "readiness", "canary")
+                                   if k in body.model_fields_set}
+        if changes.get("approval", True) is None or changes.get("readiness", True) is None:
+            raise BadRequest("the approval policy and the readiness rules cannot be null; give them whole")
         if not changes:
-            raise BadRequest("give the approval policy or the readiness rules to change, with a reason")
+            raise BadRequest("give the approval policy, the readiness rules or the canary to change, with a reason")
         model = reg.get_model(name).model_copy(update=changes)
         return protocols.revise(model, who=who, reason=body.reason, record=True).model_dump(mode="json")
+
+    @routes.get("/v1/models/{name}/canary")
+    def get_canary(name: Name, _: Reader) -> dict:
+        """The candidate answering a share of requests now (null when none), with what it did at each site."""
+        reg.get_model(name)
+        run = Canaries(reg).active(name)
+        figures = Canaries(reg).figures(name, run.version) if run else {}
+        return {"run": run.model_dump(mode="json") if run else None,
+                "sites": {s: {**c.model_dump(), "estimate": c.estimate, "error_rate": c.error_rate}
+                          for s, c in figures.items()}}
 
     return routes

@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 
+from clreg.registry.canary import Canaries, CanaryCounts
 from clreg.registry.errors import RegistryError
 from clreg.registry.inputs import Images, InputLog
 from clreg.registry.shadow import ShadowCounts, Shadows
@@ -17,10 +18,13 @@ log = logging.getLogger(__name__)
 
 
 class Recorder:
-    def __init__(self, inputs: InputLog, interval_s: float, shadows: Shadows | None = None) -> None:
+    def __init__(self, inputs: InputLog, interval_s: float, shadows: Shadows | None = None,
+                 canaries: Canaries | None = None) -> None:
         self._inputs = inputs
         self._shadows = shadows
         self._shadow_counts: dict[tuple[str, int, str], ShadowCounts] = {}
+        self._canaries = canaries
+        self._canary_counts: dict[tuple[str, int, str], CanaryCounts] = {}
         self._interval_s = interval_s
         self._lock = threading.Lock()
         self._images: Images = {}
@@ -42,6 +46,11 @@ class Recorder:
         with self._lock:
             self._shadow_counts[key] = self._shadow_counts.get(key, ShadowCounts()) + counts
 
+    def add_canary(self, key: tuple[str, int, str], counts: CanaryCounts) -> None:
+        """Add a canary's figures on one request ((model, candidate version, site) -> counts)."""
+        with self._lock:
+            self._canary_counts[key] = self._canary_counts.get(key, CanaryCounts()) + counts
+
     def flush(self) -> None:
         """Write what was gathered; on a store error inputs are dropped (the watch and estimate use recent
         data), shadow counts are kept for the next write (a verdict needs every mirrored request)."""
@@ -49,6 +58,7 @@ class Recorder:
             images, self._images = self._images, {}
             confidences, self._confidences = self._confidences, {}
             shadow, self._shadow_counts = self._shadow_counts, {}
+            canary, self._canary_counts = self._canary_counts, {}
         if images or confidences:
             try:
                 self._inputs.write(images, confidences)
@@ -61,6 +71,13 @@ class Recorder:
                 log.warning("shadow figures not recorded yet: %s", e)
                 for key, counts in shadow.items():
                     self.add_shadow(key, counts)
+        if canary and self._canaries is not None:
+            try:
+                self._canaries.record(canary)
+            except RegistryError as e:  # kept for the next write: the verdict needs every answered request
+                log.warning("canary figures not recorded yet: %s", e)
+                for key, c in canary.items():
+                    self.add_canary(key, c)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):

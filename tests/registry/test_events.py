@@ -11,7 +11,7 @@ from clreg.registry.events import ALERT_KINDS, EVENT_KINDS, EventLog, IngestQueu
 from clreg.registry.store import RedisRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
-FAMILIES = "batch|drift|update|gate|alias|serving|retention|site|shadow|approval|locked|protocol"
+FAMILIES = "batch|drift|update|gate|alias|serving|retention|site|shadow|approval|locked|protocol|canary"
 KIND = re.compile(rf"""["']((?:{FAMILIES})\.[a-z_]+)["']""")
 ON_CLUSTER = True  # tests that take a registry run on one Redis and on a Redis Cluster (conftest.py)
 
