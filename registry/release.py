@@ -19,6 +19,7 @@ from pydantic import Field
 
 from clreg.registry.approvals import Approvals
 from clreg.registry.artifacts import Artifact, ArtifactStore, version_calibration
+from clreg.registry.canary import Canaries
 from clreg.registry.connection import translated
 from clreg.registry.events import EventLog
 from clreg.registry.findings import Calibration, GateReport
@@ -112,6 +113,7 @@ def release_note(src: Sources, view: VersionView) -> dict[str, Any]:
            "data": _data(src, view), "search": _search(src, view), "gate": _gate(src, number, gate),
            "locked": _locked(src, number), "calibration": _calibration(src, number, calibration),
            "readiness": _readiness(src, number, calibration), "shadow": _shadow(src, view),
+           "canary": _canary(src, number),
            "approvals": _approvals(src, number), "moves": _moves(src, number),
            "note": note.model_dump(mode="json") if note else None}
     return {**out, "summary": summary(out)}
@@ -222,6 +224,14 @@ def _shadow(src: Sources, view: VersionView) -> dict[str, Any] | None:
                                 src.route(view.version.number), ".".join(("shadow", "agreement")),  # a path, no event
                                 f"shadow of v{view.version.number}")
     return {**attached, "agreement": agreement}
+
+
+def _canary(src: Sources, number: int) -> dict[str, Any]:
+    """What the version did as the canary, per site: requests answered, errors, its label-free estimate."""
+    route = f"/v1/models/{src.model.name}/canary?version={number}"
+    return {site: {k: src.figures.add(f"v{number}.canary.{site}.{k}", getattr(c, k), route, f"sites.{site}.{k}",
+                                      f"canary of v{number}") for k in ("requests", "errors", "estimate")}
+            for site, c in Canaries(src.registry).figures(src.model.name, number).items()}
 
 
 def _approvals(src: Sources, number: int) -> list[dict[str, Any]]:

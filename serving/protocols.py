@@ -7,7 +7,7 @@ No `from __future__ import annotations` here: FastAPI must see the real dependen
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from clreg.registry.artifacts import ArtifactStore
@@ -57,11 +57,13 @@ def router(reg: RedisRegistry, events: EventLog, artifacts: ArtifactStore, admin
         return protocols.revise(model, who=who, reason=body.reason, record=True).model_dump(mode="json")
 
     @routes.get("/v1/models/{name}/canary")
-    def get_canary(name: Name, _: Reader) -> dict:
-        """The candidate answering a share of requests now (null when none), with what it did at each site."""
+    def get_canary(name: Name, _: Reader, version: Annotated[int | None, Query(ge=1, le=2**53)] = None) -> dict:
+        """The candidate answering a share of requests now (null when none), with what it did at each site; with
+        `version`, what that version did when it was the canary."""
         reg.get_model(name)
         run = Canaries(reg).active(name)
-        figures = Canaries(reg).figures(name, run.version) if run else {}
+        number = version if version is not None else run.version if run else None
+        figures = Canaries(reg).figures(name, number) if number is not None else {}
         return {"run": run.model_dump(mode="json") if run else None,
                 "sites": {s: {**c.model_dump(), "estimate": c.estimate, "error_rate": c.error_rate}
                           for s, c in figures.items()}}

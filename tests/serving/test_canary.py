@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from clreg import approving, canarying, context
 from clreg.calibration import site_record
@@ -21,6 +22,7 @@ from clreg.learner.models import network_for, weights_to_bytes
 from clreg.registry import canary as canaries
 from clreg.registry.approvals import Approvals, settle
 from clreg.registry.artifacts import Artifact
+from clreg.registry.batches import token_sha256
 from clreg.registry.canary import Canaries, CanaryCounts
 from clreg.registry.findings import Calibration
 from clreg.registry.inputs import InputLog, InputLogConfig
@@ -39,9 +41,12 @@ from clreg.registry.records import (
 )
 from clreg.registry.store import RedisRegistry, StoreConfig
 from clreg.serving.canary import Canary
+from clreg.serving.config import ServingConfig
+from clreg.serving.gateway import create_app
 from clreg.serving.inference import Loaded
 from clreg.serving.recorder import Recorder
 from clreg.settings import RedisSettings, Settings
+from tests.serving.evidence_model import close, resolve
 
 M = "can"
 POLICY = CanaryPolicy(share=0.5, min_requests=20, max_error_rate=0.1, max_estimate_drop=0.1)
@@ -87,7 +92,9 @@ def _version(ctx: context.Context, model: Model, good: tuple[str, ...] = ("well"
     return version
 
 
-def test_a_canary_answers_only_validated_sites_and_is_judged_by_its_figures(ctx: context.Context) -> None:
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
+def test_a_canary_answers_only_validated_sites_and_is_judged_by_its_figures(ctx: context.Context,
+                                                                             store_cfg: StoreConfig) -> None:
     model = _model(ctx)
     reg = ctx.registry
     reg.promote(M, _version(ctx, model).number, who="test", reason="first")
@@ -118,6 +125,13 @@ def test_a_canary_answers_only_validated_sites_and_is_judged_by_its_figures(ctx:
     assert reg.resolve(M) == 2 and Canaries(reg).active(M) is None
     assert reg.batches.state(v2.lineage.batch_ids[0]).status is BatchStatus.PROMOTED
     assert [e.kind for e in ctx.events.read(M)][-2:] == ["alias.moved", "canary.finished"]
+    cfg = ServingConfig(store=store_cfg, artifacts_url=ctx.artifacts.url, ops_token_sha256=token_sha256("ops"))
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1", headers={"Authorization": "Bearer ops"}) as http:
+        note = http.get(f"/v1/models/{M}/versions/2/release-note").json()  # the canary's figures, each sourced
+        assert (note["canary"]["well"]["requests"]["value"], note["canary"]["well"]["errors"]["value"]) == (20, 1)
+        cited = [f for f in note["figures"] if ".canary." in f["key"]]
+        assert len(cited) == 3 and all(close(resolve(http.get(f["source"]).json(), f["pointer"]), f["value"])
+                                       for f in cited)
 
 
 def test_a_canary_is_rolled_back_on_its_estimate_or_when_no_site_is_validated(ctx: context.Context) -> None:
