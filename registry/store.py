@@ -23,6 +23,12 @@ Key schema (every key under `cfg.prefix`, so deployments can share one Redis):
     {p}:serving:generation          int   bumped by every alias move and site change: what replicas poll
     {p}:serving:replicas            hash  what each live replica serves (registry/replicas.py)
     {p}:model:{m}:shadow            JSON  the candidate mirrored on live traffic; replicas watch it (registry/shadow.py)
+    {p}:model:{m}:canary            JSON  the candidate answering a share of requests (registry/canary.py)
+    {p}:model:{m}:approvals         hash  approval requests with their decisions (registry/approvals.py)
+    {p}:approvers                   hash  approver name -> Approver, its token hashed (registry/approvers.py)
+    {p}:model:{m}:locked[:scores]   hash  locked test sets and every version's scores on them (registry/locked.py)
+    {p}:model:{m}:protocol          list  the modification protocol's revisions (registry/protocol.py)
+    {p}:model:{m}:notes             hash  the operator's text of each version's release note (registry/release.py)
 
 On a Redis Cluster (StoreConfig.cluster) the same keys carry a hash tag naming what they belong to, so that a
 model's keys, its events stream and its lease share one slot: `{p}:{model:m}:status`, `{p}:{model:m}:events`,
