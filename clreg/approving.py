@@ -10,9 +10,14 @@ consequences a dead process left half written. Both are safe to replay: the requ
 
 from __future__ import annotations
 
+import logging
+
 from clreg.context import Stores
 from clreg.registry.approvals import ApprovalRequest, Approvals, settle
+from clreg.registry.errors import RegistryError
 from clreg.registry.records import BatchState, BatchStatus, Model, ModelVersion
+
+log = logging.getLogger(__name__)
 
 
 def waits(stores: Stores, model: Model, candidate: ModelVersion, reason: str) -> bool:
@@ -44,5 +49,8 @@ def blocking(stores: Stores, model: str) -> bool:
     requests = approvals.all(model)
     for request in requests:
         if request.status != "waiting" and not request.settled:
-            settle(stores.registry, stores.events, request, stores.artifacts)
+            try:
+                settle(stores.registry, stores.events, request, stores.artifacts)
+            except RegistryError as e:  # Redis away, or a record gone: the next update tries again
+                log.warning("approval request %s of %s not settled yet: %s", request.id, model, e)
     return any(r.kind == "gate" and r.status == "waiting" for r in requests)

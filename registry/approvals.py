@@ -74,6 +74,7 @@ class ApprovalRequest(Record):
     decisions: list[Decision] = Field(default_factory=list)
     status: Literal["waiting", "approved", "declined"] = "waiting"
     settled: bool = False  # what its verdict entails is written (the move; a declined version, its batches)
+    note: str = Field(default="", max_length=1000)  # why an approved move could not be made (settled without it)
     created_at: float = Field(default_factory=now)
     decided_at: float | None = None
 
@@ -228,10 +229,14 @@ def settle(registry: RedisRegistry, events: EventLog, request: ApprovalRequest,
     if request.status == "approved" and _canary(registry, events, request, artifacts):
         pass  # the canary answers a share of requests first (registry/canary.py); its verdict moves production
     elif request.status == "approved":
-        if registry.resolve(request.model) != request.version:
-            promotion.promote(registry, events, request.model, request.version, who=request.requester,
-                              reason=_reasons(request), force=request.force, artifacts=artifacts,
-                              approvers=request.approvers, request=request.id)
+        try:
+            if registry.resolve(request.model) != request.version:
+                promotion.promote(registry, events, request.model, request.version, who=request.requester,
+                                  reason=_reasons(request), force=request.force, artifacts=artifacts,
+                                  approvers=request.approvers, request=request.id)
+        except Conflict as e:  # the version may no longer serve (archived, declined by hand meanwhile): kept, said
+            _batches(registry, request, BatchStatus.REJECTED, f"approved, but not moved: {e}")
+            return Approvals(registry, events).mark_settled(request.model_copy(update={"note": str(e)[:1000]}))
         _batches(registry, request, BatchStatus.PROMOTED, f"approved by {', '.join(request.approvers)}")
     elif request.kind == "gate":
         _decline_version(registry, request)

@@ -295,3 +295,16 @@ def test_a_shadowed_candidate_of_an_approval_model_waits_for_approvers_after_its
     assert request.reason.startswith("shadow agreement 90.0%")
     setup.call("POST", f"/v1/models/{M}/versions/2/approve", alice, json={"reason": "shadow fine"})
     assert reg.resolve(M) == 2 and reg.batches.state(v2.lineage.batch_ids[0]).status is BatchStatus.PROMOTED
+
+
+def test_an_approved_move_that_can_no_longer_be_made_is_settled_with_the_reason(setup: Setup) -> None:
+    _model(setup)
+    alice = setup.approver("alice")
+    setup.registry.promote(M, setup.version().number, who="test", reason="first")
+    setup.version()
+    assert setup.call("POST", f"/v1/models/{M}/aliases/production", "admin", json={"version": 2,
+                                                                                  "reason": "newer"})[0] == 202
+    setup.registry.set_status(M, 2, VersionStatus.ARCHIVED)  # retention, meanwhile
+    status, done = setup.call("POST", f"/v1/models/{M}/versions/2/approve", alice, json={"reason": "ok"})
+    assert status == 200 and done["settled"] and "version 2 is archived" in done["note"]
+    assert setup.registry.resolve(M) == 1 and not approving.blocking(setup.stores, M)
