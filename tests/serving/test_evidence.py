@@ -125,3 +125,14 @@ def test_every_site_has_a_locked_or_held_out_verdict(built: tuple[Built, httpx.C
     assert set(locked["sets"]) == {"contrast"} and sorted(locked["scores"]) == ["1", "2", "3"]
     note = http.get(f"/v1/models/{M}/versions/3/release-note").json()
     assert set(note["readiness"]) == set(SITES) - {"contrast"} | {"contrast"}
+
+
+def test_the_console_serves_the_pack_to_a_session_and_links_it_from_the_model_page(
+        built: tuple[Built, httpx.Client], gateway: Path) -> None:
+    _, http = built
+    console = httpx.Client(base_url=str(http.base_url), timeout=60)
+    assert console.get(f"/ui/models/{M}/versions/3/evidence").status_code == 303  # no session: sign in first
+    assert console.post("/ui/login", data={"token": secrets(gateway)["ops"]}).status_code in (200, 303)
+    page = console.get(f"/ui/models/{M}/versions/3/evidence")
+    assert page.status_code == 200 and "Evidence pack: pccp, versions 1 to 3" in page.text
+    assert f"/ui/models/{M}/versions/2/evidence" in console.get(f"/ui/models/{M}").text
