@@ -81,14 +81,19 @@ def _on_node(store: StoreConfig, artifacts_url: str) -> tuple[str, list[Check]]:
 
 
 def nodes(store: StoreConfig, artifacts_url: str, timeout_s: float = 30.0) -> list[Check]:
-    """The storage checks from a task pinned to every alive node of the connected Ray cluster."""
-    out = []
+    """The storage checks from a task pinned to every alive node of the connected Ray cluster, all sent at once
+    so that one stuck node neither delays nor shortens another's time to answer."""
+    sent: dict[str, ray.ObjectRef[tuple[str, list[Check]]]] = {}
     for node in (n for n in ray.nodes() if n["Alive"]):
         where = f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]})"  # nodes may share an address
         pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-        ref = _on_node.options(scheduling_strategy=pinned).remote(store, artifacts_url)
-        ready, _ = ray.wait([ref], timeout=timeout_s)
-        if not ready:
+        sent[where] = _on_node.options(scheduling_strategy=pinned).remote(store, artifacts_url)
+    if not sent:
+        return []
+    ready, _ = ray.wait(list(sent.values()), num_returns=len(sent), timeout=timeout_s)
+    out = []
+    for where, ref in sent.items():
+        if ref not in ready:
             ray.cancel(ref, force=True)
             out.append(Check(where, "node", False, f"no answer within {timeout_s:g} s: the node cannot run a task"))
             continue

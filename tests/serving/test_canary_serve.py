@@ -66,6 +66,13 @@ def _answers(url: str, site: str | None, requests: int) -> Counter[int]:
     return seen
 
 
+def _loaded(url: str) -> bool:
+    body = {"inputs": np.zeros((2, 8, 8)).tolist()}
+    r = httpx.post(f"{url}/v1/predict", params={"model": MODEL}, json=body, timeout=10)
+    assert r.status_code in (200, 503), r.text
+    return r.status_code == 200
+
+
 def _wait(check: object, what: str, timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():  # type: ignore[operator]
@@ -82,7 +89,8 @@ def test_a_canary_answers_its_share_of_a_validated_site_and_is_promoted(stack: S
     registry.create_model(model)
     first = _register(stores, model, 1)
     registry.promote(MODEL, first, who="test", reason="start")
-    _wait(lambda: _answers(stack.url, None, 1) == Counter({first: 1}), "production served")
+    _wait(lambda: _loaded(stack.url), "production loaded", 60.0)  # 503 not_ready until the replica has it
+    assert _answers(stack.url, None, 1) == Counter({first: 1})
     second = _register(stores, model, 2)
     assert canary.begin(registry, stores.events, stores.artifacts, model, registry.get_version(MODEL, second))
     _wait(lambda: second in _answers(stack.url, "well", 10), "the canary answering")
