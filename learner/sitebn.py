@@ -113,9 +113,14 @@ def bank_from_bytes(data: bytes) -> Bank:
     return bank
 
 
+class _Captured(Exception):
+    """Raised by the hook that caught the first BatchNorm's input: the rest of the forward pass is not needed."""
+
+
 @torch.no_grad()
 def first_bn_input(model: nn.Module, x: Tensor) -> Tensor:
-    """The input activations of the model's first BatchNorm layer, from one eval-mode forward pass.
+    """The input activations of the model's first BatchNorm layer, from an eval-mode forward pass stopped there
+    (routing a request must not cost a second full pass: on a ResNet-18 at 224 px the stem is a small part).
 
     Raises:
         DataError: the model has no BatchNorm layer.
@@ -124,11 +129,18 @@ def first_bn_input(model: nn.Module, x: Tensor) -> Tensor:
     if not layers:
         raise DataError(f"{type(model).__name__} has no BatchNorm layer to route by")
     captured: list[Tensor] = []
-    hook = layers[0].register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+
+    def grab(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        captured.append(args[0].detach())
+        raise _Captured
+
+    hook = layers[0].register_forward_pre_hook(grab)
     was_training = model.training
     model.eval()
     try:
         model(x.to(next(model.parameters()).device))
+    except _Captured:
+        pass
     finally:
         hook.remove()
         model.train(was_training)
@@ -137,17 +149,22 @@ def first_bn_input(model: nn.Module, x: Tensor) -> Tensor:
 
 def route_scores(model: nn.Module, bank: Mapping[str, SiteBN], x: Tensor,
                  prior: Mapping[str, float] | None = None) -> dict[str, float]:
-    """Per site: mean per-sample Gaussian log-likelihood of the first BN input, plus log prior / N."""
+    """Per site: mean per-sample Gaussian log-likelihood of the first BN input, plus log prior / N.
+
+    From each channel's count, sum and sum of squares, taken once: a site then costs O(channels), not a pass over
+    the activations (sum of (a - m)^2 = S2 - 2 m S1 + n m^2)."""
     if not bank:
         raise DataError("the BatchNorm bank is empty: no site to route to")
     act = first_bn_input(model, x).double().cpu()
     act = act.transpose(0, 1).reshape(act.shape[1], -1)  # channels x (samples * positions)
+    n, s1, s2 = act.shape[1], act.sum(dim=1), (act * act).sum(dim=1)
     first = next(iter(bn_layers(model)))
     scores = {}
     for site, bn in bank.items():
-        mean = bn[f"{first}.running_mean"].double()[:, None]
-        var = bn[f"{first}.running_var"].double()[:, None] + 1e-5
-        log_lik = -0.5 * ((act - mean) ** 2 / var + var.log() + math.log(2 * math.pi)).sum() / len(x)
+        mean = bn[f"{first}.running_mean"].double()
+        var = bn[f"{first}.running_var"].double() + 1e-5
+        squares = s2 - 2 * mean * s1 + n * mean * mean
+        log_lik = -0.5 * (squares / var + n * (var.log() + math.log(2 * math.pi))).sum() / len(x)
         log_prior = math.log(prior[site]) if prior is not None else 0.0
         scores[site] = float(log_lik) + log_prior / len(x)
     return scores

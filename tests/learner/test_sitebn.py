@@ -19,7 +19,9 @@ from clreg.learner.sitebn import (
     bank_to_bytes,
     bn_param_names,
     extract_site_bn,
+    first_bn_input,
     route,
+    route_scores,
     site_model,
 )
 from clreg.learner.streams import digits_sites
@@ -126,3 +128,29 @@ def test_map_routing_picks_each_digits_site(digits_run: tuple) -> None:
     for s in sites:
         for start in range(TRAIN, len(s.y) - 31, 32):  # held-out 32-sample chunks the training never saw
             assert route(model, bank, torch.from_numpy(s.x[start : start + 32])) == s.name
+
+
+def test_routing_stops_at_the_first_batchnorm_and_scores_as_the_direct_sum() -> None:
+    torch.manual_seed(0)
+    model = small_cnn(1, 16, 16, 10).eval()
+    ran_past: list[bool] = []
+    last = list(model.modules())[-1]
+    hook = last.register_forward_hook(lambda *_: ran_past.append(True))
+    x = torch.rand(3, 1, 16, 16)
+    act = first_bn_input(model, x).double()
+    hook.remove()
+    assert ran_past == [] and act.shape[0] == 3  # the layers after the first BatchNorm never ran
+    bank = {"a": extract_site_bn(model)}
+    other = copy.deepcopy(model)
+    for m in other.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.add_(0.3)
+            m.running_var.mul_(2.0)
+    bank["b"] = extract_site_bn(other)
+    first = next(n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d))
+    flat = act.transpose(0, 1).reshape(act.shape[1], -1)
+    for site, bn in bank.items():
+        mean = bn[f"{first}.running_mean"].double()[:, None]
+        var = bn[f"{first}.running_var"].double()[:, None] + 1e-5
+        direct = -0.5 * ((flat - mean) ** 2 / var + var.log() + np.log(2 * np.pi)).sum() / 3
+        assert route_scores(model, bank, x)[site] == pytest.approx(float(direct), rel=1e-9)
