@@ -138,8 +138,9 @@ def start_ray(cfg: RaySettings) -> None:
             os.environ.setdefault("RAY_AUTH_MODE", "token")
         _join(cfg.address)
         return
+    system = {} if cfg.idle_workers is None else {"num_workers_soft_limit": cfg.idle_workers}
     ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             namespace="clreg", logging_level=logging.WARNING, log_to_driver=False)
+             namespace="clreg", logging_level=logging.WARNING, log_to_driver=False, _system_config=system)
 
 
 def _join(address: str, attempts: int = 3, wait_s: float = 2.0) -> None:

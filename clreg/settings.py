@@ -59,6 +59,10 @@ class RaySettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     address: str | None = None  # unset: start a local Ray bound to 127.0.0.1
     num_cpus: int | None = None
+    # Idle task workers a local Ray keeps warm (its num_workers_soft_limit). A worker that ran a candidate holds
+    # ~550 MiB after it (torch, the network, the allocator's arenas); 0 lets Ray end it a second after its last
+    # task, at the cost of a cold worker (~2 s) for the next update's first tasks. None: Ray's default (one per CPU).
+    idle_workers: int | None = Field(default=0, ge=0)
 
 
 class GateConfig(BaseModel):

@@ -63,7 +63,7 @@ def ray_session() -> Iterator[None]:
     from clreg.embedded import start_ray
     from clreg.settings import RaySettings
 
-    start_ray(RaySettings(num_cpus=2))
+    start_ray(RaySettings(num_cpus=2, idle_workers=None))  # warm workers: the suite runs many small tasks
     yield
 
 

@@ -37,3 +37,35 @@ def test_the_process_tree_is_read_largest_first_and_reaches_the_heartbeat(regist
     finally:
         child.kill()
         child.wait()
+
+
+_IDLE = """
+import json, os, sys, time
+import psutil, ray
+from clreg.embedded import start_ray
+from clreg.settings import RaySettings
+
+@ray.remote
+def held() -> int:
+    global keep
+    keep = bytearray(128 << 20)  # what a candidate leaves behind in its worker
+    return os.getpid()
+
+out = {}
+for idle in (0, None):
+    start_ray(RaySettings(num_cpus=1, idle_workers=idle))
+    pid = ray.get(held.remote())
+    deadline = time.monotonic() + 8
+    while psutil.pid_exists(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    out[str(idle)] = psutil.pid_exists(pid)
+    ray.shutdown()
+print(json.dumps(out))
+"""
+
+
+def test_a_local_ray_releases_a_worker_after_its_task_unless_told_to_keep_it_warm() -> None:
+    """CLREG_RAY__IDLE_WORKERS=0 (the default): the ~550 MiB a candidate leaves in its worker is given back."""
+    done = subprocess.run([sys.executable, "-c", _IDLE], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == '{"0": false, "None": true}'

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+import torch
 from torch import nn
+
+from clreg.learner.models import small_cnn
 
 
 def dies(channels: int, height: int, width: int, classes: int, marker: str) -> nn.Module:
@@ -13,3 +17,20 @@ def dies(channels: int, height: int, width: int, classes: int, marker: str) -> n
     with Path(marker).open("a") as f:
         f.write("try\n")
     os._exit(1)
+
+
+class _Slow(nn.Module):
+    """A network whose every training forward pass takes at least `pause_s`: epochs long enough to watch."""
+
+    def __init__(self, inner: nn.Module, pause_s: float) -> None:
+        super().__init__()
+        self.inner, self.pause_s = inner, pause_s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            time.sleep(self.pause_s)
+        return self.inner(x)
+
+
+def slow(channels: int, height: int, width: int, classes: int, pause_s: float) -> nn.Module:
+    return _Slow(small_cnn(channels, height, width, classes), pause_s)

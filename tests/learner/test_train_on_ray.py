@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +66,21 @@ def test_train_on_ray_translates_task_errors(ray_session: None) -> None:
 def test_progress_is_relayed_while_the_task_runs(ray_session: None) -> None:
     x, y = _data()
     rows: list[dict] = []
+    arrived: list[float] = []
+
+    def relay(row: dict) -> None:
+        rows.append(row)
+        arrived.append(time.monotonic())
+
     cfg = CFG.model_copy(update={"epochs": 3})
-    result = train_on_ray(DEFAULT_FACTORY, {}, SPEC, None, None, x, y, "a", cfg, progress=rows.append, poll_s=0.05)
+    # two forward passes an epoch of at least 1 s each: epochs 2 and 3 take >= 4 s after epoch 1's row is made,
+    # room for the relay actor's own start (a new worker, seconds on a busy machine)
+    result = train_on_ray("tests.learner.factories:slow", {"pause_s": 1.0}, SPEC, None, None, x, y, "a", cfg,
+                          progress=relay, poll_s=0.05)
+    returned = time.monotonic()
     assert rows == result.curve and [r["epoch"] for r in rows] == [1, 2, 3]
     assert all(set(r) == {"epoch", "epochs", "loss", "ce", "replay", "penalty", "seconds"} for r in rows)
+    assert returned - arrived[0] >= 1.0, (returned - arrived[0])  # epoch 1's row came while the task ran
 
 
 @pytest.mark.integration
