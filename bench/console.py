@@ -42,6 +42,9 @@ EXERCISES = (
     'serving/console_data.py',
     'serving/templates/',
     'serving/gateway.py',
+    'serving/services.py',
+    'serving/model_routes.py',
+    'serving/ops_routes.py',
     'bench/console.py',
 )
 

@@ -13,17 +13,16 @@ from fastapi import APIRouter, Cookie, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from clreg.registry.approvals import ApprovalRequest, Approvals, Verdict, settle
-from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.errors import RegistryError
-from clreg.registry.events import EventLog
 from clreg.registry.evidence import pack
 from clreg.registry.records import Name
 from clreg.registry.store import RedisRegistry
 from clreg.serving import evidence, session
-from clreg.serving.auth import APPROVER, Tokens
+from clreg.serving.auth import APPROVER
 from clreg.serving.console import TEMPLATES, _form, _version
 from clreg.serving.errors import BadRequest, ServingError, Unauthorized
 from clreg.serving.responses import error_response
+from clreg.serving.services import Svc
 
 Session = Annotated[str | None, Cookie(alias=session.COOKIE)]
 
@@ -46,51 +45,50 @@ def may_decide(role: str, request: ApprovalRequest) -> bool:
             and all(d.approver != name for d in request.decisions))
 
 
-def router(reg: RedisRegistry, artifacts: ArtifactStore, events: EventLog, tokens: Tokens) -> APIRouter:
-    """GET /ui/approvals and its form's POST."""
-    ui = APIRouter(prefix="/ui", include_in_schema=False)
-    approvals = Approvals(reg, events)
+router = APIRouter(prefix="/ui", include_in_schema=False)  # GET /ui/approvals and its form's POST
 
-    @ui.get("/approvals")
-    def page(request: Request, cookie: Session = None) -> Response:
-        try:
-            role = session.role_of(tokens, cookie)
-        except Unauthorized:
-            return RedirectResponse("/ui/login", status_code=303)
-        found = rows(reg, approvals)
-        return TEMPLATES.TemplateResponse(request, "approvals.html", {
-            "role": role, "csrf": session.csrf_token(tokens, cookie or ""), "evidently_ui": "",
-            "waiting": [r for r in found if r["request"].status == "waiting"],
-            "decided": [r for r in found if r["request"].status != "waiting"], "may_decide": may_decide})
 
-    @ui.get("/models/{name}/versions/{number}/evidence")
-    def evidence_page(request: Request, name: Name, number: str, cookie: Session = None) -> Response:
-        """The evidence pack's page (as GET /v1/models/{m}/versions/{n}/evidence?format=html) for a session."""
-        try:
-            session.role_of(tokens, cookie)
-        except Unauthorized:
-            return RedirectResponse("/ui/login", status_code=303)
-        return HTMLResponse(evidence.render(pack(reg, artifacts, events, name, _version(number))))
+@router.get("/approvals")
+def page(request: Request, svc: Svc, cookie: Session = None) -> Response:
+    try:
+        role = session.role_of(svc.tokens, cookie)
+    except Unauthorized:
+        return RedirectResponse("/ui/login", status_code=303)
+    found = rows(svc.registry, Approvals(svc.registry, svc.events))
+    return TEMPLATES.TemplateResponse(request, "approvals.html", {
+        "role": role, "csrf": session.csrf_token(svc.tokens, cookie or ""), "evidently_ui": "",
+        "waiting": [r for r in found if r["request"].status == "waiting"],
+        "decided": [r for r in found if r["request"].status != "waiting"], "may_decide": may_decide})
 
-    @ui.post("/approvals/{name}/{number}")
-    async def decide(request: Request, name: Name, number: str, cookie: Session = None) -> Response:
-        """Approve or decline the request waiting for a version, as the approver signed in."""
-        form = await _form(request)
-        try:
-            who = session.check_decision(tokens, cookie, form.get("csrf"))
-            verdict: Verdict = "approve" if form.get("verdict") == "approve" else "decline"
-            reason = form.get("reason", "").strip()
-            if form.get("verdict") not in ("approve", "decline"):
-                raise BadRequest("the verdict is approve or decline")
-            if not reason:
-                raise BadRequest("give a reason: it is kept in the request and the alias history")
-            reg.get_model(name)
-            settle(reg, events, approvals.decide(name, _version(number), who, verdict, reason[:500]), artifacts)
-        except (ServingError, RegistryError, ValueError) as e:
-            answer = error_response(e)
-            return TEMPLATES.TemplateResponse(request, "error.html", {
-                "error": json.loads(bytes(answer.body)), "back": "/ui/approvals", "role": None},
-                status_code=answer.status_code)
-        return RedirectResponse(f"/ui/approvals#{quote(name)}-v{number}", status_code=303)
 
-    return ui
+@router.get("/models/{name}/versions/{number}/evidence")
+def evidence_page(request: Request, name: Name, number: str, svc: Svc, cookie: Session = None) -> Response:
+    """The evidence pack's page (as GET /v1/models/{m}/versions/{n}/evidence?format=html) for a session."""
+    try:
+        session.role_of(svc.tokens, cookie)
+    except Unauthorized:
+        return RedirectResponse("/ui/login", status_code=303)
+    return HTMLResponse(evidence.render(pack(svc.registry, svc.artifacts, svc.events, name, _version(number))))
+
+
+@router.post("/approvals/{name}/{number}")
+async def decide(request: Request, name: Name, number: str, svc: Svc, cookie: Session = None) -> Response:
+    """Approve or decline the request waiting for a version, as the approver signed in."""
+    form = await _form(request)
+    try:
+        who = session.check_decision(svc.tokens, cookie, form.get("csrf"))
+        verdict: Verdict = "approve" if form.get("verdict") == "approve" else "decline"
+        reason = form.get("reason", "").strip()
+        if form.get("verdict") not in ("approve", "decline"):
+            raise BadRequest("the verdict is approve or decline")
+        if not reason:
+            raise BadRequest("give a reason: it is kept in the request and the alias history")
+        svc.registry.get_model(name)
+        decided = Approvals(svc.registry, svc.events).decide(name, _version(number), who, verdict, reason[:500])
+        settle(svc.registry, svc.events, decided, svc.artifacts)
+    except (ServingError, RegistryError, ValueError) as e:
+        answer = error_response(e)
+        return TEMPLATES.TemplateResponse(request, "error.html", {
+            "error": json.loads(bytes(answer.body)), "back": "/ui/approvals", "role": None},
+            status_code=answer.status_code)
+    return RedirectResponse(f"/ui/approvals#{quote(name)}-v{number}", status_code=303)

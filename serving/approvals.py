@@ -4,7 +4,6 @@ production, which for an `approval` model becomes a request (answer 202) that ap
 No `from __future__ import annotations` here: FastAPI must see the real dependency types of the routes.
 """
 
-from collections.abc import Callable
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path
@@ -14,13 +13,10 @@ from pydantic import BaseModel, Field
 from clreg.registry import promotion
 from clreg.registry.approvals import ApprovalRequest, Approvals, request_move, settle
 from clreg.registry.approvers import Approvers
-from clreg.registry.artifacts import ArtifactStore
-from clreg.registry.events import EventLog
 from clreg.registry.records import Name
-from clreg.registry.store import RedisRegistry
-from clreg.serving import approval_pages
-from clreg.serving.auth import APPROVER, Tokens
+from clreg.serving.auth import APPROVER
 from clreg.serving.errors import Forbidden
+from clreg.serving.services import Admin, Reader, Svc
 
 Number = Annotated[int, Path(ge=1, le=2**53)]
 Status = Literal["waiting", "approved", "declined", "all"]
@@ -45,81 +41,82 @@ def public(request: ApprovalRequest) -> dict:
     return {**request.model_dump(mode="json"), "approvers": request.approvers}
 
 
-def router(reg: RedisRegistry, events: EventLog, artifacts: ArtifactStore, tokens: Tokens,  # noqa: C901
-           admin: Callable[..., str], reader: Callable[..., str]) -> APIRouter:
-    """The approval routes over the gateway's stores."""
-    routes = APIRouter()
-    routes.include_router(approval_pages.router(reg, artifacts, events, tokens))  # the console's page
-    book, approvals = Approvers(reg), Approvals(reg, events)
-    Admin = Annotated[str, Depends(admin)]
-    Reader = Annotated[str, Depends(reader)]
+def approver(svc: Svc, authorization: Annotated[str | None, Header()] = None) -> str:
+    return svc.tokens.require_approver(authorization)
 
-    def approver(authorization: Annotated[str | None, Header()] = None) -> str:
-        return tokens.require_approver(authorization)
 
-    Approver = Annotated[str, Depends(approver)]
+Approver = Annotated[str, Depends(approver)]
+router = APIRouter()
 
-    @routes.post("/v1/approvers", status_code=201)
-    def add_approver(body: NewApprover, _: Admin) -> dict:
-        """Create an approver: its token is returned once and stored hashed."""
-        record, token = book.add(body.name)
-        return {**record.public(), "token": token}
 
-    @routes.get("/v1/approvers")
-    def list_approvers(_: Reader) -> list[dict]:
-        return [a.public() for a in book.all()]
+@router.post("/v1/approvers", status_code=201)
+def add_approver(body: NewApprover, svc: Svc, _: Admin) -> dict:
+    """Create an approver: its token is returned once and stored hashed."""
+    record, token = Approvers(svc.registry).add(body.name)
+    return {**record.public(), "token": token}
 
-    @routes.delete("/v1/approvers/{name}")
-    def remove_approver(name: Name, _: Admin) -> dict:
-        """Revoke an approver's token; its decisions stay in the records."""
-        book.remove(name)
-        return {"name": name, "removed": True}
 
-    @routes.get("/v1/models/{name}/approvals")
-    def model_approvals(name: Name, _: Reader, status: Status = "all") -> list[dict]:
-        """The model's approval requests, oldest first, each with its decisions."""
-        reg.get_model(name)
-        return [public(r) for r in approvals.all(name) if status in ("all", r.status)]
+@router.get("/v1/approvers")
+def list_approvers(svc: Svc, _: Reader) -> list[dict]:
+    return [a.public() for a in Approvers(svc.registry).all()]
 
-    @routes.get("/v1/approvals")
-    def all_approvals(_: Reader, status: Status = "waiting") -> list[dict]:
-        """Requests of every model (by default those waiting for a decision)."""
-        return [public(r) for m in reg.list_models() for r in approvals.all(m) if status in ("all", r.status)]
 
-    def decide(name: str, number: int, who: str, verdict: Literal["approve", "decline"], reason: str) -> dict:
-        reg.get_model(name)
-        decided = approvals.decide(name, number, who, verdict, reason)
-        return public(settle(reg, events, decided, artifacts))
+@router.delete("/v1/approvers/{name}")
+def remove_approver(name: Name, svc: Svc, _: Admin) -> dict:
+    """Revoke an approver's token; its decisions stay in the records."""
+    Approvers(svc.registry).remove(name)
+    return {"name": name, "removed": True}
 
-    @routes.post("/v1/models/{name}/versions/{number}/approve")
-    def approve(name: Name, number: Number, body: Verdict, who: Approver) -> dict:
-        """Approve the request waiting for this version; the last approval it needs moves production."""
-        return decide(name, number, who, "approve", body.reason)
 
-    @routes.post("/v1/models/{name}/versions/{number}/decline")
-    def decline(name: Name, number: Number, body: Verdict, who: Approver) -> dict:
-        """Decline the request waiting for this version (a blessed version is then declined for good)."""
-        return decide(name, number, who, "decline", body.reason)
+@router.get("/v1/models/{name}/approvals")
+def model_approvals(name: Name, svc: Svc, _: Reader, status: Status = "all") -> list[dict]:
+    """The model's approval requests, oldest first, each with its decisions."""
+    svc.registry.get_model(name)
+    return [public(r) for r in Approvals(svc.registry, svc.events).all(name) if status in ("all", r.status)]
 
-    @routes.post("/v1/models/{name}/aliases/production", responses={202: {"description": "an approval request"}})
-    def move_production(name: Name, body: AliasMove, authorization: Annotated[str | None, Header()] = None
-                        ) -> JSONResponse:
-        """Pin or roll back production (admin): the move itself, or for an `approval` model a request that
-        approvers decide (202); an approver may ask too, and then another approver decides."""
-        role = tokens.role(authorization)
-        asker = role is not None and role.startswith(APPROVER)
-        if role != "admin" and not asker:
-            raise Forbidden("this action needs the admin token (or an approver's, for an approval model)")
-        approval = reg.get_model(name).approval.mode == "approval"
-        if asker and not approval:
-            raise Forbidden(f"model {name!r} has no approval policy: moving production needs the admin token")
-        if approval:
-            request = request_move(reg, events, name, body.version, who=str(role), reason=body.reason,
-                                   force=body.force)
-            return JSONResponse({"status": "awaiting_approval", "from_version": request.from_version,
-                                 "to_version": request.version, "request": public(request)}, status_code=202)
-        change = promotion.promote(reg, events, name, body.version, who="admin", reason=body.reason,
-                                   force=body.force, artifacts=artifacts)
-        return JSONResponse(change.model_dump())
 
-    return routes
+@router.get("/v1/approvals")
+def all_approvals(svc: Svc, _: Reader, status: Status = "waiting") -> list[dict]:
+    """Requests of every model (by default those waiting for a decision)."""
+    approvals = Approvals(svc.registry, svc.events)
+    return [public(r) for m in svc.registry.list_models() for r in approvals.all(m) if status in ("all", r.status)]
+
+
+def _decide(svc: Svc, name: str, number: int, who: str, verdict: Literal["approve", "decline"], reason: str) -> dict:
+    svc.registry.get_model(name)
+    decided = Approvals(svc.registry, svc.events).decide(name, number, who, verdict, reason)
+    return public(settle(svc.registry, svc.events, decided, svc.artifacts))
+
+
+@router.post("/v1/models/{name}/versions/{number}/approve")
+def approve(name: Name, number: Number, body: Verdict, svc: Svc, who: Approver) -> dict:
+    """Approve the request waiting for this version; the last approval it needs moves production."""
+    return _decide(svc, name, number, who, "approve", body.reason)
+
+
+@router.post("/v1/models/{name}/versions/{number}/decline")
+def decline(name: Name, number: Number, body: Verdict, svc: Svc, who: Approver) -> dict:
+    """Decline the request waiting for this version (a blessed version is then declined for good)."""
+    return _decide(svc, name, number, who, "decline", body.reason)
+
+
+@router.post("/v1/models/{name}/aliases/production", responses={202: {"description": "an approval request"}})
+def move_production(name: Name, body: AliasMove, svc: Svc, authorization: Annotated[str | None, Header()] = None
+                    ) -> JSONResponse:
+    """Pin or roll back production (admin): the move itself, or for an `approval` model a request that
+    approvers decide (202); an approver may ask too, and then another approver decides."""
+    role = svc.tokens.role(authorization)
+    asker = role is not None and role.startswith(APPROVER)
+    if role != "admin" and not asker:
+        raise Forbidden("this action needs the admin token (or an approver's, for an approval model)")
+    approval = svc.registry.get_model(name).approval.mode == "approval"
+    if asker and not approval:
+        raise Forbidden(f"model {name!r} has no approval policy: moving production needs the admin token")
+    if approval:
+        request = request_move(svc.registry, svc.events, name, body.version, who=str(role), reason=body.reason,
+                               force=body.force)
+        return JSONResponse({"status": "awaiting_approval", "from_version": request.from_version,
+                             "to_version": request.version, "request": public(request)}, status_code=202)
+    change = promotion.promote(svc.registry, svc.events, name, body.version, who="admin", reason=body.reason,
+                               force=body.force, artifacts=svc.artifacts)
+    return JSONResponse(change.model_dump())

@@ -19,16 +19,12 @@ from fastapi.templating import Jinja2Templates
 
 from clreg.registry import promotion
 from clreg.registry.approvals import request_move
-from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.errors import RegistryError
-from clreg.registry.events import EventLog
-from clreg.registry.inputs import InputLog
 from clreg.registry.records import Name, check_name
-from clreg.registry.store import RedisRegistry
 from clreg.serving import console_data, session, validation
-from clreg.serving.auth import Tokens
 from clreg.serving.errors import BadRequest, ServingError, Unauthorized
 from clreg.serving.responses import error_response, stored_html
+from clreg.serving.services import Services, Svc
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 TEMPLATES.env.globals.update(quote=quote, when=console_data.when)
@@ -42,136 +38,147 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
 
 
-def router(reg: RedisRegistry, artifacts: ArtifactStore, events: EventLog, tokens: Tokens,  # noqa: C901
-           evidently_ui: str, inputs: InputLog) -> APIRouter:
-    """The console's routes (each a small closure over the console's state, as the gateway's are)."""
-    ui = APIRouter(prefix="/ui", include_in_schema=False)
+router = APIRouter(prefix="/ui", include_in_schema=False)
 
-    def page(request: Request, cookie: str | None, template: str, **context: Any) -> Response:
-        """A page for a signed-in reader, or the sign-in page for anyone else."""
-        try:
-            role = session.role_of(tokens, cookie)
-        except Unauthorized:
-            return RedirectResponse("/ui/login", status_code=303)
-        context.update(role=role, csrf=session.csrf_token(tokens, cookie or ""), evidently_ui=evidently_ui)
-        return TEMPLATES.TemplateResponse(request, template, context)
 
-    def failed(request: Request, e: Exception, back: str) -> Response:
-        """The refusal as a page, with the status and message the JSON API gives for it."""
-        answer = error_response(e)
-        body = json.loads(bytes(answer.body))
-        return TEMPLATES.TemplateResponse(request, "error.html", {"error": body, "back": back, "role": None},
-                                          status_code=answer.status_code)
+def _page(request: Request, svc: Services, cookie: str | None, template: str, **context: Any) -> Response:
+    """A page for a signed-in reader, or the sign-in page for anyone else."""
+    try:
+        role = session.role_of(svc.tokens, cookie)
+    except Unauthorized:
+        return RedirectResponse("/ui/login", status_code=303)
+    context.update(role=role, csrf=session.csrf_token(svc.tokens, cookie or ""), evidently_ui=svc.cfg.evidently_ui_url)
+    return TEMPLATES.TemplateResponse(request, template, context)
 
-    @ui.get("")
-    def home() -> Response:
-        return RedirectResponse("/ui/models", status_code=303)
 
-    @ui.get("/login")
-    def login_form(request: Request) -> Response:
-        return TEMPLATES.TemplateResponse(request, "login.html", {"role": None, "error": None})
+def _failed(request: Request, e: Exception, back: str) -> Response:
+    """The refusal as a page, with the status and message the JSON API gives for it."""
+    answer = error_response(e)
+    body = json.loads(bytes(answer.body))
+    return TEMPLATES.TemplateResponse(request, "error.html", {"error": body, "back": back, "role": None},
+                                      status_code=answer.status_code)
 
-    @ui.post("/login")
-    async def login(request: Request) -> Response:
-        try:
-            role, cookie = session.issue(tokens, (await _form(request)).get("token", "").strip())
-        except Unauthorized as e:
-            return TEMPLATES.TemplateResponse(request, "login.html", {"role": None, "error": str(e)},
-                                              status_code=401)
-        out = RedirectResponse("/ui/models", status_code=303)
-        out.set_cookie(session.COOKIE, cookie, max_age=session.LIFETIME_S, httponly=True, samesite="strict",
-                       path="/ui", secure=request.url.scheme == "https")
-        return out
 
-    @ui.post("/logout")
-    def logout() -> Response:
-        out = RedirectResponse("/ui/login", status_code=303)
-        out.delete_cookie(session.COOKIE, path="/ui")
-        return out
+@router.get("")
+def home() -> Response:
+    return RedirectResponse("/ui/models", status_code=303)
 
-    @ui.get("/models")
-    def models(request: Request, cookie: Session = None) -> Response:
-        return page(request, cookie, "models.html", models=console_data.models(reg, events))
 
-    @ui.get("/models/{name}")
-    def model(request: Request, name: Name, cookie: Session = None) -> Response:
-        return page(request, cookie, "model.html", **console_data.model(reg, name))
+@router.get("/login")
+def login_form(request: Request) -> Response:
+    return TEMPLATES.TemplateResponse(request, "login.html", {"role": None, "error": None})
 
-    @ui.get("/models/{name}/queue")
-    def model_queue(request: Request, name: Name, cookie: Session = None) -> Response:
-        reg.get_model(name)
-        return page(request, cookie, "queue.html", queue=console_data.queue(reg, name))
 
-    @ui.get("/sites")
-    def sites(request: Request, cookie: Session = None) -> Response:
-        return page(request, cookie, "sites.html", rows=console_data.sites(reg, artifacts))
+@router.post("/login")
+async def login(request: Request, svc: Svc) -> Response:
+    try:
+        role, cookie = session.issue(svc.tokens, (await _form(request)).get("token", "").strip())
+    except Unauthorized as e:
+        return TEMPLATES.TemplateResponse(request, "login.html", {"role": None, "error": str(e)}, status_code=401)
+    out = RedirectResponse("/ui/models", status_code=303)
+    out.set_cookie(session.COOKIE, cookie, max_age=session.LIFETIME_S, httponly=True, samesite="strict",
+                   path="/ui", secure=request.url.scheme == "https")
+    return out
 
-    @ui.get("/alerts")
-    def alerts(request: Request, cookie: Session = None, model: Name | None = None, site: Name | None = None,
-               kind: Annotated[str | None, Query(pattern=KIND)] = None, rows_only: bool = False) -> Response:
-        found = console_data.alerts(events, model, site, kind)
-        return page(request, cookie, "alert_rows.html" if rows_only else "alerts.html", alerts=found,
-                    filters={"model": model or "", "site": site or "", "kind": kind or ""})
 
-    @ui.get("/drift/{report_id}")
-    def drift_page(request: Request, report_id: Name, cookie: Session = None) -> Response:
-        """A drift check's Evidently page, for a signed-in reader."""
-        try:
-            session.role_of(tokens, cookie)
-        except Unauthorized:
-            return RedirectResponse("/ui/login", status_code=303)
-        report = reg.reports.get_drift(report_id)
-        if not report.html_artifact:
-            raise BadRequest(f"drift report {report_id!r} was stored without its page")
-        return stored_html(artifacts.get(report.html_artifact), request.headers.get("accept-encoding", ""))
+@router.post("/logout")
+def logout() -> Response:
+    out = RedirectResponse("/ui/login", status_code=303)
+    out.delete_cookie(session.COOKIE, path="/ui")
+    return out
 
-    @ui.get("/sites/{site}/validation")
-    def site_validation(request: Request, site: Name, model: Name, cookie: Session = None) -> Response:
-        """The site's validation report page (as GET /v1/sites/{site}/validation?format=html)."""
-        try:
-            session.role_of(tokens, cookie)
-        except Unauthorized:
-            return RedirectResponse("/ui/login", status_code=303)
-        return HTMLResponse(validation.render_html(validation.report(reg, artifacts, model, site, inputs=inputs)))
 
-    @ui.post("/models/{name}/production")
-    async def move(request: Request, name: Name, cookie: Session = None) -> Response:
-        """Promote or roll back: the first post shows what will change, the confirmed one moves the alias."""
-        back = f"/ui/models/{quote(name)}"
-        form = await _form(request)
-        try:
-            session.check_action(tokens, cookie, form.get("csrf"))
-            version, reason = _version(form.get("version")), form.get("reason", "").strip()
-            if not reason:
-                raise BadRequest("give a reason: it is kept in the alias history")
-            current = reg.resolve(name)
-            force = form.get("force") == "yes"  # a version that did not pass its gates, knowingly
-            approval = reg.get_model(name).approval  # an approval model's move becomes a request approvers decide
-            if form.get("confirmed") != "yes":
-                return page(request, cookie, "confirm.html", name=name, version=version, reason=reason,
-                            current=current, force=force, status=reg.status(name, version).value, approval=approval)
-            if approval.mode == "approval":
-                request_move(reg, events, name, version, who="admin (console)", reason=reason, force=force)
-                return RedirectResponse("/ui/approvals", status_code=303)
-            promotion.promote(reg, events, name, version, who="admin (console)", reason=reason, force=force,
-                              artifacts=artifacts)
-        except (ServingError, RegistryError, ValueError) as e:
-            return failed(request, e, back)
-        return RedirectResponse(back, status_code=303)
+@router.get("/models")
+def models(request: Request, svc: Svc, cookie: Session = None) -> Response:
+    return _page(request, svc, cookie, "models.html", models=console_data.models(svc.registry, svc.events))
 
-    @ui.post("/sites/threshold")
-    async def threshold(request: Request, cookie: Session = None) -> Response:
-        """Set or clear (empty) a site's threshold, as PUT /v1/sites/{site}/threshold does."""
-        form = await _form(request)
-        try:
-            session.check_action(tokens, cookie, form.get("csrf"))
-            value = _threshold(form.get("threshold", ""))
-            reg.update_site(reg.get_site(check_name(form.get("site", ""))).model_copy(update={"threshold": value}))
-        except (ServingError, RegistryError, ValueError) as e:
-            return failed(request, e, "/ui/sites")
-        return RedirectResponse("/ui/sites", status_code=303)
 
-    return ui
+@router.get("/models/{name}")
+def model(request: Request, name: Name, svc: Svc, cookie: Session = None) -> Response:
+    return _page(request, svc, cookie, "model.html", **console_data.model(svc.registry, name))
+
+
+@router.get("/models/{name}/queue")
+def model_queue(request: Request, name: Name, svc: Svc, cookie: Session = None) -> Response:
+    svc.registry.get_model(name)
+    return _page(request, svc, cookie, "queue.html", queue=console_data.queue(svc.registry, name))
+
+
+@router.get("/sites")
+def sites(request: Request, svc: Svc, cookie: Session = None) -> Response:
+    return _page(request, svc, cookie, "sites.html", rows=console_data.sites(svc.registry, svc.artifacts))
+
+
+@router.get("/alerts")
+def alerts(request: Request, svc: Svc, cookie: Session = None, model: Name | None = None, site: Name | None = None,
+           kind: Annotated[str | None, Query(pattern=KIND)] = None, rows_only: bool = False) -> Response:
+    found = console_data.alerts(svc.events, model, site, kind)
+    return _page(request, svc, cookie, "alert_rows.html" if rows_only else "alerts.html", alerts=found,
+                 filters={"model": model or "", "site": site or "", "kind": kind or ""})
+
+
+@router.get("/drift/{report_id}")
+def drift_page(request: Request, report_id: Name, svc: Svc, cookie: Session = None) -> Response:
+    """A drift check's Evidently page, for a signed-in reader."""
+    try:
+        session.role_of(svc.tokens, cookie)
+    except Unauthorized:
+        return RedirectResponse("/ui/login", status_code=303)
+    report = svc.registry.reports.get_drift(report_id)
+    if not report.html_artifact:
+        raise BadRequest(f"drift report {report_id!r} was stored without its page")
+    return stored_html(svc.artifacts.get(report.html_artifact), request.headers.get("accept-encoding", ""))
+
+
+@router.get("/sites/{site}/validation")
+def site_validation(request: Request, site: Name, model: Name, svc: Svc, cookie: Session = None) -> Response:
+    """The site's validation report page (as GET /v1/sites/{site}/validation?format=html)."""
+    try:
+        session.role_of(svc.tokens, cookie)
+    except Unauthorized:
+        return RedirectResponse("/ui/login", status_code=303)
+    found = validation.report(svc.registry, svc.artifacts, model, site, inputs=svc.inputs)
+    return HTMLResponse(validation.render_html(found))
+
+
+@router.post("/models/{name}/production")
+async def move(request: Request, name: Name, svc: Svc, cookie: Session = None) -> Response:
+    """Promote or roll back: the first post shows what will change, the confirmed one moves the alias."""
+    back, reg = f"/ui/models/{quote(name)}", svc.registry
+    form = await _form(request)
+    try:
+        session.check_action(svc.tokens, cookie, form.get("csrf"))
+        version, reason = _version(form.get("version")), form.get("reason", "").strip()
+        if not reason:
+            raise BadRequest("give a reason: it is kept in the alias history")
+        current = reg.resolve(name)
+        force = form.get("force") == "yes"  # a version that did not pass its gates, knowingly
+        approval = reg.get_model(name).approval  # an approval model's move becomes a request approvers decide
+        if form.get("confirmed") != "yes":
+            return _page(request, svc, cookie, "confirm.html", name=name, version=version, reason=reason,
+                         current=current, force=force, status=reg.status(name, version).value, approval=approval)
+        if approval.mode == "approval":
+            request_move(reg, svc.events, name, version, who="admin (console)", reason=reason, force=force)
+            return RedirectResponse("/ui/approvals", status_code=303)
+        promotion.promote(reg, svc.events, name, version, who="admin (console)", reason=reason, force=force,
+                          artifacts=svc.artifacts)
+    except (ServingError, RegistryError, ValueError) as e:
+        return _failed(request, e, back)
+    return RedirectResponse(back, status_code=303)
+
+
+@router.post("/sites/threshold")
+async def threshold(request: Request, svc: Svc, cookie: Session = None) -> Response:
+    """Set or clear (empty) a site's threshold, as PUT /v1/sites/{site}/threshold does."""
+    form = await _form(request)
+    try:
+        session.check_action(svc.tokens, cookie, form.get("csrf"))
+        value = _threshold(form.get("threshold", ""))
+        record = svc.registry.get_site(check_name(form.get("site", "")))
+        svc.registry.update_site(record.model_copy(update={"threshold": value}))
+    except (ServingError, RegistryError, ValueError) as e:
+        return _failed(request, e, "/ui/sites")
+    return RedirectResponse("/ui/sites", status_code=303)
 
 
 def _version(raw: str | None) -> int:

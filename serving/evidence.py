@@ -6,25 +6,23 @@ No `from __future__ import annotations` here: FastAPI must see the real dependen
 
 import hashlib
 import json
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.errors import NotFound
-from clreg.registry.events import EventLog
 from clreg.registry.evidence import pack
 from clreg.registry.locked import LockedSets
 from clreg.registry.records import Name
 from clreg.registry.release import Note, Notes, Sources, release_note
-from clreg.registry.store import RedisRegistry
 from clreg.serving.console import TEMPLATES
+from clreg.serving.services import Admin, Reader, Svc
 
 Number = Annotated[int, Path(ge=1, le=2**53)]
 Format = Literal["json", "html"]
+router = APIRouter()
 
 
 class NewNote(BaseModel):
@@ -42,46 +40,42 @@ def render(found: dict[str, Any]) -> str:
     return TEMPLATES.env.get_template("evidence.html").render(p=found, digest=digest)
 
 
-def router(reg: RedisRegistry, events: EventLog, artifacts: ArtifactStore, admin: Callable[..., str],
-           reader: Callable[..., str]) -> APIRouter:
-    routes = APIRouter()
-    Admin = Annotated[str, Depends(admin)]
-    Reader = Annotated[str, Depends(reader)]
+@router.get("/v1/models/{name}/versions/{number}/evidence", response_model=None)
+def evidence(name: Name, number: Number, svc: Svc, _: Reader, format: Format = "json") -> dict | HTMLResponse:  # noqa: A002
+    """The evidence pack from version 1 to this one, along the PCCP headings; `format=html`: one
+    self-contained, printable page whose every figure links to its record."""
+    found = pack(svc.registry, svc.artifacts, svc.events, name, number)
+    return HTMLResponse(render(found)) if format == "html" else found
 
-    @routes.get("/v1/models/{name}/versions/{number}/evidence", response_model=None)
-    def evidence(name: Name, number: Number, _: Reader, format: Format = "json") -> dict | HTMLResponse:  # noqa: A002
-        """The evidence pack from version 1 to this one, along the PCCP headings; `format=html`: one
-        self-contained, printable page whose every figure links to its record."""
-        found = pack(reg, artifacts, events, name, number)
-        return HTMLResponse(render(found)) if format == "html" else found
 
-    @routes.get("/v1/models/{name}/versions/{number}/release-note")
-    def note(name: Name, number: Number, _: Reader) -> dict:
-        """The version's release note: data added, the search's choice, gate and locked-set figures against the
-        protocol, calibration, shadow agreement, approvals and moves, the operator's text."""
-        src = Sources(reg, artifacts, events, reg.get_model(name))
-        view = next((v for v in reg.list_versions(name) if v.version.number == number), None)
-        if view is None:
-            raise NotFound(f"model {name!r} has no version {number}")
-        return {**release_note(src, view), "figures": src.figures.items}
+@router.get("/v1/models/{name}/versions/{number}/release-note")
+def note(name: Name, number: Number, svc: Svc, _: Reader) -> dict:
+    """The version's release note: data added, the search's choice, gate and locked-set figures against the
+    protocol, calibration, shadow agreement, approvals and moves, the operator's text."""
+    reg = svc.registry
+    src = Sources(reg, svc.artifacts, svc.events, reg.get_model(name))
+    view = next((v for v in reg.list_versions(name) if v.version.number == number), None)
+    if view is None:
+        raise NotFound(f"model {name!r} has no version {number}")
+    return {**release_note(src, view), "figures": src.figures.items}
 
-    @routes.put("/v1/models/{name}/versions/{number}/note")
-    def write_note(name: Name, number: Number, body: NewNote, who: Admin) -> dict:
-        """Set the operator's own text of a version's release note (who and when are kept with it)."""
-        reg.get_version(name, number)
-        written = Note(text=body.text, who=who)
-        Notes(reg, name).put(number, written)
-        return written.model_dump(mode="json")
 
-    @routes.get("/v1/models/{name}/locked")
-    def locked(name: Name, _: Reader) -> dict:
-        """The model's locked test sets (site -> digest and batches) and every version's score on each."""
-        reg.get_model(name)
-        sets = LockedSets(reg, name)
-        scores: dict[str, dict[str, Any]] = {}
-        for (version, site), score in sets.scores().items():
-            scores.setdefault(str(version), {})[site] = score.model_dump(mode="json")
-        return {"sets": {s: {"digest": d, "batches": sets.sites()[s]} for s, d in sets.digests().items()},
-                "scores": scores}
+@router.put("/v1/models/{name}/versions/{number}/note")
+def write_note(name: Name, number: Number, body: NewNote, svc: Svc, who: Admin) -> dict:
+    """Set the operator's own text of a version's release note (who and when are kept with it)."""
+    svc.registry.get_version(name, number)
+    written = Note(text=body.text, who=who)
+    Notes(svc.registry, name).put(number, written)
+    return written.model_dump(mode="json")
 
-    return routes
+
+@router.get("/v1/models/{name}/locked")
+def locked(name: Name, svc: Svc, _: Reader) -> dict:
+    """The model's locked test sets (site -> digest and batches) and every version's score on each."""
+    svc.registry.get_model(name)
+    sets = LockedSets(svc.registry, name)
+    scores: dict[str, dict[str, Any]] = {}
+    for (version, site), score in sets.scores().items():
+        scores.setdefault(str(version), {})[site] = score.model_dump(mode="json")
+    return {"sets": {s: {"digest": d, "batches": sets.sites()[s]} for s, d in sets.digests().items()},
+            "scores": scores}

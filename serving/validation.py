@@ -10,11 +10,10 @@ not), with the intervals of its sensitivity, specificity and expected cost and t
 """
 
 import html
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from starlette.responses import HTMLResponse
 
 from clreg.learner.operating import Costs, expected_cost, operating_point, point_interval
@@ -27,6 +26,7 @@ from clreg.registry.records import Name
 from clreg.registry.store import RedisRegistry
 from clreg.serving.charts import line_chart
 from clreg.serving.errors import NotReady
+from clreg.serving.services import Reader, Svc
 
 PREVALENCES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 
@@ -214,17 +214,15 @@ def render_html(r: dict[str, Any]) -> str:
             "</head><body>" + "".join(parts) + "</body></html>")
 
 
-def router(reg: RedisRegistry, artifacts: ArtifactStore, inputs: InputLog, reader: Callable[..., str]) -> APIRouter:
-    api = APIRouter()
-    Reader = Annotated[str, Depends(reader)]  # noqa: N806
+router = APIRouter()
 
-    @api.get("/v1/sites/{site}/validation", response_model=None)
-    def site_validation(site: Name, model: Name, _: Reader, format: Literal["json", "html"] = "json",  # noqa: A002
-                        cost_fp: Annotated[float, Query(gt=0, le=1e6)] = 1.0,
-                        cost_fn: Annotated[float, Query(gt=0, le=1e6)] = 1.0) -> dict | HTMLResponse:
-        """Whether the production version is fit for use at the site, and the figures that say so; binary models
-        price the site's threshold at the given costs of a false positive and a false negative."""
-        out = report(reg, artifacts, model, site, Costs(false_positive=cost_fp, false_negative=cost_fn), inputs)
-        return HTMLResponse(render_html(out)) if format == "html" else out
 
-    return api
+@router.get("/v1/sites/{site}/validation", response_model=None)
+def site_validation(site: Name, model: Name, svc: Svc, _: Reader, format: Literal["json", "html"] = "json",  # noqa: A002
+                    cost_fp: Annotated[float, Query(gt=0, le=1e6)] = 1.0,
+                    cost_fn: Annotated[float, Query(gt=0, le=1e6)] = 1.0) -> dict | HTMLResponse:
+    """Whether the production version is fit for use at the site, and the figures that say so; binary models
+    price the site's threshold at the given costs of a false positive and a false negative."""
+    out = report(svc.registry, svc.artifacts, model, site, Costs(false_positive=cost_fp, false_negative=cost_fn),
+                 svc.inputs)
+    return HTMLResponse(render_html(out)) if format == "html" else out

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
 from clreg.registry.errors import TargetRefused
@@ -20,12 +20,11 @@ from clreg.registry.records import Name, now
 from clreg.registry.webhooks import (
     DeliveryStatus,
     Subscription,
-    WebhookConfig,
-    WebhookStore,
     check_target,
     new_subscription,
     signed_headers,
 )
+from clreg.serving.services import Admin, Reader, Svc
 
 SubscriptionId = Annotated[str, Path(pattern=r"^wh-[0-9a-f]{12}$")]
 
@@ -74,49 +73,49 @@ class NewSubscription(BaseModel):
     description: str = Field(default="", max_length=500)
 
 
-def router(store: WebhookStore, cfg: WebhookConfig, admin: Any, reader: Any) -> APIRouter:
-    """The /v1/webhooks routes; `admin` and `reader` are the gateway's token dependencies."""
-    api = APIRouter(prefix="/v1/webhooks")
-    Admin = Annotated[str, Depends(admin)]
-    Reader = Annotated[str, Depends(reader)]
+router = APIRouter(prefix="/v1/webhooks")
 
-    @api.post("", status_code=201)
-    def subscribe(body: NewSubscription, _: Admin) -> dict:
-        """Subscribe a url to event kinds; the answer holds the signing secret, shown this once."""
-        check_target(body.url, cfg.allow)
-        sub = store.add(new_subscription(body.url, body.events, body.model, body.description))
-        return {**sub.public(), "secret": sub.secret}
 
-    @api.get("")
-    def subscriptions(_: Reader) -> list[dict]:
-        return [s.public() for s in store.subscriptions()]
+@router.post("", status_code=201)
+def subscribe(body: NewSubscription, svc: Svc, _: Admin) -> dict:
+    """Subscribe a url to event kinds; the answer holds the signing secret, shown this once."""
+    check_target(body.url, svc.cfg.webhooks.allow)
+    sub = svc.webhooks.add(new_subscription(body.url, body.events, body.model, body.description))
+    return {**sub.public(), "secret": sub.secret}
 
-    @api.get("/deliveries")  # before /{sub_id}: "deliveries" is not an id
-    def deliveries(_: Reader, subscription: Annotated[str | None, Query(pattern=r"^wh-[0-9a-f]{12}$")] = None,
-                   status: DeliveryStatus | None = None,
-                   limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[dict]:
-        """Newest first: each delivery's event, attempts, last answer and final state."""
-        found = store.deliveries(subscription=subscription, status=status, limit=limit)
-        return [d.model_dump(mode="json") for d in found]
 
-    @api.get("/{sub_id}")
-    def subscription(sub_id: SubscriptionId, _: Reader) -> dict:
-        return store.get(sub_id).public()
+@router.get("")
+def subscriptions(svc: Svc, _: Reader) -> list[dict]:
+    return [s.public() for s in svc.webhooks.subscriptions()]
 
-    @api.delete("/{sub_id}")
-    def unsubscribe(sub_id: SubscriptionId, _: Admin) -> dict:
-        store.remove(sub_id)
-        return {"deleted": sub_id}
 
-    @api.post("/{sub_id}/test")
-    def ping(sub_id: SubscriptionId, _: Admin) -> dict:
-        """Send a signed `webhook.ping` now, once, and say what the receiver answered."""
-        sub = store.get(sub_id)
-        delivery_id = f"ping-{secrets.token_hex(8)}"
-        payload = {"delivery": delivery_id, "subscription": sub.id,
-                   "event": {"id": "", "model": sub.model, "kind": "webhook.ping", "at": now(), "data": {}}}
-        with httpx.Client(timeout=cfg.timeout_s) as client:
-            attempt = send(client, sub, delivery_id, "webhook.ping", payload, cfg.allow)
-        return {"delivered": attempt.ok, "status": attempt.status, "error": attempt.error}
+@router.get("/deliveries")  # before /{sub_id}: "deliveries" is not an id
+def deliveries(svc: Svc, _: Reader, subscription: Annotated[str | None, Query(pattern=r"^wh-[0-9a-f]{12}$")] = None,
+               status: DeliveryStatus | None = None,
+               limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[dict]:
+    """Newest first: each delivery's event, attempts, last answer and final state."""
+    found = svc.webhooks.deliveries(subscription=subscription, status=status, limit=limit)
+    return [d.model_dump(mode="json") for d in found]
 
-    return api
+
+@router.get("/{sub_id}")
+def subscription(sub_id: SubscriptionId, svc: Svc, _: Reader) -> dict:
+    return svc.webhooks.get(sub_id).public()
+
+
+@router.delete("/{sub_id}")
+def unsubscribe(sub_id: SubscriptionId, svc: Svc, _: Admin) -> dict:
+    svc.webhooks.remove(sub_id)
+    return {"deleted": sub_id}
+
+
+@router.post("/{sub_id}/test")
+def ping(sub_id: SubscriptionId, svc: Svc, _: Admin) -> dict:
+    """Send a signed `webhook.ping` now, once, and say what the receiver answered."""
+    sub = svc.webhooks.get(sub_id)
+    delivery_id = f"ping-{secrets.token_hex(8)}"
+    payload = {"delivery": delivery_id, "subscription": sub.id,
+               "event": {"id": "", "model": sub.model, "kind": "webhook.ping", "at": now(), "data": {}}}
+    with httpx.Client(timeout=svc.cfg.webhooks.timeout_s) as client:
+        attempt = send(client, sub, delivery_id, "webhook.ping", payload, svc.cfg.webhooks.allow)
+    return {"delivered": attempt.ok, "status": attempt.status, "error": attempt.error}
