@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import psutil
 
-from clreg.registry.records import ProcessMemory
+from clreg.registry.daemons import ProcessMemory
 
 MAX_PROCESSES = 64  # the largest ones, in a heartbeat
 

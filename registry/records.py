@@ -391,25 +391,3 @@ class Incarnation(Record):
     token: str = Field(pattern=r"^[0-9a-f]{32}$")
     role: Literal["up", "daemon", "tool"] = "daemon"
     started_at: float = Field(default_factory=now)
-
-
-class ProcessMemory(BaseModel):
-    """One process of a daemon's machine-local stack and its resident memory."""
-
-    model_config = ConfigDict(frozen=True)
-    pid: int
-    name: str = Field(max_length=80)  # its command, as ps shows it (Ray names its workers ray::<what they run>)
-    rss_bytes: int = Field(ge=0)
-
-
-class Heartbeat(Record):
-    """A daemon's latest sign of life: what it is doing, stored with a TTL so that silence means death."""
-
-    incarnation: Incarnation
-    at: float = Field(default_factory=now)
-    doing: str = ""
-    processed: int = 0  # entries finished by this start
-    stopped: bool = False  # it stopped cleanly (a start that died leaves its last beat with False)
-    # Its process and every descendant (under `clreg up`: Valkey, Ray's GCS, raylet, workers and Serve
-    # replicas), largest first: what the stack holds on this machine.
-    memory: list[ProcessMemory] = Field(default_factory=list)

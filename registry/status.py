@@ -7,9 +7,9 @@ from collections import Counter
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from clreg.registry.daemons import Daemons
+from clreg.registry.daemons import Daemons, Heartbeat
 from clreg.registry.events import EventLog, IngestQueue
-from clreg.registry.records import BatchStatus, Heartbeat, VersionStatus, now
+from clreg.registry.records import BatchStatus, VersionStatus, now
 from clreg.registry.store import RedisRegistry
 
 
