@@ -11,6 +11,9 @@ import httpx
 import numpy as np
 
 FINAL_STATES = frozenset({"promoted", "rejected", "failed", "locked"})
+# A batch that has its update's verdict and now waits on something else: a later update (rejected this time,
+# it joins the model's next one) or the model's approvers. Waiting for a batch stops there too.
+SETTLED_STATES = FINAL_STATES | {"waiting", "awaiting_approval"}
 
 
 class ApiError(Exception):
@@ -107,14 +110,15 @@ class Client:
 
     def wait_batch(self, batch_id: str, timeout_s: float = 300.0,
                    on_state: Callable[[dict], None] | None = None, served: bool = True) -> dict:
-        """Poll a batch until it reaches a final state (rejected, failed, or promoted and, with `served`, answered
-        by every live replica) or the time is up; on_state sees every state polled (the CLI's progress bar)."""
+        """Poll a batch until it is settled (rejected, failed, waiting for a later update or for approvers, or
+        promoted and, with `served`, answered by every live replica) or the time is up; on_state sees every state
+        polled (the CLI's progress bar)."""
         deadline = time.monotonic() + timeout_s
         while True:
             state = self.get(f"/v1/batches/{batch_id}")
             if on_state is not None:
                 on_state(state)
-            done = state["status"] in FINAL_STATES and (state["status"] != "promoted" or not served
+            done = state["status"] in SETTLED_STATES and (state["status"] != "promoted" or not served
                                                         or state.get("served"))
             if done or time.monotonic() > deadline:
                 return state
