@@ -38,6 +38,17 @@ def default_name(role: str) -> str:
     return f"{role}-{host}"[:63]
 
 
+# On a Redis Cluster a push writes its ingest entry before the batch record (registry/batches.py: the record is
+# what a retried push looks for), so a daemon may read the entry first; an entry this young whose batch is not
+# found stays pending and is read again at the next sweep (DaemonConfig.retry_s).
+UNSTORED_GRACE_S = 60.0
+
+
+def _entry_age_s(entry_id: str) -> float:
+    """Seconds since the stream entry was added (its id starts with Redis's clock in milliseconds)."""
+    return time.time() - int(entry_id.split("-", 1)[0]) / 1000
+
+
 class Daemon:
     def __init__(self, ctx: Context, cfg: DaemonConfig | None = None, role: str = "daemon") -> None:
         self.ctx = ctx
@@ -116,8 +127,11 @@ class Daemon:
         self.doing = f"{model}: batch {batch_id[:12]}"
         try:
             outcome = pipeline.process(self.ctx, self.worker, batch_id)
-        except NotFound as e:  # the record is gone: nothing to resume, drop the entry
-            log.error("batch %s of %s dropped: %s", batch_id[:12], model, e)
+        except NotFound as e:
+            if _entry_age_s(entry_id) < UNSTORED_GRACE_S:  # on a cluster the record follows its ingest entry
+                log.info("batch %s of %s not stored yet, retried: %s", batch_id[:12], model, e)
+                return
+            log.error("batch %s of %s dropped: %s", batch_id[:12], model, e)  # gone: nothing to resume
             outcome = pipeline.Outcome.DONE
         except (StoreUnavailable, LeaseLost, TrainingInterrupted) as e:  # kept: the entry is retried or resumed
             log.warning("batch %s of %s not finished, kept for later: %s", batch_id[:12], model, e)
