@@ -73,7 +73,7 @@ def _loaded(url: str) -> bool:
     return r.status_code == 200
 
 
-def _wait(check: object, what: str, timeout_s: float = 20.0) -> None:
+def _wait(check: object, what: str, timeout_s: float = 60.0) -> None:  # a busy 2-core box swaps slowly
     deadline = time.monotonic() + timeout_s
     while not check():  # type: ignore[operator]
         if time.monotonic() > deadline:
