@@ -92,7 +92,7 @@ def test_the_stack_rides_out_a_primary_killed_during_an_update(sentinel: Sentine
         tokens = {s.name: client.add_site(s.name)["token"] for s in (base, contrast)}
         first = client.push("base", tokens["base"], npz_bytes(to_uint8(base.x[:300]), base.y[:300]), MODEL)
         assert client.wait_batch(first["batch_id"], timeout_s=180)["status"] == "promoted"
-        with Prober(url, MODEL, base.x[:2]) as probe:
+        with Prober(url, MODEL, base.x[:2], clients=2) as probe:
             time.sleep(2)
             second = client.push("contrast", tokens["contrast"],
                                  npz_bytes(to_uint8(contrast.x[:300]), contrast.y[:300]), MODEL)
