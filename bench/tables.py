@@ -79,14 +79,20 @@ REGISTRY_ROWS = {
 
 
 def registry(r: Json) -> str:
+    """clreg on one Redis against MLflow (the headline ratio), then clreg's p50 behind Sentinel and on a Cluster."""
     headline = r.get("headline", {}).get("operation")
+    topologies = [k for k in ("clreg-sentinel", "clreg-cluster") if k in r["figures"]]
     rows = []
     for op, label in REGISTRY_ROWS.items():
         c, m = r["figures"]["clreg"][op], r["figures"]["mlflow"][op]
         ratio = f"{m['p50_ms'] / c['p50_ms']:.1f}x"
         rows.append([label, num(c["p50_ms"]), num(c["p99_ms"]), num(m["p50_ms"]), num(m["p99_ms"]),
-                     f"**{ratio}**" if op == headline else ratio])
-    return table(["operation", "clreg p50", "clreg p99", "MLflow p50", "MLflow p99", "MLflow / clreg (p50)"], rows)
+                     f"**{ratio}**" if op == headline else ratio,
+                     *(f"{num(r['figures'][t][op]['p50_ms'])} / {num(r['figures'][t][op]['p99_ms'])}"
+                       for t in topologies)])
+    names = {"clreg-sentinel": "clreg behind Sentinel p50 / p99", "clreg-cluster": "clreg on a Cluster p50 / p99"}
+    return table(["operation", "clreg p50", "clreg p99", "MLflow p50", "MLflow p99", "MLflow / clreg (p50)",
+                  *(names[t] for t in topologies)], rows)
 
 
 # --- EWC -------------------------------------------------------------------------------------------------
