@@ -45,6 +45,17 @@ def stack_env(stack: Stack, cheap_search: bool = True, **settings: str) -> dict[
     return role_env(stack.store, stack.settings.home, **{**defaults, **settings})
 
 
+def up_env(home: Path, port: int, **settings: str) -> dict[str, str]:
+    """The environment of a `clreg up` a test starts on its own home and port (cheap search, 25 epochs, no input
+    watch, 2 CPUs), with `settings` as further CLREG_ variables (e.g. redis__url=...); nothing of the caller's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLREG_", "RAY_ADDRESS"))}
+    env.update({"CLREG_HOME": str(home), "CLREG_SERVE__PORT": str(port), "CLREG_TRAIN__EPOCHS": "25",
+                "CLREG_WATCH__ENABLED": "false", "CLREG_RAY__NUM_CPUS": "2", "RAY_USAGE_STATS_ENABLED": "0",
+                **{f"CLREG_{k.upper()}": v for k, v in settings.items()},
+                **{f"CLREG_{k.upper()}": v for k, v in cheap.ENV.items()}})
+    return env
+
+
 class Child:
     """One clreg process, its log in a file; `kill()` sends SIGKILL, as the OOM killer would."""
 

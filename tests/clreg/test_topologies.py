@@ -10,7 +10,6 @@ Cluster: on a three-primary Redis Cluster, a push is learnt, promoted and answer
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +19,7 @@ import pytest
 from clreg.client import Client, npz_bytes
 from clreg.learner.streams import digits_sites, to_uint8
 from clreg.registry.store import RedisRegistry
-from tests import cheap
-from tests.clreg.processes import Child, Prober
+from tests.clreg.processes import Child, Prober, up_env
 from tests.registry.sentinel_cluster import (
     MASTER,
     PASSWORD,
@@ -52,19 +50,10 @@ def cluster(tmp_path: Path) -> Iterator[ClusterSetup]:
     setup.stop()
 
 
-def _env(home: Path, port: int, **redis: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLREG_", "RAY_ADDRESS"))}
-    env.update({"CLREG_HOME": str(home), "CLREG_SERVE__PORT": str(port), "CLREG_TRAIN__EPOCHS": "25",
-                "CLREG_WATCH__ENABLED": "false", "CLREG_RAY__NUM_CPUS": "2", "RAY_USAGE_STATS_ENABLED": "0",
-                **{f"CLREG_REDIS__{k.upper()}": v for k, v in redis.items()},
-                **{f"CLREG_{k.upper()}": v for k, v in cheap.ENV.items()}})
-    return env
-
-
 def _sentinel_env(setup: SentinelSetup, home: Path, port: int) -> dict[str, str]:
-    return _env(home, port, url=f"redis://:{PASSWORD}@127.0.0.1/0", prefix="failover",
-                sentinels=",".join(f"127.0.0.1:{s.port}" for s in setup.sentinels), sentinel_master=MASTER,
-                sentinel_password=SENTINEL_PASSWORD)
+    return up_env(home, port, redis__url=f"redis://:{PASSWORD}@127.0.0.1/0", redis__prefix="failover",
+                  redis__sentinels=",".join(f"127.0.0.1:{s.port}" for s in setup.sentinels),
+                  redis__sentinel_master=MASTER, redis__sentinel_password=SENTINEL_PASSWORD)
 
 
 def _started(up: Child, url: str, home: Path) -> Client:
@@ -122,7 +111,8 @@ def test_the_stack_rides_out_a_primary_killed_during_an_update(sentinel: Sentine
 def test_a_push_is_learnt_promoted_and_served_on_a_redis_cluster(cluster: ClusterSetup, tmp_path: Path) -> None:
     home, port = tmp_path / "home", free_port()
     url = f"http://127.0.0.1:{port}"
-    up = Child(["up"], _env(home, port, url=cluster.url, cluster="true", prefix="e2e"), tmp_path / "up.log")
+    env = up_env(home, port, redis__url=cluster.url, redis__cluster="true", redis__prefix="e2e")
+    up = Child(["up"], env, tmp_path / "up.log")
     try:
         client = _started(up, url, home)
         base = digits_sites(seed=4, names=("base",))[0]

@@ -5,7 +5,6 @@ within 60 s and resumes the batch; then SIGTERM stops everything in order and ex
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from pathlib import Path
@@ -17,8 +16,7 @@ from clreg.client import ApiError, Client, npz_bytes
 from clreg.embedded import _servers_in
 from clreg.home import start_time
 from clreg.learner.streams import digits_sites, to_uint8
-from tests import cheap
-from tests.clreg.processes import Child
+from tests.clreg.processes import Child, up_env
 
 pytestmark = pytest.mark.integration
 MODEL = "digits"
@@ -28,14 +26,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _env(home: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLREG_", "RAY_ADDRESS"))}
-    env.update({"CLREG_HOME": str(home), "CLREG_SERVE__PORT": str(port), "CLREG_TRAIN__EPOCHS": "25",
-                "CLREG_WATCH__ENABLED": "false", "CLREG_RAY__NUM_CPUS": "2", "RAY_USAGE_STATS_ENABLED": "0",
-                **{f"CLREG_{k.upper()}": v for k, v in cheap.ENV.items()}})
-    return env
 
 
 def _until(check, timeout_s: float, what: str):  # noqa: ANN001, ANN202 - a polling helper for this file
@@ -62,7 +52,7 @@ def _final(client: Client, batch_id: str) -> dict | None:
 
 def test_killed_up_restarts_on_its_home_resumes_and_stops_cleanly(tmp_path: Path) -> None:
     home, port = tmp_path / "home", _free_port()
-    env = _env(home, port)
+    env = up_env(home, port)
     first = Child(["up"], env, tmp_path / "up-1.log")
     try:
         client = Client(f"http://127.0.0.1:{port}")
