@@ -14,7 +14,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 POINTS = ("after_receive", "during_drift", "during_training", "after_register", "after_gate",
-          "after_promotion")
+          "after_promotion")  # an update that passes its gate
+REJECT_POINTS = ("after_reject", "after_retrying")  # one rejected for forgetting, and its retry
+SHADOW_POINTS = ("during_shadow_begin", "during_shadow_judge")  # one mirrored on live traffic first
+KNOWN = POINTS + REJECT_POINTS + SHADOW_POINTS
 
 
 class FaultConfig(BaseModel):
@@ -27,9 +30,9 @@ _armed: FaultConfig = FaultConfig()
 
 
 def arm(cfg: FaultConfig) -> None:
-    unknown = set(cfg.pause_at) - set(POINTS)
+    unknown = set(cfg.pause_at) - set(KNOWN)
     if unknown:
-        raise ValueError(f"unknown failpoints {sorted(unknown)}; known: {', '.join(POINTS)}")
+        raise ValueError(f"unknown failpoints {sorted(unknown)}; known: {', '.join(KNOWN)}")
     global _armed
     _armed = cfg
 

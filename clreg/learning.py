@@ -14,11 +14,13 @@ from clreg import __version__, parts, scores, search
 from clreg.calibration import calibrate_version
 from clreg.context import Stores
 from clreg.learner.answer import Answerer
+from clreg.learner.models import normalisation_of
+from clreg.learner.remote import answer_on_ray, cluster_has_gpu
 from clreg.learner.replay import Memory
 from clreg.learner.sitebn import bank_from_bytes
 from clreg.learner.train import TrainConfig
 from clreg.monitor.features import FeatureConfig
-from clreg.reference import build_reference
+from clreg.reference import embed_fn, reference_bytes, reference_sample
 from clreg.registry.artifacts import Artifact, VersionArtifacts
 from clreg.registry.findings import Calibration
 from clreg.registry.records import Batch, Lineage, Model, ModelVersion
@@ -62,6 +64,13 @@ def learn(stores: Stores, train: TrainConfig, cfg: SearchConfig, model: Model, p
     return Learnt(batches=batches, found=found, memory=memory, seed=train.seed, train_s=time.perf_counter() - started)
 
 
+def answers_remotely(cfg: SearchConfig) -> bool:
+    """Whether a version's held-out sets and drift reference are answered in a Ray task: always with
+    `score_on="ray"`; with "auto" when the cluster has a GPU, where the network runs far faster than in the
+    daemon's process (on CPUs alone a task would run on the same kind of cores, after starting a worker)."""
+    return cfg.score_on == "ray" or (cfg.score_on == "auto" and cluster_has_gpu())
+
+
 def parent_artifacts(stores: Stores, model: Model, production: ModelVersion | None
                      ) -> tuple[bytes | None, bytes | None, bytes | None]:
     """(weights, EWC state, BatchNorm bank) an update starts from: production's; for the first version, the
@@ -75,9 +84,11 @@ def parent_artifacts(stores: Stores, model: Model, production: ModelVersion | No
 
 
 def assemble(stores: Stores, features: FeatureConfig, reference_samples: int, model: Model,
-             production: ModelVersion | None, learnt: Learnt) -> ModelVersion:
+             production: ModelVersion | None, learnt: Learnt, remote: bool = False) -> ModelVersion:
     """The chosen candidate as a version to register: its artifacts stored, its drift reference built (from
-    `reference_samples` of what it learnt), its per-site calibration fitted; the store numbers it."""
+    `reference_samples` of what it learnt), its held-out sets answered and its per-site calibration fitted; the
+    store numbers it. `remote`: the held-out answers and the reference's embeddings come from a Ray task where
+    training runs (`answers_remotely`), not from this process."""
     trained = time.perf_counter()
     found, memory, batches = learnt.found, learnt.memory, learnt.batches
     result, new_ids = found.chosen.result, [b.id for b in batches]
@@ -86,11 +97,11 @@ def assemble(stores: Stores, features: FeatureConfig, reference_samples: int, mo
     artifacts = stores.artifacts
     weights_sha = artifacts.put(result.weights)
     every_batch = stores.learnt_batches(production) + new_ids  # what the version has learnt, parents included
-    reference = build_reference(stores, features, reference_samples, learnt.seed, model, weights_sha, every_batch)
-    referenced = time.perf_counter()
+    reference_sampled = reference_sample(stores, reference_samples, learnt.seed, model, every_batch)
+    answer = _answer_remotely if remote else _answer_here
+    reference, scored, referenced = answer(stores, features, model, result.weights, weights_sha, result.bn_bank,
+                                           scores.batches_by_site(stores, every_batch), reference_sampled)
     bank = result.bn_bank
-    answerer = Answerer.of(stores.module(model, weights_sha), bank_from_bytes(bank) if bank else None)
-    scored = scores.answer(stores, model, answerer, scores.batches_by_site(stores, every_batch))
     calibration = calibrate_version(model, scored, learnt.seed)
     version = ModelVersion(
         model=model.name,
@@ -118,6 +129,33 @@ def assemble(stores: Stores, features: FeatureConfig, reference_samples: int, mo
                  "heldout_ece_calibrated": _site_mean(calibration, "ece_calibrated")},
     )
     return version
+
+
+Sample = tuple[np.ndarray, np.ndarray]
+
+
+def _answer_here(stores: Stores, features: FeatureConfig, model: Model, _weights: bytes, weights_sha: str,
+                 bank: bytes | None, by_site: dict[str, list[str]], sample: Sample
+                 ) -> tuple[bytes, scores.Scores, float]:
+    """(drift reference, held-out scores, when the reference was done), computed in this process."""
+    reference = reference_bytes(embed_fn(stores.module(model, weights_sha)), *sample, features)
+    referenced = time.perf_counter()
+    answerer = Answerer.of(stores.module(model, weights_sha), bank_from_bytes(bank) if bank else None)
+    return reference, scores.answer(stores, model, answerer, by_site), referenced
+
+
+def _answer_remotely(stores: Stores, features: FeatureConfig, model: Model, weights: bytes, _weights_sha: str,
+                     bank: bytes | None, by_site: dict[str, list[str]], sample: Sample
+                     ) -> tuple[bytes, scores.Scores, float]:
+    """The same, the network run in one Ray task where training runs (its GPU, when the cluster has one)."""
+    sets = scores.heldout_sets(stores, model, by_site)
+    spec = model.input
+    logits, embedded = answer_on_ray(model.factory, dict(model.factory_kwargs),
+                                     (spec.channels, spec.height, spec.width, spec.classes), weights, bank,
+                                     {s: x for s, (x, _) in sets.items()}, sample[0], normalisation_of(model))
+    assert embedded is not None  # the task embeds the images it is given
+    reference = reference_bytes(lambda _x: embedded, *sample, features)  # the task embedded exactly sample[0]
+    return reference, scores.from_logits(by_site, sets, logits), time.perf_counter()
 
 
 def _site_mean(calibration: Calibration, figure: str) -> float:

@@ -48,7 +48,7 @@ def new_report_id() -> str:
 
 
 def batch_report_id(batch: Batch, reference: ModelVersion) -> str:
-    """One report per batch and reference version: a replayed check overwrites its own report."""
+    """One report per batch and reference version: a replayed check finds the report of record stored."""
     return f"d-{batch.id[:16]}-v{reference.number}"
 
 
@@ -58,14 +58,15 @@ def record(stores: Stores, step: DriftStep, check: DriftCheck) -> DriftReport:
     # Evidently's page inlines its JS bundle (~4.5 MB); gzip keeps ~1/4 of it. The gateway sends it as is.
     html = gzip.compress(check.html.encode(), compresslevel=6, mtime=0)
     report = check.report.model_copy(update={"html_artifact": stores.artifacts.put(html)})
-    stores.registry.reports.put_drift(report)
+    report = stores.registry.reports.put_drift(report)  # the first check of record, where a replay checks again
     _snapshot(step.workspace, report, check.snapshot)
-    stores.events.append(report.model, "drift.checked", batch=report.batch_id, site=report.site, report=report.id,
-                      drift=report.drift, drifted_share=report.drifted_share)
+    # once per report, though a replay after a crash runs the check again
+    stores.events.append_once(report.model, "drift.checked", ("report",), batch=report.batch_id, site=report.site,
+                              report=report.id, drift=report.drift, drifted_share=report.drifted_share)
     if report.drift:
         payload = alert_payload(report, f"{step.public_url}/v1/drift/{report.id}?format=html")
-        stores.events.append(report.model, "drift.alert",
-                          **{k: v for k, v in payload.items() if k not in ("model", "kind")})
+        stores.events.append_once(report.model, "drift.alert", ("report_id",),
+                                  **{k: v for k, v in payload.items() if k not in ("model", "kind")})
     return report
 
 

@@ -19,7 +19,7 @@ from clreg import approving, canarying, faults, locking, protocols, recovery, sh
 from clreg.context import Context
 from clreg.gating import gate
 from clreg.learner.errors import LearnerError, TrainingInterrupted
-from clreg.learning import Learnt, assemble, learn
+from clreg.learning import Learnt, answers_remotely, assemble, learn
 from clreg.monitor.errors import MonitorError
 from clreg.monitoring import check_batch
 from clreg.registry import canary, promotion
@@ -126,7 +126,9 @@ def update(ctx: Context, worker: Worker, model: Model) -> Outcome:
 def _update(ctx: Context, worker: Worker, lease: Lease, model: Model) -> None:
     """Learn, gate, promote; a candidate rejected for forgetting an earlier site is retried with a stronger
     EWC penalty (lambda x retry factor, up to `forgetting_retries` times) before the batches are given up."""
-    if Shadows(ctx.registry).active(model.name) is not None:  # batches wait for the mirrored candidate's verdict
+    mirrored = Shadows(ctx.registry).active(model.name)
+    if mirrored is not None:  # batches wait for the mirrored candidate's verdict
+        shadowing.resume(ctx.stores, model, mirrored)
         return
     if approving.blocking(ctx.stores, model.name) or canarying.running(ctx.stores, model.name):  # and approvers,
         return  # and a candidate answering a share of requests
@@ -153,9 +155,9 @@ def _update(ctx: Context, worker: Worker, lease: Lease, model: Model) -> None:
         _reject(ctx, model, candidate, report, ids, final, recorded=decided)
         if final:
             return
-        if attempt + 1 >= len(made):
-            ctx.events.append(model.name, "update.retrying", rejected=candidate.number, batches=ids,
-                              ewc_lambda=ctx.train.ewc_lambda * _scale(ctx, attempt + 1))
+        ctx.events.append_once(model.name, "update.retrying", ("rejected",), rejected=candidate.number, batches=ids,
+                               ewc_lambda=ctx.train.ewc_lambda * _scale(ctx, attempt + 1))
+        faults.reach("after_retrying")
 
 
 def _scale(ctx: Context, attempt: int) -> float:
@@ -169,6 +171,8 @@ def _candidate(ctx: Context, worker: Worker, lease: Lease, model: Model, product
     """One gated candidate: the one an earlier process made (with its verdict, if it reached one) or a new one.
 
     None when training failed (reported, batches given up)."""
+    if prior is not None:  # a crash may have come between its registration and the event saying so
+        _finished(ctx, prior.version)
     if prior is not None and prior.gate_report_id and prior.status is not VersionStatus.CANDIDATE:
         return prior.version, ctx.registry.reports.get_gate(prior.gate_report_id)
     candidate = prior.version if prior is not None else _new(ctx, worker, lease, model, production, batches, scale)
@@ -186,7 +190,8 @@ def _new(ctx: Context, worker: Worker, lease: Lease, model: Model, production: M
     learnt = _learn(ctx, worker, model, production, batches, scale)
     if learnt is None:
         return None
-    version = assemble(ctx.stores, ctx.features, ctx.trigger.reference_samples, model, production, learnt)
+    version = assemble(ctx.stores, ctx.features, ctx.trigger.reference_samples, model, production, learnt,
+                       remote=answers_remotely(ctx.search))
     return _register(ctx, lease, protocols.stamp(ctx, model, version))  # made under the protocol in force
 
 
@@ -212,9 +217,14 @@ def _register(ctx: Context, lease: Lease, version: ModelVersion) -> ModelVersion
     """Number and store the version, fenced by the update lease (a process that lost it writes nothing)."""
     lease.check()
     candidate = ctx.registry.register_version(version, fence=lease.fence())
-    ctx.events.append(version.model, "update.finished", version=candidate.number, seconds=candidate.lineage.timings)
     faults.reach("after_register")
+    _finished(ctx, candidate)
     return candidate
+
+
+def _finished(ctx: Context, candidate: ModelVersion) -> None:
+    ctx.events.append_once(candidate.model, "update.finished", ("version",), version=candidate.number,
+                           seconds=candidate.lineage.timings)
 
 
 def _forgot(report: GateReport) -> bool:
@@ -227,8 +237,9 @@ def _reject(ctx: Context, model: Model, candidate: ModelVersion, report: GateRep
             final: bool, recorded: bool) -> None:
     if not recorded:
         ctx.registry.set_status(model.name, candidate.number, VersionStatus.REJECTED, report.id)
-        ctx.events.append(model.name, "gate.failed", version=candidate.number, reasons=report.reasons,
-                          report=report.id)
+    ctx.events.append_once(model.name, "gate.failed", ("version",), version=candidate.number,
+                           reasons=report.reasons, report=report.id)
+    faults.reach("after_reject")
     if final:
         _wait_or_give_up(ctx, model, candidate.number, "; ".join(report.reasons), ids)
 
@@ -238,20 +249,20 @@ def _wait_or_give_up(ctx: Context, model: Model, version: int, reasons: str, ids
     `model.retry.updates` rejected updates: then it is rejected for good. A replay counts a rejection once."""
     given_up = []
     for batch_id in ids:
-        previous = ctx.registry.batches.state(batch_id)
-        if previous.status in FINAL_BATCH or (previous.status is BatchStatus.WAITING and previous.version == version):
-            given_up += [batch_id] if previous.status in FINAL_BATCH else []
-            continue  # this rejection is counted already
-        updates = previous.updates + 1
-        waits = updates < model.retry.updates
-        detail = f"{reasons}; rejected in {updates} of at most {model.retry.updates} updates" + \
-            ("; joins the model's next update" if waits else "")
-        ctx.registry.batches.set_state(batch_id, BatchState(
-            status=BatchStatus.WAITING if waits else BatchStatus.REJECTED, version=version,
-            drift_report_id=previous.drift_report_id, detail=detail, updates=updates))
-        given_up += [] if waits else [batch_id]
-        ctx.events.append(model.name, "batch.waiting" if waits else "batch.rejected", batch=batch_id,
-                          version=version, updates=updates)
+        state = ctx.registry.batches.state(batch_id)
+        counted = state.status in FINAL_BATCH or (state.status is BatchStatus.WAITING and state.version == version)
+        if not counted:  # a replay counts this rejection once
+            updates = state.updates + 1
+            waits = updates < model.retry.updates
+            detail = f"{reasons}; rejected in {updates} of at most {model.retry.updates} updates" + \
+                ("; joins the model's next update" if waits else "")
+            state = BatchState(status=BatchStatus.WAITING if waits else BatchStatus.REJECTED, version=version,
+                               drift_report_id=state.drift_report_id, detail=detail, updates=updates)
+            ctx.registry.batches.set_state(batch_id, state)
+        given_up += [] if state.status is BatchStatus.WAITING else [batch_id]
+        if state.status in (BatchStatus.WAITING, BatchStatus.REJECTED) and state.version == version:
+            ctx.events.append_once(model.name, f"batch.{state.status.value}", ("batch", "version"), batch=batch_id,
+                                   version=version, updates=state.updates)
     ctx.registry.batches.clear_pending(model.name, given_up)
 
 
@@ -259,7 +270,7 @@ def _promote(ctx: Context, lease: Lease, model: Model, candidate: ModelVersion, 
              ids: list[str], blessed: bool) -> None:
     if not blessed:
         ctx.registry.set_status(model.name, candidate.number, VersionStatus.BLESSED, report.id)
-        ctx.events.append(model.name, "gate.passed", version=candidate.number, report=report.id)
+    ctx.events.append_once(model.name, "gate.passed", ("version",), version=candidate.number, report=report.id)
     faults.reach("after_gate")
     if model.shadow is not None and ctx.registry.resolve(model.name) is not None:
         # mirrored beside production first (a first version has nothing to agree with); judge() decides

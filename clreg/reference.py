@@ -13,7 +13,7 @@ import torch
 
 from clreg.context import Stores
 from clreg.learner.models import embed
-from clreg.monitor.features import FeatureConfig, Reference, fit_reference
+from clreg.monitor.features import EmbedFn, FeatureConfig, Reference, fit_reference
 from clreg.registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
 from clreg.registry.records import Model, ModelVersion
 
@@ -21,12 +21,23 @@ from clreg.registry.records import Model, ModelVersion
 def build_reference(stores: Stores, cfg: FeatureConfig, samples: int, seed: int, model: Model, weights_sha: str,
                     batch_ids: list[str]) -> bytes:
     """The drift reference of a version: features of a seeded sample of `samples` of the data it learnt, as npz."""
+    x, y = reference_sample(stores, samples, seed, model, batch_ids)
+    return reference_bytes(embed_fn(stores.module(model, weights_sha)), x, y, cfg)
+
+
+def reference_sample(stores: Stores, samples: int, seed: int, model: Model, batch_ids: list[str]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded sample of `samples` of the training images of these batches, and their labels."""
     per_site = stores.split_by_site(model, batch_ids, "train")
     x = np.concatenate([xy[0] for xy in per_site.values()])
     y = np.concatenate([xy[1] for xy in per_site.values()])
     keep = np.random.default_rng(seed).permutation(len(y))[:samples]
-    net = stores.module(model, weights_sha)
-    ref = fit_reference(embed_fn(net), x[keep], y[keep], cfg)
+    return x[keep], y[keep]
+
+
+def reference_bytes(embed: EmbedFn, x: np.ndarray, y: np.ndarray, cfg: FeatureConfig) -> bytes:
+    """The reference of images (embedded by `embed`) and labels, as npz."""
+    ref = fit_reference(embed, x, y, cfg)
     buf = io.BytesIO()
     arrays: dict[str, Any] = ref.to_arrays()  # numpy's stub would match a value against allow_pickle
     np.savez(buf, **arrays)

@@ -58,12 +58,25 @@ def batches_by_site(stores: Stores, batch_ids: list[str]) -> dict[str, list[str]
 
 def answer(stores: Stores, model: Model, answerer: Answerer, by_site: dict[str, list[str]]) -> Scores:
     """Each site's held-out set (of its batches in `by_site`) answered as a /v1/predict request naming the site."""
+    sets = heldout_sets(stores, model, by_site)
+    logits = {site: predict_logits(answerer.pick(site, to_tensor(x))[0], x) for site, (x, _) in sets.items()}
+    return from_logits(by_site, sets, logits)
+
+
+def heldout_sets(stores: Stores, model: Model, by_site: dict[str, list[str]]
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each site's held-out images and labels, of its batches in `by_site`."""
     out = {}
     for site, ids in by_site.items():
-        [(x, y)] = stores.split_by_site(model, ids, "heldout").values()
-        net, _, _ = answerer.pick(site, to_tensor(x))
-        out[site] = SiteScores(heldout_digest(ids), predict_logits(net, x), y.astype(np.int64))
+        [out[site]] = stores.split_by_site(model, ids, "heldout").values()
     return out
+
+
+def from_logits(by_site: dict[str, list[str]], sets: dict[str, tuple[np.ndarray, np.ndarray]],
+                logits: dict[str, np.ndarray]) -> Scores:
+    """Scores of the held-out sets from their logits (computed here, or in a Ray task where training runs)."""
+    return {site: SiteScores(heldout_digest(by_site[site]), logits[site], y.astype(np.int64))
+            for site, (_, y) in sets.items()}
 
 
 def to_bytes(scores: Scores) -> bytes:

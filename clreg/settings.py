@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -113,6 +113,9 @@ class SearchConfig(BaseModel):
     # A custom Ray resource training tasks are pinned to (`ray start --resources='{"trainer": 4}'` on the nodes
     # that should train); unset: any node. A GPU, when the cluster has one, is asked for instead.
     resource: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+    # Where the chosen candidate's held-out sets and drift reference are answered: "auto" in a Ray task beside
+    # training when the cluster has a GPU, else in the daemon's process; "ray" or "daemon" always there.
+    score_on: Literal["auto", "ray", "daemon"] = "auto"
 
     @field_validator("candidates")
     @classmethod

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from clreg import approving
+from clreg import approving, faults
 from clreg.context import Stores
 from clreg.registry import canary, promotion
 from clreg.registry.canary import Canaries
@@ -30,12 +30,23 @@ def begin(stores: Stores, model: Model, candidate: ModelVersion) -> None:
     """Mirror a blessed candidate on live traffic; its batches wait in `shadowing` for the verdict."""
     assert model.shadow is not None
     policy = model.shadow
-    if Shadows(stores.registry).start(ShadowRun(model=model.name, version=candidate.number, policy=policy)):
-        stores.events.append(model.name, "shadow.started", version=candidate.number, share=policy.share,
-                             min_requests=policy.min_requests, min_agreement=policy.min_agreement)
+    Shadows(stores.registry).start(ShadowRun(model=model.name, version=candidate.number, policy=policy))
+    faults.reach("during_shadow_begin")
+    stores.events.append_once(model.name, "shadow.started", ("version",), version=candidate.number,
+                              share=policy.share, min_requests=policy.min_requests,
+                              min_agreement=policy.min_agreement)
     _set_states(stores, candidate, BatchStatus.SHADOWING,
                 f"mirrored on {policy.share:.0%} of live requests until {policy.min_requests} requests, "
                 f"then promoted if it agrees with production on at least {policy.min_agreement:.0%} of samples")
+
+
+def resume(stores: Stores, model: Model, run: ShadowRun) -> None:
+    """Finish a `begin` a crash cut short (its event, its batches' states, the last written): nothing when its
+    batches left `gated` (mirrored, or judged since)."""
+    version = stores.registry.get_version(run.model, run.version)
+    ids = version.lineage.batch_ids
+    if ids and stores.registry.batches.state(ids[-1]).status is BatchStatus.GATED:
+        begin(stores, model.model_copy(update={"shadow": run.policy}), version)
 
 
 def judge(stores: Stores, holder: Incarnation, lease_s: float) -> list[tuple[str, int, str]]:
@@ -80,6 +91,7 @@ def _judge(stores: Stores, shadows: Shadows, run: ShadowRun, lease: Lease) -> st
             reason = f"shadow {figures_line} is under the required {policy.min_agreement:.0%}"
             _reject(stores, run, reason)
         status = stores.registry.status(run.model, run.version)
+    faults.reach("during_shadow_judge")
     _finish(stores, shadows, run, version, status)
     return status.value
 
@@ -104,25 +116,28 @@ def _reject(stores: Stores, run: ShadowRun, reason: str) -> None:
                                    expect=frozenset({VersionStatus.BLESSED}))
     except Conflict:  # promoted or archived meanwhile (by an admin): _finish reads the status it has now
         return
-    stores.events.append(run.model, "shadow.failed", version=run.version, reasons=[reason])
+    stores.events.append_once(run.model, "shadow.failed", ("version",), version=run.version, reasons=[reason])
     _set_states(stores, stores.registry.get_version(run.model, run.version), BatchStatus.REJECTED, reason)
 
 
 def _finish(stores: Stores, shadows: Shadows, run: ShadowRun, version: ModelVersion, status: VersionStatus) -> None:
-    """The batches' final states, the pending set, the end of the run: in that order, so a replay completes it."""
+    """The batches' final states, the pending set, the event, the end of the run: in that order, so a replay
+    completes it."""
     ids = version.lineage.batch_ids
     if status is VersionStatus.AWAITING_APPROVAL or Canaries(stores.registry).active(run.model) is not None:
         # its batches wait with it, pending, for the approvers (clreg/approving.py) or the canary (registry/canary.py)
+        stores.events.append_once(run.model, "shadow.finished", ("version",), version=run.version,
+                                  verdict=status.value)
         shadows.end(run.model, run.version)
-        stores.events.append(run.model, "shadow.finished", version=run.version, verdict=status.value)
         return
     if status is VersionStatus.PRODUCTION or stores.registry.resolve(run.model) == run.version:
         _set_states(stores, version, BatchStatus.PROMOTED)
     elif ids and stores.registry.batches.state(ids[0]).status is not BatchStatus.REJECTED:
         _set_states(stores, version, BatchStatus.REJECTED, f"version {run.version} is {status.value}")
     stores.registry.batches.clear_pending(run.model, ids)
-    shadows.end(run.model, run.version)
-    stores.events.append(run.model, "shadow.finished", version=run.version, verdict=status.value)
+    stores.events.append_once(run.model, "shadow.finished", ("version",), version=run.version,
+                              verdict=status.value)
+    shadows.end(run.model, run.version)  # last: a run that died before it is judged again and finished
 
 
 def _set_states(stores: Stores, version: ModelVersion, status: BatchStatus, detail: str = "") -> None:

@@ -7,13 +7,32 @@ judges and the temperatures calibration fits are those of exactly what /v1/predi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from clreg.learner.sitebn import Bank, route, site_model
-from clreg.registry.findings import Calibration
+
+
+class Scaling(Protocol):
+    """One temperature: a site's, or the pooled one."""
+
+    @property
+    def temperature(self) -> float: ...
+
+
+class Temperatures(Protocol):
+    """What an answer reads of a version's calibration (the registry's Calibration record has it): the
+    temperature of each learnt site, and the pooled one for any other request."""
+
+    @property
+    def sites(self) -> Mapping[str, Scaling]: ...
+
+    @property
+    def pooled(self) -> Scaling: ...
 
 
 @dataclass(frozen=True)
@@ -23,10 +42,10 @@ class Answerer:
     module: nn.Module
     bank: Bank | None = None
     sites: dict[str, nn.Module] = field(default_factory=dict)
-    calibration: Calibration | None = None
+    calibration: Temperatures | None = None
 
     @classmethod
-    def of(cls, module: nn.Module, bank: Bank | None, calibration: Calibration | None = None) -> Answerer:
+    def of(cls, module: nn.Module, bank: Bank | None, calibration: Temperatures | None = None) -> Answerer:
         module = module.eval()
         sites = {s: site_model(module, bank, s).eval() for s in bank} if bank else {}
         return cls(module=module, bank=bank, sites=sites, calibration=calibration)
@@ -45,7 +64,7 @@ class Answerer:
         """The site whose temperature scales the logits (None: the pooled one) and the temperature."""
         if self.calibration is None:
             return None, 1.0
-        if site in self.calibration.sites:
+        if site is not None and site in self.calibration.sites:
             return site, self.calibration.sites[site].temperature
         return None, self.calibration.pooled.temperature
 

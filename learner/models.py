@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,12 +20,46 @@ from clreg.learner.errors import DataError, ModelFactoryError, WeightsError
 from clreg.learner.zoo import densenet121 as densenet121  # the zoo, re-exported: factory strings name this module
 from clreg.learner.zoo import resnet18 as resnet18
 from clreg.learner.zoo import resnet50 as resnet50
-from clreg.registry.records import Model
 
 DEFAULT_FACTORY = "clreg.learner.models:small_cnn"
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 EMBED_DIM = 64
 MeanStd = tuple[Sequence[float], Sequence[float]]  # an input normalisation: (mean, std), one value per channel
+
+
+class Shape(Protocol):
+    """Images [N, channels, height, width] and labels 0..classes-1."""
+
+    @property
+    def channels(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def classes(self) -> int: ...
+
+
+class Scaled(Protocol):
+    """Per-channel mean and standard deviation of an input normalisation."""
+
+    @property
+    def mean(self) -> Sequence[float]: ...
+    @property
+    def std(self) -> Sequence[float]: ...
+
+
+class Registered(Protocol):
+    """What building a network reads of a registered model (the registry's Model record has it)."""
+
+    @property
+    def factory(self) -> str: ...
+    @property
+    def factory_kwargs(self) -> Mapping[str, Any]: ...
+    @property
+    def input(self) -> Shape: ...
+    @property
+    def normalisation(self) -> Scaled | None: ...
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -129,13 +163,13 @@ def check_factory(factory: str, allowed: tuple[str, ...]) -> None:
                                 "extend CLREG_SERVE__FACTORY_PREFIXES to allow it")
 
 
-def normalisation_of(model: Model) -> MeanStd | None:
+def normalisation_of(model: Registered) -> MeanStd | None:
     """A registered model's input normalisation as plain (mean, std) tuples, for build_model and Ray tasks."""
     norm = model.normalisation
     return (tuple(norm.mean), tuple(norm.std)) if norm is not None else None
 
 
-def network_for(model: Model) -> nn.Module:
+def network_for(model: Registered) -> nn.Module:
     """A fresh network for a registered model: its factory with its input spec and normalisation (weights not
     loaded)."""
     spec = model.input
@@ -170,7 +204,7 @@ def normalise(model: nn.Module, normalisation: MeanStd, channels: int) -> None:
 
 
 def build_model(
-    factory: str, kwargs: dict[str, Any], channels: int, height: int, width: int, classes: int,
+    factory: str, kwargs: Mapping[str, Any], channels: int, height: int, width: int, classes: int,
     normalisation: MeanStd | None = None,
 ) -> nn.Module:
     """Build a model from a `module:function` factory with the input spec plus kwargs; with `normalisation`

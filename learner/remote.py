@@ -1,4 +1,5 @@
-"""The one thin Ray wrapper: run update candidates as Ray tasks, in parallel, on GPUs when the cluster has them.
+"""The one thin Ray wrapper: run update candidates as Ray tasks, in parallel, on GPUs when the cluster has them,
+and answer a chosen candidate's held-out sets there too.
 
 The caller owns ray.init; this module only submits, waits, relays progress and translates Ray's errors.
 Each candidate is one task (`learner.update.train_update` with its own settings); the cluster runs as many
@@ -20,9 +21,12 @@ import ray
 import ray.exceptions
 import torch
 
+from clreg.learner.answer import Answerer
 from clreg.learner.errors import TrainingFailed, TrainingInterrupted
+from clreg.learner.evaluate import predict_logits
 from clreg.learner.ewc import EWCState, state_from_bytes
-from clreg.learner.models import MeanStd, build_model, load_weights
+from clreg.learner.models import MeanStd, build_model, embed, load_weights, to_tensor
+from clreg.learner.sitebn import bank_from_bytes
 from clreg.learner.train import TrainConfig, TrainResult
 from clreg.learner.update import UpdateData, UpdateResult, train_update
 
@@ -178,3 +182,58 @@ def train_on_ray(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, 
     if isinstance(outcome, TrainingFailed):
         raise TrainingFailed(f"training on site {site!r} {str(outcome).removeprefix('training ')}")
     return outcome.result
+
+
+EMBED_CHUNK = 64  # reference images per forward pass in the answering task (a 224-px DenseNet's stay small)
+
+
+def _answer_task(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, int, int, int], weights: bytes,
+                 bn_bank: bytes | None, normalisation: MeanStd | None, heldout: dict[str, np.ndarray],
+                 reference: np.ndarray | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Inside the worker, on its GPU when it has one: each site's held-out logits as /v1/predict answers a request
+    naming the site, and the embeddings of the reference images."""
+    channels, height, width, classes = spec
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(factory, factory_kwargs, channels, height, width, classes, normalisation)
+    load_weights(model, weights)
+    answerer = Answerer.of(model.to(device), bank_from_bytes(bn_bank) if bn_bank is not None else None)
+    logits = {}
+    with torch.no_grad():
+        for site, x in heldout.items():
+            net, _, _ = answerer.pick(site, to_tensor(x).to(device))
+            logits[site] = predict_logits(net, x)
+        chunks = [embed(answerer.module, to_tensor(reference[i:i + EMBED_CHUNK]).to(device)).cpu()
+                  for i in range(0, len(reference), EMBED_CHUNK)] if reference is not None else []
+    return logits, torch.cat(chunks).numpy() if chunks else None
+
+
+_remote_answer = ray.remote(max_retries=1)(_answer_task)
+
+
+def answer_on_ray(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, int, int, int], weights: bytes,
+                  bn_bank: bytes | None, heldout: dict[str, np.ndarray], reference: np.ndarray | None,
+                  normalisation: MeanStd | None = None, timeout_s: float = 1800,
+                  resource: str | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """A version's held-out logits per site and the embeddings of its drift reference's images, computed in one
+    Ray task where training runs (a GPU when the cluster has one), not in the caller's process.
+
+    Raises:
+        TrainingFailed: the task raised, its worker died twice, or it ran past timeout_s.
+    """
+    try:
+        ref = _remote_answer.options(**resource_request(resource=resource)).remote(
+            factory, factory_kwargs, spec, weights, bn_bank, normalisation, heldout, reference)
+        return ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError as e:
+        ray.cancel(ref, force=True)
+        raise TrainingFailed(f"answering the held-out sets ran past {timeout_s:g} s and was cancelled") from e
+    except ray.exceptions.RayTaskError as e:
+        cause = e.cause if e.cause is not None else e
+        raise TrainingFailed(f"answering the held-out sets failed: {type(cause).__name__}: {cause}") from e
+    except ray.exceptions.RayError as e:
+        raise TrainingFailed(f"answering the held-out sets failed in Ray: {type(e).__name__}: {e}") from e
+
+
+def cluster_has_gpu() -> bool:
+    """Whether the Ray cluster offers a GPU (where training and answering tasks then run)."""
+    return ray.cluster_resources().get("GPU", 0) >= 1

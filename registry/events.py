@@ -19,6 +19,7 @@ from clreg.registry.records import AliasChange, Event, check_name, parse
 from clreg.registry.store import RedisRegistry, StreamEntry, translated
 
 GROUP = "daemon"
+RECENT = 500  # events append_once looks back over: more than one update writes, replays included
 # Every kind of event clreg records (webhook subscriptions name them; tests/registry/test_events.py checks the
 # code appends no other).
 EVENT_KINDS = frozenset({
@@ -45,13 +46,25 @@ class EventLog:
 
     @translated
     def append(self, model: str, kind: str, **data: Any) -> Event:
+        """Append to the model's stream and, for an alert, the alerts stream: both or neither on one Redis (one
+        MULTI/EXEC); on a cluster the streams lie in different slots and the alert follows the event."""
         event = Event(model=model, kind=kind, data=data)
         body = {"json": event.model_dump_json()}
-        r = self._reg.r
-        entry_id = r.xadd(self._reg.key("events", model), body, maxlen=self._maxlen, approximate=True)
+        pipe = self._reg.r.pipeline(transaction=not self._reg.writer.cluster)
+        pipe.xadd(self._reg.key("events", model), body, maxlen=self._maxlen, approximate=True)
         if kind in ALERT_KINDS:
-            r.xadd(self._reg.key("alerts"), body, maxlen=self._maxlen, approximate=True)
+            pipe.xadd(self._reg.key("alerts"), body, maxlen=self._maxlen, approximate=True)
+        entry_id = pipe.execute()[0]
         return event.model_copy(update={"id": entry_id})
+
+    def append_once(self, model: str, kind: str, keys: tuple[str, ...], **data: Any) -> Event:
+        """Append unless one of the model's newest RECENT events is of this kind with the same `keys` fields: the
+        event of a pipeline step that a replay after a crash runs again (its writer holds the model's update
+        lease, so no one else appends it between the look and the append)."""
+        for event in self.latest(model, RECENT):
+            if event.kind == kind and all(event.data.get(k) == data.get(k) for k in keys):
+                return event
+        return self.append(model, kind, **data)
 
     def entries(self, model: str, kind: str, **data: Any) -> list[StreamEntry]:
         """The stream entries `append` would write, for a store transaction that writes them with its records."""

@@ -26,16 +26,23 @@ class Reports:
         self._writer = writer
 
     @translated
-    def put_drift(self, report: DriftReport) -> None:
+    def put_drift(self, report: DriftReport) -> DriftReport:
         """The report and its place in the model's listing, in one transaction; on a cluster the listing follows
-        the report (a listing never names a missing report)."""
+        the report (a listing never names a missing report). Written once: a report already stored under the id
+        (a check replayed after a crash) stays as it is, and is returned."""
         key = self._key("report", "drift", report.id)
+        stored: list[str] = []
 
         def txn(pipe: redis.client.Pipeline) -> list[Write]:
+            stored[:] = [raw] if (raw := pipe.get(key)) is not None else []
+            if stored:
+                return []
+            pipe.multi()
             pipe.set(key, report.model_dump_json())
             return [Command("ZADD", self._key("model", report.model, "drift"), (report.created_at, report.id))]
 
-        self._writer.transaction(txn, at=key)
+        self._writer.transaction(txn, key)
+        return parse(DriftReport, stored[0]) if stored else report
 
     @translated
     def drift(self, model: str, limit: int = 100) -> list[DriftReport]:

@@ -1,39 +1,12 @@
 """RedisRegistry: models, versions, aliases, sites and batches in Redis, as JSON records (batches and the
 pending sets: registry/batchstore.py, RedisRegistry.batches).
 
-Key schema (every key under `cfg.prefix`, so deployments can share one Redis):
-    {p}:models                      zset  model name -> created_at
-    {p}:model:{m}                   JSON  Model
-    {p}:model:{m}:seq               int   last version number (INCR inside a Lua script)
-    {p}:model:{m}:v:{n}             JSON  ModelVersion (written once)
-    {p}:model:{m}:versions          zset  n -> n (ordered by number)
-    {p}:model:{m}:status            hash  n -> VersionStatus
-    {p}:model:{m}:gate              hash  n -> gate report id
-    {p}:model:{m}:aliases           hash  alias -> n
-    {p}:model:{m}:alias:{a}:history list  AliasChange JSON, oldest first
-    {p}:model:{m}:batches           zset  batch id -> created_at
-    {p}:model:{m}:site:{s}:counts   hash  "batches", "samples", class k -> labelled samples pushed
-    {p}:model:{m}:pending           set   batch ids drift-checked and waiting for the next update
-    {p}:sites                       zset  site name -> created_at
-    {p}:site:{s}                    JSON  Site
-    {p}:site:{s}:usage              hash  "bytes" stored, "day:YYYY-MM-DD" -> batches stored that day
-    {p}:batch:{id}                  JSON  Batch          {p}:batch:{id}:state  JSON BatchState
-    {p}:batches:active              zset  batch id -> time of its last state change, while not final
-    {p}:report:...                  drift and gate reports: registry/reports.py (RedisRegistry.reports)
-    {p}:serving:generation          int   bumped by every alias move and site change: what replicas poll
-    {p}:serving:replicas            hash  what each live replica serves (registry/replicas.py)
-    {p}:model:{m}:shadow            JSON  the candidate mirrored on live traffic; replicas watch it (registry/shadow.py)
-    {p}:model:{m}:canary            JSON  the candidate answering a share of requests (registry/canary.py)
-    {p}:model:{m}:approvals         hash  approval requests with their decisions (registry/approvals.py)
-    {p}:approvers                   hash  approver name -> Approver, its token hashed (registry/approvers.py)
-    {p}:model:{m}:locked[:scores]   hash  locked test sets and every version's scores on them (registry/locked.py)
-    {p}:model:{m}:protocol          list  the modification protocol's revisions (registry/protocol.py)
-    {p}:model:{m}:notes             hash  the operator's text of each version's release note (registry/release.py)
+Every key, under `cfg.prefix` so deployments can share one Redis, is in registry/keys.py (docs/reference/keys.md).
 
 On a Redis Cluster (StoreConfig.cluster) the same keys carry a hash tag naming what they belong to, so that a
 model's keys, its events stream and its lease share one slot: `{p}:{model:m}:status`, `{p}:{model:m}:events`,
 `{p}:{model:m}:lock`, `{p}:{daemons}:daemon:x`, `{p}:{webhooks}:due` (registry.connection.key_name). Keys on one
-Redis keep the names above.
+Redis keep the names of registry/keys.py.
 """
 
 from __future__ import annotations

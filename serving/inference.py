@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from clreg.learner.answer import Answerer
+from clreg.registry.findings import Calibration
 from clreg.registry.readiness import SiteReadiness, assess
 from clreg.registry.records import InputSpec, Readiness
 
@@ -26,13 +27,14 @@ class Loaded:
     answerer: Answerer
     spec: InputSpec
     device: str = "cpu"
+    calibration: Calibration | None = None  # the version's record, whose temperatures the answerer applies
     rules: Readiness = Readiness()
     metric: str = "accuracy"  # the model's task metric (Model.task_metric) that readiness judges
     readiness: dict[str, SiteReadiness] = field(default_factory=dict)  # per learnt site, under these rules
 
     def readiness_of(self, site: str) -> SiteReadiness:
         """Whether this version is validated at `site` (a site it never learnt is not: `assess` says why)."""
-        return self.readiness.get(site) or assess(site, self.answerer.calibration, self.rules, self.metric)
+        return self.readiness.get(site) or assess(site, self.calibration, self.rules, self.metric)
 
 
 @dataclass(frozen=True)

@@ -239,15 +239,14 @@ class ModelServer:
         module = network_for(model)
         load_weights(module, stored.get(Artifact.WEIGHTS))
         module = module.to(self.device).eval()
-        raw_bank = stored.optional(Artifact.BN_BANK)
-        answerer = Answerer.of(module, bank_from_bytes(raw_bank) if raw_bank is not None else None,
-                               stored.calibration())
+        raw_bank, calibration = stored.optional(Artifact.BN_BANK), stored.calibration()
+        answerer = Answerer.of(module, bank_from_bytes(raw_bank) if raw_bank is not None else None, calibration)
         with torch.no_grad():  # warm-up, so the first real request does not pay for it
             for net in answerer.networks():
                 net(torch.zeros(1, spec.channels, spec.height, spec.width, device=self.device))
         return Loaded(version=version.number, answerer=answerer, spec=spec, device=str(self.device),
-                      rules=model.readiness, metric=model.task_metric,
-                      readiness=assess_sites(overlaid(self.registry, answerer.calibration, model.name, version.number),
+                      calibration=calibration, rules=model.readiness, metric=model.task_metric,
+                      readiness=assess_sites(overlaid(self.registry, calibration, model.name, version.number),
                                              model.readiness, model.task_metric))  # locked sets' figures first
 
     async def __call__(self, request: Request) -> Response:

@@ -38,6 +38,14 @@ def test_the_http_reference_is_the_gateways_openapi_document(redis_url: str) -> 
     assert module.generate(redis_url) == module.PAGE.read_text(), "run python docs/gen_http.py"
 
 
+def test_the_key_reference_is_the_schema() -> None:
+    spec = importlib.util.spec_from_file_location("gen_keys", ROOT / "docs" / "gen_keys.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.generate() == module.PAGE.read_text(), "run python docs/gen_keys.py"
+
+
 def test_every_route_says_who_may_call_it() -> None:
     """Each route of the reference names its token; the routes that check one themselves are named in AUTH."""
     text = (ROOT / "docs" / "reference" / "http.md").read_text()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bench import tables
+from bench import cells, tables
 
 
 def test_docs_tables_match_the_results() -> None:
@@ -32,8 +32,8 @@ def test_a_changed_figure_changes_its_table(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_numbers_keep_three_significant_digits() -> None:
-    assert [tables.num(x) for x in (0.04791, 2.4149, 196.2, 1234.5)] == ["0.0479", "2.41", "196", "1234"]
-    assert [tables.lam(x) for x in (300.0, 3000.0, 10000.0, 100000.0)] == ["300", "3e3", "1e4", "1e5"]
+    assert [cells.num(x) for x in (0.04791, 2.4149, 196.2, 1234.5)] == ["0.0479", "2.41", "196", "1234"]
+    assert [cells.lam(x) for x in (300.0, 3000.0, 10000.0, 100000.0)] == ["300", "3e3", "1e4", "1e5"]
 
 
 def test_a_missing_result_leaves_a_line_saying_what_to_run(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,6 +121,6 @@ def test_a_result_older_than_a_change_to_what_it_exercises_is_out_of_date(monkey
 
 
 def test_an_estimate_under_its_noise_floor_prints_as_at_most_the_floor() -> None:
-    assert tables.at_least_floor(0.0, 0.021) == "<= 0.021"
-    assert tables.at_least_floor(0.044, 0.021) == "0.044"
-    assert tables.at_least_floor(0.0, None) == "0.000"  # a result from before the floor was measured
+    assert cells.at_least_floor(0.0, 0.021) == "<= 0.021"
+    assert cells.at_least_floor(0.044, 0.021) == "0.044"
+    assert cells.at_least_floor(0.0, None) == "0.000"  # a result from before the floor was measured

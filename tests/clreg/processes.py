@@ -91,6 +91,19 @@ class Child:
         return self.log.read_text(errors="replace")
 
 
+def replica_pids() -> dict[str, int]:
+    """pid of the gateway and of each ModelServer replica (Ray names their processes after them)."""
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace").strip()
+        except OSError:
+            continue
+        if title.startswith("ray::ServeReplica:") and ("Gateway" in title or "ModelServer" in title):
+            found[f"{title}-{entry.name}"] = int(entry.name)
+    return found
+
+
 def reap() -> int:
     """SIGKILL every child a test left running (it failed before stopping them), so that a leftover daemon
     cannot take the next test's batches; how many there were."""

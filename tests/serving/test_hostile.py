@@ -21,6 +21,7 @@ from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.inputs import InputLog, InputLogConfig
 from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion
 from clreg.registry.store import RedisRegistry
+from tests.clreg import processes
 from tests.serving import hostile
 
 pytestmark = pytest.mark.integration
@@ -100,19 +101,6 @@ def test_every_hostile_request_gets_its_exact_refusal_and_changes_nothing(stack:
     assert changed == [], changed
 
 
-def _replica_pids() -> dict[str, int]:
-    """pid of the gateway and of each ModelServer replica (Ray names their processes after them)."""
-    found = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace").strip()
-        except OSError:
-            continue
-        if title.startswith("ray::ServeReplica:") and ("Gateway" in title or "ModelServer" in title):
-            found[f"{title}-{entry.name}"] = int(entry.name)
-    return found
-
-
 def _memory_kib(pid: int) -> dict[str, int]:
     """VmRSS (now) and VmHWM (peak since the last reset) of a process, in KiB."""
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -132,7 +120,7 @@ def _chunks(total: int, size: int = 1 << 20) -> Iterator[bytes]:
 
 
 def test_bombs_and_oversized_bodies_do_not_grow_memory_past_twice_the_limit(stack: Stack, site_token: str) -> None:
-    pids = _replica_pids()
+    pids = processes.replica_pids()
     assert any("Gateway" in k for k in pids) and any("ModelServer" in k for k in pids)
     base = {name: _reset_peak(pid) for name, pid in pids.items()}
     push, limit = f"/v1/sites/{hostile.SITE}/batches", stack.settings.serve.max_body_bytes
