@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ray.util.state import list_actors
 from rich.console import Console
 from rich.table import Table
 
@@ -48,9 +47,16 @@ CLIENTS, STEADY_S, TAIL_S, WITHIN_S = 16, 10.0, 10.0, 120.0
 
 
 def model_server_pids() -> list[int]:
-    """The pid of every live ModelServer replica (Ray's state API names the actor's class)."""
-    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, raise_on_missing_output=False)
-    return sorted(int(a.pid) for a in actors if "ModelServer" in (a.class_name or "") and a.pid)
+    """The pid of every live ModelServer replica (Ray names a replica's process after its deployment)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::ServeReplica:") and "ModelServer" in title:
+            found.append(int(entry.name))
+    return sorted(found)
 
 
 def replaced(replicas: Replicas, before: list[int], killed: int) -> bool:
