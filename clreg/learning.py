@@ -138,9 +138,10 @@ def _answer_here(stores: Stores, features: FeatureConfig, model: Model, _weights
                  bank: bytes | None, by_site: dict[str, list[str]], sample: Sample
                  ) -> tuple[bytes, scores.Scores, float]:
     """(drift reference, held-out scores, when the reference was done), computed in this process."""
-    reference = reference_bytes(embed_fn(stores.module(model, weights_sha)), *sample, features)
+    net = stores.module(model, weights_sha)  # one network for both: embedding leaves it as it was
+    reference = reference_bytes(embed_fn(net), *sample, features)
     referenced = time.perf_counter()
-    answerer = Answerer.of(stores.module(model, weights_sha), bank_from_bytes(bank) if bank else None)
+    answerer = Answerer.of(net, bank_from_bytes(bank) if bank else None)
     return reference, scores.answer(stores, model, answerer, by_site), referenced
 
 
