@@ -31,13 +31,14 @@ def gate(stores: Stores, cfg: GateConfig, model: Model, candidate: ModelVersion,
     """The GateReport of `candidate` against `production` (stored; the caller acts on `passed`)."""
     by_site = scores.batches_by_site(stores, stores.learnt_batches(candidate))
     scoring = scoring_of(model)
+    earlier = set(production.lineage.sites) if production else set()
     rules = GateRules(tolerance=cfg.tolerance, site_tolerance=cfg.site_tolerance, confidence=cfg.confidence,
-                      budget=cfg.forgetting_budget, metric=scoring.metric, min_images=cfg.min_images)
+                      budget=cfg.forgetting_budget, metric=scoring.metric, min_images=cfg.min_images,
+                      family=len(earlier & set(by_site)))
     cand = scores.of_version(stores, model, candidate, by_site)
     prod = scores.of_version(stores, model, production, by_site) if production is not None else None
     figures = {site: site_figures(scoring, s.labels, s.proba, None if prod is None else prod[site].proba, rules)
                for site, s in cand.items()}
-    earlier = set(production.lineage.sites) if production else set()
     best = best_since_learnt(stores.registry, production)
     tops = {s: best[s][f.metric] for s, f in figures.items() if f.metric in best.get(s, {})}
     verdict = judge(figures, set(by_site) - earlier, rules, best=tops)
@@ -48,6 +49,7 @@ def gate(stores: Stores, cfg: GateConfig, model: Model, candidate: ModelVersion,
                         pooled_delta=verdict.pooled_delta, pooled_lower_bound=verdict.pooled_lower_bound,
                         metric=scoring.metric, too_small=verdict.too_small, notes=verdict.notes,
                         pooled_only=verdict.pooled_only, min_images=rules.min_images,
+                        budget_confidence=rules.budget_confidence,
                         best=with_lines(best, verdict.lines))
     stores.registry.reports.put_gate(report)
     return report
@@ -66,9 +68,10 @@ def site_figures(scoring: Scoring, y: np.ndarray, candidate: np.ndarray, product
     conf, n = rules.confidence, len(y)
     correct = candidate.argmax(axis=1) == y
     if scoring.metric == "accuracy":
-        optimistic = upper_bound(correct, conf)  # Wilson, as the gate always did
+        optimistic = upper_bound(correct, rules.budget_confidence)  # Wilson
     else:
-        low, high = taskmetric.interval(scoring, y, candidate, level=2 * conf - 1, draws=draws)
+        level = 2 * rules.budget_confidence - 1
+        low, high = taskmetric.interval(scoring, y, candidate, level=level, draws=draws)
         optimistic = high if scoring.higher_is_better else low
     common = {"samples": n, "class_counts": tuple(int(c) for c in np.bincount(y, minlength=candidate.shape[1])),
               "metric": scoring.metric, "candidate": taskmetric.value(scoring, y, candidate),

@@ -88,6 +88,7 @@ class GateReport(Record):
     reasons: list[str] = Field(default_factory=list)
     site_tolerance: float | None = None  # any one earlier site
     budget: float | None = None  # cumulative, from each earlier site's best since it was learnt
+    budget_confidence: float | None = None  # per site, family-wise `confidence` over the earlier sites (Sidak)
     pooled_delta: float | None = None  # mean over earlier sites of the paired change in the metric
     pooled_lower_bound: float | None = None
     metric: str | None = None  # the task metric judged by, tolerances in its units (None in older reports: accuracy)

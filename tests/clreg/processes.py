@@ -92,12 +92,16 @@ class Child:
 
 
 def replica_pids() -> dict[str, int]:
-    """pid of the gateway and of each ModelServer replica (Ray names their processes after them)."""
+    """pid of the gateway and of each live ModelServer replica (Ray names their processes after them); a killed
+    replica stays in /proc as a zombie until Ray reaps it, so zombies are left out."""
     found = {}
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace").strip()
-        except OSError:
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state in ("Z", "X"):
             continue
         if title.startswith("ray::ServeReplica:") and ("Gateway" in title or "ModelServer" in title):
             found[f"{title}-{entry.name}"] = int(entry.name)

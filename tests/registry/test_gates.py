@@ -21,8 +21,8 @@ from clreg.registry.gates import (
 def _judge(candidate: dict[str, np.ndarray], production: dict[str, np.ndarray] | None, new_sites: set[str],
            rules: GateRules, best: dict[str, float] | None = None) -> Verdict:
     """judge() on per-sample correctness, as the gate judged before the task metric: accuracy figures."""
-    figures = {site: outcome_figures(c, None if production is None else production.get(site), rules.confidence)
-               for site, c in candidate.items()}
+    figures = {site: outcome_figures(c, None if production is None else production.get(site), rules.confidence,
+                                     optimistic_at=rules.budget_confidence) for site, c in candidate.items()}
     return judge(figures, new_sites, rules, best)
 
 
@@ -90,6 +90,24 @@ def test_small_losses_cannot_add_up_past_the_cumulative_budget() -> None:
             break
         version = candidate
     assert walked[0] and not walked[-1] and len(walked) <= 4  # stopped near the budget, not after 30 points
+
+
+def test_the_budget_is_judged_family_wise_so_churn_at_one_of_twenty_sites_cannot_spend_it() -> None:
+    """Twenty earlier sites of 22 images, each as good as production; one sits 3 images below its best (churn
+    on a small set): judged site by site at 0.8 the budget vetoes, judged at the family-wise confidence it does
+    not; a real fall of 5 images there still does."""
+    best = {f"s{i:02d}": 20 / 22 for i in range(20)}
+    def sites(right_at_s00: int) -> dict[str, np.ndarray]:
+        return {s: np.arange(22) < (right_at_s00 if s == "s00" else 20) for s in best}
+    alone, family = GateRules(budget=0.05), GateRules(budget=0.05, family=20)
+    assert math.isclose(family.budget_confidence, 0.8 ** (1 / 20)) and alone.budget_confidence == 0.8
+    churn = sites(17)
+    assert [r.split(";")[1] for r in _judge(churn, churn, set(), alone, best).reasons] == \
+        [" more than the cumulative budget of 0.050 lost"]
+    assert _judge(churn, churn, set(), family, best).reasons == []
+    assert _judge(sites(16), sites(16), set(), family, best).reasons == []
+    fallen = sites(15)
+    assert [r.split(":")[0] for r in _judge(fallen, fallen, set(), family, best).reasons] == ["site s00"]
 
 
 def test_upper_bound_is_wilsons_and_new_sites_ignore_the_best() -> None:
