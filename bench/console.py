@@ -33,7 +33,7 @@ from clreg.registry.events import EventLog  # noqa: E402
 from clreg.registry.findings import Calibration, DriftReport, GateReport, SiteCalibration, SiteGate  # noqa: E402
 from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion, Site, VersionStatus  # noqa: E402
 from clreg.registry.store import RedisRegistry  # noqa: E402
-from clreg.serving.config import ServingConfig  # noqa: E402
+from clreg.serving.config import ServeSettings  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
 
 # what its results describe (bench/freshness.py: a later change to these makes them stale)
@@ -114,7 +114,7 @@ def run(rounds: int) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as home:
         stack = embedded.start(Settings(home=Path(home), redis=RedisSettings(prefix="bench-console"),
-                                        serve=ServingConfig(port=8792)))
+                                        serve=ServeSettings(port=8792)))
         try:
             reg = RedisRegistry(stack.store)
             fill(reg, ArtifactStore(stack.settings.artifacts()))

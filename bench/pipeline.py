@@ -38,7 +38,7 @@ from clreg.learner.streams import digits_sites, site_batch, to_uint8  # noqa: E4
 from clreg.registry.events import EventLog  # noqa: E402
 from clreg.registry.records import Event  # noqa: E402
 from clreg.registry.store import RedisRegistry  # noqa: E402
-from clreg.serving.config import ServingConfig  # noqa: E402
+from clreg.serving.config import ServeSettings  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
 
 # what its results describe (bench/freshness.py: a later change to these makes them stale)
@@ -153,7 +153,7 @@ def death_to_verdict(stack: embedded.Stack, client: Client, model: str, seed: in
 def run(rounds: int, logs: Path) -> tuple[list[dict], list[dict]]:
     with tempfile.TemporaryDirectory() as home:
         stack = embedded.start(Settings(home=Path(home), redis=RedisSettings(prefix="bench-pipeline"),
-                                        serve=ServingConfig(port=PORT)))
+                                        serve=ServeSettings(port=PORT)))
         client = Client(stack.url, stack.admin_token)
         client.wait_ready()
         worker = daemon(stack, "bench-main", logs / "main.log")

@@ -54,7 +54,7 @@ from clreg.learner.train import TrainConfig  # noqa: E402
 from clreg.registry.events import EventLog  # noqa: E402
 from clreg.registry.records import SERVABLE  # noqa: E402
 from clreg.registry.replicas import Replicas  # noqa: E402
-from clreg.serving.config import ServingConfig  # noqa: E402
+from clreg.serving.config import ServeSettings  # noqa: E402
 from clreg.settings import RedisSettings, SearchConfig, Settings  # noqa: E402
 
 # what its results describe (bench/freshness.py: a later change to these makes them stale)
@@ -200,7 +200,7 @@ class Bare:
     """The same network behind Ray Serve with nothing else: parse the npz, scale, normalise, run, answer."""
 
     def __init__(self, network: str, weights: bytes, mean: float, std: float) -> None:
-        torch.set_num_threads(1)  # as a ModelServer replica (ServingConfig.torch_threads)
+        torch.set_num_threads(1)  # as a ModelServer replica (ServeSettings.torch_threads)
         self.net = getattr(zoo, network)(channels=1, height=SIDE, width=SIDE, classes=2)
         load_weights(self.net, weights)
         self.net.eval()
@@ -324,7 +324,7 @@ def _all_serving(replicas: Replicas, model: str, number: int) -> bool:
 def run_network(network: str, images: int, epochs: int, seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(home=Path(home), redis=RedisSettings(prefix=f"bench-{network}"),
-                            serve=ServingConfig(port=PORT), train=TrainConfig(epochs=epochs, batch_size=16),
+                            serve=ServeSettings(port=PORT), train=TrainConfig(epochs=epochs, batch_size=16),
                             search=SearchConfig(candidates=[{}], refit=False))
         stack = embedded.start(settings)
         ctx = context.build(stack.settings, stack.store, stack.url)

@@ -34,7 +34,7 @@ from clreg import embedded  # noqa: E402
 from clreg.registry.artifacts import ArtifactStore  # noqa: E402
 from clreg.registry.replicas import Replicas  # noqa: E402
 from clreg.registry.store import RedisRegistry  # noqa: E402
-from clreg.serving.config import ServingConfig  # noqa: E402
+from clreg.serving.config import ServeSettings  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
 
 # what its results describe (bench/freshness.py: a later change to these makes them stale)
@@ -70,7 +70,7 @@ def run_row(replica_count: int, port: int) -> dict[str, Any]:
     side, mult = MODELS[MODEL]
     with tempfile.TemporaryDirectory() as home:
         stack = embedded.start(Settings(home=Path(home), redis=RedisSettings(prefix=f"bench-kill-{replica_count}"),
-                                        serve=ServingConfig(port=port, replicas=replica_count)))
+                                        serve=ServeSettings(port=port, replicas=replica_count)))
         try:
             reg, store = RedisRegistry(stack.store), ArtifactStore(stack.settings.artifacts())
             register(reg, store, MODEL, side, mult)

@@ -27,7 +27,7 @@ from clreg.client import Client, npz_bytes
 from clreg.learner.streams import digits_sites, to_uint8
 from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.store import RedisRegistry
-from clreg.serving.config import ServingConfig
+from clreg.serving.config import ServeSettings
 from clreg.settings import RedisSettings, Settings
 
 
@@ -97,7 +97,7 @@ def pages_at(count: int, rounds: int = 10) -> dict[str, Any]:
     """GET /v1/models/{m}/versions and the console's model page with `count` versions, through the Serve proxy."""
     with tempfile.TemporaryDirectory() as home:
         stack = embedded.start(Settings(home=Path(home), redis=RedisSettings(prefix="bench-scale-pages"),
-                                        serve=ServingConfig(port=free_port())))
+                                        serve=ServeSettings(port=free_port())))
         try:
             console_bench.fill(RedisRegistry(stack.store), ArtifactStore(stack.settings.artifacts()), count=count)
             with httpx.Client(base_url=stack.url, timeout=60) as ui, \

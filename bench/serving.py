@@ -43,7 +43,7 @@ from clreg.registry.findings import Calibration, SiteCalibration
 from clreg.registry.records import InputSpec, Lineage, Model, ModelVersion
 from clreg.registry.store import RedisRegistry  # noqa: E402
 from clreg.serving import model_server  # noqa: E402
-from clreg.serving.config import ServingConfig  # noqa: E402
+from clreg.serving.config import ServeSettings  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
 
 # what its results describe (bench/freshness.py: a later change to these makes them stale)
@@ -85,7 +85,7 @@ class Bare:
     """The same networks behind Ray Serve with nothing else: parse the JSON, run the network, answer."""
 
     def __init__(self, weights: dict[str, tuple[int, int, bytes]]) -> None:
-        torch.set_num_threads(1)  # as a ModelServer replica (ServingConfig.torch_threads)
+        torch.set_num_threads(1)  # as a ModelServer replica (ServeSettings.torch_threads)
         self.nets = {}
         for name, (side, mult, raw) in weights.items():
             net = small_cnn(1, side, side, 10, width_mult=mult)
@@ -166,7 +166,7 @@ def run(seconds: float, rounds: int) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as home:
         stack = embedded.start(Settings(home=Path(home), redis=RedisSettings(prefix="bench-serving"),
-                                        serve=ServingConfig(port=8791)))
+                                        serve=ServeSettings(port=8791)))
         try:
             reg, store = RedisRegistry(stack.store), ArtifactStore(stack.settings.artifacts())
             weights = {name: (side, mult, register(reg, store, name, side, mult))
@@ -273,7 +273,7 @@ def main() -> None:
     settings = {"seconds_per_cell": args.seconds, "rounds": args.rounds, "models": MODELS, "batching": SETTINGS,
                 "clients": CLIENTS,
                 "request": "JSON, 1 image, site named (per-site BatchNorm and temperature)", "replicas": 1,
-                "max_ongoing_requests": ServingConfig().max_ongoing_requests,
+                "max_ongoing_requests": ServeSettings().max_ongoing_requests,
                 "baseline": "bare Serve deployment of the same networks (JSON in, softmax out), same replica options"}
     path = write_result("serving", {"machine": machine_info(), "versions": versions("ray", "torch", "httpx"),
                                     "settings": settings, "summary": summary, "verdicts": checks, "rows": rows,

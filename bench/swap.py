@@ -35,7 +35,7 @@ from clreg.registry.artifacts import ArtifactStore  # noqa: E402
 from clreg.registry.records import ModelVersion  # noqa: E402
 from clreg.registry.replicas import Replicas  # noqa: E402
 from clreg.registry.store import RedisRegistry  # noqa: E402
-from clreg.serving.config import ServingConfig  # noqa: E402
+from clreg.serving.config import ServeSettings  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
 
 # what its results describe (bench/freshness.py: a later change to these makes them stale)
@@ -114,7 +114,7 @@ def run() -> dict[str, Any]:
     side, mult = MODELS[MODEL]
     with tempfile.TemporaryDirectory() as home:
         stack = embedded.start(Settings(home=Path(home), redis=RedisSettings(prefix="bench-swap"),
-                                        serve=ServingConfig(port=8794, replicas=REPLICAS)))
+                                        serve=ServeSettings(port=8794, replicas=REPLICAS)))
         try:
             reg, store = RedisRegistry(stack.store), ArtifactStore(stack.settings.artifacts())
             register(reg, store, MODEL, side, mult)
@@ -174,7 +174,7 @@ def main() -> None:
     Console().print(verdicts)
     settings = {"model": MODEL, "replicas": REPLICAS, "clients": CLIENTS, "promotions": PROMOTIONS,
                 "steady_s": STEADY_S, "every_s": EVERY_S, "tail_s": TAIL_S,
-                "poll_interval_s": ServingConfig().poll_interval_s}
+                "poll_interval_s": ServeSettings().poll_interval_s}
     path = write_result("swap", {"machine": machine_info(), "versions": versions("ray", "torch", "httpx"),
                                  "settings": settings, "summary": result, "verdicts": verdicts,
                                  "seconds": time.perf_counter() - started})

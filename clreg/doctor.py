@@ -117,7 +117,8 @@ def command(node_timeout_s: float = 30.0) -> None:
     settings = terminal.settings()
     checks: list[Check] = []
     try:
-        store = settings.redis.store(embedded.redis_url(settings), socket_timeout_s=min(5.0, node_timeout_s))
+        store = settings.redis.store(embedded.redis_url(settings),
+                                     socket_timeout_s=min(settings.redis.socket_timeout_s, node_timeout_s))
         checks += storage(store, settings.artifacts())
     except embedded.NoRedis as e:
         store = None

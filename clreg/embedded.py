@@ -169,11 +169,12 @@ def serving_config(settings: Settings, store: StoreConfig, secrets: dict[str, st
     """
     digests = {} if secrets is None else {
         "admin_token_sha256": token_sha256(secrets["admin"]), "ops_token_sha256": token_sha256(secrets["ops"])}
-    return settings.serve.model_copy(update={
-        "store": store, "artifacts_url": settings.artifacts(), "heldout_fraction": settings.heldout_fraction,
-        **digests, "inputs": settings.watch.inputs, "webhooks": settings.webhook,
-        "stuck": StuckRule(after_s=settings.daemon.stuck_after_s,
-                           waiting_after_s=settings.trigger.flush_interval_s + settings.daemon.stuck_after_s)})
+    return ServingConfig(**{**settings.serve.model_dump(), **digests}, store=store,
+                         artifacts_url=settings.artifacts(), heldout_fraction=settings.heldout_fraction,
+                         inputs=settings.watch.inputs, webhooks=settings.webhook,
+                         stuck=StuckRule(after_s=settings.daemon.stuck_after_s,
+                                         waiting_after_s=settings.trigger.flush_interval_s
+                                         + settings.daemon.stuck_after_s))
 
 
 @dataclass

@@ -21,7 +21,7 @@ from clreg.registry.connection import StoreConfig
 from clreg.registry.inputs import InputLogConfig
 from clreg.registry.retention import RetentionConfig
 from clreg.registry.webhooks import WebhookConfig
-from clreg.serving.config import ServingConfig
+from clreg.serving.config import ServeSettings
 
 
 class RedisSettings(BaseModel):
@@ -39,13 +39,16 @@ class RedisSettings(BaseModel):
     sentinel_tls: bool = False
     cluster: bool = False  # Redis Cluster: `url` names any node
     wait_replicas: int | None = Field(default=None, ge=0)  # acknowledged writes wait for them; unset: 1 with Sentinel
+    socket_timeout_s: float = Field(default=5.0, gt=0)
+    # Acknowledged writes wait until the server's append-only file has them on disk (WAITAOF), this long at most.
+    durable_writes: bool = True
+    durable_timeout_s: float = Field(default=2.0, gt=0)
 
     def store(self, url: str, **overrides: Any) -> StoreConfig:
         """The StoreConfig every process (daemon, gateway, Serve replicas, workers) builds its client from."""
-        return StoreConfig(url=url, prefix=self.prefix, cluster=self.cluster, wait_replicas=self.wait_replicas,
-                           sentinels=tuple(s.strip() for s in self.sentinels.split(",") if s.strip()),
-                           sentinel_master=self.sentinel_master, sentinel_username=self.sentinel_username,
-                           sentinel_password=self.sentinel_password, sentinel_tls=self.sentinel_tls, **overrides)
+        fields = self.model_dump(exclude={"url", "sentinels"})
+        return StoreConfig(**{**fields, **overrides}, url=url,
+                           sentinels=tuple(s.strip() for s in self.sentinels.split(",") if s.strip()))
 
     @model_validator(mode="after")
     def _valid_store(self) -> RedisSettings:
@@ -169,7 +172,7 @@ class Settings(BaseSettings):
     home: Path = Path(".clreg")
     redis: RedisSettings = RedisSettings()
     ray: RaySettings = RaySettings()
-    serve: ServingConfig = ServingConfig()  # store, artifacts and token digests are filled in at start
+    serve: ServeSettings = ServeSettings()  # clreg.embedded.serving_config adds what serving shares
     train: TrainConfig = TrainConfig()
     search: SearchConfig = SearchConfig()
     features: FeatureConfig = FeatureConfig()

@@ -30,10 +30,12 @@ class Autoscaling(BaseModel):
         return self
 
 
-class ServingConfig(BaseModel):
+class ServeSettings(BaseModel):
+    """What ops set for serving (CLREG_SERVE__*). What serving shares with the rest of the stack (its store,
+    artifacts, held-out split, input log, webhook allow-list, stuck rule) has its own settings, and
+    `ServingConfig` adds it from them: one variable per setting, none overwritten after it is read."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
-    store: StoreConfig = StoreConfig()
-    artifacts_url: str = ".clreg/artifacts"
     host: str = "127.0.0.1"
     port: int = 8000
     # Where Serve runs its HTTP proxy: on every node (Serve's default; a load balancer in front spreads the
@@ -54,7 +56,6 @@ class ServingConfig(BaseModel):
     max_weights_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # an uploaded checkpoint (POST /v1/artifacts)
     max_samples: int = Field(default=10_000, ge=1)
     max_unzipped_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # a DICOM zip, inflated
-    heldout_fraction: float = Field(default=0.3, gt=0, lt=1)
     admin_token_sha256: str = ""
     ops_token_sha256: str = ""  # the read-only token: every GET route but health, readiness and docs
     # Host headers served (any port); anything else is refused, so a web page cannot reach the API through
@@ -75,9 +76,18 @@ class ServingConfig(BaseModel):
     batch_max_requests: int = Field(default=1, ge=1)
     batch_wait_s: float = Field(default=0.0, ge=0, le=1)
     replica_gpus: float = Field(default=0.0, ge=0)  # GPUs Ray reserves per ModelServer replica (fractions share one)
-    inputs: InputLogConfig = InputLogConfig()  # prediction inputs kept for the scheduled drift check
     record_interval_s: float = Field(default=0.5, gt=0, le=60)  # replicas write what they kept this often
-    webhooks: WebhookConfig = WebhookConfig()  # the allow-list new subscriptions are checked against
-    stuck: StuckRule = StuckRule()  # when GET /v1/status and /metrics report a batch as stuck
     # Where the console links to `evidently ui` on the home's workspace (README: Ops console); "" hides the link
     evidently_ui_url: str = "http://127.0.0.1:8001"
+
+
+class ServingConfig(ServeSettings):
+    """What each replica and the gateway are handed: the serving settings and what the running stack adds from
+    its other settings (built in one place, clreg.embedded.serving_config)."""
+
+    store: StoreConfig = StoreConfig()
+    artifacts_url: str = ".clreg/artifacts"
+    heldout_fraction: float = Field(default=0.3, gt=0, lt=1)
+    inputs: InputLogConfig = InputLogConfig()  # prediction inputs kept for the scheduled drift check
+    webhooks: WebhookConfig = WebhookConfig()  # the allow-list new subscriptions are checked against
+    stuck: StuckRule = StuckRule()  # when GET /v1/status and /metrics report a batch as stuck

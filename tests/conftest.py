@@ -73,7 +73,7 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory, ray_session:
     from clreg import embedded
     from clreg.learner.train import TrainConfig
     from clreg.registry.webhooks import WebhookConfig
-    from clreg.serving.config import ServingConfig
+    from clreg.serving.config import ServeSettings
     from clreg.settings import RedisSettings, Settings
     from tests import cheap
 
@@ -81,7 +81,7 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory, ray_session:
     redis.Redis.from_url(url).flushdb()
     settings = Settings(home=tmp_path_factory.mktemp("clreg-home"), redis=RedisSettings(url=url, prefix="e2e"),
                         # batching on, so the swap-under-load and end-to-end tests cross @serve.batch
-                        serve=ServingConfig(port=int(os.environ.get("CLREG_TEST_SERVE_PORT", "8765")),
+                        serve=ServeSettings(port=int(os.environ.get("CLREG_TEST_SERVE_PORT", "8765")),
                                             batch_max_requests=16),
                         train=TrainConfig(epochs=6), search=cheap.SEARCH,
                         # receivers started by tests listen on loopback; retries back off fast

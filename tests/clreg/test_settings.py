@@ -48,7 +48,7 @@ def _annotation_types(annotation: object) -> list[object]:
 
 def test_every_settings_model_refuses_unknown_fields() -> None:
     models = _models(Settings, set())
-    assert {m.__name__ for m in models} >= {"ServingConfig", "StoreConfig", "GateConfig", "TrainConfig",
+    assert {m.__name__ for m in models} >= {"ServeSettings", "RedisSettings", "GateConfig", "TrainConfig",
                                              "RetentionConfig", "InputLogConfig", "DriftConfig"}
     assert [m.__name__ for m in models if m.model_config.get("extra") != "forbid"] == []
 
@@ -96,3 +96,80 @@ def test_the_cli_reports_a_redis_that_does_not_answer_in_one_line(tmp_path: Path
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1 and "Redis is unreachable" in lines[0] and "CLREG_REDIS__URL" in lines[0], done.stdout
     assert "Traceback" not in done.stderr
+
+
+# Values tried for a leaf, in order, until one is accepted and differs from the default (per annotation type)
+TRIES: dict[object, list[str]] = {
+    bool: ["true", "false"],
+    int: ["7", "3", "1", "2", "4096"],
+    float: ["0.25", "0.5", "0.75", "2.5", "0.9"],
+    str: ["probe", "redis://10.9.8.7:6390/3", "0" * 64, "http://10.9.8.7:9/", "10.9.8.7:26379"],
+    Path: ["/tmp/clreg-probe"],
+}
+
+
+# Leaves that are valid only with another setting beside them
+WITH = {"CLREG_REDIS__SENTINELS": ("CLREG_REDIS__SENTINEL_MASTER", "primary"),
+        "CLREG_REDIS__CLUSTER": ("CLREG_REDIS__URL", "redis://10.9.8.7:7000/0")}
+
+
+def _leaves(cls: type[BaseModel], path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
+    """(path, annotation) of every leaf setting below `cls` (a model that may be None is walked into)."""
+    found = []
+    for name, field in cls.model_fields.items():
+        models = [t for t in _annotation_types(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+        found += _leaves(models[0], (*path, name)) if models else [((*path, name), field.annotation)]
+    return found
+
+
+def _tries(annotation: object) -> list[str]:
+    """Environment values to try for a leaf: its Literal choices, JSON for collections, else by type."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(a) for a in args]
+    if typing.get_origin(annotation) in (tuple, frozenset, set, list):
+        return ['["after_receive"]', '["probe.example"]', '[{"epochs": 2}]', '["rejected"]']
+    if typing.get_origin(annotation) is dict:
+        return ['{"probe": 1}']
+    return [v for t in [annotation, *args] for v in TRIES.get(t, [])]
+
+
+def _at(obj: object, path: tuple[str, ...]) -> object:
+    for name in path:
+        obj = getattr(obj, name, None)
+    return obj
+
+
+def test_every_leaf_setting_is_read_from_its_one_variable_and_reaches_serving_unchanged(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each leaf of the settings tree, set alone through CLREG_<PATH> to a value other than its default, is read
+    back at that path; a serving leaf is also what the replicas and the gateway are handed (nothing overwrites
+    it after parsing). A leaf no tried value could set is named."""
+    from clreg.embedded import serving_config
+    from clreg.registry.connection import StoreConfig
+
+    default, unset = Settings(), []
+    for path, annotation in _leaves(Settings):
+        variable = "CLREG_" + "__".join(path).upper()
+        if variable in WITH:
+            monkeypatch.setenv(*WITH[variable])
+        for value in _tries(annotation):
+            monkeypatch.setenv(variable, value)
+            try:
+                read = Settings()
+            except ValidationError:
+                continue
+            finally:
+                monkeypatch.delenv(variable)
+            if _at(read, path) != _at(default, path):
+                break
+        else:
+            unset.append(variable)
+        if variable in WITH:
+            monkeypatch.delenv(WITH[variable][0])
+        if variable in unset:
+            continue
+        if path[0] == "serve" and path[1:] not in (("admin_token_sha256",), ("ops_token_sha256",)):
+            assert _at(serving_config(read, StoreConfig(), None), path[1:]) == _at(read, path), variable
+    assert unset == [], unset
+    assert len(_leaves(Settings)) > 100
