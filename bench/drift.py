@@ -110,8 +110,8 @@ def clreg_detector(embed_fn: Callable[[np.ndarray], np.ndarray], ref: Reference,
     def detect(x: np.ndarray) -> bool:
         current = batch_features(embed_fn, ref, x, None)
         check = check_drift(ref, current, report_id="bench", model="bench", site="bench", batch_id=BATCH_ID,
-                            reference_version=1, cfg=cfg, render=False)
-        return check.report.drift
+                            cfg=cfg, render=False)
+        return check.findings.drift
 
     return detect
 
@@ -176,7 +176,7 @@ def page_sizes(embed_fn: Callable[[np.ndarray], np.ndarray], ref: Reference, poo
     for label, kind in (("unshifted", "identity"), ("contrast", "contrast")):
         current = batch_features(embed_fn, ref, draw(pool, 200, 0, kind, {}), None)
         html = check_drift(ref, current, report_id="bench", model="bench", site="bench", batch_id=BATCH_ID,
-                           reference_version=1, cfg=cfg).html.encode()
+                           cfg=cfg).html.encode()
         started = time.perf_counter()
         packed = gzip.compress(html, compresslevel=6, mtime=0)
         sizes[label] = {"html_bytes": len(html), "gzip_bytes": len(packed),

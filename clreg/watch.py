@@ -19,7 +19,6 @@ from clreg.context import DriftStep, Stores
 from clreg.learner.errors import LearnerError
 from clreg.learner.estimate import checked_accuracy, stable, two_views
 from clreg.learner.models import to_tensor
-from clreg.monitor.drift import check_drift
 from clreg.monitor.errors import MonitorError
 from clreg.registry.artifacts import Artifact, version_calibration
 from clreg.registry.errors import RegistryError
@@ -45,9 +44,9 @@ def check_model(stores: Stores, step: DriftStep, cfg: WatchConfig, inputs: Input
     if inputs.seen(name, window):
         return None
     reference, current = monitoring.features(stores, model, production, x, None)
-    check = check_drift(reference, current, report_id=monitoring.new_report_id(), model=name, site=SITE,
-                        batch_id=window, reference_version=production.number, cfg=step.cfg)
-    return monitoring.record(stores, step, check)
+    return monitoring.check(stores, step, reference, current, DriftReport(
+        id=monitoring.new_report_id(), model=name, site=SITE, batch_id=window, reference_version=production.number,
+        samples=len(current)))
 
 
 def estimate_sites(stores: Stores, cfg: WatchConfig, inputs: InputLog, name: str) -> dict[str, CheckedEstimate]:

@@ -1,9 +1,8 @@
-"""Drift monitoring: image batches -> feature tables -> Evidently drift checks -> DriftReport and alerts.
+"""Drift monitoring: image batches -> feature tables -> Evidently drift checks -> their findings.
 
 Imports nothing from `learner`: the caller passes the embedding function (e.g. a model's penultimate layer).
 """
 
-from clreg.monitor.alerts import alert_payload
 from clreg.monitor.drift import DriftCheck, DriftConfig, check_drift, save_snapshot
 from clreg.monitor.errors import DriftCheckFailed, InvalidInput, InvalidReference, MonitorError
 from clreg.monitor.features import (
@@ -16,20 +15,22 @@ from clreg.monitor.features import (
     fit_reference,
     image_statistics,
 )
+from clreg.monitor.findings import ColumnTest, DriftFindings
 
 __all__ = [
     "IMAGE_STAT_COLUMNS",
     "LABEL_COLUMN",
+    "ColumnTest",
     "DriftCheck",
     "DriftCheckFailed",
     "DriftConfig",
+    "DriftFindings",
     "EmbedFn",
     "FeatureConfig",
     "InvalidInput",
     "InvalidReference",
     "MonitorError",
     "Reference",
-    "alert_payload",
     "batch_features",
     "check_drift",
     "fit_reference",

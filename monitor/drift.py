@@ -8,7 +8,7 @@ embedding columns an MMD test (called directly: Evidently's embedding metric spe
 a t-SNE plot). One lean Report.run (a drifted
 column count plus one ValueDrift per column, each with the threshold we apply; `monitor.columns` draws
 charts only for drifted columns) gives both the verdicts
-and the HTML page, so the page and the DriftReport always agree.
+and the HTML page, so the page and the findings always agree.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 os.environ.setdefault("DO_NOT_TRACK", "1")  # Evidently sends telemetry unless told not to.
 
 import math
+import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -42,8 +43,7 @@ from scipy.stats import chi2_contingency
 from clreg.monitor.columns import ColumnValueDrift
 from clreg.monitor.errors import DriftCheckFailed, InvalidInput
 from clreg.monitor.features import LABEL_COLUMN, Reference
-from clreg.registry.findings import ColumnDrift, DriftReport
-from clreg.registry.records import check_batch_id, check_name
+from clreg.monitor.findings import ColumnTest, DriftFindings
 
 # Tests whose score is a p-value (drift when small); every other method scores a distance (drift when
 # large). Evidently's defaults (K-S, chi-square, z up to 1,000 reference rows) are all here.
@@ -62,6 +62,8 @@ P_VALUE_METHODS = frozenset(
     }
 )
 MMD_COLUMN = "embedding"
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # as the registry's names
+BATCH_ID = re.compile(r"^[0-9a-f]{64}$")  # a sha256 hex digest
 LABEL_TEST = "chisquare_2sample"
 # Exceptions that escape Evidently (and the numpy/scipy/sklearn code under it) on bad data. Caught around calls
 # into Evidently only (`_evidently`): the same exception from clreg's own code is a bug and stays what it is.
@@ -125,9 +127,9 @@ class DriftConfig(BaseModel):
 
 @dataclass(frozen=True)
 class DriftCheck:
-    """Everything one check produced: the record, Evidently's HTML page, and its snapshot for a workspace."""
+    """Everything one check produced: its findings, Evidently's HTML page, and its snapshot for a workspace."""
 
-    report: DriftReport
+    findings: DriftFindings
     html: str
     snapshot: Snapshot
 
@@ -188,9 +190,9 @@ def _metrics(
     return metrics, methods
 
 
-def _column_verdicts(snapshot: Snapshot, methods: dict[str, str]) -> dict[str, ColumnDrift]:
+def _column_verdicts(snapshot: Snapshot, methods: dict[str, str]) -> dict[str, ColumnTest]:
     """Each ValueDrift's score and Evidently's pass/fail, keyed by column."""
-    verdicts: dict[str, ColumnDrift] = {}
+    verdicts: dict[str, ColumnTest] = {}
     for test in snapshot.tests_results:
         params = test.metric_config.params
         if not params.get("type", "").endswith(":ColumnValueDrift"):
@@ -201,7 +203,7 @@ def _column_verdicts(snapshot: Snapshot, methods: dict[str, str]) -> dict[str, C
         score = float(snapshot.metric_results[test.metric_config.metric_id].value)
         if not math.isfinite(score):  # e.g. a z-test on a column constant in both: no evidence either way
             score = 1.0 if methods[column] in P_VALUE_METHODS else 0.0
-        verdicts[column] = ColumnDrift(
+        verdicts[column] = ColumnTest(
             column=column,
             method=methods[column],
             score=score,
@@ -211,7 +213,7 @@ def _column_verdicts(snapshot: Snapshot, methods: dict[str, str]) -> dict[str, C
     return verdicts
 
 
-def _mmd(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], cfg: DriftConfig) -> ColumnDrift | None:
+def _mmd(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], cfg: DriftConfig) -> ColumnTest | None:
     """Embedding MMD on the PCA columns; None where it cannot be computed or is switched off."""
     if not cfg.mmd or not columns or len(cur) < 2:
         return None
@@ -234,15 +236,17 @@ def _mmd(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], cfg: DriftCon
         return None
     # With bootstrap the cut-off is a quantile of null MMDs that Evidently does not return: record the quantile.
     threshold = cfg.mmd_quantile if cfg.mmd_bootstrap else cfg.mmd_threshold
-    return ColumnDrift(column=MMD_COLUMN, method=name, score=float(score), threshold=threshold, drifted=bool(drifted))
+    return ColumnTest(column=MMD_COLUMN, method=name, score=float(score), threshold=threshold, drifted=bool(drifted))
 
 
 def _check_current(ref: Reference, current: pd.DataFrame, model: str, site: str, batch_id: str) -> list[str]:
     """The feature columns to test: the batch must have all of the reference's, finite and numeric."""
-    try:  # checked before the expensive part, not when the record is built after it
-        check_name(model), check_name(site), check_batch_id(batch_id)
-    except ValueError as e:
-        raise InvalidInput(str(e)) from e
+    # checked before the expensive part: they tag the snapshot and name the workspace's projects
+    bad = [f"invalid name {name!r}: use 1-63 characters of a-z, 0-9, '_' or '-'" for name in (model, site)
+           if not NAME.fullmatch(name)]
+    bad += [] if BATCH_ID.fullmatch(batch_id) else [f"invalid batch id {batch_id!r}: expected 64 lowercase hex"]
+    if bad:
+        raise InvalidInput("; ".join(bad))
     columns = ref.feature_columns
     missing = [c for c in columns if c not in current.columns]
     if missing:
@@ -261,7 +265,7 @@ def _check_current(ref: Reference, current: pd.DataFrame, model: str, site: str,
 
 def _run_report(
     reference: pd.DataFrame, batch: pd.DataFrame, columns: list[str], metadata: dict[str, str], cfg: DriftConfig
-) -> tuple[Snapshot, dict[str, ColumnDrift]]:
+) -> tuple[Snapshot, dict[str, ColumnTest]]:
     """The one Report.run over both tables, and its verdict per column (label included)."""
     label = LABEL_COLUMN in batch.columns
     definition = DataDefinition(numerical_columns=columns, categorical_columns=[LABEL_COLUMN] if label else [])
@@ -283,11 +287,11 @@ def check_drift(
     model: str,
     site: str,
     batch_id: str,
-    reference_version: int | None,
     cfg: DriftConfig,
     render: bool = True,
 ) -> DriftCheck:
-    """Test one batch's features against the reference; the record, the HTML page ("" unless render) and the snapshot.
+    """Test one batch's features against the reference; the findings, the HTML page ("" unless render) and the
+    snapshot (tagged with the model, site, batch and report id).
 
     Raises:
         InvalidInput: a bad name or batch id, or a feature table without the reference's columns or rows.
@@ -308,12 +312,7 @@ def check_drift(
     column_drifts = [verdicts[c] for c in columns]
     label_drift = verdicts.get(LABEL_COLUMN)
     feature_drift = any(c.drifted for c in column_drifts)
-    record = DriftReport(
-        id=report_id,
-        model=model,
-        site=site,
-        batch_id=batch_id,
-        reference_version=reference_version,
+    findings = DriftFindings(
         samples=len(current),
         columns=column_drifts,
         drifted_share=sum(c.drifted for c in column_drifts) / len(column_drifts),
@@ -323,7 +322,7 @@ def check_drift(
         drift=feature_drift or any(d is not None and d.drifted for d in (label_drift, mmd)),
         seconds=time.perf_counter() - started,
     )
-    return DriftCheck(report=record, html=html, snapshot=snapshot)
+    return DriftCheck(findings=findings, html=html, snapshot=snapshot)
 
 
 def save_snapshot(workspace_dir: Path, model: str, site: str, snapshot: Snapshot) -> None:

@@ -38,11 +38,6 @@ class DriftReport(Record):
     html_artifact: str | None = None  # sha256 of the Evidently HTML page
     created_at: float = Field(default_factory=now)
 
-    def top_columns(self, k: int = 5) -> list[str]:
-        """The k drifted columns with the strongest evidence, for alerts."""
-        drifted = [c for c in self.columns if c.drifted]
-        return [c.column for c in sorted(drifted, key=lambda c: c.score)[:k]]
-
 
 class SiteGate(Record):
     """One site's line in a gate report: both models on the same held-out samples."""

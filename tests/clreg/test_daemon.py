@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,13 @@ import pytest
 from clreg import context
 from clreg.client import npz_bytes
 from clreg.daemon import Daemon
+from clreg.learner.errors import TrainingInterrupted
 from clreg.learner.streams import digits_sites, to_uint8
 from clreg.learner.train import TrainConfig
 from clreg.learning import assemble, learn
 from clreg.registry.batches import Limits, ingest
 from clreg.registry.events import IngestQueue
-from clreg.registry.records import BatchStatus, InputSpec, Model
+from clreg.registry.records import Batch, BatchStatus, InputSpec, Model
 from clreg.registry.store import RedisRegistry, StoreConfig
 from clreg.settings import DaemonConfig, RedisSettings, Settings
 from tests import cheap
@@ -53,10 +55,7 @@ def test_unacked_entry_is_processed_after_restart(registry: RedisRegistry, store
     assert np.isfinite(registry.get_version("m", 1).metrics["final_loss"])
 
 
-def test_learn_relays_each_epoch_while_the_task_runs(registry: RedisRegistry, store_cfg: StoreConfig,
-                                                     tmp_path: Path, ray_session: None) -> None:
-    settings = Settings(home=tmp_path, train=TrainConfig(epochs=3), search=cheap.SEARCH)
-    ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
+def _one_batch(registry: RedisRegistry, ctx: context.Context) -> tuple[Model, Batch]:
     model = Model(name="m", factory="clreg.learner.models:small_cnn",
                   input=InputSpec(channels=1, height=16, width=16, classes=10))
     registry.create_model(model)
@@ -65,6 +64,14 @@ def test_learn_relays_each_epoch_while_the_task_runs(registry: RedisRegistry, st
     queue.ensure_group()
     batch, _ = ingest(registry, ctx.artifacts, queue, ctx.events, "m", "base",
                       npz_bytes(to_uint8(site.x[:90]), site.y[:90]), Limits())
+    return model, batch
+
+
+def test_learn_relays_every_epoch_of_every_candidate(registry: RedisRegistry, store_cfg: StoreConfig,
+                                                     tmp_path: Path, ray_session: None) -> None:
+    settings = Settings(home=tmp_path, train=TrainConfig(epochs=3), search=cheap.SEARCH)
+    ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
+    model, batch = _one_batch(registry, ctx)
     rows: list[tuple[int, str, int]] = []
     learnt = learn(ctx.stores, ctx.train, ctx.search, model, None, [batch],
                    progress=lambda c, s, row: rows.append((c, s, int(row["epoch"]))))
@@ -81,3 +88,21 @@ def test_learn_relays_each_epoch_while_the_task_runs(registry: RedisRegistry, st
     assert set(version.artifacts) == {"weights", "ewc", "ewc/base/fisher", "ewc/base/anchor", "reference", "bn_bank",
                                       "calibration", "replay", "replay/base", "scores"}
     assert version.artifacts["ewc/base/anchor"] == version.artifacts["weights"]  # anchored at its own weights
+
+
+def test_progress_arrives_while_the_tasks_run_so_a_stop_on_the_first_row_cuts_them_short(
+        registry: RedisRegistry, store_cfg: StoreConfig, tmp_path: Path, ray_session: None) -> None:
+    """Rows relayed only when the tasks returned would let both candidates run all 300 epochs before `stop`
+    could act: stopped on the first row, they are cancelled with most epochs still to run."""
+    settings = Settings(home=tmp_path, train=TrainConfig(epochs=300), search=cheap.SEARCH)
+    ctx = context.build(settings, store_cfg, "http://127.0.0.1:0")
+    model, batch = _one_batch(registry, ctx)
+    stop, rows = threading.Event(), []
+
+    def first_row_stops(candidate: int, site: str, row: dict[str, float]) -> None:
+        rows.append((candidate, int(row["epoch"])))
+        stop.set()
+
+    with pytest.raises(TrainingInterrupted):
+        learn(ctx.stores, ctx.train, ctx.search, model, None, [batch], progress=first_row_stops, stop=stop)
+    assert rows and max(epoch for _, epoch in rows) < 150, rows

@@ -77,8 +77,11 @@ def check(ctx: Context, batch: Batch):  # noqa: ANN201 - DriftReport
 
 
 def test_unchanged_batch_raises_no_alert(ctx: Context, hook: Hook) -> None:
-    report = check(ctx, push(ctx, np.arange(500, 800)))
+    batch = push(ctx, np.arange(500, 800))
+    report = check(ctx, batch)
     assert report is not None and report.drift is False and report.label_drift.drifted is False
+    assert (report.id, report.site, report.batch_id, report.reference_version, report.samples) == \
+        (f"d-{batch.id[:16]}-v1", "base", batch.id, 1, 300)
     assert ctx.events.alerts(MODEL) == [] and hook.bodies == []
     page = ctx.artifacts.get(report.html_artifact)
     assert gzip.decompress(page).lstrip().startswith(b"<!DOCTYPE html>") and len(page) < 2_000_000

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from clreg import context, pipeline, watch
+from clreg import context, monitoring, pipeline, watch
 from clreg.client import ApiError, Client, npz_bytes
 from clreg.context import Context
 from clreg.daemon import Daemon
@@ -85,7 +85,7 @@ def test_shifted_prediction_inputs_raise_an_alert_and_unshifted_do_not(stack: St
     assert shifted.drift is True and shifted.feature_drift is True and shifted.reference_version == 1
     [alert] = client.get("/v1/alerts", model=MODEL, site="serving", kind="drift.alert")
     assert alert["data"]["report_id"] == shifted.id and alert["data"]["batch_id"] == shifted.batch_id
-    assert alert["data"]["top_features"] == shifted.top_columns() and alert["data"]["top_features"]
+    assert alert["data"]["top_features"] == monitoring.top_columns(shifted) and alert["data"]["top_features"]
     # the site's own alerts are only its readiness when version 1 was promoted, no drift
     assert [a["kind"] for a in client.get("/v1/alerts", model=MODEL, site="watch-base")] == ["site.readiness"]
     Dispatcher(ctx.registry, ctx.webhook).run()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clreg.monitor.alerts import alert_payload
+from clreg.monitoring import alert_payload
 from clreg.registry.findings import ColumnDrift, DriftReport
 
 
