@@ -18,13 +18,6 @@ from clreg.registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
 from clreg.registry.records import Model, ModelVersion
 
 
-def build_reference(stores: Stores, cfg: FeatureConfig, samples: int, seed: int, model: Model, weights_sha: str,
-                    batch_ids: list[str]) -> bytes:
-    """The drift reference of a version: features of a seeded sample of `samples` of the data it learnt, as npz."""
-    x, y = reference_sample(stores, samples, seed, model, batch_ids)
-    return reference_bytes(embed_fn(stores.module(model, weights_sha)), x, y, cfg)
-
-
 def reference_sample(stores: Stores, samples: int, seed: int, model: Model, batch_ids: list[str]
                      ) -> tuple[np.ndarray, np.ndarray]:
     """A seeded sample of `samples` of the training images of these batches, and their labels."""

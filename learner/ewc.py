@@ -98,11 +98,6 @@ def quadratic_penalty(model: nn.Module, q: Quadratic) -> Tensor:
     return penalty
 
 
-def ewc_penalty(model: nn.Module, state: EWCState) -> Tensor:
-    """sum_k sum_i F_k,i (theta_i - theta*_k,i)^2 (no lambda/2); 0 at the anchor, up to rounding."""
-    return quadratic_penalty(model, quadratic(state))
-
-
 def consolidate(state: EWCState, site: str, fisher: dict[str, Tensor], anchor: dict[str, Tensor]) -> EWCState:
     """A new state with the site folded in: replace its entry (separate) or F = gamma F_old + F_new (online)."""
     new = EWCEntry(

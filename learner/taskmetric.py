@@ -53,11 +53,6 @@ class Paired:
     se: float
 
 
-def default_metric(classes: int) -> Metric:
-    """auroc for a binary model, accuracy otherwise."""
-    return "auroc" if classes == 2 else "accuracy"
-
-
 def _check(y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y, proba = np.asarray(y).astype(np.int64), np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or len(y) != len(proba) or len(y) == 0:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
@@ -99,19 +99,6 @@ class Verdict:
     pooled_only: list[str] = field(default_factory=list)  # earlier sites too small to be judged alone
 
 
-def paired_lower_bound(candidate: np.ndarray, production: np.ndarray, confidence: float) -> tuple[float, float]:
-    """Mean paired difference of per-sample correctness and its one-sided lower bound (normal approx.)."""
-    mean, se = _paired(candidate, production)
-    return mean, mean - NormalDist().inv_cdf(confidence) * se
-
-
-def _paired(candidate: np.ndarray, production: np.ndarray) -> tuple[float, float]:
-    d = candidate.astype(np.float64) - production.astype(np.float64)
-    if d.size < 2:
-        return float(d.mean()), math.inf
-    return float(d.mean()), float(d.std(ddof=1)) / math.sqrt(d.size)
-
-
 def pooled_lower_bound(changes: list[tuple[float, float]], confidence: float,
                        weights: list[float] | None = None) -> tuple[float, float]:
     """Weighted mean over sites of their (delta, se) (equal weights by default), and its one-sided lower bound
@@ -131,23 +118,6 @@ def upper_bound(correct: np.ndarray, confidence: float) -> float:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return min(1.0, centre + spread)
-
-
-def outcome_figures(candidate: np.ndarray, production: np.ndarray | None, confidence: float,
-                    class_counts: tuple[int, ...] = (), optimistic_at: float | None = None) -> SiteFigures:
-    """A site's accuracy figures from per-sample correctness (boolean arrays on the same samples); the optimistic
-    bound at `optimistic_at` (default: `confidence`)."""
-    acc = float(candidate.mean()) if candidate.size else 0.0
-    optimistic = upper_bound(candidate, confidence if optimistic_at is None else optimistic_at)
-    alone = SiteFigures(samples=int(candidate.size), class_counts=class_counts, metric="accuracy", candidate=acc,
-                        optimistic=optimistic, candidate_accuracy=acc,
-                        one_image=1.0 / max(int(candidate.size), 1))
-    if production is None:
-        return alone
-    delta, se = _paired(candidate, production)
-    prod, z = float(production.mean()), NormalDist().inv_cdf(confidence)
-    return replace(alone, production=prod, production_accuracy=prod, delta=delta, lower_bound=delta - z * se, se=se,
-                   detectable_drop=z * se)
 
 
 def judge(figures: Mapping[str, SiteFigures], new_sites: set[str], rules: GateRules,

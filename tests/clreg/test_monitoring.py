@@ -23,7 +23,7 @@ from clreg.learner.streams import digits_sites, to_uint8
 from clreg.learner.train import TrainConfig
 from clreg.monitor.drift import DriftConfig
 from clreg.monitor.features import FeatureConfig
-from clreg.reference import build_reference
+from clreg.reference import embed_fn, reference_bytes, reference_sample
 from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.batches import Limits, ingest
 from clreg.registry.events import EventLog, IngestQueue
@@ -51,8 +51,8 @@ def ctx(registry: RedisRegistry, tmp_path: Path, hook: Hook) -> Context:
     torch.manual_seed(0)
     net = build_model(model.factory, {}, 1, 16, 16, 10)
     weights = ctx.artifacts.put(weights_to_bytes(net))
-    reference = ctx.artifacts.put(build_reference(stores, ctx.features, ctx.trigger.reference_samples, 0, model,
-                                                  weights, [base.id]))
+    sample = reference_sample(stores, ctx.trigger.reference_samples, 0, model, [base.id])
+    reference = ctx.artifacts.put(reference_bytes(embed_fn(stores.module(model, weights)), *sample, ctx.features))
     version = registry.register_version(ModelVersion(model=MODEL, number=1, lineage=Lineage(batch_ids=[base.id]),
                                                      artifacts={"weights": weights, "reference": reference}))
     registry.promote(MODEL, version.number, who="test", reason="fixture")

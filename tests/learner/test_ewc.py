@@ -13,7 +13,6 @@ from clreg.learner.errors import WeightsError
 from clreg.learner.ewc import (
     EWCState,
     consolidate,
-    ewc_penalty,
     fisher_diagonal,
     fisher_diagonal_vmap,
     fisher_minibatch_squared,
@@ -25,6 +24,11 @@ from clreg.learner.ewc import (
     trainable_params,
 )
 from clreg.learner.models import small_cnn
+
+
+def ewc_penalty(model: nn.Module, state: EWCState) -> torch.Tensor:
+    """sum_k sum_i F_k,i (theta_i - theta*_k,i)^2 (no lambda/2): the state's penalty, as training folds it."""
+    return quadratic_penalty(model, quadratic(state))
 
 
 def _linear(w: list[list[float]], b: list[float]) -> nn.Linear:

@@ -11,14 +11,13 @@ from clreg.learner.errors import DataError
 from clreg.learner.taskmetric import (
     METRICS,
     Scoring,
-    default_metric,
     detectable_drop,
     interval,
     paired_change,
     samples_needed,
     value,
 )
-from clreg.registry.records import Metric
+from clreg.registry.records import InputSpec, Metric, Model
 
 
 def _binary(p1: list[float]) -> np.ndarray:
@@ -42,7 +41,9 @@ def test_values_on_a_hand_case() -> None:
 
 def test_the_metric_names_agree_with_the_record() -> None:
     assert set(METRICS) == set(Metric.__args__)  # type: ignore[attr-defined]
-    assert default_metric(2) == "auroc" and default_metric(10) == "accuracy"
+    binary, digits = (Model(name="m", factory="clreg.learner.models:small_cnn",
+                            input=InputSpec(channels=1, height=8, width=8, classes=k)) for k in (2, 10))
+    assert (binary.task_metric, digits.task_metric) == ("auroc", "accuracy")
 
 
 def test_a_majority_answer_scores_high_accuracy_and_chance_auroc() -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from clreg.learner.errors import DataError, WeightsError
-from clreg.learner.ewc import EWCState, ewc_penalty, state_from_bytes
+from clreg.learner.ewc import EWCState, quadratic, quadratic_penalty, state_from_bytes
 from clreg.learner.models import load_weights, small_cnn, weights_to_bytes
 from clreg.learner.train import TrainConfig, train_site
 
@@ -53,7 +53,7 @@ def test_result_curve_state_and_device() -> None:
     assert state.sites == ["a"] and list(state.entries) == ["a"]
     model = _model(5)
     load_weights(model, result.weights)
-    assert ewc_penalty(model, state).item() == 0.0  # anchored at the returned weights
+    assert quadratic_penalty(model, quadratic(state)).item() == 0.0  # anchored at the returned weights
 
 
 def test_second_site_is_penalised_and_consolidated_separately() -> None:
