@@ -172,7 +172,9 @@ def scale(r: Json) -> str:
     cost, pages, idle = res["registry_cost"], res["pages_at_1000_versions"], res["idle_stack"]
     verdicts = ", ".join(f"{n} {k}" for k, n in sorted(s["verdicts"].items()))
     veto = "none" if s["smallest_veto_images"] is None else \
-        f"{s['smallest_veto_images']:g} image{'' if s['smallest_veto_images'] == 1 else 's'}"
+        f"{s['smallest_veto_images']:g} image{'' if s['smallest_veto_images'] == 1 else 's'} against production"
+    if s.get("smallest_veto_judged") is not None:
+        veto += f" ({s['smallest_veto_judged']:g} in the change its rule judged, since the best for the budget)"
     at = sorted(int(k) for k in s["steps_at"])
     new_bytes = cost["artifact_new_bytes_per_version"]
     lines = [

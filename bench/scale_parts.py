@@ -26,6 +26,7 @@ from clreg import context, embedded
 from clreg.client import Client, npz_bytes
 from clreg.learner.streams import digits_sites, to_uint8
 from clreg.registry.artifacts import ArtifactStore
+from clreg.registry.findings import SiteGate
 from clreg.registry.store import RedisRegistry
 from clreg.serving.config import ServeSettings
 from clreg.settings import RedisSettings, Settings
@@ -53,11 +54,22 @@ def update_row(ctx: context.Context, model: str, batch_id: str, seconds: float) 
     if report_id:
         report = ctx.registry.reports.get_gate(report_id)
         row["reasons"] = report.reasons
-        row["vetoes"] = [{"site": line.site, "delta": line.delta, "images": round(-line.delta / line.one_image, 1)
-                          if line.one_image else None, "samples": line.samples}
-                         for line in report.sites if not line.passed and line.delta is not None]
+        row["vetoes"] = [_veto(line) for line in report.sites if not line.passed and line.delta is not None]
         row["pooled_only"] = report.pooled_only
     return row
+
+
+def _veto(line: SiteGate) -> dict[str, Any]:
+    """A site that vetoed: its change against production and since its best (the forgetting budget's), in held-out
+    images; `judged` is the larger, the change the rule that vetoed saw (the site rule vetoes only past
+    min_images against production, the budget only past it since the best)."""
+    def images(change: float | None) -> float | None:
+        return round(change / line.one_image, 1) if line.one_image and change is not None else None
+    against = images(-line.delta) if line.delta is not None else None
+    since = images(line.best_value - line.candidate_value) \
+        if line.best_value is not None and line.candidate_value is not None else None
+    return {"site": line.site, "delta": line.delta, "images": against, "since_best": since, "samples": line.samples,
+            "judged": max((v for v in (against, since) if v is not None), default=None)}
 
 
 def _family(key: str, prefix: str) -> str:
@@ -184,6 +196,7 @@ def summarise(result: dict[str, Any], checkpoints: tuple[int, ...]) -> dict[str,
         "sites_in_final_lineage": max(u.get("learnt_sites") or 0 for u in updates if u["status"] == "promoted")
         if any(u["status"] == "promoted" for u in updates) else lineage,
         "smallest_veto_images": min((v["images"] for v in vetoes if v["images"] is not None), default=None),
+        "smallest_veto_judged": min((v["judged"] for v in vetoes if v.get("judged") is not None), default=None),
         "vetoes": vetoes,
     }
 

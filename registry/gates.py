@@ -170,7 +170,9 @@ def _line(site: str, fig: SiteFigures, is_new: bool, rules: GateRules, top: floa
     if fig.delta is None or fig.production is None:
         return first
     bound = -math.inf if fig.lower_bound is None else fig.lower_bound
-    few = (rules.min_images - 1) * fig.one_image  # the largest drop fewer than min_images images can make
+    # the largest drop fewer than min_images images can make; the slack keeps a difference of two values (19/22 -
+    # 21/22 is 2.0000000000000004 images in floating point) from counting as more images than it is
+    few = (rules.min_images - 1) * fig.one_image + 1e-9
     passed = -fig.delta <= few or (fig.delta >= 0.0 if is_new else bound > -rules.site_tolerance)
     if not passed:
         rule = "got worse on its new site" if is_new else f"lower bound {bound:+.3f} <= -{rules.site_tolerance:.3f}"
