@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clreg import faults
 from clreg.context import DriftStep, Stores
 from clreg.monitor.drift import DriftCheck, check_drift, save_snapshot
 from clreg.monitor.errors import MonitorError
@@ -71,6 +72,7 @@ def record(stores: Stores, step: DriftStep, found: DriftCheck, report: DriftRepo
     html = gzip.compress(found.html.encode(), compresslevel=6, mtime=0)
     report = report.model_copy(update={"html_artifact": stores.artifacts.put(html)})
     report = stores.registry.reports.put_drift(report)  # the first check of record, where a replay checks again
+    faults.reach("during_drift")  # stored, its events and alert not yet
     _snapshot(step.workspace, report, found.snapshot)
     # once per report, though a replay after a crash runs the check again
     stores.events.append_once(report.model, "drift.checked", ("report",), batch=report.batch_id, site=report.site,

@@ -66,29 +66,28 @@ def process(ctx: Context, worker: Worker, batch_id: str) -> Outcome:
     if batch.locked:  # a locked test set: scored for every version, never drift-checked, pending or learnt
         locking.admit(ctx.stores, model, batch)
         return Outcome.DONE
+    production = ctx.stores.production(model.name)  # for the drift check and the trigger; the update reads its own
     if state.status is BatchStatus.RECEIVED:
         faults.reach("after_receive")
-        report = _drift(ctx, model, batch)
-        faults.reach("during_drift")
+        report = _drift(ctx, model, batch, production)
         ctx.registry.batches.add_pending(model.name, batch.id)
         state = BatchState(status=BatchStatus.DRIFT_CHECKED, drift_report_id=report.id if report else None)
         ctx.registry.batches.set_state(batch.id, state)
-    if state.status is BatchStatus.DRIFT_CHECKED and not _triggers(ctx, model, batch, state.drift_report_id):
+    if state.status is BatchStatus.DRIFT_CHECKED and not _triggers(ctx, batch, production, state.drift_report_id):
         return Outcome.DONE
     return update(ctx, worker, model)
 
 
-def _drift(ctx: Context, model: Model, batch: Batch) -> DriftReport | None:
+def _drift(ctx: Context, model: Model, batch: Batch, production: ModelVersion | None) -> DriftReport | None:
     try:
-        return check_batch(ctx.stores, ctx.drift, model, batch, ctx.stores.production(model.name))
+        return check_batch(ctx.stores, ctx.drift, model, batch, production)
     except MonitorError as e:  # a failed check must not block learning; ops see the failure
         ctx.events.append(model.name, "drift.failed", batch=batch.id, error=str(e))
         return None
 
 
-def _triggers(ctx: Context, model: Model, batch: Batch, report_id: str | None) -> bool:
+def _triggers(ctx: Context, batch: Batch, production: ModelVersion | None, report_id: str | None) -> bool:
     """A new site, detected drift, or enough samples waiting."""
-    production = ctx.stores.production(model.name)
     if production is None:
         return True
     if ctx.trigger.on_new_site and batch.site not in production.lineage.sites:
@@ -96,7 +95,7 @@ def _triggers(ctx: Context, model: Model, batch: Batch, report_id: str | None) -
     report: DriftReport | None = ctx.registry.reports.get_drift(report_id) if report_id else None
     if ctx.trigger.on_drift and report is not None and report.drift:
         return True
-    waiting = sum(ctx.registry.batches.get(b).samples for b in ctx.registry.batches.pending(model.name))
+    waiting = sum(ctx.registry.batches.get(b).samples for b in ctx.registry.batches.pending(batch.model))
     return waiting >= ctx.trigger.min_new_samples
 
 
