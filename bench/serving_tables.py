@@ -58,6 +58,22 @@ def serving(r: Json) -> str:
                  rows)
 
 
+def serving_alone(r: Json) -> str:
+    """The stack as `clreg up` starts it against a bare Serve deployment alone on the box, one at a time."""
+    alone = r.get("clreg_up_vs_bare_alone")
+    if not alone:
+        return "*Not measured yet: run `python bench/serving.py`, then `python bench/tables.py`.*"
+    cells = alone["cells"]
+    rows = []
+    for clients in r["settings"]["clients"]:
+        up, bare = cells[f"clreg up@{clients}"], cells[f"bare alone@{clients}"]
+        rows.append([str(clients), f"{up['rps']:.0f}", f"{bare['rps']:.0f}", f"**{up['rps'] / bare['rps']:.2f}**",
+                     f"{num(up['p50_ms'])} / {num(up['p99_ms'])}", f"{num(bare['p50_ms'])} / {num(bare['p99_ms'])}",
+                     str(up["errors"] + bare["errors"])])
+    return table(["clients", "req/s clreg up", "req/s bare alone", "clreg up / bare", "p50 / p99 ms clreg up",
+                  "p50 / p99 ms bare", "failed"], rows)
+
+
 PIPELINE_STEPS = {
     "ingest": "ingest (HTTP push to 202, on disk)",
     "pickup": "pickup (202 until the daemon starts on it)",

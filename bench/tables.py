@@ -60,6 +60,7 @@ RENDERERS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {  # block: (r
     "calibration": (("calibration",), lambda: learning.calibration(load("calibration"))),
     "drift": (("drift",), lambda: learning.drift(load("drift"))),
     "serving": (("serving",), lambda: serving.serving(load("serving"))),
+    "serving-alone": (("serving",), lambda: serving.serving_alone(load("serving"))),
     "sites": (("sites",), lambda: learning.sites(load("sites"))),
     "pipeline": (("pipeline",), lambda: serving.pipeline(load("pipeline"))),
     "console": (("console",), lambda: serving.console(load("console"))),
