@@ -43,7 +43,7 @@ from clreg.registry.replicas import Replicas  # noqa: E402
 from clreg.registry.shadow import Shadows  # noqa: E402
 from clreg.registry.store import RedisRegistry  # noqa: E402
 from clreg.serving import deploy  # noqa: E402
-from clreg.serving.config import ServingConfig  # noqa: E402
+from clreg.serving.config import ServeSettings  # noqa: E402
 from clreg.serving.model_server import read_moves  # noqa: E402
 from clreg.settings import RedisSettings, Settings  # noqa: E402
 
@@ -171,7 +171,7 @@ def run() -> dict[str, Any]:
     side, mult = MODELS[KIND]
     body = _body(side)
     with tempfile.TemporaryDirectory() as home:
-        serve_cfg = ServingConfig(port=8796, replicas=REPLICAS, models_per_replica=PER_REPLICA)
+        serve_cfg = ServeSettings(port=8796, replicas=REPLICAS, models_per_replica=PER_REPLICA)
         stack = embedded.start(Settings(home=Path(home), redis=RedisSettings(prefix="bench-mux"), serve=serve_cfg))
         try:
             reg, store = RedisRegistry(stack.store), ArtifactStore(stack.settings.artifacts())

@@ -25,7 +25,7 @@ from clreg.registry.connection import StoreConfig
 from clreg.registry.daemons import pid_alive
 from clreg.registry.status import StuckRule
 from clreg.serving import deploy
-from clreg.serving.config import ServingConfig
+from clreg.serving.config import ServeSettings, ServingConfig
 from clreg.settings import RaySettings, Settings
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,8 @@ def serving_config(settings: Settings, store: StoreConfig, secrets: dict[str, st
     """
     digests = {} if secrets is None else {
         "admin_token_sha256": token_sha256(secrets["admin"]), "ops_token_sha256": token_sha256(secrets["ops"])}
-    return ServingConfig(**{**settings.serve.model_dump(), **digests}, store=store,
+    own = settings.serve.model_dump(include=set(ServeSettings.model_fields))  # never what the stack adds
+    return ServingConfig(**{**own, **digests}, store=store,
                          artifacts_url=settings.artifacts(), heldout_fraction=settings.heldout_fraction,
                          inputs=settings.watch.inputs, webhooks=settings.webhook,
                          stuck=StuckRule(after_s=settings.daemon.stuck_after_s,
