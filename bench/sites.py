@@ -102,8 +102,8 @@ def drifted(net: Any, ref: Reference, x: np.ndarray, seed: int) -> float:
     """1.0 when the watch's drift check flags these images against the site's reference, else 0.0."""
     current = batch_features(embed_fn(net), ref, x, None)
     check = check_drift(ref, current, report_id="bench", model="bench", site="site", batch_id="b" * 64,
-                        reference_version=None, cfg=DriftConfig(seed=seed), render=False)
-    return float(check.report.drift)
+                        cfg=DriftConfig(seed=seed), render=False)
+    return float(check.findings.drift)
 
 
 def seed_figures(nets: dict[str, Any], folds: dict[str, tuple[Arrays, Arrays]], refs: dict[str, Reference],
