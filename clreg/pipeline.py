@@ -66,16 +66,22 @@ def process(ctx: Context, worker: Worker, batch_id: str) -> Outcome:
     if batch.locked:  # a locked test set: scored for every version, never drift-checked, pending or learnt
         locking.admit(ctx.stores, model, batch)
         return Outcome.DONE
-    production = ctx.stores.production(model.name)  # for the drift check and the trigger; the update reads its own
+    if state.status in (BatchStatus.RECEIVED, BatchStatus.DRIFT_CHECKED) and not _checked(ctx, model, batch, state):
+        return Outcome.DONE
+    return update(ctx, worker, model)
+
+
+def _checked(ctx: Context, model: Model, batch: Batch, state: BatchState) -> bool:
+    """Drift-check a received batch (once) and say whether it triggers an update; one production read serves
+    both (the update reads its own, under its lease)."""
+    production = ctx.stores.production(model.name)
     if state.status is BatchStatus.RECEIVED:
         faults.reach("after_receive")
         report = _drift(ctx, model, batch, production)
         ctx.registry.batches.add_pending(model.name, batch.id)
         state = BatchState(status=BatchStatus.DRIFT_CHECKED, drift_report_id=report.id if report else None)
         ctx.registry.batches.set_state(batch.id, state)
-    if state.status is BatchStatus.DRIFT_CHECKED and not _triggers(ctx, batch, production, state.drift_report_id):
-        return Outcome.DONE
-    return update(ctx, worker, model)
+    return _triggers(ctx, batch, production, state.drift_report_id)
 
 
 def _drift(ctx: Context, model: Model, batch: Batch, production: ModelVersion | None) -> DriftReport | None:
