@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,18 @@ class Stores:
             parent = version.lineage.parent
             version = None if parent is None else self.registry.get_version(version.model, parent)
         return ids
+
+    def images(self, model: Model) -> Callable[[str], np.ndarray]:
+        """A batch's images by its id (what a replay memory stored by reference is read from)."""
+        return lambda batch_id: self.arrays(model, self.registry.batches.get(batch_id))[0]
+
+    def train_refs(self, batch_ids: list[str]) -> dict[str, list[tuple[str, int]]]:
+        """Per site, where each training sample of the batches lies (batch id, row), in split_by_site's order."""
+        refs: dict[str, list[tuple[str, int]]] = {}
+        for batch_id in batch_ids:
+            batch = self.registry.batches.get(batch_id)
+            refs.setdefault(batch.site, []).extend((batch_id, int(i)) for i in batch.train_index)
+        return refs
 
     def split_by_site(self, model: Model, batch_ids: list[str], part: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per site, the concatenated train or held-out samples of the given batches."""

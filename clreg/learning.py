@@ -52,14 +52,15 @@ def learn(stores: Stores, train: TrainConfig, cfg: SearchConfig, model: Model, p
     parent = parent_artifacts(stores, model, production)
     new_ids = [b.id for b in batches]
     new = stores.split_by_site(model, new_ids, "train")
-    memory = search.memory_of(stores.artifacts, production)
+    memory = search.memory_of(stores, model, production)
     data = search.update_data(stores.registry, new, memory, cfg.val_fraction, train.seed)
     whole = search.update_data(stores.registry, new, memory, cfg.val_fraction, train.seed, carved=False) \
         if cfg.refit else None
     found = search.run(cfg, model, data, train, scale, parent, progress, stop, refit=whole)
+    refs = stores.train_refs(new_ids)
     for site, (x, y) in new.items():  # remembered for later updates: all its training samples, where allowed
         if site in data.replayable:
-            memory.add(site, x, y, cfg.replay_capacity, train.seed)
+            memory.add(site, x, y, cfg.replay_capacity, train.seed, refs[site])
     memory.sites = {s: m for s, m in memory.sites.items() if s in new or search.allows_replay(stores.registry, s)}
     return Learnt(batches=batches, found=found, memory=memory, seed=train.seed, train_s=time.perf_counter() - started)
 

@@ -4,10 +4,11 @@ The EWC state of every earlier site and the rehearsal memory of every replayable
 written whole with each version: at fifty sites, fifty Fisher diagonals and anchors per version. Stored in
 parts, each entry's Fisher, each anchor and each site's reservoir is its own content-addressed artifact
 (unchanged ones hash to the digest already stored), and an anchor that is exactly the version's weights is
-not stored at all. The version's artifact map names every part (`ewc/<site>/fisher`, `ewc/<site>/anchor`,
-`replay/<site>`; an anchor may name a weights artifact), so retention sees what each version uses; `ewc` and
-`replay` hold small indexes. Versions
-written before parts keep their whole `ewc` and `replay` artifacts, which read as before.
+not stored at all. A reservoir is stored as references to the batches its samples came from (learner.replay),
+so a changed one costs kilobytes, not its images. The version's artifact map names every part
+(`ewc/<site>/fisher`, `ewc/<site>/anchor`, `replay/<site>`; an anchor may name a weights artifact), so
+retention sees what each version uses; `ewc` and `replay` hold small indexes. Versions written before parts
+keep their whole `ewc` and `replay` artifacts, which read as before.
 """
 
 from __future__ import annotations
@@ -73,13 +74,14 @@ def put_replay(store: ArtifactStore, memory: Memory) -> Digests:
     return {**out, Artifact.REPLAY.value: store.put(replay.index_to_bytes(memory))}
 
 
-def get_replay(store: ArtifactStore, artifacts: Digests) -> Memory:
-    """The version's replay memory (empty where it has none)."""
+def get_replay(store: ArtifactStore, artifacts: Digests, images: replay.Images | None = None) -> Memory:
+    """The version's replay memory (empty where it has none); a site stored by reference reads its samples'
+    images through `images` (Stores.images)."""
     digest = artifacts.get(Artifact.REPLAY.value)
     if digest is None:
         return Memory()
     data = store.get(digest)
     if not replay.is_index(data):  # a version from before parts
         return replay.memory_from_bytes(data)
-    return Memory({site: replay.site_from_bytes(store.get(artifacts[f"replay/{site}"]))
+    return Memory({site: replay.site_from_bytes(store.get(artifacts[f"replay/{site}"]), images)
                    for site in replay.index_from_bytes(data)})

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clreg import parts
+from clreg.context import Stores
 from clreg.gating import scoring_of
 from clreg.learner.errors import TrainingFailed
 from clreg.learner.models import normalisation_of
@@ -23,7 +24,6 @@ from clreg.learner.remote import search_on_ray
 from clreg.learner.replay import Memory
 from clreg.learner.train import TrainConfig
 from clreg.learner.update import UpdateData, UpdateResult
-from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.errors import NotFound
 from clreg.registry.records import Model, ModelVersion
 from clreg.registry.store import RedisRegistry
@@ -61,8 +61,9 @@ def allows_replay(registry: RedisRegistry, site: str) -> bool:
         return True
 
 
-def memory_of(artifacts: ArtifactStore, version: ModelVersion | None) -> Memory:
-    return parts.get_replay(artifacts, version.artifacts) if version else Memory()
+def memory_of(stores: Stores, model: Model, version: ModelVersion | None) -> Memory:
+    """The version's replay memory, its images read from the batches it references."""
+    return parts.get_replay(stores.artifacts, version.artifacts, stores.images(model)) if version else Memory()
 
 
 def update_data(registry: RedisRegistry, new: dict[str, Arrays], memory: Memory, fraction: float, seed: int,

@@ -5,16 +5,18 @@ policy allows it keeps a reservoir (Algorithm R, seeded, so the same stream give
 most `capacity` training samples, never held-out ones; an update mixes minibatches drawn from it into the
 new site's. Under per-site BatchNorm a replayed minibatch goes through its own site's BatchNorm (running
 statistics and scale/shift held fixed), so only the shared weights learn from it.
-The memory travels as a version artifact: uint8 images and labels, safetensors. uint8 images are kept as they
-came, float32 ones quantised to 1/255 (exact for the registry's float32, which is uint8 / 255): a quarter of
-float32's bytes, in the artifact, on the device and in Ray's object store; a replayed minibatch is made
-float32 only when it is drawn (learner.images).
+In memory the images are uint8 as they came, float32 ones quantised to 1/255 (exact for the registry's float32,
+which is uint8 / 255): a quarter of float32's bytes, on the device and in Ray's object store; a replayed
+minibatch is made float32 only when it is drawn (learner.images). Stored, a site's reservoir is references:
+where each kept sample already lies (a batch id and its row there) and its label, so a version whose reservoir
+changed stores a few kilobytes rather than the images again (`site_to_bytes`); a reservoir whose samples
+came without references stores its images.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,10 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clreg.learner import tensorfile
+from clreg.learner.errors import WeightsError
 from clreg.learner.images import as_float
 from clreg.learner.sitebn import BN, SiteBN
 
 FORMAT = "clreg-replay/1"
+Ref = tuple[str, int]  # where a sample is stored: its batch's id and its row there
+Images = Callable[[str], np.ndarray]  # a batch's images [N, C, H, W] by its id: what references are read from
 
 
 @dataclass
@@ -36,6 +41,7 @@ class SiteMemory:
     x: np.ndarray  # uint8 [N, C, H, W]
     y: np.ndarray  # int64 [N]
     seen: int
+    refs: list[Ref] | None = None  # where each kept sample is stored; None when some came without one
 
 
 @dataclass
@@ -44,24 +50,31 @@ class Memory:
 
     sites: dict[str, SiteMemory] = field(default_factory=dict)
 
-    def add(self, site: str, x: np.ndarray, y: np.ndarray, capacity: int, seed: int) -> None:
-        """Offer a site's new training samples (uint8, or float32 in [0, 1]) to its reservoir."""
+    def add(self, site: str, x: np.ndarray, y: np.ndarray, capacity: int, seed: int,
+            refs: Sequence[Ref] | None = None) -> None:
+        """Offer a site's new training samples (uint8, or float32 in [0, 1]) to its reservoir; `refs` says where
+        each is stored (the reservoir is stored as references while every sample it keeps has one)."""
         old = self.sites.get(site)
         images = _as_uint8(x)
         keep_x = list(old.x) if old else []
         keep_y = list(old.y) if old else []
+        keep_refs: list[Ref | None] = list(old.refs or [None] * len(old.y)) if old else []
+        offered: Sequence[Ref | None] = refs if refs is not None else [None] * len(y)
         seen = old.seen if old else 0
         rng = np.random.default_rng([seed, seen, len(y)])  # deterministic for the same stream of batches
-        for image, label in zip(images, np.asarray(y, np.int64), strict=True):
+        for image, label, ref in zip(images, np.asarray(y, np.int64), offered, strict=True):
             if len(keep_y) < capacity:
                 keep_x.append(image)
                 keep_y.append(label)
+                keep_refs.append(ref)
             else:
                 slot = int(rng.integers(0, seen + 1))
                 if slot < capacity:
-                    keep_x[slot], keep_y[slot] = image, label
+                    keep_x[slot], keep_y[slot], keep_refs[slot] = image, label, ref
             seen += 1
-        self.sites[site] = SiteMemory(np.stack(keep_x), np.asarray(keep_y, np.int64), seen)
+        known = [r for r in keep_refs if r is not None]
+        self.sites[site] = SiteMemory(np.stack(keep_x), np.asarray(keep_y, np.int64), seen,
+                                      known if len(known) == len(keep_refs) else None)
 
     def arrays(self, site: str) -> tuple[np.ndarray, np.ndarray]:
         """A site's remembered samples as stored, uint8 [N, C, H, W], and int64 labels: learner.models.to_tensor
@@ -96,7 +109,8 @@ def memory_from_bytes(data: bytes) -> Memory:
 
 
 # A memory stored in parts (clreg.parts): one artifact per site, so a site's unchanged reservoir is stored once.
-SITE_FORMAT = "clreg-replay-site/1"
+SITE_FORMAT = "clreg-replay-site/1"  # the images themselves
+REFS_FORMAT = "clreg-replay-refs/1"  # where the images are stored, and the labels
 INDEX_FORMAT = "clreg-replay-index/1"
 
 
@@ -115,13 +129,40 @@ def index_from_bytes(data: bytes) -> list[str]:
 
 
 def site_to_bytes(memory: SiteMemory) -> bytes:
-    return tensorfile.dump({"x": torch.from_numpy(memory.x), "y": torch.from_numpy(memory.y)}, SITE_FORMAT,
-                           {"seen": memory.seen})
+    """A site's reservoir as references where every sample has one, else as its images."""
+    if memory.refs is None:
+        return tensorfile.dump({"x": torch.from_numpy(memory.x), "y": torch.from_numpy(memory.y)}, SITE_FORMAT,
+                               {"seen": memory.seen})
+    sources = sorted({batch for batch, _ in memory.refs})
+    number = {batch: i for i, batch in enumerate(sources)}
+    return tensorfile.dump({"source": torch.tensor([number[b] for b, _ in memory.refs], dtype=torch.int32),
+                            "row": torch.tensor([row for _, row in memory.refs], dtype=torch.int64),
+                            "y": torch.from_numpy(memory.y)}, REFS_FORMAT, {"seen": memory.seen, "sources": sources})
 
 
-def site_from_bytes(data: bytes) -> SiteMemory:
-    tensors, info = tensorfile.load(data, SITE_FORMAT, "replay site")
-    return SiteMemory(tensors["x"].numpy(), tensors["y"].numpy(), int(info["seen"]))
+def site_from_bytes(data: bytes, images: Images | None = None) -> SiteMemory:
+    """Inverse of site_to_bytes; references are read through `images` (WeightsError without it, or for a row
+    its batch does not have)."""
+    if tensorfile.format_of(data) != REFS_FORMAT:
+        tensors, info = tensorfile.load(data, SITE_FORMAT, "replay site")
+        return SiteMemory(tensors["x"].numpy(), tensors["y"].numpy(), int(info["seen"]))
+    tensors, info = tensorfile.load(data, REFS_FORMAT, "replay site")
+    if images is None:
+        raise WeightsError("a replay memory stored by reference is read with its batches' images")
+    source, row = tensors["source"].numpy(), tensors["row"].numpy()
+    x: np.ndarray | None = None
+    for i, batch in enumerate(info["sources"]):
+        mine = np.flatnonzero(source == i)
+        stored = images(batch)
+        if int(row[mine].max()) >= len(stored):
+            raise WeightsError(f"replay memory names row {int(row[mine].max())} of batch {batch}, which has "
+                               f"{len(stored)}")
+        if x is None:
+            x = np.empty((len(row), *stored.shape[1:]), np.uint8)
+        x[mine] = _as_uint8(stored[row[mine]])
+    assert x is not None  # a stored reservoir holds at least one sample
+    refs = [(info["sources"][s], int(r)) for s, r in zip(source, row, strict=True)]
+    return SiteMemory(x, tensors["y"].numpy(), int(info["seen"]), refs)
 
 
 @contextlib.contextmanager

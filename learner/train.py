@@ -90,6 +90,11 @@ class TrainConfig(BaseModel):
     # per_site: each site its own BatchNorm (learner.sitebn).
     bn_policy: Literal["update", "freeze", "shared_frozen", "per_site"] = "per_site"
     class_weighted: bool = False
+    # A site learnt again keeps the Fisher of when it was first learnt, re-anchored at the new weights (False), or
+    # has it estimated again on its new samples (True). EWC's quadratic already assumes the curvature changes
+    # little near the anchor, and the penalty keeps the weights there; keeping it saves a Fisher's time and, at
+    # 224 pixels, a weights-sized artifact for every version that adds no site.
+    refresh_fisher: bool = False
     fisher_samples: int | None = Field(default=512, ge=1)
     fisher_estimator: Literal["per_sample", "minibatch_squared"] = "per_sample"
     fisher_chunk: int | None = Field(default=None, ge=1)  # samples per Fisher chunk; None: sized to the budget
@@ -339,11 +344,23 @@ def _consolidated(model: nn.Module, ewc: EWCState, site: str, x: Tensor, y: Tens
     """The EWC state with this site's Fisher at the trained weights (eval mode) consolidated into it; per-site
     BatchNorm parameters are the site's own, so neither penalised nor consolidated."""
     model.eval()
-    fisher, anchor = _fisher(model, x, y, cfg), trainable_params(model)
+    anchor = trainable_params(model)
     if cfg.bn_policy == "per_site":
-        skip = bn_param_names(model)
-        fisher, anchor = ({k: v for k, v in d.items() if k not in skip} for d in (fisher, anchor))
+        anchor = {k: v for k, v in anchor.items() if k not in bn_param_names(model)}
+    kept = _kept_fisher(ewc, site, anchor, cfg)
+    if kept is not None:
+        return consolidate(ewc, site, kept, anchor)
+    fisher = {k: v for k, v in _fisher(model, x, y, cfg).items() if k in anchor}
     return consolidate(ewc, site, *_carried(ewc, fisher, anchor, model))
+
+
+def _kept_fisher(ewc: EWCState, site: str, anchor: dict[str, Tensor], cfg: TrainConfig) -> dict[str, Tensor] | None:
+    """The site's own Fisher, where it is kept rather than estimated again: separate mode, a site learnt before
+    whose entry covers every parameter consolidated now, and refresh_fisher off."""
+    entry = ewc.entries.get(site) if ewc.mode == "separate" and not cfg.refresh_fisher else None
+    if entry is None or not set(anchor) <= set(entry.fisher):
+        return None
+    return {k: entry.fisher[k] for k in anchor}
 
 
 def _joined(parts: list[Tensor]) -> Tensor:

@@ -156,7 +156,7 @@ def test_no_locked_batch_reaches_training_replay_or_selection(learnt: Learnt) ->
         version = view.version
         learnt_ids = stores.learnt_batches(version)
         assert not locked_ids & set(learnt_ids), version.number
-        memory = parts.get_replay(stores.artifacts, version.artifacts)
+        memory = parts.get_replay(stores.artifacts, version.artifacts, stores.images(stores.registry.get_model(M)))
         assert {f"replay/{s}" for s in memory.sites} <= set(version.artifacts)
         for site, (x, _) in ((s, memory.arrays(s)) for s in memory.sites):
             kept = {row.tobytes() for row in x}
@@ -170,7 +170,8 @@ def test_no_locked_batch_reaches_training_replay_or_selection(learnt: Learnt) ->
         assert {s: v.heldout for s, v in stored.items()} == {s: scores.heldout_digest(i) for s, i in by_site.items()}
         gate = stores.registry.reports.get_gate(view.gate_report_id or "")
         assert {line.site: line.samples for line in gate.sites} == heldout
-    replayed = parts.get_replay(stores.artifacts, stores.registry.get_version(M, 3).artifacts).arrays("base")[0]
+    replayed = parts.get_replay(stores.artifacts, stores.registry.get_version(M, 3).artifacts,
+                                stores.images(stores.registry.get_model(M))).arrays("base")[0]
     assert {row.tobytes() for row in replayed} & learnt.trained["base"]  # the comparison sees what replay keeps
 
 

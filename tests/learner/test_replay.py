@@ -6,13 +6,24 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from clreg.learner import tensorfile
+from clreg.learner.errors import WeightsError
 from clreg.learner.evaluate import predict_logits, site_metrics
 from clreg.learner.ewc import EWCState
 from clreg.learner.models import load_weights, small_cnn
-from clreg.learner.replay import FORMAT, Memory, Rehearsal, memory_from_bytes, memory_to_bytes, site_logits
+from clreg.learner.replay import (
+    FORMAT,
+    Memory,
+    Rehearsal,
+    memory_from_bytes,
+    memory_to_bytes,
+    site_from_bytes,
+    site_logits,
+    site_to_bytes,
+)
 from clreg.learner.sitebn import bank_from_bytes, site_model
 from clreg.learner.streams import digits_sites
 from clreg.learner.train import TrainConfig, train_site
@@ -54,6 +65,41 @@ def test_a_uint8_batch_stays_uint8_at_a_quarter_of_the_bytes() -> None:
     float_batch = Memory()  # the registry's float32 (uint8 / 255) quantises back to the same bytes
     float_batch.add("a", images.astype(np.float32) / 255.0, labels, capacity=100, seed=0)
     assert memory_to_bytes(float_batch) == memory_to_bytes(memory)
+
+
+def test_a_reservoir_with_references_stores_where_its_samples_lie_and_reads_them_back_exactly() -> None:
+    rng = np.random.default_rng(3)
+    batches = {f"b{i}": rng.integers(0, 256, (30, 1, 32, 32), dtype=np.uint8) for i in range(3)}
+    labels = {b: rng.integers(0, 2, 30) for b in batches}
+    memory = Memory()
+    for b, x in batches.items():
+        memory.add("a", x, labels[b], capacity=40, seed=0, refs=[(b, i) for i in range(30)])
+    site = memory.sites["a"]
+    assert site.refs is not None and len(site.refs) == 40 and site.seen == 90
+    assert all(np.array_equal(site.x[k], batches[b][r]) and site.y[k] == labels[b][r]
+               for k, (b, r) in enumerate(site.refs))  # each slot's reference names the sample it holds
+    read: list[str] = []
+    stored = site_to_bytes(site)
+    back = site_from_bytes(stored, lambda b: read.append(b) or batches[b].astype(np.float32) / 255.0)
+    assert np.array_equal(back.x, site.x) and back.x.dtype == np.uint8 and np.array_equal(back.y, site.y)
+    assert back.refs == site.refs and back.seen == 90 and sorted(read) == sorted({b for b, _ in site.refs})
+    assert len(stored) < 512 + 20 * 40 < site.x.nbytes / 30  # a source, a row and a label a sample: no images
+    with pytest.raises(WeightsError, match="with its batches' images"):
+        site_from_bytes(stored)
+    with pytest.raises(WeightsError, match="row 29 of batch b"):
+        site_from_bytes(stored, lambda b: batches[b][:5])
+
+
+def test_a_reservoir_holding_a_sample_without_a_reference_stores_images() -> None:
+    rng = np.random.default_rng(4)
+    memory = Memory()
+    memory.add("a", rng.integers(0, 256, (5, 1, 8, 8), dtype=np.uint8), np.zeros(5, np.int64), 10, 0,
+               refs=[("b0", i) for i in range(5)])
+    memory.add("a", rng.integers(0, 256, (3, 1, 8, 8), dtype=np.uint8), np.ones(3, np.int64), 10, 0)
+    site = memory.sites["a"]
+    assert site.refs is None and len(site.y) == 8
+    back = site_from_bytes(site_to_bytes(site))  # no images needed: they are in the bytes
+    assert np.array_equal(back.x, site.x) and np.array_equal(back.y, site.y)
 
 
 def test_training_on_uint8_images_equals_training_on_their_float32() -> None:

@@ -66,6 +66,27 @@ def test_second_site_is_penalised_and_consolidated_separately() -> None:
     assert list(state_from_bytes(second.ewc_state).entries) == ["a", "b"]
 
 
+def test_a_site_learnt_again_keeps_its_fisher_re_anchored_unless_asked_to_refresh_it() -> None:
+    model = _model()
+    first = train_site(model, *_data(0), "a", EWCState(), FAST)
+    load_weights(model, first.weights)
+    before = state_from_bytes(first.ewc_state).entries["a"]
+    again = train_site(copy.deepcopy(model), *_data(1), "a", state_from_bytes(first.ewc_state), FAST)
+    kept = state_from_bytes(again.ewc_state).entries["a"]
+    assert kept.fisher.keys() == before.fisher.keys() and all(
+        torch.equal(kept.fisher[k], before.fisher[k]) for k in before.fisher)  # not estimated again
+    trained = _model(5)
+    load_weights(trained, again.weights)
+    params = dict(trained.named_parameters())
+    assert kept.anchor and all(torch.equal(v, params[k].detach()) for k, v in kept.anchor.items())  # the new weights
+    assert not all(torch.equal(kept.anchor[k], before.anchor[k]) for k in before.anchor)
+    refreshed = train_site(copy.deepcopy(model), *_data(1), "a", state_from_bytes(first.ewc_state),
+                           FAST.model_copy(update={"refresh_fisher": True}))
+    fresh = state_from_bytes(refreshed.ewc_state).entries["a"]
+    assert not all(torch.equal(fresh.fisher[k], before.fisher[k]) for k in before.fisher)
+    assert again.fisher_seconds < refreshed.fisher_seconds
+
+
 def test_online_mode_keeps_one_entry() -> None:
     cfg = FAST.model_copy(update={"ewc_mode": "online", "ewc_gamma": 0.5})
     model = _model()
