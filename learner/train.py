@@ -90,10 +90,8 @@ class TrainConfig(BaseModel):
     # per_site: each site its own BatchNorm (learner.sitebn).
     bn_policy: Literal["update", "freeze", "shared_frozen", "per_site"] = "per_site"
     class_weighted: bool = False
-    # A site learnt again keeps the Fisher of when it was first learnt, re-anchored at the new weights (False), or
-    # has it estimated again on its new samples (True). EWC's quadratic already assumes the curvature changes
-    # little near the anchor, and the penalty keeps the weights there; keeping it saves a Fisher's time and, at
-    # 224 pixels, a weights-sized artifact for every version that adds no site.
+    # A site learnt again keeps its first Fisher, re-anchored at the new weights (False: EWC assumes the curvature
+    # moves little near the anchor; saves a Fisher's time and a weights-sized artifact a version), or re-estimates it.
     refresh_fisher: bool = False
     fisher_samples: int | None = Field(default=512, ge=1)
     fisher_estimator: Literal["per_sample", "minibatch_squared"] = "per_sample"
