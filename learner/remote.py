@@ -27,7 +27,7 @@ from clreg.learner.evaluate import predict_logits
 from clreg.learner.ewc import EWCState, state_from_bytes
 from clreg.learner.models import MeanStd, build_model, embed, load_weights, to_tensor
 from clreg.learner.sitebn import bank_from_bytes
-from clreg.learner.train import TrainConfig, TrainResult
+from clreg.learner.train import TrainConfig
 from clreg.learner.update import UpdateData, UpdateResult, train_update
 
 Progress = Callable[[int, str, dict], None]  # (candidate index, site, curve row)
@@ -162,26 +162,6 @@ def search_on_ray(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int,
     finally:
         if relay is not None:
             ray.kill(relay)
-
-
-def train_on_ray(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int, int, int, int],
-                 weights: bytes | None, ewc_state: bytes | None, x: np.ndarray, y: np.ndarray, site: str,
-                 cfg: TrainConfig, timeout_s: float = 600, bn_bank: bytes | None = None,
-                 progress: Callable[[dict], None] | None = None, poll_s: float = 0.5,
-                 stop: threading.Event | None = None, normalisation: MeanStd | None = None) -> TrainResult:
-    """Train one site with one setting in a Ray task (a search of one candidate).
-
-    Raises:
-        TrainingFailed: the task raised, its worker died twice, or it ran past timeout_s.
-        TrainingInterrupted: `stop` was set while the task ran.
-    """
-    relay_rows = (lambda _c, _s, row: progress(row)) if progress is not None else None
-    [outcome] = search_on_ray(factory, factory_kwargs, spec, weights, ewc_state, bn_bank,
-                              UpdateData(sites=[(site, x, y)]), [cfg], relay_rows, timeout_s, poll_s, stop,
-                              normalisation=normalisation)
-    if isinstance(outcome, TrainingFailed):
-        raise TrainingFailed(f"training on site {site!r} {str(outcome).removeprefix('training ')}")
-    return outcome.result
 
 
 EMBED_CHUNK = 64  # reference images per forward pass in the answering task (a 224-px DenseNet's stay small)

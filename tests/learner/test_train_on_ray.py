@@ -12,9 +12,10 @@ import torch
 from clreg.learner.errors import TrainingFailed
 from clreg.learner.ewc import EWCState, state_from_bytes
 from clreg.learner.models import DEFAULT_FACTORY, build_model
-from clreg.learner.remote import resource_request, train_on_ray
+from clreg.learner.remote import resource_request
 from clreg.learner.sitebn import bank_from_bytes
 from clreg.learner.train import TrainConfig, train_site
+from tests.learner.one_candidate import train_on_ray
 
 CFG = TrainConfig(epochs=1, batch_size=16, fisher_samples=16)
 SPEC = (1, 16, 16, 10)

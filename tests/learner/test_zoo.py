@@ -211,7 +211,7 @@ def test_per_site_batchnorm_trains_and_routes_a_zoo_network() -> None:
 def test_the_ray_task_normalises_as_the_model_does(ray_session: None) -> None:
     """Training in a Ray task with the model's normalisation gives the weights in-process training of
     network_for(model) gives, and not those of the same training without it."""
-    from clreg.learner.remote import train_on_ray
+    from tests.learner.one_candidate import train_on_ray
 
     rng = np.random.default_rng(0)
     x, y = rng.random((16, 1, 16, 16), dtype=np.float32), rng.integers(0, 3, 16)
