@@ -38,6 +38,7 @@ class Stores:
     cache_batches: int = 256
     _arrays: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=OrderedDict, compare=False)
     _arrays_lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
+    _learnt: OrderedDict[tuple[str, int, float], tuple[str, ...]] = field(default_factory=OrderedDict, compare=False)
 
     def arrays(self, model: Model, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """A batch's (x, y); the most recently used batches stay in memory (batches are immutable). The daemon's
@@ -73,13 +74,27 @@ class Stores:
         return self.registry.version_by_alias(model)
 
     def learnt_batches(self, version: ModelVersion | None) -> list[str]:
-        """Every batch id a version has learnt, following its parents back to the first version."""
-        ids: list[str] = []
+        """Every batch id a version has learnt, following its parents back to the first version. A version's
+        lineage never changes, so each version's answer is kept: an update's assembly, its gate and the next
+        update walk one version, not fifty (its creation time is in the key: a model made again has other versions)."""
+        chain: list[ModelVersion] = []
+        known: tuple[str, ...] = ()
         while version is not None:
-            ids = version.lineage.batch_ids + ids
+            with self._arrays_lock:
+                found = self._learnt.get((version.model, version.number, version.created_at))
+            if found is not None:
+                known = found
+                break
+            chain.append(version)
             parent = version.lineage.parent
             version = None if parent is None else self.registry.get_version(version.model, parent)
-        return ids
+        for v in reversed(chain):
+            known += tuple(v.lineage.batch_ids)
+            with self._arrays_lock:
+                self._learnt[(v.model, v.number, v.created_at)] = known
+                while len(self._learnt) > self.cache_batches:  # the most recent versions are the ones walked
+                    self._learnt.popitem(last=False)
+        return list(known)
 
     def images(self, model: Model) -> Callable[[str], np.ndarray]:
         """A batch's images by its id (what a replay memory stored by reference is read from)."""
