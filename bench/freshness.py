@@ -51,8 +51,19 @@ def changes_since(commit: str, paths: tuple[str, ...]) -> list[str]:
 
 
 def stale(result: str, data: dict) -> str | None:
-    """Why a result no longer describes the code, or None while it does."""
-    commit = str(data.get("commit") or "")
+    """Why a result no longer describes the code, or None while it does. A result whose parts each name the commit
+    they ran at (a rerun of one network of bench/realnet.py keeps the other's) is as stale as its oldest part."""
+    parts = data.get("results")
+    commits = [str(p["commit"]) for p in parts if isinstance(p, dict) and p.get("commit")] \
+        if isinstance(parts, list) else []
+    for commit in commits or [str(data.get("commit") or "")]:
+        why = _stale_at(result, commit)
+        if why:
+            return why
+    return None
+
+
+def _stale_at(result: str, commit: str) -> str | None:
     if not commit or commit == "unknown":
         return "it names no commit"
     dirty = commit.endswith("+dirty")

@@ -149,9 +149,12 @@ def realnet(r: Json) -> str:
     rest_table = table(["network", "device", "swaps under 16 clients", "requests", "failed", "worst / steady p99",
                         "peak RSS MiB, training worker", "peak RSS MiB, replica"], rest) if rest else \
         "*Not in this result: " + r.get("recovered", "not measured") + "*"
+    runs = {net["network"]: str(net["commit"])[:7] for net in r["results"] if net.get("commit")}
+    when = ("\n\nMeasured at: " + ", ".join(f"{n} {c}" for n, c in runs.items()) + " (one network rerun keeps the "
+            "other's result)") if len(set(runs.values())) > 1 else ""
     return (f"Updates through the daemon at 1x{side}x{side} ({r.get('images_per_batch', '?')} images a batch, "
             f"{r.get('epochs', '?')} epochs):\n\n{steps}\n\nServing one {side}x{side} npz image a request:\n\n"
-            f"{serving_table}\n\nSwaps under load and peak memory:\n\n{rest_table}")
+            f"{serving_table}\n\nSwaps under load and peak memory:\n\n{rest_table}{when}")
 
 
 def scale(r: Json) -> str:

@@ -15,7 +15,8 @@ Serving: npz bodies of one uint8 224x224 image, 1, 4 and 16 closed-loop clients,
 through a bare Serve deployment of the same network (same weights, parse the npz, normalise, run, answer), alone
 and alternated; then 3 swaps of the served version under 16 clients: failed requests and the worst request
 against the steady p99. When the cluster has a GPU the same run measures it (training and replicas use it).
-Run: python bench/realnet.py [--networks resnet18,densenet121 --images 300 --epochs 2 --seconds 10].
+Run: python bench/realnet.py [--networks resnet18,densenet121 --images 300 --epochs 2 --seconds 10]; a run of some
+networks keeps the last run's results of the others, each naming its commit.
 Prints a table and writes bench/results/realnet.json.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 import tempfile
 import threading
@@ -43,7 +45,7 @@ from starlette.responses import JSONResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine_info, versions, write_result  # noqa: E402
+from bench.common import RESULTS, commit, machine_info, versions, write_result  # noqa: E402
 from clreg import context, embedded  # noqa: E402
 from clreg.client import Client, npz_bytes  # noqa: E402
 from clreg.daemon import Daemon  # noqa: E402
@@ -377,6 +379,16 @@ def print_tables(results: list[dict[str, Any]]) -> None:
                       f"{r['peak_rss_mib']['replica']:.0f} MiB")
 
 
+def earlier_results(networks: list[str], images: int, epochs: int) -> list[dict[str, Any]]:
+    """The last run's results of the networks this run leaves out (at the same images and epochs), each naming the
+    commit it ran at: one network is rerun without the other's hour, and the table says which ran when."""
+    path = RESULTS / "realnet.json"
+    last = json.loads(path.read_text()) if path.exists() else {}
+    if (last.get("images_per_batch"), last.get("epochs")) != (images, epochs):
+        return []
+    return [{"commit": last["commit"], **r} for r in last.get("results", []) if r["network"] not in networks]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", default="resnet18,densenet121")
@@ -384,13 +396,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
+    networks = args.networks.split(",")
+    kept = earlier_results(networks, args.images, args.epochs)
     results: list[dict[str, Any]] = []
-    for network in args.networks.split(","):
-        results.append(run_network(network, args.images, args.epochs, args.seconds))
+    for network in networks:
+        results.append({**run_network(network, args.images, args.epochs, args.seconds), "commit": commit()})
         # after each network: a later network's failure keeps what the earlier ones measured (an hour of work)
         path = write_result("realnet", {"machine": machine_info(), "versions": versions("torch", "ray", "evidently"),
                                         "side": SIDE, "images_per_batch": args.images, "epochs": args.epochs,
-                                        "prevalence": PREVALENCE, "results": results})
+                                        "prevalence": PREVALENCE, "results": results + kept})
     print_tables(results)
     print(f"wrote {path}")
 

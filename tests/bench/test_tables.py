@@ -90,6 +90,12 @@ def test_realnet_renders_updates_serving_swaps_and_memory(monkeypatch: pytest.Mo
     assert "| resnet18 | 4 | 40.0 | 36.0 | **0.90** | 101 / 250 | 101 / 250 | 1 |" in block
     assert "| resnet18 | cpu | 3 | 512 | 0 | 1.40 | 2048 | 901 |" in block
     assert "<sub>`bench/results/realnet.json`: commit abcdef0, AMD EPYC, 2 cores</sub>" in block
+    assert "Measured at" not in block
+    two = realnet_result()
+    two["results"] = [{**two["results"][0], "commit": "1234567aa"},
+                      {**two["results"][0], "network": "densenet121", "commit": "abcdef0bb"}]
+    monkeypatch.setattr(tables, "load", lambda name: two)
+    assert "Measured at: resnet18 1234567, densenet121 abcdef0" in tables.render("realnet")
 
 
 def test_placement_names_a_table_without_a_block_and_a_block_twice() -> None:
@@ -115,6 +121,9 @@ def test_a_result_older_than_a_change_to_what_it_exercises_is_out_of_date(monkey
     assert freshness.stale("drift", {}) == "it names no commit"
     (tmp_path / "still-valid.json").write_text(json.dumps({"drift": {"commit": head, "reason": "reviewed"}}))
     assert freshness.stale("drift", {"commit": first}) is None  # reviewed up to HEAD, with its reason
+    parts = {"commit": head, "results": [{"network": "a", "commit": head}, {"network": "b", "commit": first}]}
+    assert freshness.stale("realnet", parts) is not None  # as old as its oldest part, whatever the file's commit
+    assert freshness.stale("realnet", {**parts, "results": parts["results"][:1]}) is None
     monkeypatch.setattr(tables, "outdated", lambda: {"drift": why})
     monkeypatch.setattr(sys, "argv", ["tables.py", "--check"])
     assert tables.main() == 1
