@@ -229,7 +229,10 @@ def alone(seconds: float, rounds: int) -> dict[str, Any]:
     medians over rounds, and the ratio."""
     from bench import serving_alone
 
-    rows = serving_alone.run(seconds, rounds, CLIENTS)
+    every = serving_alone.run(seconds, rounds, CLIENTS)
+    rows = [r for r in every if "clients" in r]
+    idle = {side: float(np.median([sum(r["idle_cpu"].values()) for r in every
+                                   if "idle_cpu" in r and r["side"] == side])) for side in ("clreg up", "bare alone")}
     cells = {}
     for clients in CLIENTS:
         for side in ("clreg up", "bare alone"):
@@ -247,7 +250,10 @@ def alone(seconds: float, rounds: int) -> dict[str, Any]:
                       f"{a['p50_ms']:.1f} / {a['p99_ms']:.1f}", f"{b['p50_ms']:.1f} / {b['p99_ms']:.1f}",
                       str(int(a["errors"] + b["errors"])))
     Console(width=160).print(table)
+    Console(width=160).print("at rest, answered and warm (share of one core, median over rounds): " +
+                             ", ".join(f"{side} {share:.2f}" for side, share in idle.items()))
     return {"rows": rows, "cells": cells, "ratios": {str(c): r for c, r in ratios.items()},
+            "idle_cpu": idle, "idle_cpu_by_process": [r for r in every if "idle_cpu" in r],
             "clreg_up>=0.9x_bare_alone": all(r >= 0.9 for r in ratios.values()),
             "failed_requests": sum(r["errors"] for r in rows)}
 

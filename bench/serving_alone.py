@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import free_port  # noqa: E402
 from clreg import embedded  # noqa: E402
+from clreg.memory import process_name  # noqa: E402
 from clreg.registry.artifacts import ArtifactStore  # noqa: E402
 from clreg.registry.connection import StoreConfig  # noqa: E402
 from clreg.registry.store import RedisRegistry  # noqa: E402
@@ -34,6 +36,7 @@ from clreg.serving.config import ServingConfig  # noqa: E402
 from clreg.settings import Settings  # noqa: E402
 
 MODEL, SIDE = "small", 16
+IDLE_S = 10.0  # each side's processes watched at rest, answered and warm, before its load
 
 
 def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -113,12 +116,37 @@ def run(seconds: float, rounds: int, clients: tuple[int, ...]) -> list[dict[str,
                 url = f"http://127.0.0.1:{port}/v1/predict" if side == "clreg up" else f"http://127.0.0.1:{port}/bare"
                 try:
                     _wait_answering(url)
+                    rows.append({"round": r, "side": side, "idle_cpu": idle_cpu(proc.pid, IDLE_S)})
                     for k in clients:
                         rows.append({"round": r, "side": side, "clients": k, **load(url, MODEL, SIDE, k, seconds)})
                         print(rows[-1], file=sys.stderr)
                 finally:
                     _stop(proc)
     return rows
+
+
+def idle_cpu(root: int, seconds: float) -> dict[str, float]:
+    """What each process of a side's tree used of one core while no request came, by process name (summed over
+    processes of one name), largest first: the share of the box a side takes before it answers anything."""
+    procs = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+
+    def used() -> dict[int, tuple[str, float]]:
+        out = {}
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+                out[proc.pid] = (process_name(proc), t.user + t.system)
+            except psutil.Error:  # ended meanwhile
+                continue
+        return out
+
+    before = used()
+    time.sleep(seconds)
+    shares: dict[str, float] = {}
+    for pid, (name, spent) in used().items():
+        if pid in before:
+            shares[name] = shares.get(name, 0.0) + (spent - before[pid][1]) / seconds
+    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
 
 
 def serve_bare(port: int, weights_file: Path) -> None:

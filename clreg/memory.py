@@ -14,7 +14,7 @@ from clreg.registry.daemons import ProcessMemory
 MAX_PROCESSES = 64  # the largest ones, in a heartbeat
 
 
-def _name(proc: psutil.Process) -> str:
+def process_name(proc: psutil.Process) -> str:
     """The process as ps shows it: Ray's workers retitle themselves (ray::ServeReplica:predict:ModelServer)."""
     line = proc.cmdline()
     first = line[0] if line else proc.name()
@@ -31,7 +31,7 @@ def stack_memory(root: psutil.Process | None = None) -> list[ProcessMemory]:
     out = []
     for proc in [root, *root.children(recursive=True)]:
         try:
-            out.append(ProcessMemory(pid=proc.pid, name=_name(proc), rss_bytes=proc.memory_info().rss))
+            out.append(ProcessMemory(pid=proc.pid, name=process_name(proc), rss_bytes=proc.memory_info().rss))
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return sorted(out, key=lambda p: p.rss_bytes, reverse=True)[:MAX_PROCESSES]
