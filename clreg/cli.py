@@ -15,7 +15,7 @@ import webbrowser
 import zipfile
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import numpy as np
@@ -187,13 +187,13 @@ def _zip_folder(folder: Path) -> bytes:
 EPOCH = re.compile(r"site (?P<site>\S+): epoch (?P<epoch>\d+)/(?P<total>\d+)")
 
 
-def _wait_with_progress(client: Client, batch_id: str) -> dict:
+def _wait_with_progress(client: Client, batch_id: str) -> dict[str, Any]:
     """Follow a batch through the pipeline with a progress bar over the training epochs."""
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("received", total=None)
 
-        def show(state: dict) -> None:
+        def show(state: dict[str, Any]) -> None:
             found = EPOCH.search(state.get("detail") or "")
             if found:
                 progress.update(task, description=f"training {found['site']}", completed=int(found["epoch"]),
@@ -251,7 +251,7 @@ def versions(name: Annotated[str, typer.Argument(help="the model")] = "digits", 
     _emit(data, as_json, table)
 
 
-def _shadow(figures: dict | None) -> str:
+def _shadow(figures: dict[str, Any] | None) -> str:
     """A version's shadow figures in a cell: agreement with production over the mirrored requests."""
     if not figures:
         return ""
@@ -289,7 +289,7 @@ def promote(name: str, version: int, reason: str = "promoted by ops", force: boo
     _moved(name, _client(admin=True).promote(name, version, reason, force))
 
 
-def _moved(name: str, change: dict) -> None:
+def _moved(name: str, change: dict[str, Any]) -> None:
     """A move, or (an approval model) the request it became."""
     if "request" in change:
         request = change["request"]

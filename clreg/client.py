@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -69,7 +69,7 @@ class Client:
                      readiness: dict[str, Any] | None = None, shadow: dict[str, Any] | None = None,
                      weights: str | None = None, normalisation: dict[str, list[float]] | None = None,
                      metric: str | None = None, costs: dict[str, float] | None = None,
-                     approval: dict[str, Any] | None = None, canary: dict[str, Any] | None = None) -> dict:
+                     approval: dict[str, Any] | None = None, canary: dict[str, Any] | None = None) -> dict[str, Any]:
         """Register a model; `readiness` (accuracy_floor, ece_limit, policy) decides where it is validated,
         `shadow` (share, min_requests, min_agreement) mirrors each candidate on live traffic before promotion,
         `weights` (the sha256 `upload` answered) are its initial weights, `normalisation` ({"mean", "std"} per
@@ -82,34 +82,36 @@ class Client:
                 **({"normalisation": normalisation} if normalisation else {}),
                 **({"metric": metric} if metric else {}), **({"costs": costs} if costs else {}),
                 **({"approval": approval} if approval else {}), **({"canary": canary} if canary else {})}
-        return self._call("POST", "/v1/models", self.admin_token, json=body).json()
+        return cast(dict[str, Any], self._call("POST", "/v1/models", self.admin_token, json=body).json())
 
-    def upload(self, data: bytes) -> dict:
+    def upload(self, data: bytes) -> dict[str, Any]:
         """Store a checkpoint (safetensors or torch .pth bytes) in the artifact store: {"sha256", "bytes"}."""
-        return self._call("POST", "/v1/artifacts", self.admin_token, content=data,
-                          headers={"Content-Type": "application/octet-stream"}).json()
+        return cast(dict[str, Any], self._call("POST", "/v1/artifacts", self.admin_token, content=data,
+                                               headers={"Content-Type": "application/octet-stream"}).json())
 
     def add_site(self, name: str, threshold: float | None = None, models: list[str] | None = None,
-                 batches_per_day: int | None = None, max_bytes: int | None = None, replay: bool = True) -> dict:
+                 batches_per_day: int | None = None, max_bytes: int | None = None, replay: bool = True
+                 ) -> dict[str, Any]:
         """Register a site; `models` limits where its token may push, the quotas default to the server's,
         `replay` is its data policy (may its training samples be replayed in later updates)."""
         body = {"name": name, "threshold": threshold, "models": models, "batches_per_day": batches_per_day,
                 "max_bytes": max_bytes, "replay": replay}
-        return self._call("POST", "/v1/sites", self.admin_token, json=body).json()
+        return cast(dict[str, Any], self._call("POST", "/v1/sites", self.admin_token, json=body).json())
 
-    def set_threshold(self, site: str, threshold: float | None) -> dict:
-        return self._call("PUT", f"/v1/sites/{site}/threshold", self.admin_token, json={"threshold": threshold}).json()
+    def set_threshold(self, site: str, threshold: float | None) -> dict[str, Any]:
+        return cast(dict[str, Any], self._call("PUT", f"/v1/sites/{site}/threshold", self.admin_token,
+                                               json={"threshold": threshold}).json())
 
     def push(self, site: str, token: str, data: bytes, model: str,
-             content_type: str = "application/octet-stream", locked: bool = False) -> dict:
+             content_type: str = "application/octet-stream", locked: bool = False) -> dict[str, Any]:
         """Push npz bytes, or (content_type application/zip) a zip of DICOM files with labels.csv; `locked`: a
         locked test set (never learnt, scored for every version)."""
         params = {"model": model, **({"locked": "true"} if locked else {})}
-        return self._call("POST", f"/v1/sites/{site}/batches", token, params=params, content=data,
-                          headers={"Content-Type": content_type}).json()
+        return cast(dict[str, Any], self._call("POST", f"/v1/sites/{site}/batches", token, params=params, content=data,
+                                               headers={"Content-Type": content_type}).json())
 
     def wait_batch(self, batch_id: str, timeout_s: float = 300.0,
-                   on_state: Callable[[dict], None] | None = None, served: bool = True) -> dict:
+                   on_state: Callable[[dict[str, Any]], None] | None = None, served: bool = True) -> dict[str, Any]:
         """Poll a batch until it is settled (rejected, failed, waiting for a later update or for approvers, or
         promoted and, with `served`, answered by every live replica) or the time is up; on_state sees every state
         polled (the CLI's progress bar)."""
@@ -121,51 +123,54 @@ class Client:
             done = state["status"] in SETTLED_STATES and (state["status"] != "promoted" or not served
                                                         or state.get("served"))
             if done or time.monotonic() > deadline:
-                return state
+                return cast(dict[str, Any], state)
             time.sleep(0.2)
 
-    def promote(self, model: str, version: int, reason: str, force: bool = False) -> dict:
+    def promote(self, model: str, version: int, reason: str, force: bool = False) -> dict[str, Any]:
         body = {"version": version, "reason": reason, "force": force}
-        return self._call("POST", f"/v1/models/{model}/aliases/production", self.admin_token, json=body).json()
+        return cast(dict[str, Any], self._call("POST", f"/v1/models/{model}/aliases/production", self.admin_token,
+                                               json=body).json())
 
-    def add_approver(self, name: str) -> dict:
+    def add_approver(self, name: str) -> dict[str, Any]:
         """Create an approver; the answer carries its token, shown this once."""
-        return self._call("POST", "/v1/approvers", self.admin_token, json={"name": name}).json()
+        return cast(dict[str, Any], self._call("POST", "/v1/approvers", self.admin_token, json={"name": name}).json())
 
     def change_protocol(self, model: str, reason: str, approval: dict[str, Any] | None = None,
-                        readiness: dict[str, Any] | None = None) -> dict:
+                        readiness: dict[str, Any] | None = None) -> dict[str, Any]:
         """A new revision of the model's protocol with its approval policy or readiness rules changed."""
         body = {"reason": reason, **({"approval": approval} if approval else {}),
                 **({"readiness": readiness} if readiness else {})}
-        return self._call("PUT", f"/v1/models/{model}/protocol", self.admin_token, json=body).json()
+        return cast(dict[str, Any], self._call("PUT", f"/v1/models/{model}/protocol", self.admin_token,
+                                               json=body).json())
 
-    def write_note(self, model: str, version: int, text: str) -> dict:
-        return self._call("PUT", f"/v1/models/{model}/versions/{version}/note", self.admin_token,
-                          json={"text": text}).json()
+    def write_note(self, model: str, version: int, text: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._call("PUT", f"/v1/models/{model}/versions/{version}/note", self.admin_token,
+                                               json={"text": text}).json())
 
-    def remove_approver(self, name: str) -> dict:
-        return self._call("DELETE", f"/v1/approvers/{name}", self.admin_token).json()
+    def remove_approver(self, name: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._call("DELETE", f"/v1/approvers/{name}", self.admin_token).json())
 
-    def decide(self, model: str, version: int, verdict: str, reason: str, token: str) -> dict:
+    def decide(self, model: str, version: int, verdict: str, reason: str, token: str) -> dict[str, Any]:
         """Approve or decline (`verdict`) the request waiting for a version, with an approver's token."""
-        return self._call("POST", f"/v1/models/{model}/versions/{version}/{verdict}", token,
-                          json={"reason": reason}).json()
+        return cast(dict[str, Any], self._call("POST", f"/v1/models/{model}/versions/{version}/{verdict}", token,
+                                               json={"reason": reason}).json())
 
-    def withdraw(self, batch_id: str, reason: str) -> dict:
-        return self._call("POST", f"/v1/batches/{batch_id}/withdraw", self.admin_token, json={"reason": reason}).json()
+    def withdraw(self, batch_id: str, reason: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._call("POST", f"/v1/batches/{batch_id}/withdraw", self.admin_token,
+                                               json={"reason": reason}).json())
 
-    def subscribe(self, url: str, events: list[str], model: str | None = None, description: str = "") -> dict:
+    def subscribe(self, url: str, events: list[str], model: str | None = None, description: str = "") -> dict[str, Any]:
         """A webhook subscription; the answer carries its signing secret, shown this once."""
         body = {"url": url, "events": events, "model": model, "description": description}
-        return self._call("POST", "/v1/webhooks", self.admin_token, json=body).json()
+        return cast(dict[str, Any], self._call("POST", "/v1/webhooks", self.admin_token, json=body).json())
 
-    def unsubscribe(self, sub_id: str) -> dict:
-        return self._call("DELETE", f"/v1/webhooks/{sub_id}", self.admin_token).json()
+    def unsubscribe(self, sub_id: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._call("DELETE", f"/v1/webhooks/{sub_id}", self.admin_token).json())
 
-    def ping_webhook(self, sub_id: str) -> dict:
-        return self._call("POST", f"/v1/webhooks/{sub_id}/test", self.admin_token).json()
+    def ping_webhook(self, sub_id: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._call("POST", f"/v1/webhooks/{sub_id}/test", self.admin_token).json())
 
-    def predict(self, x: np.ndarray, model: str | None = None, site: str | None = None) -> tuple[dict, int]:
+    def predict(self, x: np.ndarray, model: str | None = None, site: str | None = None) -> tuple[dict[str, Any], int]:
         """Predict over JSON; returns the answer and the X-Model-Version header."""
         body: dict[str, Any] = {"inputs": x.tolist()}
         if site:
@@ -175,7 +180,7 @@ class Client:
         return response.json(), int(response.headers["X-Model-Version"])
 
     def predict_bytes(self, data: bytes, content_type: str, model: str | None = None,
-                      site: str | None = None) -> tuple[dict, int]:
+                      site: str | None = None) -> tuple[dict[str, Any], int]:
         """Predict an npz (application/octet-stream), a DICOM file (application/dicom) or a DICOM study zip
         (application/zip) as sent; returns the answer and the X-Model-Version header."""
         params = {k: v for k, v in (("model", model), ("site", site)) if v}

@@ -20,9 +20,10 @@ from clreg.monitor.drift import DriftConfig
 from clreg.monitor.features import FeatureConfig
 from clreg.registry.artifacts import Artifact, ArtifactStore, VersionArtifacts
 from clreg.registry.batches import load_arrays
+from clreg.registry.connection import StoreConfig
 from clreg.registry.events import EventLog
 from clreg.registry.records import Batch, Model, ModelVersion
-from clreg.registry.store import RedisRegistry, StoreConfig
+from clreg.registry.store import RedisRegistry
 from clreg.registry.webhooks import WebhookConfig
 from clreg.settings import GateConfig, RetentionSettings, SearchConfig, Settings, TriggerConfig, WatchConfig
 

@@ -6,6 +6,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import numpy as np
@@ -30,9 +31,9 @@ class SiteOutcome:
     drift: str
     version: int | None
     status: str
-    gate_lines: list[dict] = field(default_factory=list)
-    calibration: dict = field(default_factory=dict)  # site -> the version's SiteCalibration as JSON
-    retried: list[dict] = field(default_factory=list)  # update.retrying events: rejected version, new lambda
+    gate_lines: list[dict[str, Any]] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)  # site -> the version's SiteCalibration as JSON
+    retried: list[dict[str, Any]] = field(default_factory=list)  # update.retrying events: rejected version, new lambda
     serving: int | None = None
 
 
@@ -40,7 +41,7 @@ def run(settings: Settings, console: Console, seed: int = 0) -> bool:
     """Run the demo on a fresh state folder; True when it ends with >= 3 promotions and a drift alert."""
     home = settings.home / "demo"
     shutil.rmtree(home, ignore_errors=True)
-    update: dict = {"home": home}
+    update: dict[str, Any] = {"home": home}
     if settings.redis.url:  # a shared Redis: keep the demo's keys apart from everything else
         prefix = f"{settings.redis.prefix}-demo-{int(time.time())}"
         update["redis"] = settings.redis.model_copy(update={"prefix": prefix})

@@ -19,6 +19,7 @@ import typer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from clreg import embedded, terminal
+from clreg.errors import NoRedis
 from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.connection import StoreConfig
 from clreg.registry.errors import RegistryError
@@ -84,7 +85,7 @@ def nodes(store: StoreConfig, artifacts_url: str, timeout_s: float = 30.0) -> li
     """The storage checks from a task pinned to every alive node of the connected Ray cluster, all sent at once
     so that one stuck node neither delays nor shortens another's time to answer."""
     sent: dict[str, ray.ObjectRef[tuple[str, list[Check]]]] = {}
-    for node in (n for n in ray.nodes() if n["Alive"]):
+    for node in (n for n in ray.nodes() if n["Alive"]):  # type: ignore[no-untyped-call]
         where = f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]})"  # nodes may share an address
         pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
         sent[where] = _on_node.options(scheduling_strategy=pinned).remote(store, artifacts_url)
@@ -120,7 +121,7 @@ def command(node_timeout_s: float = 30.0) -> None:
         store = settings.redis.store(embedded.redis_url(settings),
                                      socket_timeout_s=min(settings.redis.socket_timeout_s, node_timeout_s))
         checks += storage(store, settings.artifacts())
-    except embedded.NoRedis as e:
+    except NoRedis as e:
         store = None
         checks.append(Check("here", "redis", False, str(e)))
     checks.append(serve(f"http://{settings.serve.host}:{settings.serve.port}"))

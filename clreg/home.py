@@ -19,7 +19,7 @@ import signal
 import stat
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from clreg.errors import HomeBusy, InsecureHome
 
@@ -126,11 +126,11 @@ class Home:
             f.write(text)
         os.replace(tmp, path)
 
-    def record(self, name: str, data: dict) -> None:
+    def record(self, name: str, data: dict[str, Any]) -> None:
         """Remember a running service (run/<name>.json) so that the next start finds it after a crash."""
         self.write_private(self.run / f"{name}.json", json.dumps(data))
 
-    def recorded(self, name: str) -> dict | None:
+    def recorded(self, name: str) -> dict[str, Any] | None:
         path = self.run / f"{name}.json"
         try:
             return dict(json.loads(path.read_text()))

@@ -19,7 +19,7 @@ def process_name(proc: psutil.Process) -> str:
     line = proc.cmdline()
     first = line[0] if line else proc.name()
     if first.startswith("ray::"):
-        return first[:80]
+        return str(first[:80])
     words = " ".join(w.rsplit("/", 1)[-1] for w in line[:3])
     return " ".join(words.split())[:80] or proc.name()[:80]
 

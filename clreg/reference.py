@@ -43,7 +43,7 @@ def load_reference(artifacts: ArtifactStore, version: ModelVersion) -> Reference
         return Reference.from_arrays({k: npz[k] for k in npz.files})
 
 
-def embed_fn(net: torch.nn.Module):  # noqa: ANN201 - monitor.features.EmbedFn
+def embed_fn(net: torch.nn.Module) -> EmbedFn:
     """The monitor's embedding function: penultimate activations of `net` as numpy."""
 
     def run(x: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from clreg.registry.store import RedisRegistry
 from clreg.settings import SearchConfig
 
 Arrays = tuple[np.ndarray, np.ndarray]
-Progress = Callable[[int, str, dict], None]
+Progress = Callable[[int, str, dict[str, float]], None]
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Search:
 
     chosen: UpdateResult
     settings: TrainConfig
-    lines: list[dict]
+    lines: list[dict[str, Any]]
 
 
 def carve(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
@@ -100,7 +101,7 @@ def run(cfg: SearchConfig, model: Model, data: UpdateData, base: TrainConfig, sc
     spec = model.input
     shape = (spec.channels, spec.height, spec.width, spec.classes)
 
-    def train(on: UpdateData, candidates: list[TrainConfig], report: Progress | None) -> list:
+    def train(on: UpdateData, candidates: list[TrainConfig], report: Progress | None) -> list[Any]:
         """Every candidate as its own Ray task, from the production version's artifacts."""
         return search_on_ray(model.factory, model.factory_kwargs, shape, *artifacts, on, candidates,
                              progress=report, timeout_s=cfg.timeout_s, stop=stop,  # type: ignore[arg-type]
@@ -121,19 +122,19 @@ def run(cfg: SearchConfig, model: Model, data: UpdateData, base: TrainConfig, sc
     return Search(chosen=chosen, settings=settings[best], lines=lines)
 
 
-def _scaled(override: dict, base: TrainConfig, scale: float) -> dict:
+def _scaled(override: dict[str, Any], base: TrainConfig, scale: float) -> dict[str, Any]:
     """A candidate's overrides with its protection of earlier sites x `scale`: a retry after forgetting
     raises the EWC penalty and the weight of rehearsal by the retry factor."""
     return {**override, "ewc_lambda": override.get("ewc_lambda", base.ewc_lambda) * scale,
             "replay_weight": override.get("replay_weight", base.replay_weight) * scale}
 
 
-def _effective(override: dict, settings: TrainConfig) -> dict:
+def _effective(override: dict[str, Any], settings: TrainConfig) -> dict[str, Any]:
     """The settings a candidate changed, with the values it trained with (its lambda always)."""
     return {k: getattr(settings, k) for k in sorted({*override, "ewc_lambda", "replay_weight"})}
 
 
-def _line(override: dict, outcome: UpdateResult | TrainingFailed, chosen: bool) -> dict:
+def _line(override: dict[str, Any], outcome: UpdateResult | TrainingFailed, chosen: bool) -> dict[str, Any]:
     if isinstance(outcome, TrainingFailed):
         return {"settings": override, "chosen": False, "error": str(outcome)}
     accuracy = list(outcome.val_accuracy.values())

@@ -4,7 +4,7 @@ threshold means there."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -96,7 +96,7 @@ def operating_point(site: str, model: Annotated[str, typer.Option(help="a binary
     terminal.emit({**point, "set": set_it}, as_json, _point_table(site, point, set_it))
 
 
-def _point_table(site: str, point: dict, set_it: bool) -> Table:
+def _point_table(site: str, point: dict[str, Any], set_it: bool) -> Table:
     """One row: the threshold's figures with the 95% intervals of sensitivity, specificity and expected cost."""
     figures = ("prevalence", "sensitivity", "specificity", "ppv", "npv", "flagged")
     priced = ("expected_cost", "expected_cost_at_half") if "expected_cost" in point else ()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -53,7 +54,7 @@ def _check(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def scaled_proba(logits: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(logits / temperature), row by row."""
-    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+    return cast(np.ndarray, softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1))
 
 
 def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:

@@ -16,6 +16,8 @@ within 1.4 points on unshifted traffic; see bench/sites.py).
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 from scipy.special import softmax
 from torch import nn
@@ -33,7 +35,7 @@ def expected_correct(proba: np.ndarray, threshold: float | None = None) -> np.nd
     if proba.ndim != 2 or len(proba) == 0 or proba.shape[1] < 2:
         raise DataError(f"need class probabilities [N, C>=2] with N >= 1, got shape {proba.shape}")
     if threshold is None:
-        return proba.max(axis=1)
+        return cast(np.ndarray, proba.max(axis=1))
     if proba.shape[1] != 2:
         raise DataError("a decision threshold applies to binary models only")
     positive = proba[:, 1]
@@ -68,7 +70,7 @@ def stable(served: np.ndarray, own: np.ndarray, threshold: float | None = None) 
     """Per answer, whether both views give it."""
     if served.shape != own.shape:
         raise DataError(f"the two views must have one shape, got {served.shape} and {own.shape}")
-    return decisions(served, threshold) == decisions(own, threshold)
+    return cast(np.ndarray, decisions(served, threshold) == decisions(own, threshold))
 
 
 def checked_accuracy(served: np.ndarray, own: np.ndarray, threshold: float | None = None) -> float:

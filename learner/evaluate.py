@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = ECE
 
 def _bins(confidence: np.ndarray, bins: int) -> np.ndarray:
     """Index of each confidence's equal-width bin (lo, hi], as `expected_calibration_error` bins them."""
-    return np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    return cast(np.ndarray, np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1))
 
 
 def ece_floor(proba: np.ndarray, bins: int = ECE_BINS, draws: int = 500, seed: int = 0) -> float:

@@ -123,7 +123,7 @@ def _conv2d_sq_grouped(m: nn.Conv2d, a: Tensor, d: Tensor) -> Tensor:
     """sum_n g_n^2 of the weight from one weight-gradient convolution with the samples as groups."""
     n, c_out = d.shape[:2]
     # [1, N*C_in, H, W] -> [1, N*C_out, H', W'] with N*groups groups: each sample's gradient is its own group's
-    g = torch.nn.grad.conv2d_weight(
+    g: Tensor = torch.nn.grad.conv2d_weight(  # type: ignore[no-untyped-call]
         a.reshape(1, -1, *a.shape[2:]), (n * c_out, *m.weight.shape[1:]), d.reshape(1, -1, *d.shape[2:]),
         stride=m.stride, padding=m.padding, dilation=m.dilation, groups=n * m.groups,
     )

@@ -68,7 +68,7 @@ def train_joint(model: nn.Module, data: Mapping[str, Arrays], steps: int, lr: fl
         loss = F.cross_entropy(model(as_float(x[idx])), y[idx])
         shared.zero_grad(set_to_none=True)
         per_site[site].zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         shared.step()
         per_site[site].step()
         bank[site] = extract_site_bn(model)

@@ -7,7 +7,7 @@ import importlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -89,7 +89,7 @@ def small_cnn(channels: int, height: int, width: int, classes: int, width_mult: 
 def _head_prefix(model: nn.Module) -> str:
     """The module name of the head (the last nn.Linear), for telling encoder tensors from head tensors."""
     head = last_linear(model)
-    return next(name for name, m in model.named_modules() if m is head)
+    return str(next(name for name, m in model.named_modules() if m is head))
 
 
 def encoder_to_bytes(model: nn.Module) -> bytes:
@@ -140,7 +140,7 @@ def _resolve_factory(factory: str) -> Callable[..., nn.Module]:
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise ModelFactoryError(f"module {module_name!r} has no callable {fn_name!r}")
-    return fn
+    return cast("Callable[..., nn.Module]", fn)
 
 
 def last_linear(model: nn.Module) -> nn.Linear:

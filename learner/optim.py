@@ -113,14 +113,14 @@ class Precision:
     dtype: torch.dtype | None
     scaler: torch.amp.GradScaler
 
-    def autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
         """The forward pass's autocast context; a no-op at float32."""
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
     def step(self, opt: torch.optim.Optimizer, loss: Tensor) -> None:
         """Backward and optimizer step; float16 scales the loss so small gradients do not underflow."""
         opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         self.scaler.step(opt)
         self.scaler.update()
 

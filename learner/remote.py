@@ -14,7 +14,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import ray
@@ -30,7 +30,7 @@ from clreg.learner.sitebn import bank_from_bytes
 from clreg.learner.train import TrainConfig
 from clreg.learner.update import UpdateData, UpdateResult, train_update
 
-Progress = Callable[[int, str, dict], None]  # (candidate index, site, curve row)
+Progress = Callable[[int, str, dict[str, float]], None]  # (candidate index, site, curve row)
 
 
 PIN = 0.01  # of a custom resource per task: it pins tasks to the nodes that offer it, their CPUs bound how many
@@ -43,7 +43,7 @@ def resource_request(cluster_resources: dict[str, float] | None = None, resource
     Raises:
         TrainingFailed: `resource` is named but no node of the cluster offers it (the tasks would wait forever).
     """
-    resources = ray.cluster_resources() if cluster_resources is None else cluster_resources
+    resources = ray.cluster_resources() if cluster_resources is None else cluster_resources  # type: ignore[no-untyped-call]
     if resources.get("GPU", 0) >= 1:
         return {"num_cpus": 1, "num_gpus": 1, "max_retries": 1}
     options: dict[str, Any] = {"num_cpus": 1, "num_gpus": 0, "max_retries": 1}
@@ -59,12 +59,12 @@ class _Relay:
     """Rows pushed by the tasks, drained by the caller; calls from one submitter run in order."""
 
     def __init__(self) -> None:
-        self._rows: list[tuple[int, str, dict]] = []
+        self._rows: list[tuple[int, str, dict[str, float]]] = []
 
-    def push(self, candidate: int, site: str, row: dict) -> None:
+    def push(self, candidate: int, site: str, row: dict[str, float]) -> None:
         self._rows.append((candidate, site, row))
 
-    def drain(self) -> list[tuple[int, str, dict]]:
+    def drain(self) -> list[tuple[int, str, dict[str, float]]]:
         rows, self._rows = self._rows, []
         return rows
 
@@ -127,7 +127,7 @@ def _wait_all(refs: list[Any], relay: Any, progress: Progress | None, timeout_s:
 def _outcome(ref: Any) -> UpdateResult | TrainingFailed:
     """A finished candidate's result, or why it failed (Ray's errors translated here, once)."""
     try:
-        return ray.get(ref)
+        return cast("UpdateResult | TrainingFailed", ray.get(ref))
     except ray.exceptions.RayTaskError as e:
         cause = e.cause if e.cause is not None else e
         return TrainingFailed(f"training failed: {type(cause).__name__}: {cause}")
@@ -216,4 +216,4 @@ def answer_on_ray(factory: str, factory_kwargs: dict[str, Any], spec: tuple[int,
 
 def cluster_has_gpu() -> bool:
     """Whether the Ray cluster offers a GPU (where training and answering tasks then run)."""
-    return ray.cluster_resources().get("GPU", 0) >= 1
+    return bool(ray.cluster_resources().get("GPU", 0) >= 1)  # type: ignore[no-untyped-call]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ class Memory:
         images = _as_uint8(x)
         keep_x = list(old.x) if old else []
         keep_y = list(old.y) if old else []
-        keep_refs: list[Ref | None] = list(old.refs or [None] * len(old.y)) if old else []
+        keep_refs: list[Ref | None] = list(old.refs or cast("list[Ref | None]", [None] * len(old.y))) if old else []
         offered: Sequence[Ref | None] = refs if refs is not None else [None] * len(y)
         seen = old.seen if old else 0
         rng = np.random.default_rng([seed, seen, len(y)])  # deterministic for the same stream of batches
@@ -185,7 +186,7 @@ def site_logits(model: nn.Module, site_bn: Mapping[str, Tensor], x: Tensor) -> T
     device = x.device
     overrides = {k: v.to(device) for k, v in site_bn.items()}
     with fixed_norms(model):
-        return torch.func.functional_call(model, overrides, (x,), strict=False)
+        return cast(Tensor, torch.func.functional_call(model, overrides, (x,), strict=False))
 
 
 class Rehearsal:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ def _noise(x: np.ndarray, rng: np.random.Generator, sd: float = 0.1) -> np.ndarr
 
 
 def _blur(x: np.ndarray, rng: np.random.Generator, sigma: float = 1.0) -> np.ndarray:
-    return gaussian_filter(x, sigma=(0, 0, sigma, sigma))  # blur within each image only
+    return cast(np.ndarray, gaussian_filter(x, sigma=(0, 0, sigma, sigma)))  # blur within each image only
 
 
 def _blur_noise(x: np.ndarray, rng: np.random.Generator, sigma: float = 1.0, sd: float = 0.1) -> np.ndarray:
@@ -62,7 +63,7 @@ def _blur_noise(x: np.ndarray, rng: np.random.Generator, sigma: float = 1.0, sd:
 
 def _speckle(x: np.ndarray, rng: np.random.Generator, sd: float = 0.5) -> np.ndarray:
     """Multiplicative noise, as in ultrasound speckle."""
-    return x * (1.0 + rng.normal(0.0, sd, size=x.shape).astype(np.float32))
+    return cast(np.ndarray, x * (1.0 + rng.normal(0.0, sd, size=x.shape).astype(np.float32)))
 
 
 def _inverted(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -99,7 +100,7 @@ def shift(x: np.ndarray, kind: str, seed: int, **params: float) -> np.ndarray:
         out = fn(np.asarray(x, dtype=np.float32), np.random.default_rng(seed), **params)
     except TypeError as e:
         raise DataError(f"bad parameters {params} for shift {kind!r}: {e}") from e
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return cast(np.ndarray, np.clip(out, 0.0, 1.0).astype(np.float32))
 
 
 def site_shares(n_shares: int, seed: int) -> list[np.ndarray]:
@@ -190,7 +191,7 @@ def site_batch(site: SiteData, n: int, seed: int) -> tuple[np.ndarray, np.ndarra
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """Images in [0,1] -> uint8 [0,255], rounded, for compact npz payloads."""
-    return np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return cast(np.ndarray, np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8))
 
 
 def _acquisition(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:

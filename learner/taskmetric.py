@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 from scipy.stats import rankdata
@@ -112,25 +112,25 @@ def _values(scoring: Scoring, y: np.ndarray, proba: np.ndarray, idx: np.ndarray)
     yb, pb = y[idx], proba[idx]  # [D, N], [D, N, K]
     metric = scoring.metric
     if metric == "accuracy":
-        return np.mean(pb.argmax(axis=2) == yb, axis=1)
+        return cast(np.ndarray, np.mean(pb.argmax(axis=2) == yb, axis=1))
     if metric == "balanced_accuracy":
         pred = pb.argmax(axis=2)
-        return np.mean([np.sum((pred == k) & (yb == k), axis=1) / np.sum(yb == k, axis=1) for k in np.unique(y)],
-                       axis=0)
+        return cast(np.ndarray, np.mean([np.sum((pred == k) & (yb == k), axis=1) / np.sum(yb == k, axis=1)
+                                         for k in np.unique(y)], axis=0))
     if metric == "auroc" and proba.shape[1] == 2:
         if len(np.unique(y)) < 2:
             return np.full(len(idx), np.nan)
         ranks = rankdata(pb[:, :, 1], axis=1)  # ties share their mean rank, as roc_auc_score counts them half
         pos = yb == 1
         n1, n0 = pos.sum(axis=1), (~pos).sum(axis=1)
-        return ((ranks * pos).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+        return cast(np.ndarray, ((ranks * pos).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0))
     if metric == "expected_cost" and proba.shape[1] == 2:
         flagged, pos = pb[:, :, 1] >= scoring.threshold, yb == 1
         n1, n0 = pos.sum(axis=1), (~pos).sum(axis=1)
         p = n1 / (n1 + n0) if scoring.prevalence is None else np.full(len(idx), scoring.prevalence)
         miss = np.where(n1 > 0, (~flagged & pos).sum(axis=1) / np.maximum(n1, 1), 0.0)
         alarm = np.where(n0 > 0, (flagged & ~pos).sum(axis=1) / np.maximum(n0, 1), 0.0)
-        return scoring.cost_fp * alarm * (1 - p) + scoring.cost_fn * miss * p
+        return cast(np.ndarray, scoring.cost_fp * alarm * (1 - p) + scoring.cost_fn * miss * p)
     return np.array([_value(scoring, y[i], proba[i]) for i in idx])
 
 
@@ -204,4 +204,4 @@ def one_image(scoring: Scoring, y: np.ndarray, classes: int) -> float:
     if scoring.metric == "auroc":
         return 1.0 / int(present.min())
     p = counts[1] / counts.sum() if scoring.prevalence is None else scoring.prevalence
-    return max(scoring.cost_fn * p / counts[1], scoring.cost_fp * (1 - p) / counts[0])
+    return cast(float, max(scoring.cost_fn * p / counts[1], scoring.cost_fp * (1 - p) / counts[0]))

@@ -43,16 +43,8 @@ from torch import Tensor, nn
 
 from clreg.learner import optim
 from clreg.learner.errors import DataError, WeightsError
-from clreg.learner.ewc import (
-    EWCEntry,
-    EWCState,
-    consolidate,
-    fisher_diagonal,
-    fisher_minibatch_squared,
-    quadratic,
-    state_to_bytes,
-    trainable_params,
-)
+from clreg.learner.ewc import EWCEntry, EWCState, consolidate, quadratic, state_to_bytes
+from clreg.learner.fisher import fisher_diagonal, fisher_minibatch_squared, trainable_params
 from clreg.learner.images import as_float, stored
 from clreg.learner.loop import Loop, class_weights, epoch_steps, warm_up
 from clreg.learner.models import last_linear, weights_to_bytes
@@ -222,7 +214,7 @@ def _fisher(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig) -> dict[st
 
 def _fit(
     model: nn.Module, data: tuple[Tensor, Tensor, Tensor | None, Tensor | None], loop: Loop, cfg: TrainConfig,
-    still: list[BN], progress: Callable[[dict], None] | None,
+    still: list[BN], progress: Callable[[dict[str, float]], None] | None,
 ) -> tuple[list[dict[str, float]], int | None]:
     """The warm-up, then the epochs, with early stopping on the validation loss when there is a split; restores
     the best epoch. The warm-up is the curve's epoch 0."""
@@ -256,7 +248,7 @@ def _fit(
 
 def train_site(
     model: nn.Module, x: np.ndarray, y: np.ndarray, site: str, ewc: EWCState, cfg: TrainConfig,
-    progress: Callable[[dict], None] | None = None, bn_bank: bytes | None = None,
+    progress: Callable[[dict[str, float]], None] | None = None, bn_bank: bytes | None = None,
     replay: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> TrainResult:
     """Train the model on one site with the EWC penalty of earlier sites, then consolidate the site.
@@ -278,7 +270,7 @@ def train_site(
 
 def _train_site(
     model: nn.Module, x: np.ndarray, y: np.ndarray, site: str, ewc: EWCState, cfg: TrainConfig,
-    progress: Callable[[dict], None] | None, bn_bank: bytes | None,
+    progress: Callable[[dict[str, float]], None] | None, bn_bank: bytes | None,
     replay: Mapping[str, tuple[np.ndarray, np.ndarray]] | None,
 ) -> TrainResult:
     """train_site with the frozen blocks already frozen: setup, train, consolidate."""

@@ -63,7 +63,7 @@ class UpdateResult:
 
 
 def train_update(model: nn.Module, data: UpdateData, ewc: EWCState, cfg: TrainConfig, bn_bank: bytes | None,
-                 progress: Callable[[str, dict], None] | None = None) -> UpdateResult:
+                 progress: Callable[[str, dict[str, float]], None] | None = None) -> UpdateResult:
     """Train the sites in order (a site learnt here is replayed while the later ones train, where allowed),
     then score every validation site under its own BatchNorm."""
     replay = dict(data.replay)

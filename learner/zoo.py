@@ -9,6 +9,8 @@ built for `channels` and the head (the last nn.Linear) has `classes` outputs.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -56,7 +58,7 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return cast(Tensor, self.relu(out + identity))
 
 
 class Bottleneck(nn.Module):
@@ -80,7 +82,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return cast(Tensor, self.relu(out + identity))
 
 
 class ResNet(nn.Module):
@@ -120,7 +122,7 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        return cast(Tensor, self.fc(torch.flatten(self.avgpool(x), 1)))
 
 
 class _DenseLayer(nn.Module):
@@ -192,7 +194,7 @@ class DenseNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.adaptive_avg_pool2d(F.relu(self.features(x)), (1, 1))
-        return self.classifier(torch.flatten(out, 1))
+        return cast(Tensor, self.classifier(torch.flatten(out, 1)))
 
 
 def resnet18(channels: int, height: int, width: int, classes: int, zero_init_residual: bool = False) -> nn.Module:

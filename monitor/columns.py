@@ -8,6 +8,8 @@ drifted columns; a calm column gets one counter with its score.
 
 from __future__ import annotations
 
+from typing import cast
+
 from evidently.core.metric_types import SingleValueCalculation
 from evidently.legacy.calculations.data_drift import ColumnDataDriftMetrics
 from evidently.legacy.model.widget import BaseWidgetInfo
@@ -16,14 +18,14 @@ from evidently.metrics import ValueDrift
 from evidently.metrics.column_statistics import ValueDriftCalculation
 
 
-class ColumnValueDrift(ValueDrift):
+class ColumnValueDrift(ValueDrift):  # type: ignore[misc]
     """ValueDrift whose page shows charts only when the column drifted."""
 
     class Config:
         type_alias = "clreg:metric:ColumnValueDrift"
 
 
-class ColumnValueDriftCalculation(SingleValueCalculation[ColumnValueDrift]):
+class ColumnValueDriftCalculation(SingleValueCalculation[ColumnValueDrift]):  # type: ignore[misc]
     """ValueDrift's own calculation (borrowed, not copied), with a cheaper widget for calm columns."""
 
     calculate = ValueDriftCalculation.calculate
@@ -31,7 +33,7 @@ class ColumnValueDriftCalculation(SingleValueCalculation[ColumnValueDrift]):
 
     def _render(self, result: ColumnDataDriftMetrics, options: object, color_options: object) -> list[BaseWidgetInfo]:
         if result.drift_detected:
-            return ValueDriftCalculation._render(self, result, options, color_options)
+            return cast(list[BaseWidgetInfo], ValueDriftCalculation._render(self, result, options, color_options))
         score = CounterData.float(label=f"{result.stattest_name} (not drifted)", value=result.drift_score,
                                   precision=4)
         return [counter(title=f"Drift in column '{result.column_name}'", counters=[score], size=WidgetSize.HALF)]

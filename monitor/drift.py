@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -168,7 +169,7 @@ def _choose_test(reference: pd.Series, current: pd.Series, n_columns: int, cfg: 
 
 def _metrics(
     ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], label: bool, cfg: DriftConfig
-) -> tuple[list, dict[str, str]]:
+) -> tuple[list[Any], dict[str, str]]:
     """The lean report (a drifted-column count plus one ValueDrift per column and the label), and each test's name.
 
     The method is left for Evidently to resolve (it picks the same test from the same data): naming it
@@ -182,7 +183,8 @@ def _metrics(
         per_column_threshold={c: threshold for c, (_, threshold) in chosen.items()},
         drift_share=0.5 / len(columns),
     )
-    metrics: list = [count, *(ColumnValueDrift(column=c, threshold=threshold) for c, (_, threshold) in chosen.items())]
+    metrics: list[Any] = [count, *(ColumnValueDrift(column=c, threshold=threshold)
+                                   for c, (_, threshold) in chosen.items())]
     methods = {c: name for c, (name, _) in chosen.items()}
     if label:
         metrics.append(ColumnValueDrift(column=LABEL_COLUMN, method=LABEL_TEST, threshold=cfg.label_alpha))

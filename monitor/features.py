@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -98,7 +99,7 @@ def _histogram_entropy(flat: np.ndarray) -> np.ndarray:
     p = counts / pixels
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, -p * np.log2(p), 0.0)
-    return terms.sum(axis=1)
+    return cast(np.ndarray, terms.sum(axis=1))
 
 
 @dataclass

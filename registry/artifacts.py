@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from enum import Enum
+from typing import cast
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -88,7 +89,7 @@ class ArtifactStore:
         actual = sha256(data)
         if actual != digest:
             raise ArtifactCorrupt(f"artifact {digest} is corrupt: its bytes hash to {actual}")
-        return data
+        return cast(bytes, data)
 
     def exists(self, digest: str) -> bool:
         return bool(self._fs.exists(self.path(digest)))

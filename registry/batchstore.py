@@ -218,7 +218,7 @@ class Batches:
 
 
 def _same_slot(a: str, b: str) -> bool:
-    return key_slot(a.encode()) == key_slot(b.encode())
+    return bool(key_slot(a.encode()) == key_slot(b.encode()))
 
 
 def _day(at: float) -> str:

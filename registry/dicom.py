@@ -25,7 +25,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_modality_lut, apply_voi_lut  # type: ignore[attr-defined]
 from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,

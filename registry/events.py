@@ -15,8 +15,9 @@ from typing import Any
 
 import redis
 
+from clreg.registry.connection import StreamEntry, translated
 from clreg.registry.records import AliasChange, Event, check_name, parse
-from clreg.registry.store import RedisRegistry, StreamEntry, translated
+from clreg.registry.store import RedisRegistry
 
 GROUP = "daemon"
 RECENT = 500  # events append_once looks back over: more than one update writes, replays included

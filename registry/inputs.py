@@ -132,7 +132,7 @@ class InputLog:
     @translated
     def recent_by_site(self, model: str, n: int) -> dict[str, np.ndarray]:
         """Per answering site, its last n images among the newest `cap` (one read for every site)."""
-        grouped: dict[str, list] = {}
+        grouped: dict[str, list[tuple[bytes, dict[bytes, bytes]]]] = {}
         for entry in self._r.xrevrange(self._key(model), count=self.cfg.cap):
             site = entry[1].get(b"site", b"").decode()
             if site and len(grouped.setdefault(site, [])) < n:
@@ -171,7 +171,7 @@ class InputLog:
         return previous is not None and previous.decode() == window
 
 
-def _images(entries: list) -> np.ndarray:
+def _images(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> np.ndarray:
     """Stream entries (newest first) as float32 [k, C, H, W], oldest first; after a model's input spec changes,
     older entries no longer fit, so only those shaped like the newest are kept."""
     if not entries:

@@ -12,7 +12,7 @@ import math
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, cast
 
 import numpy as np
 
@@ -61,9 +61,9 @@ class NpzReader:
 
     def array(self, name: str) -> np.ndarray:
         """The member's array, read as far as its header declares."""
-        return self._read(name, body=True)[2]
+        return cast(np.ndarray, self._read(name, body=True)[2])
 
-    def _read(self, name: str, body: bool):  # noqa: ANN202 - (dtype, shape, fortran flag or array)
+    def _read(self, name: str, body: bool) -> tuple[np.dtype, tuple[int, ...], bool | np.ndarray]:  # fortran or array
         self.require(name)
         info = self._members[name]
         _check_member(info)

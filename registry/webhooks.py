@@ -24,7 +24,7 @@ import socket
 import urllib.parse
 from collections.abc import Sequence
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -69,7 +69,7 @@ class WebhookConfig(BaseModel):
 
     def backoff(self, attempts: int) -> float:
         """Seconds before the next try after `attempts` failed ones."""
-        return min(self.backoff_s * 2 ** max(attempts - 1, 0), self.max_backoff_s)
+        return cast(float, min(self.backoff_s * 2 ** max(attempts - 1, 0), self.max_backoff_s))
 
 
 class DeliveryStatus(str, Enum):

@@ -4,7 +4,7 @@ production, which for an `approval` model becomes a request (answer 202) that ap
 No `from __future__ import annotations` here: FastAPI must see the real dependency types of the routes.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path
 from fastapi.responses import JSONResponse
@@ -36,7 +36,7 @@ class Verdict(BaseModel):
     reason: str = Field(min_length=1, max_length=500, description="why: kept in the request and the alias history")
 
 
-def public(request: ApprovalRequest) -> dict:
+def public(request: ApprovalRequest) -> dict[str, Any]:
     """A request as the API shows it, with the approvers so far."""
     return {**request.model_dump(mode="json"), "approvers": request.approvers}
 
@@ -50,52 +50,53 @@ router = APIRouter()
 
 
 @router.post("/v1/approvers", status_code=201)
-def add_approver(body: NewApprover, svc: Svc, _: Admin) -> dict:
+def add_approver(body: NewApprover, svc: Svc, _: Admin) -> dict[str, Any]:
     """Create an approver: its token is returned once and stored hashed."""
     record, token = Approvers(svc.registry).add(body.name)
     return {**record.public(), "token": token}
 
 
 @router.get("/v1/approvers")
-def list_approvers(svc: Svc, _: Reader) -> list[dict]:
+def list_approvers(svc: Svc, _: Reader) -> list[dict[str, Any]]:
     return [a.public() for a in Approvers(svc.registry).all()]
 
 
 @router.delete("/v1/approvers/{name}")
-def remove_approver(name: Name, svc: Svc, _: Admin) -> dict:
+def remove_approver(name: Name, svc: Svc, _: Admin) -> dict[str, Any]:
     """Revoke an approver's token; its decisions stay in the records."""
     Approvers(svc.registry).remove(name)
     return {"name": name, "removed": True}
 
 
 @router.get("/v1/models/{name}/approvals")
-def model_approvals(name: Name, svc: Svc, _: Reader, status: Status = "all") -> list[dict]:
+def model_approvals(name: Name, svc: Svc, _: Reader, status: Status = "all") -> list[dict[str, Any]]:
     """The model's approval requests, oldest first, each with its decisions."""
     svc.registry.get_model(name)
     return [public(r) for r in Approvals(svc.registry, svc.events).all(name) if status in ("all", r.status)]
 
 
 @router.get("/v1/approvals")
-def all_approvals(svc: Svc, _: Reader, status: Status = "waiting") -> list[dict]:
+def all_approvals(svc: Svc, _: Reader, status: Status = "waiting") -> list[dict[str, Any]]:
     """Requests of every model (by default those waiting for a decision)."""
     approvals = Approvals(svc.registry, svc.events)
     return [public(r) for m in svc.registry.list_models() for r in approvals.all(m) if status in ("all", r.status)]
 
 
-def _decide(svc: Svc, name: str, number: int, who: str, verdict: Literal["approve", "decline"], reason: str) -> dict:
+def _decide(svc: Svc, name: str, number: int, who: str, verdict: Literal["approve", "decline"], reason: str
+            ) -> dict[str, Any]:
     svc.registry.get_model(name)
     decided = Approvals(svc.registry, svc.events).decide(name, number, who, verdict, reason)
     return public(settle(svc.registry, svc.events, decided, svc.artifacts))
 
 
 @router.post("/v1/models/{name}/versions/{number}/approve")
-def approve(name: Name, number: Number, body: Verdict, svc: Svc, who: Approver) -> dict:
+def approve(name: Name, number: Number, body: Verdict, svc: Svc, who: Approver) -> dict[str, Any]:
     """Approve the request waiting for this version; the last approval it needs moves production."""
     return _decide(svc, name, number, who, "approve", body.reason)
 
 
 @router.post("/v1/models/{name}/versions/{number}/decline")
-def decline(name: Name, number: Number, body: Verdict, svc: Svc, who: Approver) -> dict:
+def decline(name: Name, number: Number, body: Verdict, svc: Svc, who: Approver) -> dict[str, Any]:
     """Decline the request waiting for this version (a blessed version is then declined for good)."""
     return _decide(svc, name, number, who, "decline", body.reason)
 

@@ -31,4 +31,4 @@ def start(cfg: ServingConfig) -> None:
 
 
 def stop() -> None:
-    serve.shutdown()
+    serve.shutdown()  # type: ignore[no-untyped-call]

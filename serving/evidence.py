@@ -41,7 +41,7 @@ def render(found: dict[str, Any]) -> str:
 
 
 @router.get("/v1/models/{name}/versions/{number}/evidence", response_model=None)
-def evidence(name: Name, number: Number, svc: Svc, _: Reader, format: Format = "json") -> dict | HTMLResponse:  # noqa: A002
+def evidence(name: Name, number: Number, svc: Svc, _: Reader, format: Format = "json") -> dict[str, Any] | HTMLResponse:  # noqa: A002
     """The evidence pack from version 1 to this one, along the PCCP headings; `format=html`: one
     self-contained, printable page whose every figure links to its record."""
     found = pack(svc.registry, svc.artifacts, svc.events, name, number)
@@ -49,7 +49,7 @@ def evidence(name: Name, number: Number, svc: Svc, _: Reader, format: Format = "
 
 
 @router.get("/v1/models/{name}/versions/{number}/release-note")
-def note(name: Name, number: Number, svc: Svc, _: Reader) -> dict:
+def note(name: Name, number: Number, svc: Svc, _: Reader) -> dict[str, Any]:
     """The version's release note: data added, the search's choice, gate and locked-set figures against the
     protocol, calibration, shadow agreement, approvals and moves, the operator's text."""
     reg = svc.registry
@@ -61,7 +61,7 @@ def note(name: Name, number: Number, svc: Svc, _: Reader) -> dict:
 
 
 @router.put("/v1/models/{name}/versions/{number}/note")
-def write_note(name: Name, number: Number, body: NewNote, svc: Svc, who: Admin) -> dict:
+def write_note(name: Name, number: Number, body: NewNote, svc: Svc, who: Admin) -> dict[str, Any]:
     """Set the operator's own text of a version's release note (who and when are kept with it)."""
     svc.registry.get_version(name, number)
     written = Note(text=body.text, who=who)
@@ -70,7 +70,7 @@ def write_note(name: Name, number: Number, body: NewNote, svc: Svc, who: Admin) 
 
 
 @router.get("/v1/models/{name}/locked")
-def locked(name: Name, svc: Svc, _: Reader) -> dict:
+def locked(name: Name, svc: Svc, _: Reader) -> dict[str, Any]:
     """The model's locked test sets (site -> digest and batches) and every version's score on each."""
     svc.registry.get_model(name)
     sets = LockedSets(svc.registry, name)

@@ -7,6 +7,8 @@ console routers), over one `Services` object per process. `create_app(cfg)` buil
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from ray import serve
 
@@ -46,7 +48,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:
 class Gateway:
     """The Serve deployment around `create_app`."""
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = ServingConfig.model_validate(cfg)
 
     def __serve_build_asgi_app__(self) -> FastAPI:

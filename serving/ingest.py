@@ -15,7 +15,7 @@ from clreg.registry.artifacts import ArtifactStore
 from clreg.registry.batches import Limits, ingest
 from clreg.registry.dicom import DicomLimits, deidentified_study, dicom_zip_to_npz
 from clreg.registry.events import EventLog, IngestQueue
-from clreg.registry.records import Batch, Site
+from clreg.registry.records import Batch, InputSpec, Site
 from clreg.registry.store import RedisRegistry
 from clreg.serving.config import ServingConfig
 from clreg.serving.errors import Forbidden, TooManyRequests, UnsupportedMedia
@@ -47,7 +47,7 @@ class Ingest:
         self._check_quota(site, len(body))
         return await run_in_threadpool(self._store, site, model, spec, body, kind, locked)
 
-    def _store(self, site: Site, model: str, spec, body: bytes, kind: str,  # noqa: ANN001
+    def _store(self, site: Site, model: str, spec: InputSpec, body: bytes, kind: str,
                locked: bool) -> tuple[Batch, bool]:
         limits = Limits(max_samples=self.cfg.max_samples, heldout_fraction=self.cfg.heldout_fraction,
                         max_inflated_bytes=self.cfg.max_inflated_bytes)

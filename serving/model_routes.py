@@ -48,13 +48,13 @@ class NewModel(BaseModel):
 
 
 @router.get("/v1/models")
-def list_models(svc: Svc, _: Reader) -> list[dict]:
+def list_models(svc: Svc, _: Reader) -> list[dict[str, Any]]:
     reg = svc.registry
     return [{**reg.get_model(m).model_dump(), "aliases": reg.aliases(m)} for m in reg.list_models()]
 
 
 @router.post("/v1/models", status_code=201)
-def create_model(body: NewModel, svc: Svc, _: Admin) -> dict:
+def create_model(body: NewModel, svc: Svc, _: Admin) -> dict[str, Any]:
     """Register a model; its factory must come from an allowed module and build, and uploaded `weights` must
     fit its network, or nothing is stored."""
     norm = body.normalisation or (uploads.default_normalisation(body.input.channels) if body.weights else None)
@@ -75,7 +75,7 @@ def create_model(body: NewModel, svc: Svc, _: Admin) -> dict:
 @router.get("/v1/models/{name}/versions")
 def list_versions(name: Name, svc: Svc, _: Reader, status: VersionStatus | None = None, site: Name | None = None,
                   parent: Annotated[int | None, Query(ge=1, le=2**53)] = None, since: Time | None = None,
-                  until: Time | None = None) -> list[dict]:
+                  until: Time | None = None) -> list[dict[str, Any]]:
     """Versions with status and aliases; filters combine (a learnt site; created_at in [since, until))."""
     svc.registry.get_model(name)
     views = svc.registry.list_versions(name, status, site=site, parent=parent, since=since, until=until)
@@ -83,7 +83,7 @@ def list_versions(name: Name, svc: Svc, _: Reader, status: VersionStatus | None 
 
 
 @router.get("/v1/models/{name}/versions/{number}")
-def get_version(name: Name, number: Annotated[int, Path(ge=1, le=2**53)], svc: Svc, _: Reader) -> dict:
+def get_version(name: Name, number: Annotated[int, Path(ge=1, le=2**53)], svc: Svc, _: Reader) -> dict[str, Any]:
     reg = svc.registry
     view = next((v for v in reg.list_versions(name) if v.version.number == number), None)
     if view is None:
@@ -99,7 +99,7 @@ def get_version(name: Name, number: Annotated[int, Path(ge=1, le=2**53)], svc: S
 
 
 @router.get("/v1/models/{name}/aliases")
-def aliases(name: Name, svc: Svc, _: Reader) -> dict:
+def aliases(name: Name, svc: Svc, _: Reader) -> dict[str, Any]:
     svc.registry.get_model(name)
     log = svc.registry.alias_history(name, moves_only=False)  # moves and the approval steps between them
     return {"aliases": svc.registry.aliases(name), "history": [c.model_dump() for c in log if c.action == "moved"],

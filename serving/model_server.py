@@ -89,7 +89,7 @@ _PARSE_INLINE_BYTES = 4 << 20  # an array body up to this size is parsed on the 
 class ModelServer:
     """A Serve deployment class; `deployment()` below wraps it with its options."""
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = ServingConfig.model_validate(cfg)
         torch.set_num_threads(self.cfg.torch_threads)
         # A GPU only when the deployment asked Ray for one (ray_actor_options) and this worker sees it.
@@ -277,7 +277,7 @@ class ModelServer:
         inputs = to_tensor(x)
         loaded, scores, chosen = await self._answer(name, loaded, inputs, site)
         probs, answered_site = scores.probabilities, site or scores.bn_site
-        answer: dict = {"model": name, "version": loaded.version, **self._validation(loaded, answered_site)}
+        answer: dict[str, Any] = {"model": name, "version": loaded.version, **self._validation(loaded, answered_site)}
         threshold = self.thresholds.get(site) if site and loaded.spec.classes == 2 else None
         correct = expected_correct(probs, threshold)
         self._record(name, x, loaded.version, answered_site, correct)
@@ -306,7 +306,7 @@ class ModelServer:
         return loaded, await self._batched(job) if self.cfg.batch_max_requests > 1 else infer([job])[0], None
 
     @staticmethod
-    def _validation(loaded: Loaded, site: str | None) -> dict:
+    def _validation(loaded: Loaded, site: str | None) -> dict[str, Any]:
         """Whether the version is validated at the site the request names (or, naming none, was routed to);
         under the `refuse` policy a site that is not is answered 409 with the reasons."""
         if site is None:

@@ -26,20 +26,20 @@ class PredictRequest(BaseModel):
 
 @router.get("/v1/alerts")
 def alerts(svc: Svc, _: Reader, model: Name | None = None, since: Time = 0.0, site: Name | None = None,
-           kind: Annotated[str | None, Query(pattern=r"^[a-z]{1,20}\.[a-z]{1,20}$")] = None) -> list[dict]:
+           kind: Annotated[str | None, Query(pattern=r"^[a-z]{1,20}\.[a-z]{1,20}$")] = None) -> list[dict[str, Any]]:
     """Alerts, oldest first; filters combine (site: the batch's site or "serving"; kind: e.g. drift.alert)."""
     found = svc.events.alerts(model, since, site=site, kind=kind)
     return [e.model_dump() for e in found]
 
 
 @router.get("/v1/events")
-def list_events(model: Name, svc: Svc, _: Reader, since: Time = 0.0) -> list[dict]:
+def list_events(model: Name, svc: Svc, _: Reader, since: Time = 0.0) -> list[dict[str, Any]]:
     return [e.model_dump() for e in svc.events.read(model, since)]
 
 
 @router.get("/v1/drift/{report_id}", response_model=None)
 def drift_report(request: Request, report_id: Annotated[str, Path(pattern=NAME_PATTERN.pattern)], svc: Svc,
-                 _: Reader, format: Literal["json", "html"] = "json") -> dict | Response:
+                 _: Reader, format: Literal["json", "html"] = "json") -> dict[str, Any] | Response:
     report = svc.registry.reports.get_drift(report_id)
     if format == "html" and report.html_artifact:
         return stored_html(svc.artifacts.get(report.html_artifact), request.headers.get("accept-encoding", ""))
@@ -47,25 +47,25 @@ def drift_report(request: Request, report_id: Annotated[str, Path(pattern=NAME_P
 
 
 @router.post("/v1/predict", responses={200: {"description": "probabilities, labels, the version that answered"}})
-def predict(body: PredictRequest, model: Name | None = None) -> dict:
+def predict(body: PredictRequest, model: Name | None = None) -> dict[str, Any]:
     """Predict (JSON, or an npz with `x` as application/octet-stream). Listed here for the API's one
     document: the proxy sends /v1/predict to the ModelServer application, never to this route."""
     raise NotFound("predictions are answered by the predict application at /v1/predict")
 
 
 @router.get("/v1/status")
-def status(svc: Svc, _: Reader) -> dict:
+def status(svc: Svc, _: Reader) -> dict[str, Any]:
     """Daemons with their last heartbeat, stuck batches, candidates abandoned by a process that died."""
     return pipeline_status(svc.registry, svc.cfg.stuck).model_dump(mode="json")
 
 
 @router.get("/healthz")
-def healthz() -> dict:
+def healthz() -> dict[str, Any]:
     return {"status": "ok"}
 
 
 @router.get("/readyz")
-def readyz(svc: Svc) -> dict:
+def readyz(svc: Svc) -> dict[str, Any]:
     svc.registry.ping()
     return {"status": "ready"}
 

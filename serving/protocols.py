@@ -29,7 +29,7 @@ class ProtocolChange(BaseModel):
 
 
 @router.get("/v1/models/{name}/protocol")
-def get_protocol(name: Name, svc: Svc, _: Reader) -> dict:
+def get_protocol(name: Name, svc: Svc, _: Reader) -> dict[str, Any]:
     """The current revision of the model's protocol and every revision before it (oldest first)."""
     svc.registry.get_model(name)
     revisions = [p.model_dump(mode="json") for p in Protocols(svc.registry, svc.events).all(name)]
@@ -37,7 +37,7 @@ def get_protocol(name: Name, svc: Svc, _: Reader) -> dict:
 
 
 @router.put("/v1/models/{name}/protocol")
-def change_protocol(name: Name, body: ProtocolChange, svc: Svc, who: Admin) -> dict:
+def change_protocol(name: Name, body: ProtocolChange, svc: Svc, who: Admin) -> dict[str, Any]:
     """Change the approval policy, the readiness rules or the canary (null: none): the model's record and a new
     protocol revision, with its protocol.changed event, in one transaction (nothing changes without one)."""
     changes: dict[str, Any] = {k: getattr(body, k) for k in ("approval", "readiness", "canary")
@@ -52,7 +52,8 @@ def change_protocol(name: Name, body: ProtocolChange, svc: Svc, who: Admin) -> d
 
 
 @router.get("/v1/models/{name}/canary")
-def get_canary(name: Name, svc: Svc, _: Reader, version: Annotated[int | None, Query(ge=1, le=2**53)] = None) -> dict:
+def get_canary(name: Name, svc: Svc, _: Reader, version: Annotated[int | None, Query(ge=1, le=2**53)] = None
+               ) -> dict[str, Any]:
     """The candidate answering a share of requests now (null when none), with what it did at each site; with
     `version`, what that version did when it was the canary."""
     svc.registry.get_model(name)

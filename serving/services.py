@@ -5,7 +5,7 @@ No `from __future__ import annotations` here: FastAPI must see the real dependen
 """
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Query, Request
 from prometheus_client import CollectorRegistry, Counter
@@ -63,7 +63,7 @@ class Services:
                    pushes=Ingest(cfg, registry, artifacts, events, queue), metrics=metric_registry,
                    batch_counter=batch_counter)
 
-    def served(self, model: str, version: int | None) -> dict:
+    def served(self, model: str, version: int | None) -> dict[str, Any]:
         """Whether every live replica answers with `version` (after "promoted", the swap may still be under way)."""
         serving, live = self.replicas.serving(model, version) if version is not None else (0, 0)
         return {"served": live > 0 and serving == live, "replicas": {"live": live, "serving": serving}}

@@ -4,7 +4,7 @@ No `from __future__ import annotations` here: FastAPI must see the real dependen
 """
 
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -62,7 +62,7 @@ async def push_batch(request: Request, svc: Svc, site_rec: Annotated[Site, Depen
 
 
 @router.get("/v1/batches/{batch_id}")
-def batch_state(batch_id: BatchId, svc: Svc, authorization: Annotated[str | None, Header()] = None) -> dict:
+def batch_state(batch_id: BatchId, svc: Svc, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
     """Where a batch is; for the ops or admin token, or the token of the site that pushed it."""
     reg = svc.registry
     role = svc.tokens.role(authorization)
@@ -76,7 +76,7 @@ def batch_state(batch_id: BatchId, svc: Svc, authorization: Annotated[str | None
 
 
 @router.get("/v1/sites")
-def list_sites(svc: Svc, _: Reader) -> list[dict]:
+def list_sites(svc: Svc, _: Reader) -> list[dict[str, Any]]:
     """Sites with what each pushed per model: batches, samples, class counts, prevalence, and whether the
     production version is validated there (`clreg sites report` says why)."""
     reg = svc.registry
@@ -100,7 +100,7 @@ def list_sites(svc: Svc, _: Reader) -> list[dict]:
 
 
 @router.post("/v1/sites", status_code=201)
-def add_site(body: NewSite, svc: Svc, _: Admin) -> dict:
+def add_site(body: NewSite, svc: Svc, _: Admin) -> dict[str, Any]:
     """Register a site: its token (returned once, stored hashed), the models it may push to, its quotas."""
     token = secrets.token_urlsafe(32)
     site = Site(name=body.name, token_sha256=token_sha256(token), threshold=body.threshold, models=body.models,
@@ -112,7 +112,7 @@ def add_site(body: NewSite, svc: Svc, _: Admin) -> dict:
 
 
 @router.put("/v1/sites/{site}/threshold")
-def set_threshold(site: Name, body: NewThreshold, svc: Svc, _: Admin) -> dict:
+def set_threshold(site: Name, body: NewThreshold, svc: Svc, _: Admin) -> dict[str, Any]:
     """Set or clear (null) a site's decision threshold for binary models; replicas pick it up on their poll."""
     record = svc.registry.get_site(site).model_copy(update={"threshold": body.threshold})
     svc.registry.update_site(record)
@@ -143,7 +143,7 @@ def site_operating_point(site: Name, model: Name, svc: Svc, _: Reader,
                          sensitivity: Annotated[float | None, Query(gt=0, le=1)] = None,
                          cost_fp: Annotated[float | None, Query(ge=0)] = None,
                          cost_fn: Annotated[float | None, Query(ge=0)] = None,
-                         prevalence: Annotated[float | None, Query(ge=0, le=1)] = None) -> dict:
+                         prevalence: Annotated[float | None, Query(ge=0, le=1)] = None) -> dict[str, Any]:
     """Sensitivity, specificity, PPV and NPV at a threshold on the site's held-out set (production version).
 
     The threshold is the one given, else the one reaching the given sensitivity, else the one with the

@@ -8,7 +8,7 @@ No `from __future__ import annotations`: FastAPI reads the routes' dependency an
 """
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from starlette.concurrency import run_in_threadpool
@@ -50,7 +50,7 @@ def _admin(request: Request, authorization: Annotated[str | None, Header()] = No
 
 
 @router.post("/v1/artifacts", status_code=201)
-async def upload(request: Request, uploads: Annotated[Uploads, Depends(_admin)]) -> dict:
+async def upload(request: Request, uploads: Annotated[Uploads, Depends(_admin)]) -> dict[str, Any]:
     """Store a checkpoint (application/octet-stream, up to max_weights_bytes) for `POST /v1/models` to name by
     its sha256; the same bytes again answer the same digest."""
     if request.headers.get("content-type", "").split(";")[0].strip() != KIND:

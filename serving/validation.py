@@ -220,7 +220,7 @@ router = APIRouter()
 @router.get("/v1/sites/{site}/validation", response_model=None)
 def site_validation(site: Name, model: Name, svc: Svc, _: Reader, format: Literal["json", "html"] = "json",  # noqa: A002
                     cost_fp: Annotated[float, Query(gt=0, le=1e6)] = 1.0,
-                    cost_fn: Annotated[float, Query(gt=0, le=1e6)] = 1.0) -> dict | HTMLResponse:
+                    cost_fn: Annotated[float, Query(gt=0, le=1e6)] = 1.0) -> dict[str, Any] | HTMLResponse:
     """Whether the production version is fit for use at the site, and the figures that say so; binary models
     price the site's threshold at the given costs of a false positive and a false negative."""
     out = report(svc.registry, svc.artifacts, model, site, Costs(false_positive=cost_fp, false_negative=cost_fn),

@@ -77,7 +77,7 @@ router = APIRouter(prefix="/v1/webhooks")
 
 
 @router.post("", status_code=201)
-def subscribe(body: NewSubscription, svc: Svc, _: Admin) -> dict:
+def subscribe(body: NewSubscription, svc: Svc, _: Admin) -> dict[str, Any]:
     """Subscribe a url to event kinds; the answer holds the signing secret, shown this once."""
     check_target(body.url, svc.cfg.webhooks.allow)
     sub = svc.webhooks.add(new_subscription(body.url, body.events, body.model, body.description))
@@ -85,32 +85,32 @@ def subscribe(body: NewSubscription, svc: Svc, _: Admin) -> dict:
 
 
 @router.get("")
-def subscriptions(svc: Svc, _: Reader) -> list[dict]:
+def subscriptions(svc: Svc, _: Reader) -> list[dict[str, Any]]:
     return [s.public() for s in svc.webhooks.subscriptions()]
 
 
 @router.get("/deliveries")  # before /{sub_id}: "deliveries" is not an id
 def deliveries(svc: Svc, _: Reader, subscription: Annotated[str | None, Query(pattern=r"^wh-[0-9a-f]{12}$")] = None,
                status: DeliveryStatus | None = None,
-               limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[dict]:
+               limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[dict[str, Any]]:
     """Newest first: each delivery's event, attempts, last answer and final state."""
     found = svc.webhooks.deliveries(subscription=subscription, status=status, limit=limit)
     return [d.model_dump(mode="json") for d in found]
 
 
 @router.get("/{sub_id}")
-def subscription(sub_id: SubscriptionId, svc: Svc, _: Reader) -> dict:
+def subscription(sub_id: SubscriptionId, svc: Svc, _: Reader) -> dict[str, Any]:
     return svc.webhooks.get(sub_id).public()
 
 
 @router.delete("/{sub_id}")
-def unsubscribe(sub_id: SubscriptionId, svc: Svc, _: Admin) -> dict:
+def unsubscribe(sub_id: SubscriptionId, svc: Svc, _: Admin) -> dict[str, Any]:
     svc.webhooks.remove(sub_id)
     return {"deleted": sub_id}
 
 
 @router.post("/{sub_id}/test")
-def ping(sub_id: SubscriptionId, svc: Svc, _: Admin) -> dict:
+def ping(sub_id: SubscriptionId, svc: Svc, _: Admin) -> dict[str, Any]:
     """Send a signed `webhook.ping` now, once, and say what the receiver answered."""
     sub = svc.webhooks.get(sub_id)
     delivery_id = f"ping-{secrets.token_hex(8)}"
