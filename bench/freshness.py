@@ -68,10 +68,13 @@ def _stale_at(result: str, commit: str) -> str | None:
         return "it names no commit"
     dirty = commit.endswith("+dirty")
     reviewed = json.loads(STILL_VALID.read_text()).get(result) if STILL_VALID.exists() else None
-    since = reviewed["commit"] if reviewed else commit.removesuffix("+dirty")
     if dirty and not reviewed:
         return f"it ran on uncommitted changes to {commit[:7]}"
-    changes = changes_since(since, exercised(result))
+    # fresh since the commit it ran at, or since the commit a review vouched for it up to (a rerun after a review
+    # is judged by its own commit)
+    changes = [] if dirty else changes_since(commit, exercised(result))
+    if (dirty or changes) and reviewed:
+        changes = changes_since(reviewed["commit"], exercised(result))
     if changes:
         return f"{len(changes)} later commit(s) changed what it exercises, the newest: {changes[0]}"
     return None

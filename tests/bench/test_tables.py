@@ -119,6 +119,8 @@ def test_a_result_older_than_a_change_to_what_it_exercises_is_out_of_date(monkey
     assert why is not None and "later commit(s) changed what it exercises" in why
     assert "uncommitted" in (freshness.stale("drift", {"commit": head + "+dirty"}) or "")
     assert freshness.stale("drift", {}) == "it names no commit"
+    (tmp_path / "still-valid.json").write_text(json.dumps({"drift": {"commit": first, "reason": "an old review"}}))
+    assert freshness.stale("drift", {"commit": head}) is None  # rerun after a review: judged by its own commit
     (tmp_path / "still-valid.json").write_text(json.dumps({"drift": {"commit": head, "reason": "reviewed"}}))
     assert freshness.stale("drift", {"commit": first}) is None  # reviewed up to HEAD, with its reason
     parts = {"commit": head, "results": [{"network": "a", "commit": head}, {"network": "b", "commit": first}]}
