@@ -38,14 +38,13 @@ import psutil
 import torch
 import torch.nn.functional as F
 from ray import serve
-from rich.console import Console
-from rich.table import Table
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, commit, machine_info, versions, write_result  # noqa: E402
+from bench.realnet_console import print_tables  # noqa: E402
 from clreg import context, embedded  # noqa: E402
 from clreg.client import Client, npz_bytes  # noqa: E402
 from clreg.daemon import Daemon  # noqa: E402
@@ -347,38 +346,6 @@ def run_network(network: str, images: int, epochs: int, seconds: float) -> dict[
             stack.stop()
 
 
-def print_tables(results: list[dict[str, Any]]) -> None:
-    console = Console(width=180)
-    steps_table = Table("network", "site", "status", "push->verdict s", "drift s", "epoch s", "fisher s",
-                        "fisher/epoch", "gate s", "ref+calib s", "swap s", "stored MiB", "new MiB", "new/weights",
-                        title=f"updates through the daemon at 1x{SIDE}x{SIDE}")
-    for r in results:
-        for u, b in zip(r["updates"], r["bytes"], strict=True):
-            steps_table.add_row(r["network"], u["site"], u["status"], f"{u['push_to_verdict']:.1f}",
-                                f"{u['drift']:.1f}", f"{u['epoch']:.1f}", f"{u['fisher']:.1f}",
-                                f"{u['fisher_over_epoch']:.2f}", f"{u['gate']:.1f}",
-                                f"{u['reference_calibration']:.1f}", f"{u.get('swap', float('nan')):.2f}",
-                                f"{b['bytes'] / 2**20:.1f}", f"{b['new_bytes'] / 2**20:.1f}",
-                                f"{b['new_over_weights']:.2f}")
-    console.print(steps_table)
-    serve_table = Table("network", "clients", "clreg req/s", "bare req/s", "ratio", "clreg p50/p99 ms",
-                        "bare p50/p99 ms", "failed", title="serving one 224x224 npz image per request")
-    for r in results:
-        by = {(row["side"], row["clients"]): row for row in r["serving"]}
-        for c in CLIENTS:
-            a, b = by[("clreg", c)], by[("bare", c)]
-            serve_table.add_row(r["network"], str(c), f"{a['rps']:.1f}", f"{b['rps']:.1f}",
-                                f"{a['rps'] / b['rps']:.2f}", f"{a['p50_ms']:.0f}/{a['p99_ms']:.0f}",
-                                f"{b['p50_ms']:.0f}/{b['p99_ms']:.0f}", str(a["failed"] + b["failed"]))
-    console.print(serve_table)
-    for r in results:
-        s = r["swaps"]
-        console.print(f"{r['network']}: {SWAPS} swaps under 16 clients: {s['failed']} failed of {s['requests']}, "
-                      f"worst {s['during_worst_ms']:.0f} ms = {s['worst_over_steady_p99']:.2f}x steady p99; "
-                      f"peak RSS worker {r['peak_rss_mib']['worker']:.0f} MiB, replica "
-                      f"{r['peak_rss_mib']['replica']:.0f} MiB")
-
-
 def earlier_results(networks: list[str], images: int, epochs: int) -> list[dict[str, Any]]:
     """The last run's results of the networks this run leaves out (at the same images and epochs), each naming the
     commit it ran at: one network is rerun without the other's hour, and the table says which ran when."""
@@ -405,7 +372,7 @@ def main() -> None:
         path = write_result("realnet", {"machine": machine_info(), "versions": versions("torch", "ray", "evidently"),
                                         "side": SIDE, "images_per_batch": args.images, "epochs": args.epochs,
                                         "prevalence": PREVALENCE, "results": results + kept})
-    print_tables(results)
+    print_tables(results, SIDE, CLIENTS, SWAPS)
     print(f"wrote {path}")
 
 
