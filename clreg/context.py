@@ -101,12 +101,12 @@ class Stores:
         """A batch's images by its id (what a replay memory stored by reference is read from)."""
         return lambda batch_id: self.arrays(model, self.registry.batches.get(batch_id))[0]
 
-    def train_refs(self, batch_ids: list[str]) -> dict[str, list[tuple[str, int]]]:
+    @staticmethod
+    def train_refs(batches: list[Batch]) -> dict[str, list[tuple[str, int]]]:
         """Per site, where each training sample of the batches lies (batch id, row), in split_by_site's order."""
         refs: dict[str, list[tuple[str, int]]] = {}
-        for batch_id in batch_ids:
-            batch = self.registry.batches.get(batch_id)
-            refs.setdefault(batch.site, []).extend((batch_id, int(i)) for i in batch.train_index)
+        for batch in batches:
+            refs.setdefault(batch.site, []).extend((batch.id, int(i)) for i in batch.train_index)
         return refs
 
     def split_by_site(self, model: Model, batch_ids: list[str], part: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -57,7 +57,7 @@ def learn(stores: Stores, train: TrainConfig, cfg: SearchConfig, model: Model, p
     whole = search.update_data(stores.registry, new, memory, cfg.val_fraction, train.seed, carved=False) \
         if cfg.refit else None
     found = search.run(cfg, model, data, train, scale, parent, progress, stop, refit=whole)
-    refs = stores.train_refs(new_ids)
+    refs = stores.train_refs(batches)  # the records in hand: no second read of each batch
     for site, (x, y) in new.items():  # remembered for later updates: all its training samples, where allowed
         if site in data.replayable:
             memory.add(site, x, y, cfg.replay_capacity, train.seed, refs[site])
